@@ -1,0 +1,71 @@
+"""The one chunk codec every adapter (HDF5 shim, numcodecs, zarr, batched reader) goes through."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from . import container, modes
+from .dtypes import code_of
+
+log = logging.getLogger("necoda_filter")
+
+
+def encode(arr: np.ndarray, mode: str = "auto", **options) -> bytes:
+    """Compress one chunk into a self-describing necoda container.
+
+    If the mode cannot handle the chunk (it raises), or a lossless mode does not beat raw size,
+    the chunk is stored raw inside the container: data is never lost and never written unmarked.
+    """
+    arr = np.asarray(arr)
+    code_of(arr.dtype)  # clear error for unsupported dtypes
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.dtype.itemsize > 1 and arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    name = modes.resolve(mode, arr.shape, arr.dtype)
+    m = modes.get(name)
+    raw_size = arr.nbytes
+    enc = None
+    if name != "raw":
+        try:
+            enc = m.encode(arr, **options)
+        except Exception as e:  # noqa: BLE001 — any failure falls back to raw, loudly in the log
+            log.warning("necoda %s encoder could not handle a %s %s chunk (%s: %s); stored raw",
+                        name, arr.shape, arr.dtype, type(e).__name__, e)
+            enc = None
+        if enc is not None and not m.lossy and len(enc.payload) >= raw_size:
+            enc = None
+    if enc is None:
+        m = modes.get("raw")
+        enc = m.encode(arr)
+    return container.pack(m.mode_id, arr.dtype, arr.shape, enc.payload, enc.params, enc.model_id)
+
+
+def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode one necoda chunk. Raises ``container.CorruptChunk`` on anything invalid."""
+    h, payload = container.unpack(buf)
+    if h.mode_id not in modes.MODE_NAMES:
+        raise container.CorruptChunk(f"necoda chunk uses unknown mode id {h.mode_id}")
+    m = modes.get(h.mode_id)
+    try:
+        arr = m.decode(payload, h.shape, h.dtype, h.params, h.model_id)
+    except container.CorruptChunk:
+        raise
+    except (LookupError, FileNotFoundError) as e:
+        raise
+    except Exception as e:  # noqa: BLE001 — anything a mode raises on bad bytes is a corrupt chunk
+        raise container.CorruptChunk(f"necoda {modes.MODE_NAMES[h.mode_id]} payload could not be decoded: {e}") from e
+    arr = np.asarray(arr)
+    if arr.shape != h.shape or arr.dtype != h.dtype:
+        raise container.CorruptChunk(
+            f"necoda chunk decoded to {arr.shape} {arr.dtype}, header says {h.shape} {h.dtype}")
+    if out is not None:
+        np.copyto(out.reshape(h.shape) if out.size == arr.size else out, arr, casting="no")
+        return out
+    return arr
+
+
+def info(buf) -> container.Header:
+    """Header of a chunk without decoding its payload."""
+    return container.parse_header(buf)

@@ -1,0 +1,44 @@
+"""The ``necoda`` command. Each subcommand lives in its own module exposing
+``add_arguments(parser)`` and ``run(args) -> int``; register it in COMMANDS (name, module, help)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: list[tuple[str, str, str]] = [
+    ("demo", "necoda_filter.commands.demo", "write an NWB file with compression='necoda' from built-in sample data, read it back in a fresh process, print ratio and speed"),
+    ("info", "necoda_filter.commands.info", "per-dataset filter, mode, model and ratio of an HDF5/NWB file"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    p = argparse.ArgumentParser(prog="necoda", description="necoda-filter: compression for neuroscience data in HDF5, NWB and Zarr")
+    p.add_argument("--version", action="version", version=f"necoda-filter {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, modname, help_ in COMMANDS:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(_module=modname)
+        importlib.import_module(modname).add_arguments(sp)
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if not getattr(args, "command", None):
+        p.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt:
+        print("necoda: interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, OSError) as e:
+        print(f"necoda {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
