@@ -1,0 +1,29 @@
+"""necoda-filter: compression for neuroscience data inside HDF5, NWB and Zarr.
+
+Importing this package registers the ``necoda`` HDF5 filter with h5py's HDF5 library (and the name
+``compression="necoda"``) and the numcodecs codec. See README.md.
+"""
+from __future__ import annotations
+
+from ._plugin import PLUGIN_PATH, FilterUnavailable, register
+from .constants import FILTER_ID, FILTER_NAME, FORMAT_VERSION
+from .codec import NecodaCodec
+from .container import CorruptChunk
+from .filters import Necoda
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FILTER_ID", "FILTER_NAME", "FORMAT_VERSION", "PLUGIN_PATH", "Necoda", "NecodaCodec",
+    "CorruptChunk", "FilterUnavailable", "register", "__version__",
+]
+
+
+def _register_all() -> None:
+    import numcodecs
+
+    numcodecs.register_codec(NecodaCodec)
+    register()
+
+
+_register_all()

@@ -12,3 +12,7 @@ FORMAT_VERSION = 1
 
 #: Version of the cd_values layout written by ``Necoda`` filter objects and the shim's set_local.
 CD_LAYOUT_VERSION = 1
+
+#: Number of leading cd_values slots set by the user-facing filter object (layout version, mode, options);
+#: the shim's set_local appends the dtype and chunk shape after them (docs/FORMAT.md).
+CD_USER_SLOTS = 8

@@ -1,0 +1,333 @@
+/*
+ * h5necoda.c -- HDF5 dynamic-plugin shim for the necoda filter.
+ *
+ * This file implements only the HDF5 plugin ABI (H5PLget_plugin_type, H5PLget_plugin_info and an
+ * H5Z_class2_t). All compression happens in Python (necoda_filter._bridge), reached through the
+ * interpreter already running in the process. The library links neither libhdf5 nor libpython:
+ *   - HDF5 symbols (for set_local and error reporting) are resolved at run time from the HDF5 library
+ *     that loaded this plugin (found with dladdr on the caller of H5PLget_plugin_info) or, when
+ *     registered from Python, from the library whose path Python hands to necoda_h5_init();
+ *   - Python symbols are resolved with dlsym(RTLD_DEFAULT); a host without Python (h5dump, ...) gets
+ *     a clear error from the filter instead of a crash.
+ *
+ * Filter contract (HDF5 H5Z_func_t): on success return the number of valid bytes in *buf (a malloc'd
+ * buffer of *buf_size bytes, the input freed); on failure return 0 and leave *buf untouched.
+ *
+ * cd_values layout (docs/FORMAT.md, version NECODA_CD_LAYOUT_VERSION):
+ *   [0] layout version  [1] mode id (255 = auto)  [2..NECODA_CD_USER_SLOTS-1] mode options
+ *   then, appended by set_local: type class, type size, signed, byte order, rank, chunk dims...
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef NECODA_FILTER_ID
+#error "NECODA_FILTER_ID must be defined by the build (read from necoda_filter/constants.py)"
+#endif
+#ifndef NECODA_CD_LAYOUT_VERSION
+#error "NECODA_CD_LAYOUT_VERSION must be defined by the build"
+#endif
+#ifndef NECODA_CD_USER_SLOTS
+#error "NECODA_CD_USER_SLOTS must be defined by the build"
+#endif
+#define NECODA_MODE_AUTO 255u
+#define NECODA_MAX_RANK 8
+
+#define EXPORT __attribute__((visibility("default")))
+
+/* ---- the slice of the HDF5 ABI we use (stable since HDF5 1.10: hid_t is 64-bit) ---------------- */
+typedef int64_t hid_t;
+typedef int herr_t;
+typedef int htri_t;
+typedef uint64_t hsize_t;
+typedef int H5Z_filter_t;
+typedef htri_t (*H5Z_can_apply_func_t)(hid_t, hid_t, hid_t);
+typedef herr_t (*H5Z_set_local_func_t)(hid_t, hid_t, hid_t);
+typedef size_t (*H5Z_func_t)(unsigned int, size_t, const unsigned int[], size_t, size_t *, void **);
+typedef struct {
+    int version;
+    H5Z_filter_t id;
+    unsigned encoder_present;
+    unsigned decoder_present;
+    const char *name;
+    H5Z_can_apply_func_t can_apply;
+    H5Z_set_local_func_t set_local;
+    H5Z_func_t filter;
+} H5Z_class2_t;
+#define H5Z_CLASS_T_VERS 1
+#define H5Z_FLAG_REVERSE 0x0100u
+#define H5Z_FLAG_OPTIONAL 0x0001u
+#define H5PL_TYPE_FILTER 0
+#define H5T_INTEGER 0
+#define H5T_FLOAT 1
+#define H5T_ORDER_BE 1
+
+typedef struct {
+    int (*Tget_class)(hid_t);
+    size_t (*Tget_size)(hid_t);
+    int (*Tget_sign)(hid_t);
+    int (*Tget_order)(hid_t);
+    int (*Pget_chunk)(hid_t, int, hsize_t[]);
+    herr_t (*Pget_filter_by_id2)(hid_t, H5Z_filter_t, unsigned *, size_t *, unsigned[], size_t, char[], unsigned *);
+    herr_t (*Pmodify_filter)(hid_t, H5Z_filter_t, unsigned, size_t, const unsigned[]);
+    herr_t (*Zregister)(const void *);
+    herr_t (*Epush2)(hid_t, const char *, const char *, unsigned, hid_t, hid_t, hid_t, const char *, ...);
+    hid_t *E_ERR_CLS, *E_PLINE, *E_CALLBACK;
+    int ready;
+} hdf5_api;
+static hdf5_api H5;
+
+/* ---- the slice of the CPython C API we use (stable ABI functions) ------------------------------ */
+typedef struct _object PyObject;
+typedef struct {
+    int (*IsInitialized)(void);
+    int (*GILState_Ensure)(void);
+    void (*GILState_Release)(int);
+    PyObject *(*Import_ImportModule)(const char *);
+    PyObject *(*Object_GetAttrString)(PyObject *, const char *);
+    PyObject *(*Object_CallObject)(PyObject *, PyObject *);
+    PyObject *(*Tuple_New)(ssize_t);
+    int (*Tuple_SetItem)(PyObject *, ssize_t, PyObject *);
+    PyObject *(*Long_FromUnsignedLong)(unsigned long);
+    PyObject *(*MemoryView_FromMemory)(char *, ssize_t, int);
+    int (*Bytes_AsStringAndSize)(PyObject *, char **, ssize_t *);
+    void (*DecRef)(PyObject *);
+    PyObject *(*Err_Occurred)(void);
+    void (*Err_Fetch)(PyObject **, PyObject **, PyObject **);
+    PyObject *(*Object_Str)(PyObject *);
+    const char *(*Unicode_AsUTF8)(PyObject *);
+    void (*Err_Clear)(void);
+    int ready;
+} python_api;
+static python_api PY;
+
+static void *hdf5_handle = NULL;
+
+#define RESOLVE(dst, handle, name) (*(void **)(&(dst)) = dlsym((handle), (name)))
+
+static int resolve_hdf5(void *handle) {
+    hdf5_api a;
+    memset(&a, 0, sizeof a);
+    RESOLVE(a.Tget_class, handle, "H5Tget_class");
+    RESOLVE(a.Tget_size, handle, "H5Tget_size");
+    RESOLVE(a.Tget_sign, handle, "H5Tget_sign");
+    RESOLVE(a.Tget_order, handle, "H5Tget_order");
+    RESOLVE(a.Pget_chunk, handle, "H5Pget_chunk");
+    RESOLVE(a.Pget_filter_by_id2, handle, "H5Pget_filter_by_id2");
+    RESOLVE(a.Pmodify_filter, handle, "H5Pmodify_filter");
+    RESOLVE(a.Zregister, handle, "H5Zregister");
+    RESOLVE(a.Epush2, handle, "H5Epush2");
+    RESOLVE(a.E_ERR_CLS, handle, "H5E_ERR_CLS_g");
+    RESOLVE(a.E_PLINE, handle, "H5E_PLINE_g");
+    RESOLVE(a.E_CALLBACK, handle, "H5E_CALLBACK_g");
+    if (!a.Tget_class || !a.Tget_size || !a.Tget_sign || !a.Tget_order || !a.Pget_chunk ||
+        !a.Pget_filter_by_id2 || !a.Pmodify_filter || !a.Zregister)
+        return -1;
+    a.ready = 1;
+    H5 = a;
+    return 0;
+}
+
+static int resolve_python(void) {
+    if (PY.ready) return 0;
+    python_api a;
+    memset(&a, 0, sizeof a);
+    void *h = RTLD_DEFAULT;
+    RESOLVE(a.IsInitialized, h, "Py_IsInitialized");
+    RESOLVE(a.GILState_Ensure, h, "PyGILState_Ensure");
+    RESOLVE(a.GILState_Release, h, "PyGILState_Release");
+    RESOLVE(a.Import_ImportModule, h, "PyImport_ImportModule");
+    RESOLVE(a.Object_GetAttrString, h, "PyObject_GetAttrString");
+    RESOLVE(a.Object_CallObject, h, "PyObject_CallObject");
+    RESOLVE(a.Tuple_New, h, "PyTuple_New");
+    RESOLVE(a.Tuple_SetItem, h, "PyTuple_SetItem");
+    RESOLVE(a.Long_FromUnsignedLong, h, "PyLong_FromUnsignedLong");
+    RESOLVE(a.MemoryView_FromMemory, h, "PyMemoryView_FromMemory");
+    RESOLVE(a.Bytes_AsStringAndSize, h, "PyBytes_AsStringAndSize");
+    RESOLVE(a.DecRef, h, "Py_DecRef");
+    RESOLVE(a.Err_Occurred, h, "PyErr_Occurred");
+    RESOLVE(a.Err_Fetch, h, "PyErr_Fetch");
+    RESOLVE(a.Object_Str, h, "PyObject_Str");
+    RESOLVE(a.Unicode_AsUTF8, h, "PyUnicode_AsUTF8");
+    RESOLVE(a.Err_Clear, h, "PyErr_Clear");
+    void **p = (void **)&a;
+    for (size_t i = 0; i < offsetof(python_api, ready) / sizeof(void *); i++)
+        if (!p[i]) return -1;
+    if (!a.IsInitialized()) return -1;
+    a.ready = 1;
+    PY = a;
+    return 0;
+}
+
+/* Report an error on HDF5's error stack (so h5py's exception names it) and on stderr as a fallback. */
+static void report(const char *func, const char *msg) {
+    if (H5.ready && H5.Epush2 && H5.E_ERR_CLS && H5.E_PLINE && H5.E_CALLBACK) {
+        H5.Epush2(0 /* H5E_DEFAULT */, __FILE__, func, __LINE__, *H5.E_ERR_CLS, *H5.E_PLINE, *H5.E_CALLBACK,
+                  "%s", msg);
+    } else {
+        fprintf(stderr, "necoda filter (%s): %s\n", func, msg);
+    }
+}
+
+static htri_t necoda_can_apply(hid_t dcpl, hid_t type, hid_t space);
+static herr_t necoda_set_local(hid_t dcpl, hid_t type, hid_t space);
+static size_t necoda_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_values[], size_t nbytes,
+                            size_t *buf_size, void **buf);
+
+static const H5Z_class2_t NECODA_CLASS = {
+    H5Z_CLASS_T_VERS, NECODA_FILTER_ID, 1, 1,
+    "necoda: neuroscience data compression (lossless, bounded, learned); https://pypi.org/project/necoda-filter",
+    necoda_can_apply, necoda_set_local, necoda_filter,
+};
+
+/* Find the HDF5 library that is calling us (plugin path) so set_local and error reporting use it. */
+static void bind_to_caller(const void *caller) {
+    if (H5.ready) return;
+    Dl_info info;
+    if (caller && dladdr(caller, &info) && info.dli_fname) {
+        void *h = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
+        if (h && resolve_hdf5(h) == 0) { hdf5_handle = h; return; }
+        if (h) dlclose(h);
+    }
+    resolve_hdf5(RTLD_DEFAULT);
+}
+
+EXPORT int H5PLget_plugin_type(void) { return H5PL_TYPE_FILTER; }
+
+EXPORT const void *H5PLget_plugin_info(void) {
+    bind_to_caller(__builtin_return_address(0));
+    return &NECODA_CLASS;
+}
+
+/* Called from Python (necoda_filter._plugin) with the path of a loaded library that depends on the
+ * HDF5 h5py uses; registers the filter with that HDF5. Returns 0 on success. */
+EXPORT int necoda_h5_init(const char *lib_path) {
+    void *h = lib_path ? dlopen(lib_path, RTLD_LAZY | RTLD_NOLOAD) : NULL;
+    if (!h) return -1;
+    if (resolve_hdf5(h) != 0) { dlclose(h); return -2; }
+    hdf5_handle = h;
+    return H5.Zregister(&NECODA_CLASS) < 0 ? -3 : 0;
+}
+
+EXPORT int necoda_filter_id(void) { return NECODA_FILTER_ID; }
+
+static htri_t necoda_can_apply(hid_t dcpl, hid_t type, hid_t space) {
+    (void)dcpl; (void)space;
+    if (!H5.ready) return 1; /* cannot check: let set_local decide */
+    int cls = H5.Tget_class(type);
+    size_t size = H5.Tget_size(type);
+    if ((cls == H5T_INTEGER && (size == 1 || size == 2 || size == 4 || size == 8)) ||
+        (cls == H5T_FLOAT && (size == 2 || size == 4 || size == 8)))
+        return 1;
+    report("necoda_can_apply", "necoda compresses integer and float datasets only (1, 2, 4 or 8 bytes)");
+    return 0;
+}
+
+static herr_t necoda_set_local(hid_t dcpl, hid_t type, hid_t space) {
+    (void)space;
+    if (!H5.ready) {
+        fprintf(stderr, "necoda filter: HDF5 symbols unavailable in set_local\n");
+        return -1;
+    }
+    unsigned flags = 0, values[NECODA_CD_USER_SLOTS + 5 + NECODA_MAX_RANK];
+    size_t nelmts = NECODA_CD_USER_SLOTS;
+    unsigned user[NECODA_CD_USER_SLOTS];
+    memset(user, 0, sizeof user);
+    if (H5.Pget_filter_by_id2(dcpl, NECODA_FILTER_ID, &flags, &nelmts, user, 0, NULL, NULL) < 0) return -1;
+    if (nelmts == 0) { /* compression="necoda" with no options: defaults */
+        user[0] = NECODA_CD_LAYOUT_VERSION;
+        user[1] = NECODA_MODE_AUTO;
+    } else if (user[0] != NECODA_CD_LAYOUT_VERSION) {
+        report("necoda_set_local", "unknown necoda cd_values layout version (create the filter with necoda_filter.Necoda)");
+        return -1;
+    }
+    hsize_t dims[NECODA_MAX_RANK];
+    int rank = H5.Pget_chunk(dcpl, NECODA_MAX_RANK, dims);
+    if (rank < 1 || rank > NECODA_MAX_RANK) {
+        report("necoda_set_local", "necoda needs a chunked dataset of rank 1 to 8");
+        return -1;
+    }
+    memcpy(values, user, sizeof user);
+    size_t n = NECODA_CD_USER_SLOTS;
+    values[n++] = (unsigned)H5.Tget_class(type);
+    values[n++] = (unsigned)H5.Tget_size(type);
+    values[n++] = H5.Tget_class(type) == H5T_INTEGER ? (unsigned)H5.Tget_sign(type) : 1u;
+    values[n++] = H5.Tget_order(type) == H5T_ORDER_BE ? 1u : 0u;
+    values[n++] = (unsigned)rank;
+    for (int i = 0; i < rank; i++) {
+        if (dims[i] > 0xFFFFFFFFull) { report("necoda_set_local", "chunk dimension too large"); return -1; }
+        values[n++] = (unsigned)dims[i];
+    }
+    /* Mandatory, never optional: a chunk the filter cannot encode must fail the write, not be stored
+     * silently uncompressed (h5py adds plugin filters as optional). */
+    return H5.Pmodify_filter(dcpl, NECODA_FILTER_ID, flags & ~H5Z_FLAG_OPTIONAL, n, values);
+}
+
+static void python_error(const char *func) {
+    char msg[1024];
+    PyObject *t = NULL, *v = NULL, *tb = NULL;
+    PY.Err_Fetch(&t, &v, &tb);
+    const char *text = NULL;
+    PyObject *s = v ? PY.Object_Str(v) : NULL;
+    if (s) text = PY.Unicode_AsUTF8(s);
+    snprintf(msg, sizeof msg, "necoda: %s", text ? text : "Python error in necoda_filter._bridge");
+    if (!text) PY.Err_Clear();
+    if (s) PY.DecRef(s);
+    if (t) PY.DecRef(t);
+    if (v) PY.DecRef(v);
+    if (tb) PY.DecRef(tb);
+    report(func, msg);
+}
+
+static size_t necoda_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_values[], size_t nbytes,
+                            size_t *buf_size, void **buf) {
+    const char *func = (flags & H5Z_FLAG_REVERSE) ? "necoda_decode" : "necoda_encode";
+    if (resolve_python() != 0) {
+        report(func, "the necoda filter runs its codecs in Python: this process has no Python interpreter "
+                     "(read necoda data from Python with necoda_filter installed, or run `necoda decompress`)");
+        return 0;
+    }
+    size_t result = 0;
+    int gil = PY.GILState_Ensure();
+    PyObject *mod = NULL, *fn = NULL, *args = NULL, *out = NULL;
+    mod = PY.Import_ImportModule("necoda_filter._bridge");
+    if (!mod) goto fail;
+    fn = PY.Object_GetAttrString(mod, "filter");
+    if (!fn) goto fail;
+    PyObject *cd = PY.Tuple_New((ssize_t)cd_nelmts);
+    if (!cd) goto fail;
+    for (size_t i = 0; i < cd_nelmts; i++) PY.Tuple_SetItem(cd, (ssize_t)i, PY.Long_FromUnsignedLong(cd_values[i]));
+    args = PY.Tuple_New(3);
+    if (!args) { PY.DecRef(cd); goto fail; }
+    PY.Tuple_SetItem(args, 0, PY.Long_FromUnsignedLong(flags));
+    PY.Tuple_SetItem(args, 1, cd);
+    PY.Tuple_SetItem(args, 2, PY.MemoryView_FromMemory((char *)*buf, (ssize_t)nbytes, 0x100 /* PyBUF_READ */));
+    out = PY.Object_CallObject(fn, args);
+    if (!out) goto fail;
+    char *data = NULL;
+    ssize_t len = 0;
+    if (PY.Bytes_AsStringAndSize(out, &data, &len) != 0 || len <= 0) goto fail;
+    void *nb = malloc((size_t)len);
+    if (!nb) { report(func, "out of memory"); goto done; }
+    memcpy(nb, data, (size_t)len);
+    free(*buf);
+    *buf = nb;
+    *buf_size = (size_t)len;
+    result = (size_t)len;
+    goto done;
+fail:
+    if (PY.Err_Occurred()) python_error(func);
+    else report(func, "necoda_filter._bridge.filter failed");
+done:
+    if (out) PY.DecRef(out);
+    if (args) PY.DecRef(args);
+    if (fn) PY.DecRef(fn);
+    if (mod) PY.DecRef(mod);
+    PY.GILState_Release(gil);
+    return result;
+}

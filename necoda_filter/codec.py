@@ -1,0 +1,43 @@
+"""``NecodaCodec``: the numcodecs codec (entry point ``numcodecs.codecs: necoda``) over the same chunk codec.
+
+Chunks keep their shape when the caller passes an ndarray (zarr does); a flat buffer is coded as 1-D
+bytes of ``dtype`` (default uint8).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numcodecs.abc import Codec
+from numcodecs.compat import ensure_contiguous_ndarray, ensure_ndarray
+
+from . import chunk, options
+from .constants import FILTER_NAME
+
+
+class NecodaCodec(Codec):
+    codec_id = FILTER_NAME
+
+    def __init__(self, mode: str = "auto", max_error=None, max_error_noise=None, quality=None, level=None):
+        self.mode = mode
+        self.options = options.check_options(
+            mode, dict(max_error=max_error, max_error_noise=max_error_noise, quality=quality, level=level))
+
+    def encode(self, buf):
+        arr = buf if isinstance(buf, np.ndarray) else ensure_ndarray(buf)
+        return chunk.encode(np.ascontiguousarray(arr), self.mode, **self.options)
+
+    def decode(self, buf, out=None):
+        arr = chunk.decode(ensure_contiguous_ndarray(buf))
+        if out is not None:
+            out = ensure_ndarray(out)
+            if out.nbytes != arr.nbytes:
+                raise ValueError(f"output buffer has {out.nbytes} bytes, the chunk decodes to {arr.nbytes}")
+            out.reshape(-1).view(arr.dtype)[:] = arr.reshape(-1)
+            return out
+        return arr
+
+    def get_config(self):
+        return {"id": self.codec_id, "mode": self.mode, **self.options}
+
+    def __repr__(self):
+        opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"NecodaCodec(mode={self.mode!r}{opts})"

@@ -1,0 +1,34 @@
+"""``Necoda``: the h5py filter object, in hdf5plugin's style (a Mapping usable as ``**Necoda(...)``)."""
+from __future__ import annotations
+
+from h5py._hl.filters import FilterRefBase
+
+from . import options
+from .constants import FILTER_ID
+
+
+class Necoda(FilterRefBase):
+    """h5py compression filter for necoda.
+
+    >>> f.create_dataset("movie", data=movie, chunks=(64, 512, 512), compression=Necoda(mode="lossless"))
+    >>> H5DataIO(data, **Necoda(mode="bounded", max_error_noise=0.5), allow_plugin_filters=True)
+
+    :param mode: "auto" (default: chosen per dataset), "lossless", "bounded", "learned" or "raw".
+    :param max_error: bounded/learned: every sample within this many raw units of the original.
+    :param max_error_noise: bounded/learned: bound in units of the estimated noise σ (imaging).
+    :param quality: learned: rate/quality level (1 = smallest files).
+    :param level: lossless: entropy-coder effort.
+    """
+
+    filter_name = "necoda"
+    filter_id = FILTER_ID
+
+    def __init__(self, mode: str = "auto", max_error=None, max_error_noise=None, quality=None, level=None):
+        self.mode = mode
+        self.options = options.check_options(
+            mode, dict(max_error=max_error, max_error_noise=max_error_noise, quality=quality, level=level))
+        self.filter_options = options.to_cd_values(mode, **self.options)
+
+    def __repr__(self):
+        opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"Necoda(mode={self.mode!r}{opts})"

@@ -1,0 +1,48 @@
+"""Zarr v3 array-to-bytes codec ``necoda`` (entry point ``zarr.codecs: necoda``).
+
+Zarr v2 arrays use :class:`necoda_filter.NecodaCodec` as their compressor directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from zarr.abc.codec import ArrayBytesCodec
+
+from . import chunk, options
+from .constants import FILTER_NAME
+
+
+@dataclass(frozen=True)
+class NecodaZarrCodec(ArrayBytesCodec):
+    is_fixed_size = False
+    mode: str = "auto"
+    config: dict = field(default_factory=dict)
+
+    def __init__(self, mode: str = "auto", **opts):
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "config", options.check_options(mode, opts))
+
+    @classmethod
+    def from_dict(cls, data):
+        cfg = dict(data.get("configuration") or {})
+        return cls(**cfg)
+
+    def to_dict(self):
+        return {"name": FILTER_NAME, "configuration": {"mode": self.mode, **self.config}}
+
+    def __hash__(self):
+        return hash((self.mode, tuple(sorted(self.config.items()))))
+
+    async def _decode_single(self, chunk_bytes, chunk_spec):
+        arr = chunk.decode(chunk_bytes.as_numpy_array())
+        want = np.dtype(chunk_spec.dtype.to_native_dtype())
+        arr = arr.astype(want, copy=False).reshape(chunk_spec.shape)
+        return chunk_spec.prototype.nd_buffer.from_numpy_array(arr)
+
+    async def _encode_single(self, chunk_array, chunk_spec):
+        arr = np.ascontiguousarray(chunk_array.as_numpy_array())
+        return chunk_spec.prototype.buffer.from_bytes(chunk.encode(arr, self.mode, **self.config))
+
+    def compute_encoded_size(self, input_byte_length, chunk_spec):
+        raise NotImplementedError
