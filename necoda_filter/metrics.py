@@ -1,0 +1,687 @@
+"""Fidelity metrics shared by tests, ``necoda bench`` and evaluation. Pure numpy.
+
+Conventions: ``orig`` is the original array, ``dec`` the decoded one, compared in float64.
+Imaging movies are (T, H, W); ephys recordings are (T, C), channels last. Every summary ignores
+NaN entries (a constant ROI trace has an undefined correlation).
+
+Filtering is zero-phase in the frequency domain (FFT, with a Butterworth magnitude response),
+processed in overlapping time blocks so long recordings need bounded memory.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+__all__ = [
+    "error_stats", "noise_rmse", "estimate_noise_imaging", "estimate_noise_ephys", "bandpass",
+    "detect_rois", "roi_traces", "trace_correlations", "imaging_fidelity", "detect_spikes",
+    "match_spikes", "ephys_fidelity",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# generic error statistics
+# --------------------------------------------------------------------------------------------------
+
+def _blocks(n: int, rows: int):
+    for i in range(0, n, rows):
+        yield slice(i, min(n, i + rows))
+
+
+def _rows_per_block(a: np.ndarray, target: int = 1 << 22) -> int:
+    per_row = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
+    return max(1, target // max(per_row, 1))
+
+
+def error_stats(orig, dec, data_range=None) -> dict:
+    """Pointwise error statistics of ``dec`` against ``orig``.
+
+    e = dec - orig (float64), n = number of samples
+
+    - ``max_abs`` = max |e|
+    - ``rmse``    = sqrt(sum e^2 / n)
+    - ``psnr``    = 20 log10(R / rmse) dB with R = ``data_range`` or orig.max() - orig.min();
+                    +inf when rmse == 0 (and NaN when R == 0 < rmse)
+    - also ``mean_error`` (= mean e, the bias) and ``data_range`` (R).
+    """
+    orig = np.asarray(orig)
+    dec = np.asarray(dec)
+    if orig.shape != dec.shape:
+        raise ValueError(f"shape mismatch: {orig.shape} vs {dec.shape}")
+    n = orig.size
+    if n == 0:
+        raise ValueError("empty arrays")
+    a = orig.reshape(orig.shape[0], -1) if orig.ndim > 1 else orig.reshape(-1, 1)
+    b = dec.reshape(a.shape)
+    mx = 0.0
+    s2 = 0.0
+    s1 = 0.0
+    lo, hi = np.inf, -np.inf
+    for sl in _blocks(a.shape[0], _rows_per_block(a)):
+        e = b[sl].astype(np.float64) - a[sl].astype(np.float64)
+        mx = max(mx, float(np.max(np.abs(e))))
+        s2 += float(np.dot(e.ravel(), e.ravel()))
+        s1 += float(e.sum())
+        lo = min(lo, float(a[sl].min()))
+        hi = max(hi, float(a[sl].max()))
+    rmse = float(np.sqrt(s2 / n))
+    R = float(hi - lo) if data_range is None else float(data_range)
+    if rmse == 0.0:
+        psnr = float("inf")
+    elif R <= 0:
+        psnr = float("nan")
+    else:
+        psnr = float(20.0 * np.log10(R / rmse))
+    return {"max_abs": mx, "rmse": rmse, "psnr": psnr, "mean_error": s1 / n, "data_range": R}
+
+
+def noise_rmse(orig, dec, sigma) -> float:
+    """RMSE in noise units: sqrt(mean((dec - orig)^2 / sigma^2)).
+
+    ``sigma`` is a scalar, or an array broadcasting against the last axis (per-channel sigma for
+    ephys (T, C)). A sample whose sigma is 0 counts as 0 when its error is 0 and makes the result
+    +inf otherwise. Equals ``rmse / sigma`` for scalar sigma.
+    """
+    orig = np.asarray(orig)
+    dec = np.asarray(dec)
+    if orig.shape != dec.shape:
+        raise ValueError(f"shape mismatch: {orig.shape} vs {dec.shape}")
+    sig = np.asarray(sigma, dtype=np.float64)
+    a = orig.reshape(orig.shape[0], -1) if orig.ndim > 1 else orig.reshape(-1, 1)
+    b = dec.reshape(a.shape)
+    if sig.ndim == 0:
+        inv2 = None
+    else:
+        if sig.shape[-1] != orig.shape[-1]:
+            raise ValueError(f"sigma of shape {sig.shape} does not match the last axis {orig.shape[-1]}")
+        s = np.broadcast_to(sig, orig.shape[1:] if orig.ndim > 1 else orig.shape[-1:]).reshape(1, -1)
+        with np.errstate(divide="ignore"):
+            inv2 = np.where(s > 0, 1.0 / np.where(s > 0, s, 1.0) ** 2, np.inf)
+    tot = 0.0
+    for sl in _blocks(a.shape[0], _rows_per_block(a)):
+        e2 = (b[sl].astype(np.float64) - a[sl].astype(np.float64)) ** 2
+        if inv2 is None:
+            tot += float(e2.sum())
+        else:
+            with np.errstate(invalid="ignore"):
+                w = np.where(e2 > 0, e2 * inv2, 0.0)
+            tot += float(w.sum())
+    ms = tot / orig.size
+    if inv2 is None:
+        s0 = float(sig)
+        if s0 <= 0:
+            return 0.0 if ms == 0 else float("inf")
+        return float(np.sqrt(ms) / s0)
+    return float(np.sqrt(ms))
+
+
+# --------------------------------------------------------------------------------------------------
+# noise estimation
+# --------------------------------------------------------------------------------------------------
+
+def _theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Theil-Sen line y = slope * x + intercept: slope = median of pairwise slopes,
+    intercept = median(y - slope * x). Also returns the relative spread of the pairwise slopes
+    (IQR / 1.349 / |slope|) as a crude uncertainty."""
+    i, j = np.triu_indices(x.size, 1)
+    dx = x[j] - x[i]
+    keep = dx > 0
+    sl = (y[j] - y[i])[keep] / dx[keep]
+    if sl.size == 0:
+        return float("nan"), float("nan"), float("inf")
+    slope = float(np.median(sl))
+    icpt = float(np.median(y - slope * x))
+    q1, q3 = np.percentile(sl, [25, 75])
+    rel = float((q3 - q1) / 1.349 / abs(slope)) if slope != 0 else float("inf")
+    return slope, icpt, rel
+
+
+def estimate_noise_imaging(movie, n_bins: int = 40, max_frames: int = 2000, max_pixels: int = 250_000) -> dict:
+    """Photon-transfer (mean-variance) fit of a (T, H, W) movie of shot-noise-limited data.
+
+    For every pixel p: m_p = temporal mean, v_p = mean_t (x_{t+1} - x_t - d_p)^2 / 2, with d_p the
+    mean difference. Differences of consecutive frames cancel anything slower than the frame rate
+    (background, bleaching, neuropil), so v_p estimates the noise variance. Pixels are grouped in
+    ``n_bins`` quantile bins of m; in each bin the medians (robust to pixels with calcium
+    transients) give points (M_k, V_k), fitted by a Theil-Sen line V = g * M + c. Then
+
+    - ``gain``   = g (raw units per photon);
+    - ``offset`` = -c / g, the zero level where the extrapolated variance vanishes. With Gaussian
+      read noise of variance r (raw units^2), V = g (M - offset_true) + r, so this is
+      offset_true - r / g: the read noise is folded into the zero level (the two are not separable
+      from the mean-variance line alone); it is exactly the level a variance-stabilising
+      (Anscombe) transform needs;
+    - ``sigma``  = sqrt(g * (mean(m) - offset)) = rms noise sd over pixels in raw units;
+    - ``ok``     = the fit is trustworthy: T >= 30 frames, g finite and > 0, the pixel means span
+      at least 2 noise sd and 25 % of the mean signal above the zero level, the slope spread
+      (pairwise slopes IQR/1.349/g) below 0.3, and the zero level not above the 1st
+      percentile of pixel means.
+
+    When ``ok`` is False, ``sigma`` falls back to the median over pixels of
+    MAD_t(x_{t+1} - x_t) / 0.6745 / sqrt(2) (robust per-pixel noise sd); ``gain`` and ``offset``
+    are NaN when the fitted slope is not positive and finite (otherwise reported as fitted).
+    Also returned: ``sigma_fallback``, ``read_var`` (NaN: not identifiable), ``n_frames``,
+    ``slope_rel_spread``, ``reason`` (why not ok, '' when ok), ``points`` (M_k, V_k) lists.
+
+    At most ``max_frames`` frames (the first ones) and ``max_pixels`` pixels (a regular spatial
+    subsample) are used, for speed.
+    """
+    x = np.asarray(movie)
+    if x.ndim != 3:
+        raise ValueError(f"expected a (T, H, W) movie, got shape {x.shape}")
+    T = x.shape[0]
+    x = x[:max_frames]
+    H, W = x.shape[1:]
+    step = int(np.ceil(np.sqrt(H * W / max_pixels))) if H * W > max_pixels else 1
+    x = x[:, ::step, ::step]
+    npx = x.shape[1] * x.shape[2]
+    t_used = x.shape[0]
+    out = {"gain": float("nan"), "offset": float("nan"), "sigma": float("nan"), "ok": False,
+           "sigma_fallback": float("nan"), "read_var": float("nan"), "n_frames": int(T),
+           "slope_rel_spread": float("inf"), "reason": "", "points": ([], [])}
+    if t_used < 2:
+        out["sigma"] = out["sigma_fallback"] = 0.0
+        out["reason"] = "fewer than 2 frames"
+        return out
+
+    xf = x.reshape(t_used, npx)
+    s = np.zeros(npx)
+    s_d = np.zeros(npx)
+    s_d2 = np.zeros(npx)
+    prev = None
+    for sl in _blocks(t_used, max(1, (1 << 22) // max(npx, 1))):
+        blk = xf[sl].astype(np.float64)
+        s += blk.sum(axis=0)
+        d = np.diff(blk, axis=0) if prev is None else np.diff(np.concatenate([prev, blk]), axis=0)
+        s_d += d.sum(axis=0)
+        s_d2 += (d * d).sum(axis=0)
+        prev = blk[-1:]
+    nd = t_used - 1
+    m = s / t_used
+    v = (s_d2 / nd - (s_d / nd) ** 2) / 2.0
+
+    # robust fallback sigma: MAD of temporal differences (subsampled pixels for speed)
+    sub = np.linspace(0, npx - 1, min(npx, 20000)).astype(np.int64)
+    dd = np.diff(xf[:, sub].astype(np.float64), axis=0)
+    mad = np.median(np.abs(dd - np.median(dd, axis=0)), axis=0)
+    sig_fb = float(np.median(mad) / 0.6745 / np.sqrt(2.0))
+    if sig_fb == 0.0:  # quantised near-constant data: use the plain sd of differences
+        sig_fb = float(np.sqrt(max(np.median(v), 0.0)))
+    out["sigma_fallback"] = sig_fb
+    out["sigma"] = sig_fb
+
+    # binned medians
+    order = np.argsort(m, kind="stable")
+    groups = np.array_split(order, min(n_bins, npx))
+    M = np.array([np.median(m[g]) for g in groups if g.size])
+    V = np.array([np.median(v[g]) for g in groups if g.size])
+    out["points"] = (M.tolist(), V.tolist())
+    g, c, rel = _theil_sen(M, V) if M.size >= 3 else (float("nan"), float("nan"), float("inf"))
+    out["slope_rel_spread"] = rel
+    reasons = []
+    if not (np.isfinite(g) and g > 0):
+        reasons.append("non-positive or undefined gain")
+        out["reason"] = "; ".join(reasons + (["fewer than 30 frames"] if T < 30 else []))
+        return out
+    z = -c / g
+    out["gain"], out["offset"] = float(g), float(z)
+    sig_pt = float(np.sqrt(max(g * (float(m.mean()) - z), 0.0)))
+    p1, p5, p95 = np.percentile(m, [1, 5, 95])
+    if T < 30:
+        reasons.append("fewer than 30 frames")
+    if (p95 - p5) < 2.0 * sig_pt or (p95 - p5) < 0.25 * max(float(m.mean()) - z, 0.0):
+        reasons.append("too little dynamic range in pixel means")
+    if rel > 0.3:
+        reasons.append("scattered mean-variance relation")
+    if z > p1:
+        reasons.append("zero level above the darkest pixels")
+    if not np.isfinite(sig_pt) or sig_pt <= 0:
+        reasons.append("non-positive noise")
+    out["reason"] = "; ".join(reasons)
+    if not reasons:
+        out["ok"] = True
+        out["sigma"] = sig_pt
+    return out
+
+
+def _butter_mag(f: np.ndarray, lo: float | None, hi: float | None, order: int) -> np.ndarray:
+    h = np.ones_like(f)
+    if lo is not None and lo > 0:
+        with np.errstate(divide="ignore"):
+            h *= 1.0 / np.sqrt(1.0 + (lo / np.maximum(f, 1e-300)) ** (2 * order))
+        h[f == 0] = 0.0
+    if hi is not None:
+        h *= 1.0 / np.sqrt(1.0 + (f / hi) ** (2 * order))
+    return h
+
+
+def bandpass(x, fs: float, lo: float | None = 300.0, hi: float | None = 6000.0, order: int = 2,
+             block: int = 1 << 16, dtype=np.float32) -> np.ndarray:
+    """Zero-phase band-pass of (T, ...) along axis 0: multiply the spectrum by the Butterworth
+    magnitude |H(f)| = [1 + (lo/f)^(2n)]^-1/2 [1 + (f/hi)^(2n)]^-1/2 (n = ``order``), computed on
+    overlapping blocks of ``block`` samples with a margin of max(1024, 50 ms) on each side
+    (reflect-padded at the ends). ``hi`` is capped at 0.45 fs; ``lo``/``hi`` None disables a side."""
+    x = np.asarray(x)
+    T = x.shape[0]
+    if hi is not None:
+        hi = min(hi, 0.45 * fs)
+    margin = int(max(1024, 0.05 * fs))
+    out = np.empty(x.shape, dtype)
+    if T == 0:
+        return out
+    core = max(block - 2 * margin, 4096)
+    for c0 in range(0, T, core):
+        c1 = min(T, c0 + core)
+        a0, a1 = max(0, c0 - margin), min(T, c1 + margin)
+        seg = x[a0:a1].astype(np.float64)
+        # reflect padding where the block touches the ends of the signal
+        pl = min(margin - (c0 - a0), seg.shape[0] - 1) if c0 - a0 < margin else 0
+        pr = min(margin - (a1 - c1), seg.shape[0] - 1) if a1 - c1 < margin else 0
+        if pl > 0 or pr > 0:
+            seg = np.pad(seg, [(pl, pr)] + [(0, 0)] * (seg.ndim - 1), mode="reflect")
+        n = seg.shape[0]
+        nfft = 1 << int(np.ceil(np.log2(max(n, 2))))
+        mean = seg.mean(axis=0, keepdims=True)
+        spec = np.fft.rfft(seg - mean, nfft, axis=0)
+        hmag = _butter_mag(np.fft.rfftfreq(nfft, 1.0 / fs), lo, hi, order)
+        spec *= hmag.reshape((-1,) + (1,) * (seg.ndim - 1))
+        y = np.fft.irfft(spec, nfft, axis=0)[:n]
+        if lo is None or lo <= 0:
+            y += mean
+        s0 = pl + (c0 - a0)
+        out[c0:c1] = y[s0:s0 + (c1 - c0)]
+    return out
+
+
+def estimate_noise_ephys(x, fs: float, lo: float = 300.0, hi: float = 6000.0) -> np.ndarray:
+    """Per-channel noise sd of a (T, C) recording (or (T,) single channel):
+    sigma_c = median(|y_c - median(y_c)|) / 0.6745 with y = :func:`bandpass` (lo..hi Hz,
+    default 300-6000) of x. The MAD ignores the sparse spikes. Returns float64 (C,)."""
+    x = np.asarray(x)
+    squeeze = x.ndim == 1
+    if squeeze:
+        x = x[:, None]
+    y = bandpass(x, fs, lo, hi)
+    med = np.median(y, axis=0)
+    sig = np.median(np.abs(y - med), axis=0) / 0.6745
+    sig = sig.astype(np.float64)
+    return sig[0:1] if squeeze else sig
+
+
+# --------------------------------------------------------------------------------------------------
+# imaging: ROIs and traces
+# --------------------------------------------------------------------------------------------------
+
+def _box_mean_time(x: np.ndarray, w: int) -> np.ndarray:
+    """Running mean over ``w`` frames along axis 0 (centred, edges use the available frames)."""
+    T = x.shape[0]
+    if w <= 1 or T <= 1:
+        return x.copy()
+    c = np.concatenate([np.zeros((1,) + x.shape[1:], x.dtype), np.cumsum(x, axis=0, dtype=np.float64).astype(x.dtype)])
+    h = w // 2
+    i0 = np.clip(np.arange(T) - h, 0, T)
+    i1 = np.clip(np.arange(T) + h + 1, 0, T)
+    cnt = (i1 - i0).astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+    return (c[i1] - c[i0]) / cnt
+
+
+def _smooth2d(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of a 2-D image (reflect edges), kernel radius 3 sigma."""
+    if sigma <= 0:
+        return img.copy()
+    r = max(1, int(np.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    out = img.astype(np.float64)
+    for ax in (0, 1):
+        p = np.pad(out, [(r, r) if a == ax else (0, 0) for a in (0, 1)], mode="reflect")
+        acc = np.zeros_like(out)
+        n = out.shape[ax]
+        for j, kj in enumerate(k):
+            acc += kj * (p[j:j + n] if ax == 0 else p[:, j:j + n])
+        out = acc
+    return out
+
+
+def _zscore_hp(movie: np.ndarray, hp_frames: int, max_frames: int) -> np.ndarray:
+    """Float32 movie, temporally binned to at most ``max_frames``, high-passed (minus a running mean of
+    ``hp_frames``), lightly low-passed (3-frame mean), z-scored per pixel (zero-variance pixels -> 0)."""
+    x = np.asarray(movie)
+    T = x.shape[0]
+    if T > max_frames:
+        b = int(np.ceil(T / max_frames))
+        Tb = T // b
+        x = x[:Tb * b].reshape(Tb, b, *x.shape[1:]).astype(np.float32).mean(axis=1)
+    else:
+        x = x.astype(np.float32)
+    x = x - _box_mean_time(x, hp_frames)
+    if x.shape[0] >= 3:
+        x = _box_mean_time(x, 3)
+    x -= x.mean(axis=0, keepdims=True)
+    sd = x.std(axis=0, keepdims=True)
+    x /= np.where(sd > 0, sd, np.inf)
+    return x
+
+
+def detect_rois(movie, max_rois: int = 50, cell_radius_px: float = 6.0, hp_frames: int = 31,
+                corr_threshold: float = 0.25, seed_mad: float = 4.0, max_frames: int = 1000) -> np.ndarray:
+    """Simple, documented soma detector run on an (original) (T, H, W) movie.
+
+    1. Preprocess: bin to <= ``max_frames`` frames, temporal high-pass (subtract a
+       ``hp_frames``-frame running mean), 3-frame smoothing, per-pixel z-score -> z(t, p).
+    2. Local correlation image: CI(p) = mean over the 8 neighbours q of mean_t z(t,p) z(t,q);
+       noise is uncorrelated between pixels while a cell's pixels share its transients.
+    3. Seeds: local maxima of CI blurred by sigma 1 px, within a (2 r + 1)^2 window
+       (r = ``cell_radius_px``), above median(CI) + ``seed_mad`` * 1.4826 MAD(CI), taken in
+       decreasing CI order, skipping seeds already inside an accepted ROI.
+    4. Region growing: reference trace = mean z over the 3x3 around the seed; candidate pixels are
+       those within 2 r of the seed whose correlation with the reference exceeds
+       max(``corr_threshold``, 0.4 * the seed's own value); the ROI is the 4-connected component of
+       candidates containing the seed. Accepted when its area is between pi (r/2)^2 and 4 pi r^2
+       (soma size).
+
+    Returns a bool array (N, H, W), N <= ``max_rois``, strongest first.
+    """
+    x = np.asarray(movie)
+    if x.ndim != 3:
+        raise ValueError(f"expected a (T, H, W) movie, got shape {x.shape}")
+    T, H, W = x.shape
+    if T < 3:
+        return np.zeros((0, H, W), bool)
+    z = _zscore_hp(x, hp_frames, max_frames)
+    Tz = z.shape[0]
+    ci = np.zeros((H, W))
+    cnt = np.zeros((H, W))
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
+                continue
+            ys = slice(max(0, dy), H + min(0, dy))
+            yd = slice(max(0, -dy), H + min(0, -dy))
+            xs = slice(max(0, dx), W + min(0, dx))
+            xd = slice(max(0, -dx), W + min(0, -dx))
+            prod = np.einsum("tij,tij->ij", z[:, yd, xd], z[:, ys, xs], dtype=np.float64) / Tz
+            ci[yd, xd] += prod
+            cnt[yd, xd] += 1
+    ci /= np.maximum(cnt, 1)
+    cis = _smooth2d(ci, 1.0)
+    r = max(1, int(round(cell_radius_px)))
+    med = np.median(cis)
+    mad = 1.4826 * np.median(np.abs(cis - med))
+    thr = med + seed_mad * max(mad, 1e-12)
+    # local maxima in a (2r+1)^2 window
+    pad = np.pad(cis, r, mode="constant", constant_values=-np.inf)
+    lmax = np.full((H, W), -np.inf)
+    for dy in range(-r, r + 1):
+        row = pad[r + dy:r + dy + H]
+        for dx in range(-r, r + 1):
+            np.maximum(lmax, row[:, r + dx:r + dx + W], out=lmax)
+    cand = np.argwhere((cis >= lmax) & (cis > thr))
+    cand = cand[np.argsort(-cis[cand[:, 0], cand[:, 1]], kind="stable")]
+    taken = np.zeros((H, W), bool)
+    rois = []
+    amin, amax = np.pi * (r / 2.0) ** 2, 4 * np.pi * r * r
+    R = 2 * r
+    for cy, cx in cand:
+        if len(rois) >= max_rois:
+            break
+        if taken[cy, cx]:
+            continue
+        y0, y1, x0, x1 = max(0, cy - R), min(H, cy + R + 1), max(0, cx - R), min(W, cx + R + 1)
+        ref = z[:, max(0, cy - 1):cy + 2, max(0, cx - 1):cx + 2].reshape(Tz, -1).mean(axis=1)
+        sd = ref.std()
+        if sd == 0:
+            continue
+        ref = (ref - ref.mean()) / sd
+        win = z[:, y0:y1, x0:x1]
+        corr = np.tensordot(ref, win, axes=(0, 0)) / Tz
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= R * R
+        good = (corr > max(corr_threshold, 0.4 * corr[cy - y0, cx - x0])) & inside & ~taken[y0:y1, x0:x1]
+        if not good[cy - y0, cx - x0]:
+            continue
+        comp = np.zeros_like(good)
+        q = deque([(cy - y0, cx - x0)])
+        comp[cy - y0, cx - x0] = True
+        while q:
+            a, b = q.popleft()
+            for na, nb in ((a - 1, b), (a + 1, b), (a, b - 1), (a, b + 1)):
+                if 0 <= na < good.shape[0] and 0 <= nb < good.shape[1] and good[na, nb] and not comp[na, nb]:
+                    comp[na, nb] = True
+                    q.append((na, nb))
+        area = int(comp.sum())
+        if area < amin or area > amax:
+            continue
+        mask = np.zeros((H, W), bool)
+        mask[y0:y1, x0:x1] = comp
+        taken |= mask
+        rois.append(mask)
+    if not rois:
+        return np.zeros((0, H, W), bool)
+    return np.stack(rois)
+
+
+def roi_traces(movie, masks) -> np.ndarray:
+    """ROI traces (N, T) float64: trace_i(t) = sum_p w_i(p) x(t, p) / sum_p w_i(p) with w_i the mask
+    (bool: plain mean over the mask) or float weights (e.g. footprints; negative weights are
+    clipped to 0). An empty mask gives a NaN row."""
+    x = np.asarray(movie)
+    wts = np.asarray(masks)
+    if wts.ndim == 2:
+        wts = wts[None]
+    if x.shape[1:] != wts.shape[1:]:
+        raise ValueError(f"masks {wts.shape} do not match movie frames {x.shape}")
+    T = x.shape[0]
+    Wm = np.maximum(wts.reshape(wts.shape[0], -1).astype(np.float64), 0.0)
+    tot = Wm.sum(axis=1)
+    used = np.nonzero(Wm.any(axis=0))[0]  # only pixels inside some ROI
+    Wu = Wm[:, used]
+    xf = x.reshape(T, -1)
+    out = np.empty((wts.shape[0], T))
+    for sl in _blocks(T, max(1, (1 << 22) // max(used.size, 1))):
+        out[:, sl] = Wu @ xf[sl][:, used].astype(np.float64).T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out /= np.where(tot > 0, tot, np.nan)[:, None]
+    return out
+
+
+def trace_correlations(a, b) -> np.ndarray:
+    """Row-wise Pearson r: r_i = sum_t (a_it - mean a_i)(b_it - mean b_i) / sqrt(SS(a_i) SS(b_i)).
+    Rows with zero variance (or containing NaN/inf) give NaN; a 1-D input is one row."""
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(b, dtype=np.float64))
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
+    da = a - a.mean(axis=1, keepdims=True)
+    db = b - b.mean(axis=1, keepdims=True)
+    num = (da * db).sum(axis=1)
+    den = np.sqrt((da * da).sum(axis=1) * (db * db).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    r[~np.isfinite(r)] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def _nan_stat(v: np.ndarray, fn, *a) -> float:
+    v = v[np.isfinite(v)]
+    return float(fn(v, *a)) if v.size else float("nan")
+
+
+def imaging_fidelity(orig, dec, masks=None, true_traces=None, footprints=None, noise=None,
+                     footprint_threshold: float = 0.3, max_rois: int = 50) -> dict:
+    """ROI-trace fidelity of a decoded (T, H, W) movie.
+
+    ROIs: ``masks`` if given; else ``footprints > footprint_threshold * max`` per footprint (rows
+    then correspond to cells); else :func:`detect_rois` on ``orig``. Traces are ROI means
+    (:func:`roi_traces`). Returns
+
+    - ``roi_r_median``, ``roi_r_p05``: median and 5th percentile over ROIs of Pearson r between
+      original and decoded ROI traces (NaN rows excluded);
+    - ``n_rois`` and ``roi_source`` ('masks' | 'footprints' | 'detected');
+    - with ``true_traces`` (N, T) and ROIs that correspond to them (footprints, or N masks):
+      ``true_r_median_orig`` / ``true_r_median_dec`` (median r of original / decoded ROI traces
+      against the true traces) and ``true_r_p05_dec``; NaN when ROIs do not correspond;
+    - with ``noise`` (a scalar sigma or the dict of :func:`estimate_noise_imaging`):
+      ``rmse_noise_units`` = :func:`noise_rmse`.
+    """
+    orig = np.asarray(orig)
+    dec = np.asarray(dec)
+    if orig.shape != dec.shape or orig.ndim != 3:
+        raise ValueError(f"expected two (T, H, W) movies of equal shape, got {orig.shape}, {dec.shape}")
+    if masks is not None:
+        m = np.asarray(masks)
+        if m.ndim == 2:
+            m = m[None]
+        src = "masks"
+    elif footprints is not None:
+        fp = np.asarray(footprints, dtype=np.float64)
+        mx = fp.reshape(fp.shape[0], -1).max(axis=1)
+        m = fp > (footprint_threshold * mx)[:, None, None]
+        src = "footprints"
+    else:
+        m = detect_rois(orig, max_rois=max_rois)
+        src = "detected"
+    out: dict = {"n_rois": int(m.shape[0]), "roi_source": src}
+    if m.shape[0]:
+        to = roi_traces(orig, m)
+        td = roi_traces(dec, m)
+        r = trace_correlations(to, td)
+        out["roi_r_median"] = _nan_stat(r, np.median)
+        out["roi_r_p05"] = _nan_stat(r, np.percentile, 5)
+    else:
+        to = td = None
+        out["roi_r_median"] = out["roi_r_p05"] = float("nan")
+    if true_traces is not None:
+        tt = np.atleast_2d(np.asarray(true_traces, dtype=np.float64))
+        if to is not None and src != "detected" and tt.shape == to.shape:
+            ro = trace_correlations(to, tt)
+            rd = trace_correlations(td, tt)
+            out["true_r_median_orig"] = _nan_stat(ro, np.median)
+            out["true_r_median_dec"] = _nan_stat(rd, np.median)
+            out["true_r_p05_dec"] = _nan_stat(rd, np.percentile, 5)
+        else:
+            out["true_r_median_orig"] = out["true_r_median_dec"] = out["true_r_p05_dec"] = float("nan")
+    if noise is not None:
+        sig = noise["sigma"] if isinstance(noise, dict) else noise
+        out["rmse_noise_units"] = noise_rmse(orig, dec, sig)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# ephys: spike detection and agreement
+# --------------------------------------------------------------------------------------------------
+
+def detect_spikes(y: np.ndarray, thresholds: np.ndarray, dead: int) -> tuple[np.ndarray, np.ndarray]:
+    """Negative-peak threshold detection on a filtered (T, C) signal.
+
+    A sample t on channel c is a candidate when y[t,c] < -thresholds[c] and it is a local minimum
+    (y[t-1,c] >= y[t,c] < y[t+1,c]). Candidates are taken per channel in time order; one within
+    ``dead`` samples after the last kept one replaces it only if deeper (so the kept peaks are
+    the deepest of each burst of threshold crossings). Returns (times, channels), sorted by
+    channel then time.
+    """
+    y = np.asarray(y)
+    T, C = y.shape
+    if T < 3:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    thr = -np.asarray(thresholds, dtype=np.float64).reshape(1, C)
+    mid = y[1:-1]
+    cand = (mid < thr) & (mid <= y[:-2]) & (mid < y[2:])
+    t, c = np.nonzero(cand)
+    t = t + 1
+    order = np.lexsort((t, c))
+    t, c = t[order], c[order]
+    keep_t, keep_c = [], []
+    last_t, last_c, last_v = -(10**18), -1, 0.0
+    vals = y[t, c]
+    for ti, ci, vi in zip(t.tolist(), c.tolist(), vals.tolist()):
+        if ci == last_c and ti - last_t <= dead:
+            if vi < last_v:
+                keep_t[-1] = ti
+                last_v = vi
+                last_t = ti
+            continue
+        keep_t.append(ti)
+        keep_c.append(ci)
+        last_t, last_c, last_v = ti, ci, vi
+    return np.asarray(keep_t, np.int64), np.asarray(keep_c, np.int64)
+
+
+def match_spikes(ta, ca, tb, cb, tol: int) -> int:
+    """Number of one-to-one matches between detections (ta, ca) and (tb, cb): same channel and
+    |ta - tb| <= tol, greedy in time order per channel (optimal when detections on a channel are
+    more than 2 tol apart, which the dead time ensures)."""
+    n = 0
+    for ch in np.union1d(ca, cb):
+        a = np.sort(ta[ca == ch])
+        b = np.sort(tb[cb == ch])
+        i = j = 0
+        while i < a.size and j < b.size:
+            d = a[i] - b[j]
+            if abs(d) <= tol:
+                n += 1
+                i += 1
+                j += 1
+            elif d < 0:
+                i += 1
+            else:
+                j += 1
+    return n
+
+
+def ephys_fidelity(orig, dec, fs: float, threshold: float = 5.0, lo: float = 300.0, hi: float = 6000.0,
+                   dead_ms: float = 1.0, tol_ms: float = 0.5, snippet_ms: float = 1.0,
+                   max_snippets: int = 20000) -> dict:
+    """Spike-band fidelity of a decoded (T, C) recording.
+
+    Both signals are band-passed (:func:`bandpass`, ``lo``-``hi`` Hz). Thresholds are
+    ``threshold`` * sigma_c with sigma_c from the ORIGINAL (:func:`estimate_noise_ephys`, MAD/0.6745)
+    and used for both, so a codec is judged on the same absolute threshold. Spikes are detected
+    with :func:`detect_spikes` (dead time ``dead_ms``) on each. Returns
+
+    - ``spike_f1`` = 2 M / (N_orig + N_dec), M = detections matched on the same channel within
+      +-``tol_ms`` (:func:`match_spikes`); NaN when neither has a detection;
+    - ``spike_precision`` = M / N_dec, ``spike_recall`` = M / N_orig;
+    - ``waveform_r_median``: median over original detections (at most ``max_snippets``, evenly
+      spaced) of Pearson r between the original and decoded filtered snippets, +-``snippet_ms``
+      around the peak on the detection channel;
+    - ``n_spikes`` = N_orig, ``n_spikes_dec`` = N_dec, ``sigma`` (per-channel, list).
+    """
+    orig = np.asarray(orig)
+    dec = np.asarray(dec)
+    if orig.shape != dec.shape:
+        raise ValueError(f"shape mismatch: {orig.shape} vs {dec.shape}")
+    if orig.ndim == 1:
+        orig, dec = orig[:, None], dec[:, None]
+    yo = bandpass(orig, fs, lo, hi)
+    yd = bandpass(dec, fs, lo, hi)
+    med = np.median(yo, axis=0)
+    sig = np.median(np.abs(yo - med), axis=0).astype(np.float64) / 0.6745
+    thr = threshold * sig
+    thr = np.where(thr > 0, thr, np.inf)  # a channel without noise has no detections
+    dead = max(1, int(round(dead_ms * fs / 1000.0)))
+    tol = int(round(tol_ms * fs / 1000.0))
+    to, co = detect_spikes(yo, thr, dead)
+    td, cd = detect_spikes(yd, thr, dead)
+    M = match_spikes(to, co, td, cd, tol)
+    No, Nd = int(to.size), int(td.size)
+    out = {
+        "spike_f1": (2.0 * M / (No + Nd)) if (No + Nd) else float("nan"),
+        "spike_precision": (M / Nd) if Nd else float("nan"),
+        "spike_recall": (M / No) if No else float("nan"),
+        "n_spikes": No, "n_spikes_dec": Nd, "n_matched": int(M), "sigma": sig.tolist(),
+    }
+    h = max(1, int(round(snippet_ms * fs / 1000.0)))
+    ok = (to >= h) & (to < orig.shape[0] - h)
+    ts, cs = to[ok], co[ok]
+    if ts.size > max_snippets:
+        sel = np.linspace(0, ts.size - 1, max_snippets).astype(np.int64)
+        ts, cs = ts[sel], cs[sel]
+    if ts.size:
+        idx = ts[:, None] + np.arange(-h, h + 1)[None, :]
+        r = trace_correlations(yo[idx, cs[:, None]], yd[idx, cs[:, None]])
+        out["waveform_r_median"] = _nan_stat(r, np.median)
+    else:
+        out["waveform_r_median"] = float("nan")
+    return out
