@@ -1,0 +1,148 @@
+"""Content-addressed model registry.
+
+A model package is a folder holding ``encoder.onnx``, ``decoder.onnx`` and ``tables.json``; its id is
+``"necoda-" + first 16 hex digits of sha256(encoder bytes + decoder bytes + tables bytes)``. Chunk headers
+store that id, so a chunk always names the exact weights that decode it.
+
+Search path: the packages under ``necoda_filter/models/builtin/`` (shipped in the wheel), then every folder
+listed in the ``NECODA_MODEL_PATH`` environment variable (``os.pathsep``-separated); each entry may be a
+package itself or a folder of packages.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+BUILTIN_DIR = Path(__file__).with_name("builtin")
+#: the built-in package that ``mode="learned"`` uses when no model is named
+DEFAULT_NAME = "imaging-v1"
+FILES = ("encoder.onnx", "decoder.onnx", "tables.json")
+ENV_VAR = "NECODA_MODEL_PATH"
+
+
+class ModelNotFound(LookupError):
+    """The model id named by a chunk is not installed."""
+
+
+@dataclass
+class ModelPackage:
+    id: str
+    path: Path
+    encoder: bytes
+    decoder: bytes
+    tables: dict
+
+
+def model_id_of_bytes(encoder: bytes, decoder: bytes, tables: bytes) -> str:
+    h = hashlib.sha256()
+    for b in (encoder, decoder, tables):
+        h.update(b)
+    return "necoda-" + h.hexdigest()[:16]
+
+
+def model_id_of_dir(path) -> str:
+    p = Path(path)
+    return model_id_of_bytes(*((p / f).read_bytes() for f in FILES))
+
+
+_lock = threading.Lock()
+_by_id: dict[str, ModelPackage] = {}
+_scanned_key: tuple | None = None
+_index: dict[str, Path] = {}
+
+
+def _search_dirs() -> list[Path]:
+    dirs = [BUILTIN_DIR]
+    for entry in os.environ.get(ENV_VAR, "").split(os.pathsep):
+        if entry.strip():
+            dirs.append(Path(entry).expanduser())
+    return dirs
+
+
+def _candidates(d: Path):
+    if (d / "tables.json").is_file():
+        yield d
+    elif d.is_dir():
+        for sub in sorted(d.iterdir()):
+            if (sub / "tables.json").is_file():
+                yield sub
+
+
+def _scan() -> dict[str, Path]:
+    global _scanned_key, _index
+    key = tuple(str(d) for d in _search_dirs())
+    if key == _scanned_key:
+        return _index
+    idx: dict[str, Path] = {}
+    for d in _search_dirs():
+        for pkg in _candidates(d):
+            try:
+                mid = model_id_of_dir(pkg)
+            except OSError:
+                continue
+            idx.setdefault(mid, pkg)
+    _index, _scanned_key = idx, key
+    return idx
+
+
+def available() -> dict[str, Path]:
+    """All installed model ids -> package folder."""
+    with _lock:
+        return dict(_scan())
+
+
+def _load(mid: str, path: Path) -> ModelPackage:
+    enc, dec, tab = ((path / f).read_bytes() for f in FILES)
+    got = model_id_of_bytes(enc, dec, tab)
+    if got != mid:
+        raise ModelNotFound(f"necoda model {mid} at {path} changed on disk (now {got})")
+    return ModelPackage(mid, path, enc, dec, json.loads(tab))
+
+
+def get(model_id: str) -> ModelPackage:
+    """The package with this content id; raises :class:`ModelNotFound` naming the id."""
+    with _lock:
+        if model_id in _by_id:
+            return _by_id[model_id]
+        path = _scan().get(model_id)
+        if path is None:
+            global _scanned_key
+            _scanned_key = None  # rescan once: a package may have been installed meanwhile
+            path = _scan().get(model_id)
+        if path is None:
+            raise ModelNotFound(
+                f"necoda model {model_id!r} is not installed: this chunk was compressed with it. Put its "
+                f"package folder (encoder.onnx, decoder.onnx, tables.json) on {ENV_VAR} or upgrade necoda-filter")
+        pkg = _load(model_id, path)
+        _by_id[model_id] = pkg
+        return pkg
+
+
+def default() -> ModelPackage:
+    """The built-in default package for ``mode="learned"``."""
+    path = BUILTIN_DIR / DEFAULT_NAME
+    if not (path / "tables.json").is_file():
+        raise ModelNotFound(f"necoda built-in model {DEFAULT_NAME!r} is missing from {BUILTIN_DIR}")
+    return get(model_id_of_dir(path))
+
+
+def resolve(name_or_id: str | None) -> ModelPackage:
+    """A package by id (``necoda-...``), built-in folder name, or path; ``None`` = default."""
+    if not name_or_id:
+        return default()
+    if name_or_id.startswith("necoda-"):
+        return get(name_or_id)
+    p = BUILTIN_DIR / name_or_id
+    if not (p / "tables.json").is_file():
+        p = Path(name_or_id).expanduser()
+    if (p / "tables.json").is_file():
+        mid = model_id_of_dir(p)
+        with _lock:
+            if mid not in _by_id:
+                _by_id[mid] = _load(mid, p)
+            return _by_id[mid]
+    raise ModelNotFound(f"necoda model {name_or_id!r} not found (give an id, a built-in name or a package folder)")

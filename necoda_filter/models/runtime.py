@@ -1,0 +1,56 @@
+"""ONNX Runtime sessions for the learned codec: one cached session per (model, graph, threads).
+
+CUDAExecutionProvider is used when ``onnxruntime-gpu`` is installed and reports it (set
+``NECODA_PROVIDER=cpu`` to force the CPU). Thread count: ``NECODA_THREADS`` or ORT's default.
+Float outputs never drive entropy coding (latents are integers coded with forward-adaptive pcodec
+blocks), so provider and thread differences can only move the lossy reconstruction by float rounding.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+_lock = threading.Lock()
+_sessions: dict[tuple, object] = {}
+
+
+def providers() -> list[str]:
+    import onnxruntime as ort
+
+    avail = ort.get_available_providers()
+    want = os.environ.get("NECODA_PROVIDER", "auto").lower()
+    if want != "cpu" and "CUDAExecutionProvider" in avail:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def session(model_id: str, graph: str, blob: bytes, threads: int | None = None):
+    import onnxruntime as ort
+
+    if threads is None:
+        env = os.environ.get("NECODA_THREADS")
+        threads = int(env) if env else 0
+    prov = tuple(providers())
+    key = (model_id, graph, threads, prov)
+    with _lock:
+        s = _sessions.get(key)
+        if s is None:
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            s = ort.InferenceSession(blob, sess_options=so, providers=list(prov))
+            _sessions[key] = s
+        return s
+
+
+def run(model_id: str, graph: str, blob: bytes, feeds: dict, threads: int | None = None) -> list[np.ndarray]:
+    s = session(model_id, graph, blob, threads)
+    return s.run(None, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()})
+
+
+def clear_cache() -> None:
+    with _lock:
+        _sessions.clear()

@@ -1,0 +1,333 @@
+"""Learned mode: a spatiotemporal hourglass network (ONNX) coding imaging movies at 100×–2000×.
+
+Encode (one chunk, (T, H, W); other ranks are folded to that):
+
+1. estimate gain/offset (photon transfer) and variance-stabilise to noise units (generalised Anscombe);
+2. baseline = per-pixel temporal mean, block-averaged and quantised per quality level, coded
+   losslessly as integers (pcodec) — the static image costs a fixed few hundred bytes to a few KB;
+3. dynamics ``d = v - baseline`` (edge-padded inside the chunk to T % 8 == 0, H, W % 16 == 0 and cut into
+   equal tiles for large frames; no halo, so chunks stay independent) go through the ONNX encoder; the two
+   latents are scaled by per-quality, per-channel gains (step sizes) and rounded to integers;
+4. each latent channel is entropy-coded with pcodec (forward-adaptive, bit-exact on any machine);
+5. optional safeguard (``max_error`` raw units / ``max_error_noise`` noise sd): the residual
+   ``original - reconstruction`` is coded with the bounded mode so the bound holds whatever the network did.
+
+Decode = pcodec ints → ints / gain → ONNX decoder → + baseline → inverse VST → round/clip to dtype
+(+ safeguard residual). Torch is never imported; the model is named by its content id in the chunk header.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+from . import Encoded
+
+FORMAT = 1
+MAGIC = b"NL"
+#: quality levels are 1 (smallest files, ~2000×) .. n_quality (best fidelity, ~100×)
+DEFAULT_QUALITY = 2
+BASE_SCALE = 0.2
+#: frames are cut into tiles of at most this many pixels per side when larger than TILE_THRESHOLD pixels
+TILE_HW = 256
+TILE_THRESHOLD = 512 * 512
+TILE_T = 128
+TILE_T_THRESHOLD = 256
+#: voxels per ONNX Runtime call (bounds memory for large chunks)
+RUN_VOXELS = 1 << 23
+MAX_LATENT = 1 << 20
+
+
+def _ceil_to(n, m):
+    return -(-n // m) * m
+
+
+def _geometry(shape3, tables):
+    """Tile size and padded size (deterministic function of the chunk shape)."""
+    T, H, W = shape3
+    ts, ss = tables["t_stride"], tables["s_stride"]
+    Tp, Hp, Wp = _ceil_to(T, ts), _ceil_to(H, ss), _ceil_to(W, ss)
+    tt = Tp if Tp <= TILE_T_THRESHOLD else TILE_T
+    if Hp * Wp > TILE_THRESHOLD:
+        th, tw = min(TILE_HW, Hp), min(TILE_HW, Wp)
+    else:
+        th, tw = Hp, Wp
+    return (tt, th, tw), (_ceil_to(Tp, tt), _ceil_to(Hp, th), _ceil_to(Wp, tw))
+
+
+def _to_tiles(a, tile):
+    """(Tp, Hp, Wp) -> (n, tt, th, tw) in C order of the tile grid."""
+    tt, th, tw = tile
+    Tp, Hp, Wp = a.shape
+    a = a.reshape(Tp // tt, tt, Hp // th, th, Wp // tw, tw).transpose(0, 2, 4, 1, 3, 5)
+    return a.reshape(-1, tt, th, tw)
+
+
+def _from_tiles(b, tile, padded):
+    tt, th, tw = tile
+    Tp, Hp, Wp = padded
+    b = b.reshape(Tp // tt, Hp // th, Wp // tw, tt, th, tw).transpose(0, 3, 1, 4, 2, 5)
+    return b.reshape(Tp, Hp, Wp)
+
+
+def _as3(shape):
+    if len(shape) == 1:
+        raise ValueError("learned mode needs image data (at least 2-D)")
+    if len(shape) == 2:
+        return (1, *shape)
+    return (int(np.prod(shape[:-2])), shape[-2], shape[-1])
+
+
+def _latent_shapes(tiles_n, tile, tables):
+    tt, th, tw = tile
+    out = {}
+    for name in ("zs", "zt"):
+        spec = tables["latents"][name]
+        dt, dh, dw = spec["down"]
+        out[name] = (tiles_n, spec["channels"], tt // dt, th // dh, tw // dw)
+    return out
+
+
+def _batches(n, per):
+    step = max(1, RUN_VOXELS // per)
+    return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def _dtype_limits(dtype):
+    if np.issubdtype(dtype, np.integer):
+        ii = np.iinfo(dtype)
+        return float(ii.min), float(ii.max)
+    return None
+
+
+def _finish(y, dtype):
+    lim = _dtype_limits(dtype)
+    if lim is not None:
+        return np.clip(np.rint(y), lim[0], lim[1]).astype(dtype)
+    return y.astype(dtype)
+
+
+class LearnedMode:
+    name = "learned"
+    mode_id = 3
+    lossy = True
+    options = ("quality", "max_error", "max_error_noise", "model")
+
+    # ------------------------------------------------------------------ encode
+    def encode(self, arr: np.ndarray, quality: int | None = None, max_error: float | None = None,
+               max_error_noise: float | None = None, model: str | None = None, threads: int | None = None,
+               **_ignored) -> Encoded:
+        from ..models import prep, registry, runtime
+
+        arr = np.asarray(arr)
+        if arr.dtype.kind not in "iuf":
+            raise ValueError(f"learned mode codes numeric images, not {arr.dtype}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ValueError("learned mode cannot code NaN/inf")
+        pkg = registry.resolve(model)
+        tab = pkg.tables
+        nq = int(tab["n_quality"])
+        q = DEFAULT_QUALITY if quality is None else int(quality)
+        q = min(max(q, 1), nq)
+        qi = q - 1
+        x = arr.reshape(_as3(arr.shape))
+        T, H, W = x.shape
+        g, o = prep.estimate_gain_offset(x)
+        v = prep.vst(x, g, o)
+        base = v.mean(0, dtype=np.float32)
+        bcfg = tab["baseline"][qi]
+        bstep, bfac = float(bcfg["step"]), int(bcfg["factor"])
+        bint = prep.quantize_baseline(base, bstep, bfac)
+        bq = prep.dequantize_baseline(bint, bstep, bfac, base.shape)
+        tile, padded = _geometry((T, H, W), tab)
+        d = v - bq[None]
+        pads = ((0, padded[0] - T), (0, padded[1] - H), (0, padded[2] - W))
+        d = np.pad(d, pads, mode="edge")
+        bpad = np.pad(bq, pads[1:], mode="edge")
+        dt = _to_tiles(d, tile)
+        n = dt.shape[0]
+        tt, th, tw = tile
+        gh, gw = padded[1] // th, padded[2] // tw
+        btiles = (bpad * np.float32(BASE_SCALE)).reshape(gh, th, gw, tw).transpose(0, 2, 1, 3)
+        btiles = np.ascontiguousarray(btiles).reshape(gh * gw, 1, 1, th, tw)
+        shapes = _latent_shapes(n, tile, tab)
+        zs = np.empty(shapes["zs"], np.float32)
+        zt = np.empty(shapes["zt"], np.float32)
+        for a, b in _batches(n, int(np.prod(tile))):
+            idx = np.arange(a, b) % (gh * gw)
+            ys, yt = runtime.run(pkg.id, "encoder", pkg.encoder, {"x": dt[a:b, None], "base": btiles[idx]}, threads)
+            zs[a:b], zt[a:b] = ys, yt
+        gs = np.asarray(tab["gain_zs"][qi], np.float32)[None, :, None, None, None]
+        gt = np.asarray(tab["gain_zt"][qi], np.float32)[None, :, None, None, None]
+        qs = np.clip(np.rint(zs * gs), -MAX_LATENT, MAX_LATENT).astype(np.int32)
+        qt = np.clip(np.rint(zt * gt), -MAX_LATENT, MAX_LATENT).astype(np.int32)
+        sections = [prep.encode_ints_2d(bint)]
+        for lat in (qs, qt):
+            for c in range(lat.shape[1]):
+                sections.append(prep.encode_ints(lat[:, c]))
+        params = {"g": g, "o": o, "q": q, "tile": list(tile), "bs": bstep, "bf": bfac}
+        sg = b""
+        if max_error is not None or max_error_noise is not None:
+            sg, sgp = self._safeguard(arr, x, qs, qt, bq, params, pkg, max_error, max_error_noise, threads)
+            params["sg"] = sgp
+        sections.append(sg)
+        body = b"".join(struct.pack("<I", len(s)) + s for s in sections)
+        payload = MAGIC + struct.pack("<BI", FORMAT, zlib.crc32(body)) + body
+        return Encoded(payload, params, pkg.id)
+
+    def _safeguard(self, arr, x, qs, qt, bq, params, pkg, max_error, max_error_noise, threads):
+        from . import get
+
+        bounded = get("bounded")  # the project's bounded-error mode (ImportError if it is not installed)
+        if max_error_noise is not None:
+            xf = x.astype(np.float32)
+            if xf.shape[0] >= 2:
+                sig = float(np.median(np.abs(np.diff(xf, axis=0)))) / (0.6745 * np.sqrt(2.0))
+            else:
+                sig = float(params["g"])
+            me = float(max_error_noise) * max(sig, 1e-12)
+            me = me if max_error is None else min(me, float(max_error))
+        else:
+            me = float(max_error)
+        rec = self._reconstruct(qs, qt, bq, x.shape, params, pkg, arr.dtype, threads)
+        if np.issubdtype(arr.dtype, np.integer):
+            # the decoder may differ from this reconstruction by float rounding (other provider/threads):
+            # keep one raw unit of margin so the bound holds wherever the chunk is decoded
+            eff = np.floor(me) - 1.0
+            if eff < 0:
+                raise ValueError(f"learned safeguard needs max_error >= 1 raw unit for integers (got {me:g})")
+            resid = x.astype(np.int64) - rec.reshape(x.shape).astype(np.int64)
+            resid = resid.astype(np.int32)
+        else:
+            eff = me * 0.999
+            resid = (x.astype(np.float64) - rec.reshape(x.shape).astype(np.float64)).astype(np.float32)
+        enc = bounded.encode(resid, max_error=float(eff))
+        return enc.payload, {"me": me, "eff": float(eff), "dt": resid.dtype.str, "p": enc.params, "m": enc.model_id}
+
+    # ------------------------------------------------------------------ decode
+    def _reconstruct(self, qs, qt, bq, shape3, params, pkg, dtype, threads=None):
+        from ..models import prep, runtime
+
+        tab = pkg.tables
+        qi = int(params["q"]) - 1
+        if not 0 <= qi < int(tab["n_quality"]):
+            raise ValueError(f"learned chunk quality {params['q']} not in model {pkg.id}")
+        tile = tuple(int(t) for t in params["tile"])
+        T, H, W = shape3
+        _, padded = _geometry((T, H, W), tab)
+        gs = np.asarray(tab["gain_zs"][qi], np.float32)[None, :, None, None, None]
+        gt = np.asarray(tab["gain_zt"][qi], np.float32)[None, :, None, None, None]
+        zs = qs.astype(np.float32) / gs
+        zt = qt.astype(np.float32) / gt
+        pads = ((0, padded[1] - H), (0, padded[2] - W))
+        bpad = np.pad(bq, pads, mode="edge")
+        n = qs.shape[0]
+        tt, th, tw = tile
+        gh, gw = padded[1] // th, padded[2] // tw
+        btiles = bpad.reshape(gh, th, gw, tw).transpose(0, 2, 1, 3).reshape(gh * gw, 1, 1, th, tw)
+        out = np.empty((n, tt, th, tw), np.float32)
+        for a, b in _batches(n, int(np.prod(tile))):
+            idx = np.arange(a, b) % (gh * gw)
+            (dd,) = runtime.run(pkg.id, "decoder", pkg.decoder,
+                                {"zs": zs[a:b], "zt": zt[a:b], "base": btiles[idx] * np.float32(BASE_SCALE)}, threads)
+            out[a:b] = dd[:, 0]
+        d = _from_tiles(out, tile, padded)[:T, :H, :W]
+        v = d + bq[None]
+        y = prep.inverse_vst(v, float(params["g"]), float(params["o"]))
+        return _finish(y, dtype)
+
+    def decode(self, payload, shape, dtype, params, model_id, threads: int | None = None) -> np.ndarray:
+        from ..models import prep, registry
+
+        pkg = registry.get(model_id)  # ModelNotFound (a LookupError) names the id
+        tab = pkg.tables
+        mv = bytes(payload)
+        if len(mv) < 7 or mv[:2] != MAGIC:
+            raise ValueError("learned payload has a bad magic")
+        fmt, crc = struct.unpack_from("<BI", mv, 2)
+        if fmt != FORMAT:
+            raise ValueError(f"learned payload format {fmt} not supported")
+        body = mv[7:]
+        if zlib.crc32(body) != crc:
+            raise ValueError("learned payload checksum mismatch (corrupt latents)")
+        sections, pos = [], 0
+        while pos < len(body):
+            if pos + 4 > len(body):
+                raise ValueError("learned payload truncated")
+            (k,) = struct.unpack_from("<I", body, pos)
+            pos += 4
+            if pos + k > len(body):
+                raise ValueError("learned payload truncated")
+            sections.append(body[pos:pos + k])
+            pos += k
+        cs, ct = tab["latents"]["zs"]["channels"], tab["latents"]["zt"]["channels"]
+        if len(sections) != 1 + cs + ct + 1:
+            raise ValueError(f"learned payload has {len(sections)} sections, expected {cs + ct + 2}")
+        shape3 = _as3(tuple(shape))
+        T, H, W = shape3
+        tile = tuple(int(t) for t in params["tile"])
+        _, padded = _geometry(shape3, tab)
+        if any(p % t for p, t in zip(padded, tile)) or tile != _geometry(shape3, tab)[0]:
+            raise ValueError("learned chunk tiling does not match its shape")
+        bstep, bfac = float(params["bs"]), int(params["bf"])
+        bshape = (-(-H // bfac), -(-W // bfac))
+        bint = prep.decode_ints_2d(sections[0], bshape)
+        bq = prep.dequantize_baseline(bint, bstep, bfac, (H, W))
+        n = int(np.prod([p // t for p, t in zip(padded, tile)]))
+        shapes = _latent_shapes(n, tile, tab)
+        lat = []
+        i = 1
+        for name in ("zs", "zt"):
+            s = shapes[name]
+            per = s[0] * int(np.prod(s[2:]))
+            chans = [prep.decode_ints(sections[i + c], per).reshape((s[0],) + s[2:]) for c in range(s[1])]
+            i += s[1]
+            lat.append(np.stack(chans, axis=1))
+        qs, qt = lat
+        if max(np.abs(qs).max(initial=0), np.abs(qt).max(initial=0)) > MAX_LATENT:
+            raise ValueError("learned latents out of range (corrupt payload)")
+        rec = self._reconstruct(qs, qt, bq, shape3, params, pkg, np.dtype(dtype), threads)
+        sg = sections[-1]
+        if "sg" in params:
+            from . import get
+
+            sgp = params["sg"]
+            resid = get("bounded").decode(sg, shape3, np.dtype(sgp["dt"]), sgp["p"], sgp.get("m", ""))
+            lim = _dtype_limits(np.dtype(dtype))
+            if lim is not None:
+                y = rec.astype(np.int64) + np.asarray(resid).astype(np.int64)
+                rec = np.clip(y, lim[0], lim[1]).astype(dtype)
+            else:
+                rec = (rec.astype(np.float64) + np.asarray(resid, np.float64)).astype(dtype)
+        elif len(sg):
+            raise ValueError("learned payload carries a safeguard block but the params do not describe it")
+        return rec.reshape(tuple(shape))
+
+    # ------------------------------------------------------------------ helpers for tests and tools
+    def latents(self, payload, shape, params, model_id):
+        """Integer latents stored in a payload (for determinism checks)."""
+        from ..models import prep, registry
+
+        pkg = registry.get(model_id)
+        tab = pkg.tables
+        body = bytes(payload)[7:]
+        sections, pos = [], 0
+        while pos < len(body):
+            (k,) = struct.unpack_from("<I", body, pos)
+            sections.append(body[pos + 4:pos + 4 + k])
+            pos += 4 + k
+        shape3 = _as3(tuple(shape))
+        tile, padded = _geometry(shape3, tab)
+        n = int(np.prod([p // t for p, t in zip(padded, tile)]))
+        shapes = _latent_shapes(n, tile, tab)
+        out, i = [], 1
+        for name in ("zs", "zt"):
+            s = shapes[name]
+            per = s[0] * int(np.prod(s[2:]))
+            out += [prep.decode_ints(sections[i + c], per) for c in range(s[1])]
+            i += s[1]
+        return out
+
+
+MODE = LearnedMode()

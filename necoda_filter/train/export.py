@@ -1,0 +1,72 @@
+"""Export a trained :class:`~necoda_filter.train.model.Codec` to the ONNX model package the codec loads.
+
+A package is a folder with ``encoder.onnx``, ``decoder.onnx`` and ``tables.json`` (everything decoding
+needs besides the graphs: strides, channels, per-quality gains and baseline settings). The model id is
+``"necoda-" + sha256(encoder + decoder + tables)[:16]`` (see :mod:`necoda_filter.models.registry`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..models.registry import model_id_of_dir
+from .model import S_STRIDE, T_STRIDE, Codec
+
+
+class _EncWrap(torch.nn.Module):
+    def __init__(self, enc):
+        super().__init__()
+        self.enc = enc
+
+    def forward(self, x, base):
+        return self.enc(x, base)
+
+
+class _DecWrap(torch.nn.Module):
+    def __init__(self, dec):
+        super().__init__()
+        self.dec = dec
+
+    def forward(self, zs, zt, base):
+        return self.dec(zs, zt, base)
+
+
+def export(model: Codec, out_dir, baseline: list[dict], extra_tables: dict | None = None) -> str:
+    """Write the package into ``out_dir``; returns the model id."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    cs, ct = model.cfg["cs"], model.cfg["ct"]
+    N, T, H, W = 1, 16, 32, 32
+    x = torch.zeros(N, 1, T, H, W)
+    b0 = torch.zeros(N, 1, 1, H, W)
+    dyn = {"x": {0: "n", 2: "t", 3: "h", 4: "w"}, "zs": {0: "n", 2: "t8", 3: "h4", 4: "w4"},
+           "zt": {0: "n", 2: "t2", 3: "h16", 4: "w16"}, "base": {0: "n", 3: "h", 4: "w"},
+           "d": {0: "n", 2: "t", 3: "h", 4: "w"}}
+    with torch.no_grad():
+        torch.onnx.export(_EncWrap(model.enc), (x, b0), str(out / "encoder.onnx"), input_names=["x", "base"],
+                          output_names=["zs", "zt"], dynamic_axes={k: dyn[k] for k in ("x", "base", "zs", "zt")},
+                          opset_version=17, dynamo=False)
+        zs = torch.zeros(N, cs, T // 8, H // 4, W // 4)
+        zt = torch.zeros(N, ct, T // 2, H // 16, W // 16)
+        base = torch.zeros(N, 1, 1, H, W)
+        torch.onnx.export(_DecWrap(model.dec), (zs, zt, base), str(out / "decoder.onnx"),
+                          input_names=["zs", "zt", "base"], output_names=["d"],
+                          dynamic_axes={k: dyn[k] for k in ("zs", "zt", "base", "d")},
+                          opset_version=17, dynamo=False)
+    nq = model.cfg["n_quality"]
+    tables = {
+        "format": "necoda-learned-1",
+        "t_stride": T_STRIDE, "s_stride": S_STRIDE,
+        "latents": {"zs": {"channels": cs, "down": [8, 4, 4]}, "zt": {"channels": ct, "down": [2, 16, 16]}},
+        "base_scale": 0.2,
+        "n_quality": nq,
+        "gain_zs": [[float(f"{v:.7g}") for v in row] for row in model.log_gain_s.detach().exp().tolist()],
+        "gain_zt": [[float(f"{v:.7g}") for v in row] for row in model.log_gain_t.detach().exp().tolist()],
+        "baseline": baseline,
+        **(extra_tables or {}),
+    }
+    (out / "tables.json").write_text(json.dumps(tables, indent=1, sort_keys=True) + "\n")
+    return model_id_of_dir(out)
