@@ -224,7 +224,8 @@ static htri_t necoda_can_apply(hid_t dcpl, hid_t type, hid_t space) {
     if ((cls == H5T_INTEGER && (size == 1 || size == 2 || size == 4 || size == 8)) ||
         (cls == H5T_FLOAT && (size == 2 || size == 4 || size == 8)))
         return 1;
-    report("necoda_can_apply", "necoda compresses integer and float datasets only (1, 2, 4 or 8 bytes)");
+    /* no report() here: pushing onto HDF5's error stack from can_apply crashed HDF5 2.0 at file close.
+     * The Python side (filters.Necoda, h5py's fill_dcpl hook) refuses such dtypes with a clear error. */
     return 0;
 }
 
@@ -268,6 +269,8 @@ static herr_t necoda_set_local(hid_t dcpl, hid_t type, hid_t space) {
     return H5.Pmodify_filter(dcpl, NECODA_FILTER_ID, flags & ~H5Z_FLAG_OPTIONAL, n, values);
 }
 
+/* Move the Python exception's text onto HDF5's error stack (h5py then raises its own OSError for the
+ * failed read; necoda_filter._bridge has already logged the exception with its full message). */
 static void python_error(const char *func) {
     char msg[1024];
     PyObject *t = NULL, *v = NULL, *tb = NULL;

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 
+import logging
+
 from . import chunk, options
 
 H5Z_FLAG_REVERSE = 0x0100
+log = logging.getLogger("necoda_filter")
 
 
 def filter(flags: int, cd_values: tuple, data: memoryview) -> bytes:
-    if flags & H5Z_FLAG_REVERSE:
-        return decode(cd_values, data)
-    return encode(cd_values, data)
+    """Entry point for csrc/h5necoda.c. An exception makes the filter fail: HDF5 then reports the
+    chunk unreadable (h5py raises OSError); the message is logged here because h5py shows only its own."""
+    try:
+        if flags & H5Z_FLAG_REVERSE:
+            return decode(cd_values, data)
+        return encode(cd_values, data)
+    except Exception as e:
+        log.error("necoda %s failed: %s: %s", "decode" if flags & H5Z_FLAG_REVERSE else "encode",
+                  type(e).__name__, e)
+        raise
 
 
 def encode(cd_values, data) -> bytes:

@@ -67,6 +67,10 @@ def _teach_h5py_the_name() -> None:
 
     @functools.wraps(original)
     def fill_dcpl(plist, shape, dtype, chunks, compression, compression_opts, *args, **kwargs):
+        if compression == FILTER_NAME or compression == FILTER_ID or getattr(compression, "filter_id", None) == FILTER_ID:
+            from .dtypes import code_of
+
+            code_of(dtype)  # refuse e.g. strings or compounds here, with a clear error
         if compression == FILTER_NAME:
             from .filters import Necoda
 

@@ -35,6 +35,12 @@ class NecodaCodec(Codec):
             return out
         return arr
 
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.pop("id", None)
+        return cls(**config)
+
     def get_config(self):
         return {"id": self.codec_id, "mode": self.mode, **self.options}
 

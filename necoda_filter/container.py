@@ -54,7 +54,10 @@ class Header:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        n = self.dtype.itemsize
+        for s in self.shape:  # Python ints: no overflow on hostile headers
+            n *= int(s)
+        return n
 
 
 def pack(mode_id: int, dtype, shape, payload: bytes, params: dict | None = None, model_id: str = "") -> bytes:

@@ -1,0 +1,121 @@
+"""The chunk container refuses every kind of bad input with a clear error."""
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from necoda_filter import chunk, container
+from necoda_filter.constants import FORMAT_VERSION
+from necoda_filter.container import CorruptChunk
+
+
+def good(shape=(4, 5), dtype="int16", mode="lossless"):
+    rng = np.random.default_rng(0)
+    a = (rng.normal(size=shape) * 30).astype(dtype)
+    return a, chunk.encode(a, mode)
+
+
+def test_header_is_self_describing():
+    a, b = good((6, 7, 8), "uint16")
+    h = chunk.info(b)
+    assert h.version == FORMAT_VERSION and h.shape == (6, 7, 8) and h.dtype == np.uint16
+    assert h.payload_len == len(b) - h.header_len
+
+
+def test_wrong_magic():
+    _, b = good()
+    with pytest.raises(CorruptChunk, match="not a necoda chunk"):
+        chunk.decode(b"XXXX" + b[4:])
+
+
+def test_unknown_version_refused():
+    _, b = good()
+    bad = bytearray(b)
+    bad[4] = FORMAT_VERSION + 1
+    with pytest.raises(CorruptChunk, match="format version"):
+        chunk.decode(bytes(bad))
+
+
+@pytest.mark.parametrize("cut", [0, 3, 7, 9, 20])
+def test_truncated_header(cut):
+    _, b = good()
+    with pytest.raises(CorruptChunk):
+        chunk.decode(b[:cut])
+
+
+def test_truncated_payload():
+    _, b = good()
+    with pytest.raises(CorruptChunk, match="payload length"):
+        chunk.decode(b[:-5])
+
+
+def test_flipped_payload_byte_fails_checksum():
+    _, b = good()
+    bad = bytearray(b)
+    bad[-3] ^= 0x40
+    with pytest.raises(CorruptChunk, match="checksum"):
+        chunk.decode(bytes(bad))
+
+
+def test_absurd_size_refused_before_allocation():
+    head = container.MAGIC + struct.pack("<BBBB", FORMAT_VERSION, 0, 4, 3) + struct.pack("<3I", 2**31, 2**31, 2**31)
+    head += struct.pack("<H", 0) + struct.pack("<B", 0) + struct.pack("<Q", 0)
+    buf = head + struct.pack("<I", zlib.crc32(head))
+    with pytest.raises(CorruptChunk, match="absurd"):
+        chunk.decode(buf)
+
+
+def test_payload_that_lies_about_shape_is_caught():
+    # valid checksum, but the raw payload is one element short of the header's shape
+    payload = np.arange(19, dtype="<i2").tobytes()
+    buf = container.pack(0, np.int16, (4, 5), payload)
+    with pytest.raises(CorruptChunk):
+        chunk.decode(buf)
+
+
+def test_garbage_payload_with_valid_checksum_raises():
+    buf = container.pack(1, np.int16, (4, 5), b"\x01\x02garbage-not-pcodec")
+    with pytest.raises(CorruptChunk):
+        chunk.decode(buf)
+
+
+def test_random_bytes_never_crash():
+    rng = np.random.default_rng(1)
+    _, b = good()
+    for i in range(300):
+        bad = bytearray(b)
+        for _ in range(rng.integers(1, 4)):
+            bad[rng.integers(0, len(bad))] = rng.integers(0, 256)
+        if bytes(bad) == b:
+            continue
+        with pytest.raises(CorruptChunk):
+            chunk.decode(bytes(bad))
+
+
+def test_unsupported_dtype_is_a_clear_error():
+    with pytest.raises(TypeError, match="cannot compress dtype"):
+        chunk.encode(np.zeros(4, dtype=complex), "lossless")
+
+
+def test_failing_mode_stores_raw(monkeypatch):
+    from necoda_filter import modes
+
+    m = modes.get("lossless")
+
+    def boom(*a, **k):
+        raise RuntimeError("encoder cannot handle this")
+
+    monkeypatch.setattr(m, "encode", boom)
+    a = np.arange(100, dtype=np.int32)
+    b = chunk.encode(a, "lossless")
+    assert chunk.info(b).mode_id == modes.MODE_IDS["raw"]
+    np.testing.assert_array_equal(chunk.decode(b), a)
+
+
+def test_incompressible_lossless_stored_raw():
+    a = np.random.default_rng(2).integers(0, 256, size=4096, dtype=np.uint8)
+    b = chunk.encode(a, "lossless")
+    assert chunk.info(b).mode_id == 0
+    assert len(b) < a.nbytes + 64
+    np.testing.assert_array_equal(chunk.decode(b), a)
