@@ -48,10 +48,11 @@ def _slow_process(rng: np.random.Generator, n: int, tau: float, k: int = 1) -> n
     z = rng.standard_normal((k, n))
     f = np.fft.rfftfreq(n)
     tf = np.exp(-2.0 * (np.pi * max(tau, 1e-3)) ** 2 * f**2)
+    tf[0] = 0.0  # zero mean
     y = np.fft.irfft(np.fft.rfft(z, axis=1) * tf, n=n, axis=1)
-    sd = y.std(axis=1, keepdims=True)
-    sd[sd == 0] = 1.0
-    return y / sd
+    # normalise by the theoretical sd (a short series may contain almost none of the slow band)
+    sd_theory = np.sqrt(np.sum(tf[1:] ** 2 * np.where(np.arange(1, f.size) == n / 2, 1.0, 2.0)) / n) if n > 1 else 0.0
+    return y / sd_theory if sd_theory > 1e-12 else np.zeros_like(y)
 
 
 def _ellipse(h, w, cy, cx, a, b, theta, nucleus, nucleus_frac, nucleus_depth, edge_px=0.6):
