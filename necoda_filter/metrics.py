@@ -276,66 +276,83 @@ def estimate_noise_imaging(movie, window: int = 16, n_bins: int = 50, pct_range:
 
 def _butter_mag(f: np.ndarray, lo: float | None, hi: float | None, order: int) -> np.ndarray:
     h = np.ones_like(f)
-    if lo is not None and lo > 0:
-        with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):
+        if lo is not None and lo > 0:
             h *= 1.0 / np.sqrt(1.0 + (lo / np.maximum(f, 1e-300)) ** (2 * order))
-        h[f == 0] = 0.0
-    if hi is not None:
-        h *= 1.0 / np.sqrt(1.0 + (f / hi) ** (2 * order))
+            h[f == 0] = 0.0
+        if hi is not None:
+            h *= 1.0 / np.sqrt(1.0 + (f / hi) ** (2 * order))
     return h
 
 
 def bandpass(x, fs: float, lo: float | None = 300.0, hi: float | None = 6000.0, order: int = 2,
-             block: int = 1 << 16, dtype=np.float32) -> np.ndarray:
-    """Zero-phase band-pass of (T, ...) along axis 0: multiply the spectrum by the Butterworth
-    magnitude |H(f)| = [1 + (lo/f)^(2n)]^-1/2 [1 + (f/hi)^(2n)]^-1/2 (n = ``order``), computed on
-    overlapping blocks of ``block`` samples with a margin of max(1024, 50 ms) on each side
-    (reflect-padded at the ends). ``hi`` is capped at 0.45 fs; ``lo``/``hi`` None disables a side."""
+             block: int = 1 << 15, ch_block: int = 64, dtype=np.float32) -> np.ndarray:
+    """Zero-phase band-pass of x (T,) or (T, C) along axis 0: the spectrum is multiplied by the
+    Butterworth magnitude |H(f)| = [1 + (lo/f)^(2n)]^-1/2 [1 + (f/hi)^(2n)]^-1/2 (n = ``order``;
+    no phase shift, so peaks keep their timing). Computed in float32 on overlapping time blocks of
+    about ``block`` samples with a margin of max(1024, 50 ms) each side (reflect-padded at the
+    ends of the signal) and ``ch_block`` channels at a time. ``hi`` is capped at 0.45 fs; ``lo`` or
+    ``hi`` None (or lo <= 0) disables that side."""
     x = np.asarray(x)
-    T = x.shape[0]
+    one_d = x.ndim == 1
+    if one_d:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise ValueError(f"expected (T,) or (T, C), got {x.shape}")
+    T, C = x.shape
     if hi is not None:
         hi = min(hi, 0.45 * fs)
     margin = int(max(1024, 0.05 * fs))
-    out = np.empty(x.shape, dtype)
-    if T == 0:
-        return out
+    out = np.empty((T, C), dtype)
     core = max(block - 2 * margin, 4096)
     for c0 in range(0, T, core):
         c1 = min(T, c0 + core)
         a0, a1 = max(0, c0 - margin), min(T, c1 + margin)
-        seg = x[a0:a1].astype(np.float64)
-        # reflect padding where the block touches the ends of the signal
-        pl = min(margin - (c0 - a0), seg.shape[0] - 1) if c0 - a0 < margin else 0
-        pr = min(margin - (a1 - c1), seg.shape[0] - 1) if a1 - c1 < margin else 0
-        if pl > 0 or pr > 0:
-            seg = np.pad(seg, [(pl, pr)] + [(0, 0)] * (seg.ndim - 1), mode="reflect")
-        n = seg.shape[0]
+        n_raw = a1 - a0
+        pl = min(margin - (c0 - a0), n_raw - 1)
+        pr = min(margin - (a1 - c1), n_raw - 1)
+        n = n_raw + pl + pr
         nfft = 1 << int(np.ceil(np.log2(max(n, 2))))
-        mean = seg.mean(axis=0, keepdims=True)
-        spec = np.fft.rfft(seg - mean, nfft, axis=0)
-        hmag = _butter_mag(np.fft.rfftfreq(nfft, 1.0 / fs), lo, hi, order)
-        spec *= hmag.reshape((-1,) + (1,) * (seg.ndim - 1))
-        y = np.fft.irfft(spec, nfft, axis=0)[:n]
-        if lo is None or lo <= 0:
-            y += mean
+        hmag = _butter_mag(np.fft.rfftfreq(nfft, 1.0 / fs), lo, hi, order).astype(np.float32)
+        keep_mean = lo is None or lo <= 0
         s0 = pl + (c0 - a0)
-        out[c0:c1] = y[s0:s0 + (c1 - c0)]
+        for k0 in range(0, C, ch_block):
+            k1 = min(C, k0 + ch_block)
+            seg = np.ascontiguousarray(x[a0:a1, k0:k1].T, dtype=np.float32)  # (cb, n_raw)
+            mean = seg.mean(axis=1, keepdims=True)
+            seg -= mean
+            if pl > 0 or pr > 0:
+                seg = np.pad(seg, [(0, 0), (pl, pr)], mode="reflect")
+            spec = np.fft.rfft(seg, nfft, axis=1)
+            spec *= hmag[None, :]
+            y = np.fft.irfft(spec, nfft, axis=1)[:, s0:s0 + (c1 - c0)]
+            if keep_mean:
+                y += mean
+            out[c0:c1, k0:k1] = y.T
+    return out[:, 0] if one_d else out
+
+
+def _mad_sd_columns(y: np.ndarray, ch_block: int = 64) -> np.ndarray:
+    """Per-column median(|y - median(y)|) / 0.6745 of a (T, C) array, in float64."""
+    C = y.shape[1]
+    out = np.empty(C)
+    for k0 in range(0, C, ch_block):
+        blk = np.ascontiguousarray(y[:, k0:k0 + ch_block].T)
+        med = np.median(blk, axis=1, keepdims=True)
+        np.subtract(blk, med, out=blk)
+        np.abs(blk, out=blk)
+        out[k0:k0 + ch_block] = np.median(blk, axis=1) / 0.6745
     return out
 
 
 def estimate_noise_ephys(x, fs: float, lo: float = 300.0, hi: float = 6000.0) -> np.ndarray:
     """Per-channel noise sd of a (T, C) recording (or (T,) single channel):
     sigma_c = median(|y_c - median(y_c)|) / 0.6745 with y = :func:`bandpass` (lo..hi Hz,
-    default 300-6000) of x. The MAD ignores the sparse spikes. Returns float64 (C,)."""
+    default 300-6000) of x. The MAD ignores the sparse spikes. Returns float64 (C,) ((1,) for 1-D)."""
     x = np.asarray(x)
-    squeeze = x.ndim == 1
-    if squeeze:
+    if x.ndim == 1:
         x = x[:, None]
-    y = bandpass(x, fs, lo, hi)
-    med = np.median(y, axis=0)
-    sig = np.median(np.abs(y - med), axis=0) / 0.6745
-    sig = sig.astype(np.float64)
-    return sig[0:1] if squeeze else sig
+    return _mad_sd_columns(bandpass(x, fs, lo, hi))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -685,8 +702,7 @@ def ephys_fidelity(orig, dec, fs: float, threshold: float = 5.0, lo: float = 300
         orig, dec = orig[:, None], dec[:, None]
     yo = bandpass(orig, fs, lo, hi)
     yd = bandpass(dec, fs, lo, hi)
-    med = np.median(yo, axis=0)
-    sig = np.median(np.abs(yo - med), axis=0).astype(np.float64) / 0.6745
+    sig = _mad_sd_columns(yo)
     thr = threshold * sig
     thr = np.where(thr > 0, thr, np.inf)  # a channel without noise has no detections
     dead = max(1, int(round(dead_ms * fs / 1000.0)))

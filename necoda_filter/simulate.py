@@ -416,15 +416,16 @@ def simulate_ephys(
     amplitude_jitter: float = 0.1,
     noise_spatial_corr: float = 0.5,
     common_noise_fraction: float = 0.1,
+    space_um: float = 25.0,
 ) -> EphysSim:
     """Simulate a Neuropixels-like recording with known spikes (our own generator).
 
     Geometry: :func:`neuropixels_positions` (2 staggered columns, 20 µm row pitch).
 
     Units: somata at x ~ U(-10, 58) µm, y ~ U(0, probe length), distance from the probe plane
-    z ~ U(15, 60) µm. The peak amplitude ``A`` ~ U(``amplitude_uv``) at distance z decays as
-    ``A * max(0, (z/d)^2 - 0.02) / 0.98`` with the 3-D distance d to each site, i.e. to ~10 % at
-    3z and to zero a few hundred µm away (a few tens of channels). Waveform per channel:
+    z ~ U(15, 60) µm. The peak amplitude ``A`` ~ U(``amplitude_uv``) at distance z decays with
+    the 3-D distance d to each site as ``A * max(0, exp(-(d - z) / space_um) - 0.01) / 0.99``
+    (``space_um`` = 25: halves every ~17 µm, zero beyond ~115 µm, i.e. a few tens of channels). Waveform per channel:
     ``-exp(-t^2 / 2 s1^2) + beta * exp(-(t - tau)^2 / 2 s2^2)`` normalised to a trough of -1, with
     ``s1`` widening and a small delay growing with distance.
 
@@ -434,7 +435,7 @@ def simulate_ephys(
 
     Noise (µV): Gaussian, ``noise_uv`` rms per channel, a mix of independent, neighbour-correlated
     (``noise_spatial_corr``: kernel along the channel axis) and common-mode
-    (``common_noise_fraction`` of variance) components. LFP (``lfp``): four 1/f sources band-limited
+    (``common_noise_fraction`` of variance) components. LFP (``lfp``): four 1/f^2 (flat below 4 Hz) sources band-limited
     to 1-300 Hz (one with a 6-10 Hz theta rhythm), mixed with weights varying slowly (mm scale,
     one with a polarity reversal) along the probe, ``lfp_uv`` rms in total.
 
@@ -470,7 +471,7 @@ def simulate_ephys(
     ch_range = np.zeros((U, 2), np.int64)
     for u in range(U):
         d = np.sqrt((pos[:, 0] - ux[u]) ** 2 + (pos[:, 1] - uy[u]) ** 2 + uz[u] ** 2)
-        a = A[u] * np.maximum(0.0, (uz[u] / d) ** 2 - 0.02) / 0.98
+        a = A[u] * np.maximum(0.0, np.exp(-(d - uz[u]) / space_um) - 0.01) / 0.99
         idx = np.nonzero(a > 0)[0]
         if idx.size == 0:
             idx = np.array([int(np.argmin(d))])
@@ -518,7 +519,7 @@ def simulate_ephys(
         f = np.fft.rfftfreq(T, 1.0 / fs)
         band = (f >= 1.0) & (f <= 300.0)
         shape = np.zeros_like(f)
-        shape[band] = 1.0 / np.sqrt(f[band])  # 1/f power
+        shape[band] = 1.0 / np.maximum(f[band], 4.0)  # 1/f^2 power above 4 Hz
         # smooth band edges
         shape *= 1.0 / (1.0 + (1.0 / np.maximum(f, 1e-9)) ** 4) / (1.0 + (f / 300.0) ** 8)
         Z = (rng.standard_normal((K, f.size)) + 1j * rng.standard_normal((K, f.size))) * shape[None]
@@ -585,7 +586,7 @@ def simulate_ephys(
         noise_uv=float(noise_uv), uv_per_bit=float(uv_per_bit), dtype=str(dt), seed=seed,
         adc_offset=float(adc_offset), channel_offsets=ch_off.tolist(), lfp_uv=float(lfp_uv if lfp else 0.0),
         amplitude_uv=tuple(amplitude_uv), rate_hz=float(rate_hz), unit_rates_hz=rates.tolist(),
-        refractory_ms=float(refractory_ms), n_before=n_before, n_after=n_after,
+        refractory_ms=float(refractory_ms), space_um=float(space_um), n_before=n_before, n_after=n_after,
         unit_positions_um=np.column_stack([ux, uy, uz]).tolist(), unit_amplitude_uv=A.tolist(),
         unit_channel_range=ch_range.tolist(), saturated_fraction=sat,
         noise_spatial_corr=float(noise_spatial_corr), common_noise_fraction=float(common_noise_fraction),
