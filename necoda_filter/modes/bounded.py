@@ -1,0 +1,281 @@
+"""Bounded mode: every decoded sample lies within a stated error of the original.
+
+Quantize first, then code the quantization indices with the lossless predictors (``lossless.py``):
+
+* ``max_error=E`` (raw units). Integers: index ``q = (x - lo + E) // (2E + 1)`` (E floored to an
+  integer), reconstruction ``lo + q (2E + 1)`` clipped to the chunk's range — never more than E away.
+  Floats: ``q = round((x - lo) / 2E)``, reconstruction ``lo + 2E q`` cast to the dtype; samples the
+  cast pushes past E, and NaN/±inf, are stored exactly as exceptions.
+* ``max_error_noise=k`` (noise units, photon-limited imaging). A photon-transfer fit on the chunk,
+  ``var(x) = g (x - o)``, floored at the chunk's smallest measured noise variance ``s0²``, gives the
+  allowed error ``B(v) = k sqrt(max(g (v - o), s0²))`` at each integer level v (and ``min(B, E)`` when
+  ``max_error`` is given too). The integer range is cut greedily into bins whose representative is
+  within ``B`` of every member, so the bound holds exactly at every level — a variance-stabilizing
+  quantizer (like quantizing the Anscombe transform in steps of 2k) without its approximation. When the
+  fit is bad (too few frames, non-positive gain, a fit that claims more noise than measured at some
+  level) the bound falls back to ``k s0`` at every level, which is never looser than the measured noise.
+  The bound actually applied (``emax`` raw units at the worst level, fit or fallback) is stored in params.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pcodec import standalone
+
+from . import Encoded
+from .lossless import MODE as LOSSLESS, _narrow, pack_sections, pco, unpack_sections, unpco
+
+#: the integer range for which a per-level bin table is built (larger ranges use a uniform bound)
+MAX_TABLE_RANGE = 1 << 20
+MIN_FIT_FRAMES = 8
+MIN_FIT_BINS = 4
+
+
+def _code(q: np.ndarray, level: int):
+    q = _narrow(q)
+    enc = LOSSLESS.encode(q, level=level)
+    return enc.payload, {"ll": enc.params, "qd": q.dtype.str}
+
+
+def _uncode(buf, shape, params):
+    qd = np.dtype(params["qd"])
+    if qd not in (np.dtype("<i2"), np.dtype("<i4"), np.dtype("<i8")):
+        raise ValueError("bad bounded index dtype")
+    return LOSSLESS.decode(buf, shape, qd, params["ll"], "")
+
+
+# ---------------------------------------------------------------------------------------------- noise model
+def noise_model(arr: np.ndarray) -> dict:
+    """Robust photon-transfer fit on one chunk: {"g", "o", "s0", "fit"} (variance in raw units²).
+
+    ``fit`` is "ptc" when ``var = g (x - o)`` is trusted, else "floor" (use the constant ``s0``).
+    """
+    x = np.asarray(arr, dtype=np.float64)
+    if x.ndim >= 2 and x.shape[0] >= 2:
+        t = x.reshape(x.shape[0], -1)
+        d = np.diff(t, axis=0)
+        mu = t.mean(axis=0)
+        v = (d * d).mean(axis=0) / 2.0  # per-pixel noise variance, insensitive to slow signals
+        frames = x.shape[0]
+    else:
+        t = x.reshape(-1)
+        if t.size < 3:
+            return {"g": 0.0, "o": 0.0, "s0": 0.0, "fit": "floor"}
+        d = np.diff(t)
+        # robust: median of d² / (2 * median of chi²₁)
+        s2 = float(np.median(d * d)) / (2 * 0.45493642311957283)
+        return {"g": 0.0, "o": 0.0, "s0": math.sqrt(max(s2, 0.0)), "fit": "floor"}
+    nb = int(min(20, max(1, mu.size // 50)))
+    edges = np.quantile(mu, np.linspace(0, 1, nb + 1))
+    idx = np.clip(np.searchsorted(edges, mu, side="right") - 1, 0, nb - 1)
+    bm, bv, bn = [], [], []
+    for b in range(nb):
+        sel = idx == b
+        if sel.sum() < 10:
+            continue
+        bm.append(float(np.median(mu[sel])))
+        bv.append(float(np.median(v[sel])))
+        bn.append(int(sel.sum()))
+    if not bv:
+        s2 = float(np.median(v))
+        return {"g": 0.0, "o": 0.0, "s0": math.sqrt(max(s2, 0.0)), "fit": "floor"}
+    bm, bv, bn = np.array(bm), np.array(bv), np.array(bn, float)
+    s0 = math.sqrt(max(float(bv.min()), 0.0))
+    out = {"g": 0.0, "o": 0.0, "s0": s0, "fit": "floor"}
+    if frames < MIN_FIT_FRAMES or len(bm) < MIN_FIT_BINS or np.ptp(bm) <= 0:
+        return out
+    w = bn ** 0.2
+    A = np.stack([bm, np.ones_like(bm)], 1) * w[:, None]
+    try:
+        (g, c), *_ = np.linalg.lstsq(A, bv * w, rcond=None)
+    except np.linalg.LinAlgError:
+        return out
+    if not (np.isfinite(g) and np.isfinite(c)) or g <= 0:
+        return out
+    o = -c / g
+    model = np.maximum(g * (bm - o), s0 * s0)
+    # never claim more noise than measured at any level: that would loosen the bound there
+    if np.any(model > 1.25 * bv + 1e-9):
+        # retry as a lower envelope: scale the fit down until it sits under every measurement
+        scale = float(np.min(np.where(g * (bm - o) > 0, bv / np.maximum(g * (bm - o), 1e-300), np.inf)))
+        if not np.isfinite(scale) or scale < 0.5:
+            return out
+        g = g * min(scale, 1.0)
+        model = np.maximum(g * (bm - o), s0 * s0)
+        if np.any(model > 1.25 * bv + 1e-9):
+            return out
+    return {"g": float(g), "o": float(o), "s0": s0, "fit": "ptc"}
+
+
+def _bins(lo: int, hi: int, bound) -> np.ndarray:
+    """Greedy partition of [lo, hi] into bins; returns (starts, centers) int64 arrays."""
+    starts, centers = [], []
+    a = lo
+    while a <= hi:
+        ba = int(math.floor(bound(a)))
+        if ba <= 0:
+            # run of width-1 bins: jump to the first level where the bound reaches 1
+            b = a
+            step = 1
+            while b + step <= hi and math.floor(bound(b + step)) <= 0:
+                b += step
+                step *= 2
+            # refine by bisection between b and min(b + step, hi + 1)
+            lo_b, hi_b = b, min(b + step, hi + 1)
+            while hi_b - lo_b > 1:
+                mid = (lo_b + hi_b) // 2
+                if math.floor(bound(mid)) <= 0:
+                    lo_b = mid
+                else:
+                    hi_b = mid
+            run = np.arange(a, lo_b + 1, dtype=np.int64)
+            starts.append(run)
+            centers.append(run)
+            a = lo_b + 1
+            continue
+        c = min(a + ba, hi)
+        b = min(c + int(math.floor(bound(c))), hi)
+        starts.append(np.array([a], np.int64))
+        centers.append(np.array([c], np.int64))
+        a = b + 1
+    return np.concatenate(starts), np.concatenate(centers)
+
+
+# ---------------------------------------------------------------------------------------------- the mode
+class BoundedMode:
+    name = "bounded"
+    mode_id = 2
+    lossy = True
+    options = ("max_error", "max_error_noise", "level")
+
+    def encode(self, arr: np.ndarray, max_error=None, max_error_noise=None, level: int = 8,
+               **_ignored) -> Encoded:
+        arr = np.ascontiguousarray(arr)
+        if max_error is None and max_error_noise is None:
+            raise ValueError("bounded mode needs max_error (raw units) or max_error_noise (noise units)")
+        if max_error is not None and not (float(max_error) >= 0 and math.isfinite(float(max_error))):
+            raise ValueError(f"max_error must be a finite number >= 0, got {max_error!r}")
+        if max_error_noise is not None and not (float(max_error_noise) >= 0
+                                                and math.isfinite(float(max_error_noise))):
+            raise ValueError(f"max_error_noise must be a finite number >= 0, got {max_error_noise!r}")
+        level = int(level)
+        if arr.dtype.kind == "f":
+            return self._encode_float(arr, max_error, max_error_noise, level)
+        return self._encode_int(arr, max_error, max_error_noise, level)
+
+    # -- integers
+    def _encode_int(self, arr, max_error, max_error_noise, level) -> Encoded:
+        lo, hi = int(arr.min()), int(arr.max())
+        if hi - lo >= 1 << 62:
+            raise ValueError("bounded mode: integer range too wide")
+        params = {"k": "i", "lo": str(lo), "hi": str(hi)}
+        E = None if max_error is None else int(math.floor(float(max_error)))
+        table = None
+        if max_error_noise is not None:
+            k = float(max_error_noise)
+            nm = noise_model(arr)
+            params["nm"] = nm
+            g, o, s0 = nm["g"], nm["o"], nm["s0"]
+            if nm["fit"] == "ptc" and hi - lo <= MAX_TABLE_RANGE and -(1 << 62) < lo and hi < 1 << 62:
+                def bound(v, g=g, o=o, s0=s0, k=k):
+                    b = k * math.sqrt(max(g * (v - o), s0 * s0))
+                    return b if E is None else min(b, E)
+                table = _bins(lo, hi, bound)
+            else:
+                e_noise = int(math.floor(k * s0))
+                E = e_noise if E is None else min(E, e_noise)
+        if table is not None:
+            starts, centers = table
+            q = np.searchsorted(starts, arr.reshape(-1).astype(np.int64), side="right") - 1
+            rec = centers[q]
+            err = np.abs(rec - arr.reshape(-1).astype(np.int64))
+            params["emax"] = int(err.max()) if err.size else 0
+            payload, p = _code(q.reshape(arr.shape), level)
+            params.update(p)
+            params["t"] = 1
+            return Encoded(pack_sections([payload, pco(centers, level)]), params)
+        E = max(E, 0)
+        w = 2 * E + 1
+        x = arr.astype(np.int64) if arr.dtype != np.uint64 else (arr - np.uint64(lo)).astype(np.int64)
+        if arr.dtype != np.uint64:
+            x -= lo
+        q = (x + E) // w
+        params["E"] = E
+        params["emax"] = E
+        payload, p = _code(q, level)
+        params.update(p)
+        params["t"] = 0
+        return Encoded(pack_sections([payload]), params)
+
+    # -- floats
+    def _encode_float(self, arr, max_error, max_error_noise, level) -> Encoded:
+        flat = arr.reshape(-1)
+        fin = np.isfinite(flat)
+        x = flat.astype(np.float64)
+        xf = x[fin]
+        E = None if max_error is None else float(max_error)
+        if max_error_noise is not None:
+            nm = noise_model(np.where(np.isfinite(arr), arr, 0).astype(np.float64))
+            e_noise = float(max_error_noise) * nm["s0"]
+            E = e_noise if E is None else min(E, e_noise)
+        params = {"k": "f"}
+        lo = float(xf.min()) if xf.size else 0.0
+        span = float(xf.max()) - lo if xf.size else 0.0
+        if E <= 0 or not math.isfinite(span):
+            step = 0.0
+        else:
+            step = 2.0 * E
+            if span / step > 2.0 ** 50:
+                raise ValueError("bounded mode: max_error too small for this float range")
+        q = np.zeros(flat.size, np.int64)
+        if step > 0:
+            q[fin] = np.round((xf - lo) / step).astype(np.int64)
+            rec = (lo + q.astype(np.float64) * step).astype(arr.dtype)
+            bad = ~fin | ~(np.abs(rec.astype(np.float64) - x) <= E)
+        else:
+            bad = np.ones(flat.size, bool)
+        params.update({"lo": lo, "step": step, "E": E if E is not None else 0.0, "emax": E})
+        pos = np.flatnonzero(bad)
+        payload, p = _code(q.reshape(arr.shape), level)
+        params.update(p)
+        params["nx"] = int(pos.size)
+        bits = flat[pos].view(np.uint16 if arr.dtype.itemsize == 2 else
+                              np.uint32 if arr.dtype.itemsize == 4 else np.uint64)
+        return Encoded(pack_sections([payload, pco(np.diff(pos, prepend=0), level), pco(bits, level)]), params)
+
+    def decode(self, payload, shape, dtype, params, model_id) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        sections = unpack_sections(payload)
+        n = int(np.prod(shape, dtype=np.int64))
+        q = _uncode(sections[0], shape, params).reshape(-1)
+        if params["k"] == "i":
+            lo, hi = int(params["lo"]), int(params["hi"])
+            if params["t"] == 1:
+                centers = np.asarray(standalone.simple_decompress(bytes(sections[1])), np.int64)
+                if q.size and (int(q.min()) < 0 or int(q.max()) >= centers.size):
+                    raise ValueError("bounded bin index out of range")
+                rec = centers[q]
+                if dtype == np.uint64:
+                    return rec.astype(np.uint64).reshape(shape)
+                return rec.astype(dtype).reshape(shape)
+            w = 2 * int(params["E"]) + 1
+            rec = q.astype(np.int64) * w
+            rec = np.minimum(rec, hi - lo)
+            if dtype == np.uint64:
+                return (rec.astype(np.uint64) + np.uint64(lo)).reshape(shape)
+            rec += lo
+            return rec.astype(dtype).reshape(shape)
+        lo, step = float(params["lo"]), float(params["step"])
+        rec = (lo + q.astype(np.float64) * step).astype(dtype)
+        nx = int(params["nx"])
+        if nx:
+            pos = np.cumsum(unpco(sections[1], nx, np.int64))
+            if int(pos.min()) < 0 or int(pos.max()) >= n:
+                raise ValueError("bounded exception position out of range")
+            ut = np.uint16 if dtype.itemsize == 2 else np.uint32 if dtype.itemsize == 4 else np.uint64
+            rec.view(ut)[pos] = unpco(sections[2], nx, ut)
+        return rec.reshape(shape)
+
+
+MODE = BoundedMode()
