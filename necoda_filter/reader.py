@@ -1,0 +1,385 @@
+"""``necoda_filter.read(dataset, selection)``: batched, parallel decode of many necoda chunks.
+
+Reading a whole movie through h5py decodes its chunks one after the other in the filter, inside HDF5.
+:func:`read` instead fetches the stored chunk bytes with ``read_direct_chunk`` (under h5py's lock, in the
+calling thread), decodes them in parallel with :func:`necoda_filter.chunk.decode` and places each decoded
+chunk's selected part straight into the output array. Values are identical to ``dataset[selection]``.
+
+Parallelism: the pcodec-based codecs (lossless, bounded) hold the GIL while they decode (measured:
+two threads are no faster than one), so by default chunks are decoded in a persistent pool of worker
+processes that write into an output array in shared memory (an unlinked file in /dev/shm, so nothing is
+left behind even if the process is killed) — no copies of decoded data cross process boundaries.
+``executor="thread"`` uses a thread pool instead (for codecs that release the GIL), ``"serial"``
+decodes in the calling thread.
+
+Selections: integers, slices with positive steps, ``...``, and increasing integer lists or boolean
+masks on an axis — what h5py accepts. Anything else, datasets that are not chunked, or whose filter
+pipeline is not exactly the necoda filter, fall back to plain ``dataset[selection]``.
+"""
+from __future__ import annotations
+
+import atexit
+import itertools
+import mmap
+import os
+import tempfile
+import threading
+import uuid
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
+
+import numpy as np
+
+from . import chunk
+from .constants import FILTER_ID
+
+__all__ = ["read"]
+
+#: decode in parallel only when at least this many compressed bytes are involved
+PARALLEL_MIN_BYTES = 1 << 20
+
+_pool_lock = threading.Lock()
+_pool: ProcessPoolExecutor | None = None
+_pool_workers = 0
+
+
+class _Fallback(Exception):
+    pass
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _worker_init():
+    import signal
+
+    import necoda_filter  # noqa: F401 — registers the codecs
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's cleanup handler
+
+
+def _noop():
+    return os.getpid()
+
+
+def _new_process_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes, all started now.
+
+    "fork" where available: unlike "spawn"/"forkserver" it does not re-run the user's ``__main__``
+    script in each worker (a script without an ``if __name__ == "__main__"`` guard would run again).
+    The workers are forked at once (one warm-up task each) so they are created before the caller
+    starts threads of its own (progress bars), and they only decode/encode bytes — they never touch
+    HDF5 objects inherited from the parent.
+    """
+    import multiprocessing as mp
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), initializer=_worker_init)
+    for f in [pool.submit(_noop) for _ in range(workers)]:
+        f.result()
+    return pool
+
+
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    global _pool, _pool_workers
+    with _pool_lock:
+        if _pool is None or _pool_workers != workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False, cancel_futures=True)
+            _pool = _new_process_pool(workers)
+            _pool_workers = workers
+        return _pool
+
+
+def shutdown_pool() -> None:
+    """Stop the worker processes of :func:`read` (they are started on first use and reused)."""
+    global _pool
+    with _pool_lock:
+        if _pool is not None:
+            _pool.shutdown(wait=True, cancel_futures=True)
+            _pool = None
+
+
+atexit.register(shutdown_pool)
+
+
+# --------------------------------------------------------------------------------------------------
+# selections
+# --------------------------------------------------------------------------------------------------
+
+class _Axis:
+    """The selected indices along one axis: either an arithmetic range or an increasing index list."""
+
+    __slots__ = ("start", "step", "count", "idx", "drop")
+
+    def __init__(self, start=0, step=1, count=0, idx=None, drop=False):
+        self.start, self.step, self.count, self.idx, self.drop = start, step, count, idx, drop
+
+    def indices(self) -> np.ndarray:
+        if self.idx is not None:
+            return self.idx
+        return self.start + self.step * np.arange(self.count, dtype=np.int64)
+
+    def pieces(self, c: int):
+        """(chunk index, out_lo, out_hi, local selection) for each chunk this axis touches."""
+        out = []
+        if self.idx is None:
+            if self.count == 0:
+                return out
+            last = self.start + self.step * (self.count - 1)
+            for ci in range(self.start // c, last // c + 1):
+                c0 = ci * c
+                # first k with start + k*step >= c0, and first k with start + k*step >= c0 + c
+                lo = max(0, -(-(c0 - self.start) // self.step))
+                hi = min(self.count, -(-(c0 + c - self.start) // self.step))
+                if hi <= lo:
+                    continue
+                a = self.start + self.step * lo - c0
+                b = self.start + self.step * (hi - 1) - c0 + 1
+                out.append((ci, lo, hi, slice(a, b, self.step)))
+            return out
+        idx = self.idx
+        if idx.size == 0:
+            return out
+        cid = idx // c
+        bounds = np.flatnonzero(np.diff(cid)) + 1
+        starts = np.concatenate([[0], bounds])
+        ends = np.concatenate([bounds, [idx.size]])
+        for lo, hi in zip(starts.tolist(), ends.tolist()):
+            ci = int(cid[lo])
+            out.append((ci, lo, hi, idx[lo:hi] - ci * c))
+        return out
+
+
+def _normalize(selection, shape) -> list[_Axis]:
+    sel = selection if isinstance(selection, tuple) else (selection,)
+    if sum(1 for s in sel if s is Ellipsis) > 1:
+        raise _Fallback
+    if any(s is Ellipsis for s in sel):
+        i = next(k for k, s in enumerate(sel) if s is Ellipsis)
+        n_fill = len(shape) - (len(sel) - 1)
+        if n_fill < 0:
+            raise _Fallback
+        sel = sel[:i] + (slice(None),) * n_fill + sel[i + 1:]
+    if len(sel) > len(shape):
+        raise _Fallback
+    sel = sel + (slice(None),) * (len(shape) - len(sel))
+    axes = []
+    for s, n in zip(sel, shape):
+        if isinstance(s, (bool, np.bool_)):
+            raise _Fallback
+        if isinstance(s, (int, np.integer)):
+            i = int(s)
+            if i < 0:
+                i += n
+            if not 0 <= i < n:
+                raise _Fallback  # h5py raises its own error
+            axes.append(_Axis(i, 1, 1, drop=True))
+        elif isinstance(s, slice):
+            if s.step is not None and s.step < 1:
+                raise _Fallback
+            start, stop, step = s.indices(n)
+            count = max(0, -(-(stop - start) // step))
+            axes.append(_Axis(start, step, count))
+        elif isinstance(s, (list, np.ndarray)):
+            a = np.asarray(s)
+            if a.ndim != 1:
+                raise _Fallback
+            if a.dtype == bool:
+                if a.size != n:
+                    raise _Fallback
+                a = np.flatnonzero(a)
+            elif a.dtype.kind not in "iu" or (a.size and (a.min() < 0 or a.max() >= n)):
+                raise _Fallback
+            a = a.astype(np.int64)
+            if a.size > 1 and np.any(np.diff(a) <= 0):
+                raise _Fallback  # h5py requires increasing order
+            axes.append(_Axis(idx=a))
+        else:
+            raise _Fallback
+    if sum(1 for a in axes if a.idx is not None) > 1:
+        raise _Fallback  # h5py allows one index list per selection: let it say so
+    return axes
+
+
+# --------------------------------------------------------------------------------------------------
+# decoding tasks
+# --------------------------------------------------------------------------------------------------
+
+def _decode(buf, filter_mask: int, chunk_shape, dtype) -> np.ndarray:
+    if filter_mask & 1:  # the filter was skipped for this chunk: raw bytes of the file type
+        return np.frombuffer(buf, dtype=dtype).reshape(chunk_shape)
+    arr = chunk.decode(buf)
+    if arr.shape != tuple(chunk_shape):
+        if arr.size != int(np.prod(chunk_shape)):
+            raise chunk.container.CorruptChunk(
+                f"necoda chunk holds shape {arr.shape}, the dataset's chunks are {tuple(chunk_shape)}")
+        arr = arr.reshape(chunk_shape)
+    return arr
+
+
+def _local_index(lsel):
+    if any(isinstance(s, np.ndarray) for s in lsel):
+        return np.ix_(*[s if isinstance(s, np.ndarray) else np.arange(s.start, s.stop, s.step) for s in lsel])
+    return tuple(lsel)
+
+
+def _place(out, dsl, arr, lsel):
+    out[dsl] = arr[_local_index(lsel)]
+
+
+def _process_task(path, nbytes, out_shape, out_dtype, tasks, chunk_shape, chunk_dtype):
+    """Worker process: decode chunks and write them into the shared output file."""
+    with open(path, "r+b") as fh:
+        mm = mmap.mmap(fh.fileno(), nbytes)
+    try:
+        out = np.frombuffer(mm, dtype=out_dtype).reshape(out_shape)
+        for buf, mask, dsl, lsel in tasks:
+            _place(out, dsl, _decode(buf, mask, chunk_shape, chunk_dtype), lsel)
+        del out
+    finally:
+        mm.close()
+    return len(tasks)
+
+
+def _shared_output(shape, dtype):
+    nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    path = os.path.join(folder, f"necoda-read-{os.getpid()}-{uuid.uuid4().hex}")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, nbytes)
+        mm = mmap.mmap(fd, nbytes)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+    out = np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
+    return path, nbytes, out
+
+
+# --------------------------------------------------------------------------------------------------
+# read
+# --------------------------------------------------------------------------------------------------
+
+def _is_plain_necoda(dataset) -> bool:
+    if dataset.chunks is None:
+        return False
+    plist = dataset.id.get_create_plist()
+    return plist.get_nfilters() == 1 and plist.get_filter(0)[0] == FILTER_ID
+
+
+def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: str = "auto") -> np.ndarray:
+    """Read ``dataset[selection]`` decoding necoda chunks in parallel.
+
+    :param dataset: an h5py.Dataset (any: non-necoda datasets are read with plain slicing).
+    :param selection: what you would put in ``dataset[...]``; e.g. ``np.s_[0:1000, :, ::2]``.
+    :param workers: number of parallel decoders (default: CPUs available to this process).
+    :param executor: "auto" (worker processes for multi-chunk reads), "process", "thread" or "serial".
+    :returns: a numpy array equal to ``dataset[selection]``.
+    """
+    if executor not in ("auto", "process", "thread", "serial"):
+        raise ValueError(f"executor must be auto, process, thread or serial, not {executor!r}")
+    if not _is_plain_necoda(dataset) or dataset.dtype.fields is not None:
+        return dataset[selection]
+    try:
+        axes = _normalize(selection, dataset.shape)
+    except _Fallback:
+        return dataset[selection]
+
+    shape = tuple(a.count if a.idx is None else a.idx.size for a in axes)
+    chunks = dataset.chunks
+    dtype = dataset.dtype
+    final = tuple(0 if a.drop else slice(None) for a in axes)
+    if int(np.prod(shape, dtype=np.int64)) == 0:
+        return np.empty(shape, dtype)[final]
+
+    per_axis = [a.pieces(c) for a, c in zip(axes, chunks)]
+    plan = []  # (offset, out slices, local selection)
+    for combo in itertools.product(*per_axis):
+        off = tuple(ci * c for (ci, _, _, _), c in zip(combo, chunks))
+        dsl = tuple(slice(lo, hi) for (_, lo, hi, _) in combo)
+        lsel = tuple(ls for (_, _, _, ls) in combo)
+        plan.append((off, dsl, lsel))
+
+    workers = _default_workers() if workers is None else max(1, int(workers))
+    dsid = dataset.id
+    chunk_dtype = np.dtype(dtype)
+
+    def fetch(off):
+        try:
+            return dsid.read_direct_chunk(off)
+        except (RuntimeError, OSError, ValueError):
+            return None  # not allocated: fill value
+
+    mode = executor
+    if mode == "auto":
+        mode = "process" if workers > 1 and len(plan) > 1 else "serial"
+    if mode == "process" and (workers < 2 or len(plan) < 2):
+        mode = "serial"
+
+    if mode == "serial":
+        out = np.empty(shape, dtype)
+        for off, dsl, lsel in plan:
+            got = fetch(off)
+            if got is None:
+                out[dsl] = dataset.fillvalue
+            else:
+                _place(out, dsl, _decode(got[1], got[0], chunks, chunk_dtype), lsel)
+        return out[final]
+
+    if mode == "thread":
+        out = np.empty(shape, dtype)
+
+        def job(item):
+            off, dsl, lsel = item
+            got = fetch(off)
+            if got is None:
+                out[dsl] = dataset.fillvalue
+            else:
+                _place(out, dsl, _decode(got[1], got[0], chunks, chunk_dtype), lsel)
+
+        with ThreadPoolExecutor(workers) as ex:
+            for f in [ex.submit(job, it) for it in plan]:
+                f.result()
+        return out[final]
+
+    # process pool writing into shared memory; the calling thread fetches the stored bytes
+    path, nbytes, out = _shared_output(shape, dtype)
+    try:
+        pool = _process_pool(workers)
+        # batches of chunks per task: enough tasks to balance the workers, few enough to keep the
+        # per-task overhead (pickling, opening the shared file) small
+        target = max(1, min(16, len(plan) // (4 * workers)))
+        futures = []
+        batch = []
+        batch_bytes = 0
+        inflight_limit = 4 * workers
+        for off, dsl, lsel in plan:
+            got = fetch(off)
+            if got is None:
+                out[dsl] = dataset.fillvalue
+                continue
+            batch.append((got[1], got[0], dsl, lsel))
+            batch_bytes += len(got[1])
+            if len(batch) >= target or batch_bytes >= (64 << 20):
+                futures.append(pool.submit(_process_task, path, nbytes, shape, dtype.str, batch, chunks,
+                                           chunk_dtype.str))
+                batch, batch_bytes = [], 0
+                if len(futures) >= inflight_limit:  # bound the compressed bytes held in queues
+                    done, pending = wait(futures, return_when="FIRST_COMPLETED")
+                    for f in done:
+                        f.result()
+                    futures = list(pending)
+        if batch:
+            futures.append(pool.submit(_process_task, path, nbytes, shape, dtype.str, batch, chunks,
+                                       chunk_dtype.str))
+        for f in futures:
+            f.result()
+    finally:
+        os.unlink(path)
+    return out[final]

@@ -1,0 +1,464 @@
+"""The NWB workflow: necoda compress / decompress / read (issue 6).
+
+Small NWB files are built with pynwb in tmp_path. Checks: the copy keeps every other object, link,
+attribute (type and value) and reference; the output reads in a fresh interpreter that only has
+HDF5_PLUGIN_PATH; nwbinspector reports no errors; decompress is bit-exact and plugin-free; IN is never
+overwritten; a killed run leaves IN unchanged and no OUT; direct-chunk writes equal the filter
+pipeline's bytes; ``read`` equals h5py slicing.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import necoda_filter
+from necoda_filter import FILTER_ID, Necoda, modes, nwb, provenance
+from necoda_filter.commands import compress as compress_cmd
+from necoda_filter.commands import decompress as decompress_cmd
+from necoda_filter.reader import read
+
+pynwb = pytest.importorskip("pynwb")
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+def make_nwb(path: Path, T=100, H=40, W=36, C=16, N=20000, seed=0, ephys_gzip=True):
+    """A small NWB file: TwoPhotonSeries (int16, uncompressed), ElectricalSeries (gzip), a plain
+    TimeSeries and the electrodes table (object references, soft links)."""
+    from hdmf.backends.hdf5 import H5DataIO
+    from pynwb import NWBHDF5IO, NWBFile, TimeSeries
+    from pynwb.ecephys import ElectricalSeries
+    from pynwb.file import Subject
+    from pynwb.ophys import OpticalChannel, TwoPhotonSeries
+
+    rng = np.random.default_rng(seed)
+    f = NWBFile(session_description="necoda workflow test", identifier=f"necoda-test-{seed}",
+                session_start_time=datetime(2024, 1, 1, tzinfo=timezone.utc), experimenter=["Doe, Jane"],
+                lab="lab", institution="institution", experiment_description="test",
+                subject=Subject(subject_id="mouse1", species="Mus musculus", sex="F", age="P90D"))
+    scope = f.create_device(name="scope", description="two-photon microscope")
+    ch = OpticalChannel(name="green", description="green channel", emission_lambda=520.0)
+    plane = f.create_imaging_plane(name="plane", optical_channel=ch, description="plane", device=scope,
+                                   excitation_lambda=920.0, imaging_rate=30.0, indicator="GCaMP6f", location="V1")
+    movie = (rng.poisson(5.0, (T, H, W)) * 100 + 90).astype(np.int16)
+    f.add_acquisition(TwoPhotonSeries(name="TwoPhotonSeries", data=movie, imaging_plane=plane, rate=30.0,
+                                      unit="n.a.", comments="original comment"))
+    probe = f.create_device(name="probe", description="silicon probe")
+    grp = f.create_electrode_group(name="shank0", description="shank", location="CA1", device=probe)
+    for i in range(C):
+        f.add_electrode(group=grp, location="CA1", x=0.0, y=float(20 * i), z=0.0)
+    region = f.create_electrode_table_region(list(range(C)), "all electrodes")
+    x = np.cumsum(rng.normal(0, 8, (N, C)), axis=0).astype(np.int16) + rng.normal(0, 10, (N, C)).astype(np.int16)
+    data = H5DataIO(x, compression="gzip") if ephys_gzip else x
+    f.add_acquisition(ElectricalSeries(name="ElectricalSeries", data=data, electrodes=region, rate=30000.0,
+                                       conversion=2.34e-6))
+    f.add_acquisition(TimeSeries(name="other", data=np.arange(50.0), unit="m", rate=1.0))
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(f)
+    return movie, x
+
+
+def cli(module, *argv) -> int:
+    p = argparse.ArgumentParser()
+    module.add_arguments(p)
+    return module.run(p.parse_args([str(a) for a in argv]))
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for blk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(blk)
+    return h.hexdigest()
+
+
+def necoda_datasets(path) -> list[str]:
+    found = []
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and obj.chunks is not None:
+                pl = obj.id.get_create_plist()
+                if FILTER_ID in [pl.get_filter(i)[0] for i in range(pl.get_nfilters())]:
+                    found.append("/" + name)
+        f.visititems(visit)
+    return found
+
+
+def ignore_necoda(path, name):
+    return name.startswith(provenance.PREFIX)
+
+
+def env_plugin_only() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HDF5_PLUGIN", "PYTHONPATH"))}
+    env["HDF5_PLUGIN_PATH"] = necoda_filter.PLUGIN_PATH
+    return env
+
+
+def mode_available(name) -> bool:
+    try:
+        modes.get(name)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    d = tmp_path_factory.mktemp("nwb")
+    src = d / "in.nwb"
+    movie, x = make_nwb(src)
+    out = d / "out.nwb"
+    assert cli(compress_cmd, src, out, "--workers", 2, "--quiet") == 0
+    return src, out, movie, x
+
+
+# --------------------------------------------------------------------------------------------------
+# compress
+# --------------------------------------------------------------------------------------------------
+
+def test_compress_keeps_everything_else_identical(small):
+    src, out, movie, x = small
+    assert sorted(necoda_datasets(out)) == ["/acquisition/ElectricalSeries/data", "/acquisition/TwoPhotonSeries/data"]
+    diffs = nwb.structure_diff(src, out, ignore_attrs=ignore_necoda)
+    assert diffs == []
+    with h5py.File(out, "r") as f:
+        # references re-pointed to the copied objects, soft links kept as links
+        el = f["acquisition/ElectricalSeries/electrodes"]
+        assert f[el.attrs["table"]].name == "/general/extracellular_ephys/electrodes"
+        groups = f["general/extracellular_ephys/electrodes/group"][:]
+        assert {f[r].name for r in groups} == {"/general/extracellular_ephys/shank0"}
+        link = f["acquisition/TwoPhotonSeries"].get("imaging_plane", getlink=True)
+        assert isinstance(link, h5py.SoftLink)
+        # chunking as documented
+        assert f["acquisition/TwoPhotonSeries/data"].chunks == (64, 40, 36)
+        assert f["acquisition/ElectricalSeries/data"].chunks[1] == 16
+        # the other TimeSeries is copied byte for byte with its storage
+        assert f["acquisition/other/data"].chunks is None
+
+
+def test_provenance_attributes(small):
+    src, out, movie, x = small
+    with h5py.File(out, "r") as f:
+        p = provenance.read(f["acquisition/TwoPhotonSeries/data"])
+        assert p["version"] == necoda_filter.__version__
+        assert p["mode"] == "lossless" and p["lossy"] is False
+        assert p["max_abs_error"] == 0.0 and p["rmse"] == 0.0 and p["psnr_db"] == float("inf")
+        assert p["raw_bytes"] == movie.nbytes
+        stored = sum(f["acquisition/TwoPhotonSeries/data"].id.get_chunk_info(i).size
+                     for i in range(f["acquisition/TwoPhotonSeries/data"].id.get_num_chunks()))
+        assert p["stored_bytes"] == stored
+        assert p["ratio"] == pytest.approx(movie.nbytes / stored)
+        assert p["data_range"] == float(movie.max() - movie.min())
+        assert p["noise_sigma"] > 0 and p["noise_rmse"] == 0.0
+        assert p["chunk_modes"] == {"lossless": 2}
+        e = provenance.read(f["acquisition/ElectricalSeries/data"])
+        assert e["kind"] == "ephys" and e["ratio"] > 1
+        # lossless: NWB comments left as they were
+        assert f["acquisition/TwoPhotonSeries"].attrs["comments"] == "original comment"
+        assert provenance.read(f["acquisition/other/data"]) is None
+
+
+def test_fresh_process_with_only_plugin_path_reads_output(small, tmp_path):
+    src, out, movie, x = small
+    np.save(tmp_path / "movie.npy", movie)
+    np.save(tmp_path / "ephys.npy", x)
+    script = textwrap.dedent(f"""
+        import sys, numpy as np
+        assert "necoda_filter" not in sys.modules
+        from pynwb import NWBHDF5IO
+        with NWBHDF5IO({str(out)!r}, "r") as io:
+            nwbf = io.read()
+            m = nwbf.acquisition["TwoPhotonSeries"].data[:]
+            e = nwbf.acquisition["ElectricalSeries"].data[:]
+        # (the plugin itself imports necoda_filter._bridge; this script never does)
+        assert np.array_equal(m, np.load({str(tmp_path / 'movie.npy')!r}))
+        assert np.array_equal(e, np.load({str(tmp_path / 'ephys.npy')!r}))
+        print("OK")
+    """)
+    r = subprocess.run([sys.executable, "-c", script], env=env_plugin_only(), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+
+
+def test_nwbinspector_reports_no_errors(small):
+    nwbinspector = pytest.importorskip("nwbinspector")
+    src, out, movie, x = small
+    msgs = list(nwbinspector.inspect_nwbfile(nwbfile_path=str(out)))
+    bad = [m for m in msgs if m.importance.name in ("CRITICAL", "PYNWB_VALIDATION", "ERROR")]
+    assert bad == [], [(m.check_function_name, m.message) for m in bad]
+    # and recompression adds no message of any level that the original file did not have
+    before = {(m.check_function_name, m.location, m.message) for m in nwbinspector.inspect_nwbfile(nwbfile_path=str(src))}
+    added = {(m.check_function_name, m.location, m.message) for m in msgs} - before
+    assert added == set(), added
+
+
+def test_lossy_recompression_is_stated_in_comments(tmp_path):
+    if not mode_available("bounded"):
+        pytest.skip("bounded mode not available yet")
+    src = tmp_path / "in.nwb"
+    movie, x = make_nwb(src, N=5000)
+    out = tmp_path / "out.nwb"
+    assert cli(compress_cmd, src, out, "--imaging", "bounded", "--max-error", 50, "--workers", 1, "--quiet") == 0
+    with h5py.File(out, "r") as f:
+        p = provenance.read(f["acquisition/TwoPhotonSeries/data"])
+        assert p["mode"] == "bounded" and p["options"]["max_error"] == 50
+        assert p["max_abs_error"] <= 50
+        c = f["acquisition/TwoPhotonSeries"].attrs["comments"]
+        assert c.startswith("original comment") and "LOSSILY" in c
+        got = f["acquisition/TwoPhotonSeries/data"][:]
+    assert np.abs(got.astype(np.int64) - movie).max() == p["max_abs_error"]
+
+
+def test_comment_appending_keeps_existing_text(tmp_path):
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        g = f.create_group("ts")
+        g.attrs["comments"] = "no comments"
+        h = f.create_group("ts2")
+        h.attrs.create("comments", "keep me", dtype=h5py.string_dtype("ascii"))
+        prov = {"version": "x", "mode": "bounded", "options": {"max_error": 2.0}, "max_abs_error": 2.0,
+                "psnr_db": 50.0, "noise_rmse": 0.3, "ratio": 9.0}
+        text = provenance.comment_text(prov, "/ts/data")
+        provenance.append_comment(g, text)
+        provenance.append_comment(h, text)
+        provenance.append_comment(h, text)  # idempotent
+        assert g.attrs["comments"] == text
+        assert h.attrs["comments"] == "keep me\n" + text
+        assert h5py.check_string_dtype(h.attrs.get_id("comments").dtype).encoding == "ascii"
+
+
+# --------------------------------------------------------------------------------------------------
+# decompress
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("gzip", [None, 4])
+def test_decompress_bit_exact_and_plugin_free(small, tmp_path, gzip):
+    src, out, movie, x = small
+    plain = tmp_path / "plain.nwb"
+    args = [out, plain, "--workers", 2, "--quiet"] + (["--gzip", gzip] if gzip is not None else [])
+    assert cli(decompress_cmd, *args) == 0
+    assert necoda_datasets(plain) == []
+    assert nwb.structure_diff(src, plain, ignore_attrs=ignore_necoda) == []
+    with h5py.File(plain, "r") as f:
+        d = f["acquisition/TwoPhotonSeries/data"]
+        assert d.compression == ("gzip" if gzip is not None else None)
+        assert provenance.read(d)["decompressed_by"].startswith("necoda-filter")
+    # readable by HDF5 with no way to find the plugin
+    env = env_plugin_only()
+    env["HDF5_PLUGIN_PATH"] = str(tmp_path / "no-plugins-here")
+    script = textwrap.dedent(f"""
+        import h5py, numpy as np, sys
+        with h5py.File({str(plain)!r}, "r") as f:
+            s = int(f["acquisition/TwoPhotonSeries/data"][:].astype(np.int64).sum())
+            s += int(f["acquisition/ElectricalSeries/data"][:].astype(np.int64).sum())
+        print(s)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == int(movie.astype(np.int64).sum() + x.astype(np.int64).sum())
+
+
+def test_decompress_gzip_chunks_equal_hdf5_deflate(small, tmp_path):
+    """Direct-chunk gzip bytes are what HDF5's own deflate filter writes."""
+    src, out, movie, x = small
+    plain = tmp_path / "plain.nwb"
+    assert cli(decompress_cmd, out, plain, "--gzip", "6", "--workers", 1, "--quiet") == 0
+    with h5py.File(plain, "r") as f, h5py.File(tmp_path / "ref.h5", "w") as g:
+        d = f["acquisition/TwoPhotonSeries/data"]
+        r = g.create_dataset("d", data=movie, chunks=d.chunks, compression="gzip", compression_opts=6)
+        for i in range(d.id.get_num_chunks()):
+            off = d.id.get_chunk_info(i).chunk_offset
+            assert d.id.read_direct_chunk(off) == r.id.read_direct_chunk(off)
+
+
+# --------------------------------------------------------------------------------------------------
+# safety: overwrite refusal, atomic output, kills
+# --------------------------------------------------------------------------------------------------
+
+def test_refuses_to_overwrite_input(small, tmp_path):
+    src, out, movie, x = small
+    digest = sha256(src)
+    with pytest.raises(ValueError, match="input"):
+        cli(compress_cmd, src, src, "--overwrite", "--quiet")
+    link = tmp_path / "hard.nwb"
+    os.link(src, link)
+    with pytest.raises(ValueError, match="input"):
+        cli(compress_cmd, src, link, "--overwrite", "--quiet")
+    sym = tmp_path / "sym.nwb"
+    sym.symlink_to(src)
+    with pytest.raises(ValueError, match="input"):
+        cli(decompress_cmd, src, sym, "--overwrite", "--quiet")
+    assert sha256(src) == digest
+    existing = tmp_path / "exists.nwb"
+    existing.write_bytes(b"keep")
+    with pytest.raises(FileExistsError):
+        cli(compress_cmd, src, existing, "--quiet")
+    assert existing.read_bytes() == b"keep"
+    assert cli(compress_cmd, src, existing, "--overwrite", "--workers", 1, "--quiet") == 0
+    assert h5py.is_hdf5(existing)
+    assert [p.name for p in tmp_path.iterdir() if nwb.TMP_MARK in p.name] == []
+
+
+def test_failed_run_leaves_no_output(tmp_path, monkeypatch):
+    src = tmp_path / "in.nwb"
+    make_nwb(src, N=3000)
+    out = tmp_path / "out.nwb"
+
+    def boom(*a, **k):
+        raise RuntimeError("encoder exploded")
+
+    monkeypatch.setattr(nwb, "_encode_chunk", boom)
+    with pytest.raises(RuntimeError, match="exploded"):
+        cli(compress_cmd, src, out, "--workers", 1, "--quiet")
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if nwb.TMP_MARK in p.name] == []
+
+
+KILL_SCRIPT = """
+import argparse, sys
+from necoda_filter.commands import compress
+p = argparse.ArgumentParser(); compress.add_arguments(p)
+sys.exit(compress.run(p.parse_args(sys.argv[1:])))
+"""
+
+
+@pytest.fixture(scope="module")
+def big_in(tmp_path_factory):
+    d = tmp_path_factory.mktemp("big")
+    src = d / "in.nwb"
+    make_nwb(src, T=960, H=128, W=128, N=2000)
+    return src
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_midway_leaves_input_and_no_output(big_in, tmp_path, sig):
+    src = big_in
+    digest = sha256(src)
+    out = tmp_path / "out.nwb"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(src), str(out), "--workers", "1", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tmp = None
+    t0 = time.time()
+    while time.time() - t0 < 60 and proc.poll() is None:  # wait until it has written chunk data
+        cands = [p for p in tmp_path.iterdir() if nwb.TMP_MARK in p.name]
+        if cands and cands[0].stat().st_size > (3 << 19):
+            tmp = cands[0]
+            break
+        time.sleep(0.02)
+    assert tmp is not None and proc.poll() is None, "compress finished before it could be killed"
+    assert tmp.name == f".out.nwb{nwb.TMP_MARK}{proc.pid}"
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not out.exists()
+    assert sha256(src) == digest
+    left = [p for p in tmp_path.iterdir() if nwb.TMP_MARK in p.name]
+    if sig == signal.SIGTERM:
+        assert left == []  # cleaned up by the handler
+    else:
+        assert left == [tmp]  # SIGKILL cannot be caught: the stale temp is removed by the next run
+        assert nwb.clean_stale_temps(out) == [tmp]
+        assert not tmp.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# direct-chunk path == filter path
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind,shape,dtype,fill", [
+    ("imaging", (150, 37, 29), "uint16", 0),
+    ("imaging", (70, 600, 20), "int16", 7),        # tiled (600 > 512): edge tiles and edge frames
+    ("ephys", (5100, 24), "int16", -3),
+    ("ephys", (3100, 5), ">i2", 0),                 # big-endian file type
+])
+@pytest.mark.parametrize("mode", ["lossless", "auto", "bounded"])
+def test_direct_chunk_bytes_equal_filter_pipeline(tmp_path, kind, shape, dtype, fill, mode):
+    if not mode_available(mode if mode != "auto" else "lossless"):
+        pytest.skip(f"{mode} mode not available yet")
+    rng = np.random.default_rng(3)
+    data = (rng.poisson(30, shape) * 4 - 20).astype(dtype)
+    settings = nwb.Settings(imaging=mode, ephys=mode, max_error=3.0 if mode == "bounded" else None)
+    if mode == "auto":
+        settings = nwb.Settings(imaging="lossless", ephys="lossless")
+    fs = 1000.0 if kind == "ephys" else 30.0
+    with h5py.File(tmp_path / "src.h5", "w") as f:
+        g = f.create_group("ts")
+        g.attrs["neurodata_type"] = "TwoPhotonSeries" if kind == "imaging" else "ElectricalSeries"
+        g.create_dataset("starting_time", data=0.0).attrs["rate"] = fs
+        g.create_dataset("data", data=data, fillvalue=np.array(fill, dtype=dtype))
+    out = tmp_path / "out.h5"
+    nwb.recompress_file(tmp_path / "src.h5", out, settings, workers=2, progress=False)
+    with h5py.File(out, "r") as f, h5py.File(tmp_path / "ref.h5", "w") as g:
+        d = f["ts/data"]
+        chunks = nwb.plan_chunks(kind, shape, np.dtype(dtype).itemsize, fs)
+        assert d.chunks == chunks
+        assert any(s % c for s, c in zip(shape, chunks)), "test needs edge chunks"
+        ref = g.create_dataset("d", shape=shape, dtype=dtype, chunks=chunks, fillvalue=np.array(fill, dtype=dtype),
+                               compression=Necoda(mode=settings.imaging if kind == "imaging" else settings.ephys,
+                                                  **({"max_error": 3.0} if mode == "bounded" else {})))
+        ref[...] = data
+        assert d.id.get_create_plist().get_filter_by_id(FILTER_ID)[1] == \
+            ref.id.get_create_plist().get_filter_by_id(FILTER_ID)[1]
+        n = d.id.get_num_chunks()
+        assert n == ref.id.get_num_chunks() > 1
+        for i in range(n):
+            off = d.id.get_chunk_info(i).chunk_offset
+            assert d.id.read_direct_chunk(off) == ref.id.read_direct_chunk(off), off
+        if mode != "bounded":
+            assert np.array_equal(d[...], data)
+
+
+# --------------------------------------------------------------------------------------------------
+# read
+# --------------------------------------------------------------------------------------------------
+
+SELECTIONS = [
+    np.s_[...], np.s_[3], np.s_[-1], np.s_[3:41:3, ::4, 5], np.s_[-1, 2:, ::7], np.s_[[0, 5, 9, 33], :, 1:28],
+    np.s_[2:40, [0, 9, 10, 36], ::3], np.s_[10:10], np.s_[..., 3], np.s_[np.arange(50) % 3 == 0, 1:36:5],
+    np.s_[49, 36, 28], np.s_[7:9], np.s_[:, :, -1], np.s_[1::17, 9:11, 6:8],
+]
+
+
+@pytest.mark.parametrize("executor", ["process", "thread", "serial", "auto"])
+def test_read_equals_slicing(tmp_path, executor):
+    rng = np.random.default_rng(1)
+    a = (rng.poisson(20, (50, 37, 29)) * 3).astype(np.uint16)
+    with h5py.File(tmp_path / "r.h5", "w") as f:
+        d = f.create_dataset("d", data=a, chunks=(8, 10, 7), compression=Necoda(mode="lossless"))
+        e = f.create_dataset("e", shape=a.shape, dtype=">i4", chunks=(8, 10, 7), fillvalue=-3,
+                             compression=Necoda(mode="lossless"))
+        e[0:20] = a[0:20]  # the other chunks stay unallocated: fill value
+        plain = f.create_dataset("p", data=a, chunks=(8, 10, 7), compression="gzip")
+        for ds in (d, e, plain):
+            for s in SELECTIONS:
+                ref = ds[s]
+                got = read(ds, s, executor=executor, workers=2)
+                assert got.dtype == ref.dtype and got.shape == ref.shape, (ds.name, s)
+                assert np.array_equal(got, ref), (ds.name, s)
+        with pytest.raises((ValueError, TypeError, IndexError)):
+            read(d, np.s_[::-1])
+        with pytest.raises((ValueError, TypeError, IndexError)):
+            read(d, np.s_[60])
+
+
+def test_read_on_compressed_nwb(small):
+    src, out, movie, x = small
+    with h5py.File(out, "r") as f:
+        assert np.array_equal(read(f["acquisition/TwoPhotonSeries/data"]), movie)
+        assert np.array_equal(read(f["acquisition/ElectricalSeries/data"], np.s_[100:19000:7, 3]), x[100:19000:7, 3])
+        assert np.array_equal(read(f["acquisition/other/data"]), np.arange(50.0))
+
