@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+import necoda_filter
+from necoda_filter import cli
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("demo", "info", "bench", "compress", "decompress"):
+        assert name in out
+
+
+def test_console_script_runs():
+    r = subprocess.run([sys.executable, "-m", "necoda_filter.cli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and necoda_filter.__version__ in r.stdout
+
+
+@pytest.mark.parametrize("name", [c[0] for c in cli.COMMANDS])
+def test_every_command_has_help(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([name, "--help"])
+    assert e.value.code == 0
+
+
+def test_info_reports_mode_and_ratio(tmp_path, capsys):
+    p = tmp_path / "i.h5"
+    a = np.tile(np.arange(200, dtype=np.int16), (50, 1))
+    with h5py.File(p, "w") as f:
+        f.create_dataset("x", data=a, chunks=(10, 200), compression=necoda_filter.Necoda(mode="lossless"))
+        f.create_dataset("plain", data=a, chunks=(10, 200), compression="gzip")
+    assert cli.main(["info", str(p), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in rows] == ["/x"]
+    r = rows[0]
+    assert r["requested"] == {"mode": "lossless"} and r["chunk_modes"] == {"lossless": 5}
+    assert r["ratio"] == pytest.approx(a.nbytes / r["stored_bytes"], rel=1e-3) and r["ratio"] > 2
+    assert cli.main(["info", str(p), "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "/plain" in out and "gzip" in out
+
+
+def test_info_missing_file_is_an_error(capsys):
+    assert cli.main(["info", "/nonexistent/file.nwb"]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_demo_small(tmp_path):
+    out = tmp_path / "demo.nwb"
+    r = subprocess.run([sys.executable, "-m", "necoda_filter.cli", "demo", "--frames", "40", "--size", "48",
+                        "--seconds", "0.3", "--channels", "32", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "TwoPhotonSeries" in r.stdout and "ElectricalSeries" in r.stdout and "×" in r.stdout
+    assert out.exists()
+    # never overwrites
+    r2 = subprocess.run([sys.executable, "-m", "necoda_filter.cli", "demo", "--out", str(out)],
+                        capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 1 and "exists" in r2.stderr
