@@ -11,8 +11,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("info", "necoda_filter.commands.info", "per-dataset filter, mode, model and ratio of an HDF5/NWB file"),
     ("compress", "necoda_filter.commands.compress", "copy an NWB file recompressing its imaging/ephys data with necoda (atomic, streamed, parallel; provenance attributes)"),
     ("decompress", "necoda_filter.commands.decompress", "copy an NWB file back to plain HDF5 storage (optionally gzip) readable without the plugin"),
-    ("train", "necoda_filter.commands.train", "train the learned mode's model from the simulator (plus recordings) and export it to ONNX (needs the [train] extra)"),
     ("bench", "necoda_filter.commands.bench", "compare necoda modes with reference codecs (zstd, FLAC, JPEG-XL, SZ3, ZFP, H.264/5, AV1, ...) on your data: ratio, speed, error, ROI/spike fidelity; table, JSON and plots"),
+    ("train", "necoda_filter.commands.train", "train the learned mode's model from the simulator (plus recordings) and export it to ONNX (needs the [train] extra)"),
 ]
 
 
@@ -22,9 +22,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"necoda-filter {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, modname, help_ in COMMANDS:
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError as e:  # one command's missing dependency must not take the others down
+            sp = sub.add_parser(name, help=f"{help_} [unavailable: {e}]", description=help_)
+            sp.set_defaults(_module=modname, _import_error=e)
+            continue
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(_module=modname)
-        importlib.import_module(modname).add_arguments(sp)
+        mod.add_arguments(sp)
     return p
 
 
@@ -34,6 +40,9 @@ def main(argv=None) -> int:
     if not getattr(args, "command", None):
         p.print_help()
         return 2
+    if getattr(args, "_import_error", None) is not None:
+        print(f"necoda {args.command}: unavailable: {args._import_error}", file=sys.stderr)
+        return 1
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except KeyboardInterrupt:
