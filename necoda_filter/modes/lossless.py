@@ -181,93 +181,134 @@ def _blocks(T: int):
     return nb, L
 
 
-def _to_lanes(x: np.ndarray, nb: int, L: int, p: int) -> np.ndarray:
-    """(T, C) -> (p + L, nb*C) with p zero rows on top; lane = block*C + channel."""
-    T, C = x.shape
-    pad = np.zeros((nb * L, C), np.int64)
-    pad[nb * L - T:] = x  # zero padding in front: zero residuals, no effect on the data
-    lanes = pad.reshape(nb, L, C).transpose(1, 0, 2).reshape(L, nb * C)
-    out = np.zeros((p + L, nb * C), np.int64)
-    out[p:] = lanes
-    return out
+def _lanes_view(X: np.ndarray, p: int, nb: int, L: int, C: int) -> np.ndarray:
+    """(C, nb, L) view of the lane array X (p + L, nb, C) below its p history rows."""
+    return X[p:].transpose(2, 1, 0)
 
 
-def _from_lanes(X: np.ndarray, T: int, C: int, nb: int, L: int) -> np.ndarray:
-    return X.reshape(L, nb, C).transpose(1, 0, 2).reshape(nb * L, C)[nb * L - T:]
+def _scatter(X, E, p, nb, L, T):
+    """Write channel-major E (C, T) into lanes; the first block is zero padded in front."""
+    V = _lanes_view(X, p, nb, L, E.shape[0])
+    pad = nb * L - T
+    V[:, 0, pad:] = E[:, :L - pad]
+    if nb > 1:
+        V[:, 1:, :] = E[:, L - pad:].reshape(E.shape[0], nb - 1, L)
+
+
+def _gather(X, out, p, nb, L, T):
+    """Inverse of _scatter into out (C, T) (any dtype; values cast)."""
+    V = _lanes_view(X, p, nb, L, out.shape[0])
+    pad = nb * L - T
+    np.copyto(out[:, :L - pad], V[:, 0, pad:], casting="unsafe")
+    if nb > 1:
+        np.copyto(out[:, L - pad:].reshape(out.shape[0], nb - 1, L), V[:, 1:, :], casting="unsafe")
 
 
 def lpc_encode(x: np.ndarray, level: int):
-    """x: (T, C) int64 (offset, |x| < 2**32). Returns (sections, params)."""
+    """x: (T, C) int64 offset into [0, 2**32). Returns (sections, params).
+
+    All arithmetic is float64 on integers and dyadic coefficients (|q| < 2**15, 2**-LPC_SHIFT steps,
+    |values| < 2**33): every product and sum is exact, so floor(acc + 1/2) is the exact rounded
+    integer prediction whatever the summation order, identical in encoder and decoder.
+    """
     T, C = x.shape
-    mu = np.round(np.median(x, axis=0)).astype(np.int64) if T else np.zeros(C, np.int64)
+    mu = np.round(x.mean(axis=0)).astype(np.int64) if T else np.zeros(C, np.int64)
     xc = x - mu
     Q = _choose_lpc(xc, MAX_ORDER)
     p = Q.shape[1]
     nb, L = _blocks(T)
-    X = _to_lanes(xc, nb, L, p)
-    Ql = np.tile(Q, (nb, 1)).T  # (p, lanes)
-    pred = np.zeros((L, nb * C), np.int64)
-    for i in range(p):
-        pred += Ql[i] * X[p - 1 - i:p - 1 - i + L]
-    half = 1 << (LPC_SHIFT - 1)
-    E = X[p:] - ((pred + half) >> LPC_SHIFT)
-    e = _from_lanes(E, T, C, nb, L)  # (T, C)
-    # inter-channel prediction of residuals from preceding channels' residuals
+    X = np.zeros((p + L, nb, C))
+    _scatter(X, xc.T, p, nb, L, T)
+    Qf = Q / float(1 << LPC_SHIFT)  # (C, p)
+    Ev = X[p:].copy()
+    if p:
+        pred = np.zeros((L, nb, C))
+        for i in range(p):
+            pred += Qf[:, i] * X[p - 1 - i:p - 1 - i + L]
+        pred += 0.5
+        np.floor(pred, out=pred)
+        Ev -= pred
+        del pred
+    e = np.empty((C, T), np.int64)
+    X[p:] = Ev
+    _gather(X, e, p, nb, L, T)
+    del X, Ev
+    # inter-channel prediction of each residual from the residuals of up to XCH preceding channels
     B = np.zeros((C, XCH), np.int64)
-    ef = e[_analysis_rows(T)].astype(np.float64)
     out = e.copy()
-    for c in range(1, C):
-        ks = list(range(max(0, c - XCH), c))
-        w = _lstsq(ef[:, ks], ef[:, c])
-        if w is None:
-            continue
-        wq = np.clip(np.round(w * (1 << LPC_SHIFT)), -(1 << 15), (1 << 15) - 1).astype(np.int64)
-        if not wq.any():
-            continue
-        pr = (e[:, ks] @ wq + half) >> LPC_SHIFT
-        cand = e[:, c] - pr
-        if np.abs(cand).sum() < 0.995 * np.abs(e[:, c]).sum():
-            out[:, c] = cand
+    if C > 1:
+        rows = _analysis_rows(T)
+        ef = e[:, rows].astype(np.float64)
+        for c in range(1, C):
+            ks = list(range(max(0, c - XCH), c))
+            w = _lstsq(ef[ks].T, ef[c])
+            if w is None:
+                continue
+            wq = np.clip(np.round(w * (1 << LPC_SHIFT)), -(1 << 15), (1 << 15) - 1).astype(np.int64)
+            if not wq.any():
+                continue
+            acc = np.zeros(T, np.int64)
             for j, k in enumerate(ks):
-                B[c, c - k - 1] = wq[j]
-    res = np.ascontiguousarray(out.T)  # channel-major
+                acc += wq[j] * e[k]
+            cand = e[c] - ((acc + (1 << (LPC_SHIFT - 1))) >> LPC_SHIFT)
+            if np.abs(cand).sum() < 0.995 * np.abs(e[c]).sum():
+                out[c] = cand
+                for j, k in enumerate(ks):
+                    B[c, c - k - 1] = wq[j]
     sections = [pco(mu, level), pco(Q.reshape(-1), level), pco(B.reshape(-1), level),
-                pco(_narrow(res), level)]
+                pco(_narrow(out), level)]
     return sections, {"p": int(p), "nb": nb, "L": L}
 
 
-def lpc_decode(sections, T: int, C: int, params) -> np.ndarray:
+def lpc_decode(sections, T: int, C: int, params, dtype, lo: int) -> np.ndarray:
     p, nb, L = int(params["p"]), int(params["nb"]), int(params["L"])
-    if nb * L < T or nb < 1 or L < 1 or p < 0 or p > 64:
+    if nb * L < T or nb * L - T >= L or nb < 1 or L < 1 or p < 0 or p > 64:
         raise ValueError("bad lpc parameters")
     mu = unpco(sections[0], C, np.int64)
     Q = unpco(sections[1], C * p, np.int64).reshape(C, p)
     B = unpco(sections[2], C * XCH, np.int64).reshape(C, XCH)
-    e = unpco(sections[3], T * C, np.int64).reshape(C, T).T.copy()
-    half = 1 << (LPC_SHIFT - 1)
+    if np.abs(Q).max(initial=0) >= 1 << 15 or np.abs(B).max(initial=0) >= 1 << 15:
+        raise ValueError("bad lpc coefficients")
+    r = unpco(sections[3], T * C).reshape(C, T)
+    e = r.astype(np.float64)
+    scale = 1.0 / (1 << LPC_SHIFT)
     for c in range(1, C):
         if B[c].any():
-            acc = np.zeros(T, np.int64)
+            acc = np.zeros(T)
             for j in range(XCH):
                 if B[c, j] and c - 1 - j >= 0:
-                    acc += B[c, j] * e[:, c - 1 - j]
-            e[:, c] += (acc + half) >> LPC_SHIFT
-    X = _to_lanes(e, nb, L, p)  # rows p.. hold residuals, top p rows zero (history)
-    if p:
-        # Exact in float64: coefficients are dyadic (q / 2**LPC_SHIFT, |q| < 2**15, p <= MAX_ORDER) and
-        # |x| < 2**32, so every product and partial sum is an exactly representable multiple of
-        # 2**-LPC_SHIFT below 2**41, whatever the summation order; floor(acc + 1/2) then equals the
-        # encoder's (pred + half) >> LPC_SHIFT.
-        Ql = (np.tile(Q, (nb, 1)).T[::-1] / float(1 << LPC_SHIFT)).copy()  # row i multiplies X[j + i]
-        Xf = X.astype(np.float64)
-        for j in range(L):
-            acc = np.einsum("ij,ij->j", Ql, Xf[j:j + p])
+                    acc += (B[c, j] * scale) * e[c - 1 - j]
             acc += 0.5
             np.floor(acc, out=acc)
-            Xf[j + p] += acc
-        X = Xf.astype(np.int64)
-    x = _from_lanes(X[p:], T, C, nb, L)
-    return x + mu
+            e[c] += acc
+    X = np.zeros((p + L, nb, C))
+    _scatter(X, e, p, nb, L, T)
+    del e, r
+    if p:
+        Ql = (Q.T[::-1] * scale)[:, None, :] * np.ones((1, nb, 1))  # (p, nb, C); row i multiplies X[j+i]
+        Ql = Ql.reshape(p, nb * C)
+        Xl = X.reshape(p + L, nb * C)
+        acc = np.empty(nb * C)
+        for j in range(L):
+            np.einsum("ij,ij->j", Ql, Xl[j:j + p], out=acc)
+            acc += 0.5
+            np.floor(acc, out=acc)
+            Xl[j + p] += acc
+    dtype = np.dtype(dtype)
+    out = np.empty((T, C), dtype)
+    if dtype.itemsize <= 4:
+        X[p:] += (mu + lo).astype(np.float64)
+        _gather(X, out.T, p, nb, L, T)
+    else:
+        tmp = np.empty((C, T), np.int64)
+        _gather(X, tmp, p, nb, L, T)
+        tmp += mu[:, None]
+        if dtype == np.uint64:
+            np.copyto(out.T, tmp.astype(np.uint64) + np.uint64(lo))
+        else:
+            tmp += lo
+            np.copyto(out.T, tmp)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- imaging
@@ -448,7 +489,7 @@ class LosslessMode:
             C = n // T if T else 1
             if len(sections) != 4:
                 raise ValueError("bad lpc payload")
-            x = lpc_decode(sections, T, C, params)
+            return lpc_decode(sections, T, C, params, dtype, lo).reshape(shape)
         elif scheme == "img":
             T, W = shape[0], shape[-1]
             H = n // (T * W)

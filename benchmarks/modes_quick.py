@@ -1,0 +1,224 @@
+"""Quick single-thread measurement of the lossless and bounded modes against the anchors.
+
+    python benchmarks/modes_quick.py ../shared/data/ephys_locust_tetrode_15khz_4ch_int16.raw \
+        ../shared/data/ophys_2p_cortex_300x200x200_int16.npz [--fast]
+
+``.npz`` files: key ``data`` (imaging T×H×W). ``.raw`` files: interleaved int16; the channel count is read
+from ``<N>ch`` in the file name (or ``--channels``). Throughput is MB of original data per second of
+*process CPU time* on one thread (BLAS/OpenMP pinned to one thread), so that other jobs on a shared
+machine do not distort it. Anchors whose package is missing are skipped.
+"""
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import argparse  # noqa: E402
+import lzma  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from necoda_filter import chunk  # noqa: E402
+from necoda_filter.modes import lossless as LL  # noqa: E402
+
+
+def load(path: str, channels: int | None):
+    p = Path(path)
+    if p.suffix == ".npz":
+        return np.load(p)["data"]
+    m = re.search(r"(\d+)ch", p.name)
+    c = channels or (int(m.group(1)) if m else 1)
+    return np.fromfile(p, dtype="<i2").reshape(-1, c)
+
+
+def cpu(fn, repeat=1):
+    best = None
+    for _ in range(repeat):
+        t = time.process_time()
+        out = fn()
+        dt = time.process_time() - t
+        best = dt if best is None else min(best, dt)
+    return out, max(best, 1e-9)
+
+
+def entropy_bits(v: np.ndarray) -> float:
+    """Empirical (order-0) entropy of integer values, bits/value."""
+    _, c = np.unique(np.asarray(v).ravel(), return_counts=True)
+    p = c / c.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def residual_entropy(arr) -> tuple[float, float]:
+    """(context-conditional, global) empirical entropy of the residual streams the lossless mode codes,
+    in bits per sample of the chunk (side streams such as means and coefficients excluded)."""
+    seen = []
+    orig = LL.pco
+
+    def spy(a, level=8):
+        seen.append(np.asarray(a).ravel())
+        return orig(a, level)
+
+    LL.pco = spy
+    try:
+        LL.MODE.encode(arr)
+    finally:
+        LL.pco = orig
+    n = arr.size
+    big = [s for s in seen if s.size >= max(64, n // 1000)]
+    cond = sum(entropy_bits(s) * s.size for s in big) / n
+    glob = entropy_bits(np.concatenate(big)) * sum(s.size for s in big) / n
+    return cond, glob
+
+
+def row(name, ratio, enc=None, dec=None, extra=""):
+    e = f"{enc:8.1f}" if enc else "       -"
+    d = f"{dec:8.1f}" if dec else "       -"
+    print(f"  {name:44s} {ratio:7.3f} {e} {d}  {extra}")
+
+
+def ours(arr, mode, repeat, **kw):
+    buf, te = cpu(lambda: chunk.encode(arr, mode=mode, **kw), repeat)
+    out, td = cpu(lambda: chunk.decode(buf), repeat)
+    mb = arr.nbytes / 1e6
+    return buf, out, arr.nbytes / len(buf), mb / te, mb / td
+
+
+def anchors_lossless(arr, kind, fast):
+    from pcodec import ChunkConfig, DeltaSpec, standalone
+    res = {}
+    mb = arr.nbytes / 1e6
+    flat = np.ascontiguousarray(arr).ravel()
+    b, t = cpu(lambda: standalone.simple_compress(flat, ChunkConfig(compression_level=8)))
+    _, td = cpu(lambda: standalone.simple_decompress(b))
+    res["pcodec L8 (default)"] = (arr.nbytes / len(b), mb / t, mb / td)
+    tr = np.ascontiguousarray(np.moveaxis(arr, 0, -1)).ravel()
+    b, t = cpu(lambda: standalone.simple_compress(tr, ChunkConfig(compression_level=8, delta_spec=DeltaSpec.try_conv1(8))))
+    _, td = cpu(lambda: standalone.simple_decompress(b))
+    res["pcodec L8 time-contiguous conv1(8)"] = (arr.nbytes / len(b), mb / t, mb / td)
+    try:
+        import zstandard
+        b, t = cpu(lambda: zstandard.ZstdCompressor(level=19).compress(arr.tobytes()))
+        res["zstd-19"] = (arr.nbytes / len(b), mb / t, None)
+    except ImportError:
+        pass
+    if not fast:
+        preset = 9 | lzma.PRESET_EXTREME if arr.nbytes < 8e6 else 6
+        b, t = cpu(lambda: lzma.compress(arr.tobytes(), preset=preset))
+        res[f"lzma preset {'9e' if preset != 6 else 6}"] = (arr.nbytes / len(b), mb / t, None)
+    if kind == "ephys":
+        try:
+            from flac_numcodecs import Flac
+            c = Flac(level=8)
+            b, t = cpu(lambda: c.encode(np.ascontiguousarray(arr)))
+            res["FLAC -8 (flac-numcodecs)"] = (arr.nbytes / len(b), mb / t, None)
+        except ImportError:
+            pass
+    else:
+        try:
+            import imagecodecs
+            u = (arr.astype(np.int32) - int(arr.min())).astype(np.uint16)
+            frames = u if not fast else u[:50]
+            tot, t = cpu(lambda: sum(len(imagecodecs.jpegxl_encode(f, lossless=True, effort=7)) for f in frames))
+            res["JPEG-XL lossless effort 7 (per frame)"] = (frames.nbytes / tot, frames.nbytes / 1e6 / t, None)
+        except Exception as e:  # noqa: BLE001
+            print("  (JPEG-XL skipped:", e, ")")
+    return res
+
+
+def sz3(arr, E):
+    try:
+        from pysz import sz, szConfig, szErrorBoundMode
+    except ImportError:
+        return None
+    a = np.ascontiguousarray(arr.astype(np.float32))
+    cfg = szConfig(a.shape)
+    cfg.errorBoundMode = szErrorBoundMode.ABS
+    cfg.absErrorBound = float(E)
+    (cmp, _), t = cpu(lambda: sz.compress(a, cfg))
+    (rec, _), td = cpu(lambda: sz.decompress(cmp, np.float32, a.shape))
+    err = float(np.abs(np.rint(rec).astype(np.float64) - arr).max())  # rounded back to the integer dtype
+    return arr.nbytes / cmp.nbytes, arr.nbytes / 1e6 / t, arr.nbytes / 1e6 / td, err
+
+
+def bench(path, args):
+    arr = load(path, args.channels)
+    kind = "imaging" if arr.ndim == 3 else "ephys"
+    print(f"\n== {Path(path).name}: {kind} {arr.shape} {arr.dtype}, {arr.nbytes / 1e6:.1f} MB")
+    print(f"  {'codec':44s} {'ratio':>7s} {'enc MB/s':>8s} {'dec MB/s':>8s}")
+    buf, out, r, e, d = ours(arr, "lossless", args.repeat)
+    assert np.array_equal(out, arr), "lossless round trip failed"
+    bps = len(buf) * 8 / arr.size
+    cond, glob = residual_entropy(arr)
+    row("necoda lossless", r, e, d, f"{bps:.3f} bits/sample; residual entropy {cond:.3f} "
+        f"(per context stream) / {glob:.3f} (pooled) bits/sample; params {chunk.info(buf).params}")
+    res = anchors_lossless(arr, kind, args.fast)
+    for k, (ra, ea, da) in res.items():
+        row(k, ra, ea, da)
+    best = max(res.items(), key=lambda kv: kv[1][0])
+    print(f"  -> lossless ratio / best anchor ({best[0]}): {r / best[1][0]:.3f}")
+
+    print("  bounded:")
+    if kind == "imaging":
+        try:
+            from anscombe_transform.codec import encode as aenc, decode as adec
+            from anscombe_transform.estimate import compute_conversion_gain
+            import zstandard
+            from pcodec import ChunkConfig, standalone
+            cg = compute_conversion_gain(arr)
+            g, z = float(cg["conversion_gain"]), int(round(float(cg["zero_level"])))
+            enc8 = aenc(arr, conversion_gain=g, zero_level=z, encoded_dtype="uint8")
+            rec = adec(enc8, conversion_gain=g, zero_level=z, encoded_dtype="uint8", decoded_dtype="int16")
+            err = np.abs(rec.astype(np.int64) - arr)
+            Ea = int(err.max())
+            sz_z = len(zstandard.ZstdCompressor(level=19).compress(enc8.tobytes()))
+            sz_p = len(standalone.simple_compress(enc8.ravel(), ChunkConfig(compression_level=8, enable_8_bit=True)))
+            sz_l = len(lzma.compress(enc8.tobytes(), preset=6))
+            ra = arr.nbytes / min(sz_z, sz_p, sz_l)
+            row("anscombe-transform 1.0.0 (+best of zstd/pcodec/lzma)", ra, None, None,
+                f"gain {g:.1f} zero {z}; max error {Ea} raw = {Ea / g:.2f} photons "
+                f"(zstd {arr.nbytes / sz_z:.2f}, pcodec {arr.nbytes / sz_p:.2f}, lzma {arr.nbytes / sz_l:.2f})")
+            # our noise-aware mode at the anscombe quantizer's own per-level tolerance (beta = 0.5 -> 0.25 sigma)
+            for k in (0.25, 0.5):
+                buf, out, r, e, d = ours(arr, "bounded", args.repeat, max_error_noise=k)
+                eo = int(np.abs(out.astype(np.int64) - arr).max())
+                row(f"necoda bounded max_error_noise={k}", r, e, d,
+                    f"max error {eo} raw = {eo / g:.2f} photons; {r / ra:.2f}x anscombe; nm {chunk.info(buf).params.get('nm')}")
+            # equal raw max error
+            buf, out, r, e, d = ours(arr, "bounded", args.repeat, max_error=Ea)
+            eo = int(np.abs(out.astype(np.int64) - arr).max())
+            row(f"necoda bounded max_error={Ea}", r, e, d, f"max error {eo}; {r / ra:.2f}x anscombe")
+            s = sz3(arr, Ea)
+            if s:
+                row(f"SZ3 (pysz) abs={Ea}", s[0], s[1], s[2], f"max error {s[3]:.0f}")
+        except ImportError as ex:
+            print("  (anscombe-transform skipped:", ex, ")")
+    for E in args.errors:
+        buf, out, r, e, d = ours(arr, "bounded", args.repeat, max_error=E)
+        eo = float(np.abs(out.astype(np.float64) - arr).max())
+        row(f"necoda bounded max_error={E}", r, e, d, f"max error {eo:.0f}")
+        s = sz3(arr, E)
+        if s:
+            row(f"SZ3 (pysz) abs={E}", s[0], s[1], s[2], f"max error {s[3]:.1f} (after rounding to ints)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="+")
+    ap.add_argument("--channels", type=int, default=None)
+    ap.add_argument("--errors", type=float, nargs="*", default=[2, 10, 50])
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--fast", action="store_true", help="skip lzma, JPEG-XL on 50 frames only")
+    args = ap.parse_args()
+    for p in args.paths:
+        bench(p, args)
+
+
+if __name__ == "__main__":
+    main()
