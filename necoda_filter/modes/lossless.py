@@ -406,12 +406,12 @@ def img_decode(sections, T: int, H: int, W: int, params) -> np.ndarray:
     counts = np.bincount(cls, minlength=nc)
     if len(counts) != nc:
         raise ValueError("bad imaging classes")
-    d = np.empty((T, H * W), wt)
-    start = 0
-    for k, n in enumerate(counts):
-        d[:, order[start:start + n]] = unpco(sections[3 + k], T * n, wt).reshape(T, n)
-        start += n
-    d = d.reshape(T, H, W)
+    parts = [unpco(sections[3 + k], T * n, wt).reshape(T, n) for k, n in enumerate(counts)]
+    rs = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    inv = np.empty_like(order)
+    inv[order] = np.arange(order.size)
+    d = np.take(rs, inv, axis=1).reshape(T, H, W)
+    del rs, parts
     half = wt(1 << (shift - 1))
     c0, c1, c2 = (wt(v) for v in coef)
     P = np.zeros((H + 2, W + 2), wt)
