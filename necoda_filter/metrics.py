@@ -16,7 +16,7 @@ import numpy as np
 __all__ = [
     "error_stats", "noise_rmse", "estimate_noise_imaging", "estimate_noise_ephys", "bandpass",
     "detect_rois", "roi_traces", "trace_correlations", "imaging_fidelity", "detect_spikes",
-    "match_spikes", "ephys_fidelity",
+    "match_spikes", "ephys_reference", "ephys_fidelity",
 ]
 
 
@@ -690,9 +690,26 @@ def match_spikes(ta, ca, tb, cb, tol: int) -> int:
     return n
 
 
+def ephys_reference(orig, fs: float, threshold: float = 5.0, lo: float = 300.0, hi: float = 6000.0,
+                    dead_ms: float = 1.0) -> dict:
+    """The original-side work of :func:`ephys_fidelity` (filtered signal, sigma, detections), to
+    pass as ``ref=`` when comparing many decoded versions of the same recording."""
+    orig = np.asarray(orig)
+    if orig.ndim == 1:
+        orig = orig[:, None]
+    yo = bandpass(orig, fs, lo, hi)
+    sig = _mad_sd_columns(yo)
+    thr = threshold * sig
+    thr = np.where(thr > 0, thr, np.inf)  # a channel without noise has no detections
+    dead = max(1, int(round(dead_ms * fs / 1000.0)))
+    to, co = detect_spikes(yo, thr, dead)
+    return {"y": yo, "sigma": sig, "thr": thr, "dead": dead, "t": to, "c": co, "shape": orig.shape,
+            "fs": float(fs), "lo": lo, "hi": hi}
+
+
 def ephys_fidelity(orig, dec, fs: float, threshold: float = 5.0, lo: float = 300.0, hi: float = 6000.0,
                    dead_ms: float = 1.0, tol_ms: float = 0.5, snippet_ms: float = 1.0,
-                   max_snippets: int = 20000) -> dict:
+                   max_snippets: int = 20000, ref: dict | None = None) -> dict:
     """Spike-band fidelity of a decoded (T, C) recording.
 
     Both signals are band-passed (:func:`bandpass`, ``lo``-``hi`` Hz). Thresholds are
@@ -702,26 +719,26 @@ def ephys_fidelity(orig, dec, fs: float, threshold: float = 5.0, lo: float = 300
 
     - ``spike_f1`` = 2 M / (N_orig + N_dec), M = detections matched on the same channel within
       +-``tol_ms`` (:func:`match_spikes`); NaN when neither has a detection;
+      (``ref`` = :func:`ephys_reference` of ``orig`` skips the original-side work; ``orig`` is then
+      not read and may be None)
     - ``spike_precision`` = M / N_dec, ``spike_recall`` = M / N_orig;
     - ``waveform_r_median``: median over original detections (at most ``max_snippets``, evenly
       spaced) of Pearson r between the original and decoded filtered snippets, +-``snippet_ms``
       around the peak on the detection channel;
     - ``n_spikes`` = N_orig, ``n_spikes_dec`` = N_dec, ``sigma`` (per-channel, list).
     """
-    orig = np.asarray(orig)
     dec = np.asarray(dec)
-    if orig.shape != dec.shape:
-        raise ValueError(f"shape mismatch: {orig.shape} vs {dec.shape}")
-    if orig.ndim == 1:
-        orig, dec = orig[:, None], dec[:, None]
-    yo = bandpass(orig, fs, lo, hi)
+    if dec.ndim == 1:
+        dec = dec[:, None]
+    if ref is None:
+        ref = ephys_reference(orig, fs, threshold, lo, hi, dead_ms)
+    elif ref["fs"] != float(fs) or ref["lo"] != lo or ref["hi"] != hi:
+        raise ValueError("ref was prepared with other fs/lo/hi")
+    if tuple(ref["shape"]) != dec.shape:
+        raise ValueError(f"shape mismatch: {tuple(ref['shape'])} vs {dec.shape}")
+    yo, sig, thr, dead, to, co = ref["y"], ref["sigma"], ref["thr"], ref["dead"], ref["t"], ref["c"]
     yd = bandpass(dec, fs, lo, hi)
-    sig = _mad_sd_columns(yo)
-    thr = threshold * sig
-    thr = np.where(thr > 0, thr, np.inf)  # a channel without noise has no detections
-    dead = max(1, int(round(dead_ms * fs / 1000.0)))
     tol = int(round(tol_ms * fs / 1000.0))
-    to, co = detect_spikes(yo, thr, dead)
     td, cd = detect_spikes(yd, thr, dead)
     M = match_spikes(to, co, td, cd, tol)
     No, Nd = int(to.size), int(td.size)
@@ -732,7 +749,7 @@ def ephys_fidelity(orig, dec, fs: float, threshold: float = 5.0, lo: float = 300
         "n_spikes": No, "n_spikes_dec": Nd, "n_matched": int(M), "sigma": sig.tolist(),
     }
     h = max(1, int(round(snippet_ms * fs / 1000.0)))
-    ok = (to >= h) & (to < orig.shape[0] - h)
+    ok = (to >= h) & (to < yo.shape[0] - h)
     ts, cs = to[ok], co[ok]
     if ts.size > max_snippets:
         sel = np.linspace(0, ts.size - 1, max_snippets).astype(np.int64)

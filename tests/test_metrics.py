@@ -203,6 +203,9 @@ def test_ephys_fidelity_self_and_noised(ep):
     g = M.ephys_fidelity(ep.data, noisy, ep.fs)
     assert g["spike_f1"] < 0.8 and g["waveform_r_median"] < 0.95
     assert g["n_spikes"] == f["n_spikes"]
+    # a prepared reference gives the same answer without re-reading the original
+    ref = M.ephys_reference(ep.data, ep.fs)
+    assert M.ephys_fidelity(None, noisy, ep.fs, ref=ref) == g
 
 
 def test_ephys_detection_finds_true_spikes(ep):
