@@ -164,14 +164,15 @@ static int resolve_python(void) {
     return 0;
 }
 
-/* Report an error on HDF5's error stack (so h5py's exception names it) and on stderr as a fallback. */
-static void report(const char *func, const char *msg) {
-    if (H5.ready && H5.Epush2 && H5.E_ERR_CLS && H5.E_PLINE && H5.E_CALLBACK) {
+/* Report an error on HDF5's error stack and, when HDF5 is unavailable or no Python logger can say it,
+ * on stderr (HDF5 2.0 does not show errors pushed from inside a filter callback in its own stack). */
+static void report(const char *func, const char *msg, int also_stderr) {
+    if (H5.ready && H5.Epush2 && H5.E_ERR_CLS && H5.E_PLINE && H5.E_CALLBACK)
         H5.Epush2(0 /* H5E_DEFAULT */, __FILE__, func, __LINE__, *H5.E_ERR_CLS, *H5.E_PLINE, *H5.E_CALLBACK,
                   "%s", msg);
-    } else {
-        fprintf(stderr, "necoda filter (%s): %s\n", func, msg);
-    }
+    else
+        also_stderr = 1;
+    if (also_stderr) fprintf(stderr, "necoda filter (%s): %s\n", func, msg);
 }
 
 static htri_t necoda_can_apply(hid_t dcpl, hid_t type, hid_t space);
@@ -244,13 +245,13 @@ static herr_t necoda_set_local(hid_t dcpl, hid_t type, hid_t space) {
         user[0] = NECODA_CD_LAYOUT_VERSION;
         user[1] = NECODA_MODE_AUTO;
     } else if (user[0] != NECODA_CD_LAYOUT_VERSION) {
-        report("necoda_set_local", "unknown necoda cd_values layout version (create the filter with necoda_filter.Necoda)");
+        report("necoda_set_local", "unknown necoda cd_values layout version (create the filter with necoda_filter.Necoda)", 1);
         return -1;
     }
     hsize_t dims[NECODA_MAX_RANK];
     int rank = H5.Pget_chunk(dcpl, NECODA_MAX_RANK, dims);
     if (rank < 1 || rank > NECODA_MAX_RANK) {
-        report("necoda_set_local", "necoda needs a chunked dataset of rank 1 to 8");
+        report("necoda_set_local", "necoda needs a chunked dataset of rank 1 to 8", 1);
         return -1;
     }
     memcpy(values, user, sizeof user);
@@ -261,7 +262,7 @@ static herr_t necoda_set_local(hid_t dcpl, hid_t type, hid_t space) {
     values[n++] = H5.Tget_order(type) == H5T_ORDER_BE ? 1u : 0u;
     values[n++] = (unsigned)rank;
     for (int i = 0; i < rank; i++) {
-        if (dims[i] > 0xFFFFFFFFull) { report("necoda_set_local", "chunk dimension too large"); return -1; }
+        if (dims[i] > 0xFFFFFFFFull) { report("necoda_set_local", "chunk dimension too large", 1); return -1; }
         values[n++] = (unsigned)dims[i];
     }
     /* Mandatory, never optional: a chunk the filter cannot encode must fail the write, not be stored
@@ -284,7 +285,7 @@ static void python_error(const char *func) {
     if (t) PY.DecRef(t);
     if (v) PY.DecRef(v);
     if (tb) PY.DecRef(tb);
-    report(func, msg);
+    report(func, msg, 0); /* necoda_filter._bridge has logged it with the full message */
 }
 
 static size_t necoda_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_values[], size_t nbytes,
@@ -292,7 +293,7 @@ static size_t necoda_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_
     const char *func = (flags & H5Z_FLAG_REVERSE) ? "necoda_decode" : "necoda_encode";
     if (resolve_python() != 0) {
         report(func, "the necoda filter runs its codecs in Python: this process has no Python interpreter "
-                     "(read necoda data from Python with necoda_filter installed, or run `necoda decompress`)");
+                     "(read necoda data from Python with necoda_filter installed, or run `necoda decompress`)", 1);
         return 0;
     }
     size_t result = 0;
@@ -316,7 +317,7 @@ static size_t necoda_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_
     ssize_t len = 0;
     if (PY.Bytes_AsStringAndSize(out, &data, &len) != 0 || len <= 0) goto fail;
     void *nb = malloc((size_t)len);
-    if (!nb) { report(func, "out of memory"); goto done; }
+    if (!nb) { report(func, "out of memory", 1); goto done; }
     memcpy(nb, data, (size_t)len);
     free(*buf);
     *buf = nb;
@@ -325,7 +326,7 @@ static size_t necoda_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_
     goto done;
 fail:
     if (PY.Err_Occurred()) python_error(func);
-    else report(func, "necoda_filter._bridge.filter failed");
+    else report(func, "necoda_filter._bridge.filter failed", 1);
 done:
     if (out) PY.DecRef(out);
     if (args) PY.DecRef(args);

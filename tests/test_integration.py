@@ -227,3 +227,30 @@ def test_h5py_version_guard_patch_is_active():
 
     assert "necoda" in hf.encode and getattr(hf.fill_dcpl, "_necoda", False)
     assert hf.get_filter_name(necoda_filter.FILTER_ID) == "necoda"
+
+
+def test_non_python_host_fails_cleanly(tmp_path):
+    """A C program linked to h5py's libhdf5 (no Python in the process) reading a necoda dataset through
+    HDF5_PLUGIN_PATH: the read fails with our message; the program does not crash."""
+    import glob
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    libs = glob.glob(os.path.join(os.path.dirname(h5py.__file__), os.pardir, "h5py.libs", "libhdf5-*.so*"))
+    if not cc or not libs:
+        pytest.skip("needs a C compiler and h5py's bundled libhdf5")
+    lib = os.path.realpath(libs[0])
+    exe = tmp_path / "host"
+    src = Path(__file__).parent / "data" / "nopython_host.c"
+    subprocess.run([cc, str(src), "-o", str(exe), lib, f"-Wl,-rpath,{os.path.dirname(lib)}"], check=True)
+    p = tmp_path / "x.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("m", data=np.arange(1000, dtype="u2").reshape(10, 100), chunks=(5, 100), compression="necoda")
+    r = subprocess.run([str(exe), str(p), "m"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, **PLUGIN_ENV})
+    assert r.returncode == 0, r.stderr
+    assert "READ rc=-1" in r.stdout and "CLEAN EXIT" in r.stdout
+    assert "no Python interpreter" in r.stderr
