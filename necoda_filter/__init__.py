@@ -9,13 +9,13 @@ from ._plugin import PLUGIN_PATH, FilterUnavailable, register
 from .constants import FILTER_ID, FILTER_NAME, FORMAT_VERSION
 from .codec import NecodaCodec
 from .container import CorruptChunk
-from .filters import Necoda
+from .filters import Necoda, require_necoda
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FILTER_ID", "FILTER_NAME", "FORMAT_VERSION", "PLUGIN_PATH", "Necoda", "NecodaCodec",
-    "CorruptChunk", "FilterUnavailable", "register", "__version__",
+    "CorruptChunk", "FilterUnavailable", "register", "require_necoda", "__version__",
 ]
 
 

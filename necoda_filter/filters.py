@@ -32,3 +32,15 @@ class Necoda(FilterRefBase):
     def __repr__(self):
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
         return f"Necoda(mode={self.mode!r}{opts})"
+
+
+def require_necoda(dset) -> None:
+    """Raise :class:`necoda_filter.FilterUnavailable` unless ``dset``'s filter pipeline holds necoda.
+
+    Our writing APIs call this after creating a dataset, so data are never stored uncompressed
+    because the filter was missing or not applied."""
+    from ._plugin import FilterUnavailable
+
+    plist = dset.id.get_create_plist()
+    if not any(plist.get_filter(i)[0] == FILTER_ID for i in range(plist.get_nfilters())):
+        raise FilterUnavailable(f"dataset {dset.name} was written without the necoda filter in its pipeline")

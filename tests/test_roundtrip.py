@@ -123,3 +123,10 @@ def test_numcodecs_codec(dtype):
     assert same(out, a)
     c2 = type(c).from_config(c.get_config())
     assert c2.get_config() == c.get_config() == {"id": "necoda", "mode": "lossless"}
+
+
+def test_require_necoda(tmp_path):
+    with h5py.File(tmp_path / "r.h5", "w") as f:
+        necoda_filter.require_necoda(f.create_dataset("a", data=np.arange(10), chunks=(5,), compression="necoda"))
+        with pytest.raises(necoda_filter.FilterUnavailable, match="without the necoda filter"):
+            necoda_filter.require_necoda(f.create_dataset("b", data=np.arange(10), chunks=(5,), compression="gzip"))

@@ -112,6 +112,13 @@ def run(args) -> int:
             warnings.simplefilter("ignore", UserWarning)
             write_nwb(path, im.movie, ep.data, ep.fs, args.imaging_mode, args.ephys_mode)
         t_write = time.perf_counter() - t0
+        import h5py
+
+        from ..filters import require_necoda
+
+        with h5py.File(path, "r") as f:
+            for name in ("TwoPhotonSeries", "ElectricalSeries"):
+                require_necoda(f["acquisition"][name]["data"])
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["HDF5_PLUGIN_PATH"] = PLUGIN_PATH
         r = subprocess.run([sys.executable, "-c", READER, path, workdir], capture_output=True, text=True, env=env)
