@@ -187,9 +187,12 @@ class BoundedMode:
                 E = e_noise if E is None else min(E, e_noise)
         if table is not None:
             starts, centers = table
-            q = np.searchsorted(starts, arr.reshape(-1).astype(np.int64), side="right") - 1
-            rec = centers[q]
-            err = np.abs(rec - arr.reshape(-1).astype(np.int64))
+            widths = np.diff(np.append(starts, hi + 1))
+            lut = np.repeat(np.arange(starts.size, dtype=np.int32 if starts.size < 1 << 31 else np.int64),
+                            widths)  # value - lo -> bin index
+            xi = arr.reshape(-1).astype(np.int64) - lo
+            q = lut[xi]
+            err = np.abs(centers[q] - lo - xi)
             params["emax"] = int(err.max()) if err.size else 0
             payload, p = _code(q.reshape(arr.shape), level)
             params.update(p)
