@@ -28,6 +28,7 @@ import necoda_filter
 from necoda_filter import FILTER_ID, Necoda, modes, nwb, provenance
 from necoda_filter.commands import compress as compress_cmd
 from necoda_filter.commands import decompress as decompress_cmd
+from necoda_filter.commands import evaluate as evaluate_cmd
 from necoda_filter.reader import read
 
 pynwb = pytest.importorskip("pynwb")
@@ -37,7 +38,7 @@ pynwb = pytest.importorskip("pynwb")
 # helpers
 # --------------------------------------------------------------------------------------------------
 
-def make_nwb(path: Path, T=100, H=40, W=36, C=16, N=20000, seed=0, ephys_gzip=True):
+def make_nwb(path: Path, T=100, H=40, W=36, C=16, N=20000, seed=0, ephys_gzip=True, movie=None, x=None):
     """A small NWB file: TwoPhotonSeries (int16, uncompressed), ElectricalSeries (gzip), a plain
     TimeSeries and the electrodes table (object references, soft links)."""
     from hdmf.backends.hdf5 import H5DataIO
@@ -55,15 +56,18 @@ def make_nwb(path: Path, T=100, H=40, W=36, C=16, N=20000, seed=0, ephys_gzip=Tr
     ch = OpticalChannel(name="green", description="green channel", emission_lambda=520.0)
     plane = f.create_imaging_plane(name="plane", optical_channel=ch, description="plane", device=scope,
                                    excitation_lambda=920.0, imaging_rate=30.0, indicator="GCaMP6f", location="V1")
-    movie = (rng.poisson(5.0, (T, H, W)) * 100 + 90).astype(np.int16)
+    if movie is None:
+        movie = (rng.poisson(5.0, (T, H, W)) * 100 + 90).astype(np.int16)
     f.add_acquisition(TwoPhotonSeries(name="TwoPhotonSeries", data=movie, imaging_plane=plane, rate=30.0,
                                       unit="n.a.", comments="original comment"))
+    if x is None:
+        x = np.cumsum(rng.normal(0, 8, (N, C)), axis=0).astype(np.int16) + rng.normal(0, 10, (N, C)).astype(np.int16)
+    C = x.shape[1]
     probe = f.create_device(name="probe", description="silicon probe")
     grp = f.create_electrode_group(name="shank0", description="shank", location="CA1", device=probe)
     for i in range(C):
         f.add_electrode(group=grp, location="CA1", x=0.0, y=float(20 * i), z=0.0)
     region = f.create_electrode_table_region(list(range(C)), "all electrodes")
-    x = np.cumsum(rng.normal(0, 8, (N, C)), axis=0).astype(np.int16) + rng.normal(0, 10, (N, C)).astype(np.int16)
     data = H5DataIO(x, compression="gzip") if ephys_gzip else x
     f.add_acquisition(ElectricalSeries(name="ElectricalSeries", data=data, electrodes=region, rate=30000.0,
                                        conversion=2.34e-6))
@@ -462,3 +466,44 @@ def test_read_on_compressed_nwb(small):
         assert np.array_equal(read(f["acquisition/ElectricalSeries/data"], np.s_[100:19000:7, 3]), x[100:19000:7, 3])
         assert np.array_equal(read(f["acquisition/other/data"]), np.arange(50.0))
 
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------------
+
+def test_evaluate_report(tmp_path, lossy=True):
+    from necoda_filter.simulate import simulate_ephys, simulate_imaging
+
+    if lossy and not mode_available("bounded"):
+        pytest.skip("bounded mode not available yet")
+    sim = simulate_imaging(n_frames=200, height=64, width=64, n_cells=12, seed=2)
+    eph = simulate_ephys(duration_s=2.0, n_channels=32, n_units=6, seed=2)
+    src = tmp_path / "in.nwb"
+    make_nwb(src, movie=sim.movie, x=eph.data)
+    out = tmp_path / "out.nwb"
+    extra = ["--imaging", "bounded", "--ephys", "bounded", "--max-error-noise", "0.5"] if lossy else []
+    assert cli(compress_cmd, src, out, "--workers", 1, "--quiet", *extra) == 0
+    rep = tmp_path / "report"
+    assert cli(evaluate_cmd, src, out, "--report", rep) == 0
+    res = json.loads((rep / "report.json").read_text())
+    by = {d["path"]: d for d in res["datasets"]}
+    assert set(by) == {"/acquisition/TwoPhotonSeries/data", "/acquisition/ElectricalSeries/data"}
+    im, ep = by["/acquisition/TwoPhotonSeries/data"], by["/acquisition/ElectricalSeries/data"]
+    with h5py.File(out, "r") as f:
+        dec = f["acquisition/TwoPhotonSeries/data"][:]
+        prov = provenance.read(f["acquisition/TwoPhotonSeries/data"])
+    err = np.abs(dec.astype(np.int64) - sim.movie)
+    assert im["max_abs"] == err.max() == prov["max_abs_error"]  # evaluate and write-time provenance agree
+    assert im["rmse"] == pytest.approx(np.sqrt(np.mean(err.astype(np.float64) ** 2)))
+    assert im["n_rois"] > 0 and ep["n_spikes"] > 0
+    if lossy:
+        assert 0 < im["max_abs"] and im["roi_r_median"] > 0.9 and ep["spike_f1"] > 0.8
+        assert im["ratio"] > 1.5
+    else:
+        assert im["max_abs"] == 0 and ep["max_abs"] == 0
+        assert im["roi_r_median"] == pytest.approx(1.0) and ep["spike_f1"] == 1.0
+    for name in ("acquisition__TwoPhotonSeries__data_frames.png", "acquisition__TwoPhotonSeries__data_roi_traces.png",
+                 "acquisition__ElectricalSeries__data_snippet.png"):
+        assert (rep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert name in (rep / "report.md").read_text()

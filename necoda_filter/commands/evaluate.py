@@ -1,0 +1,383 @@
+"""``necoda evaluate ORIGINAL.nwb COMPRESSED.nwb [--report DIR]``: what recompression preserved.
+
+For every necoda-compressed dataset of COMPRESSED with a dataset of the same path and shape in ORIGINAL:
+
+- over the whole dataset (streamed in blocks, never all in memory): ``max_abs``, ``rmse``, ``psnr``
+  (dB over max - min of the original), ``mean_error`` (bias) — the definitions of
+  :func:`necoda_filter.metrics.error_stats` — and ``rmse_noise`` (:func:`metrics.noise_rmse`; sigma from
+  the photon-transfer fit for imaging, per-channel MAD of the 300–6000 Hz band for ephys, both estimated
+  on the original's first block); ``ratio`` = raw bytes / stored chunk bytes, ``ratio_vs_original`` =
+  the original dataset's stored bytes / the compressed one's;
+- on a leading window (imaging: up to ``--window-frames`` frames; ephys: up to ``--window-seconds``
+  seconds; both capped at ``--window-mb``): imaging ``roi_r_median`` / ``roi_r_p05`` (ROI mean traces,
+  ROIs detected on the original with :func:`metrics.detect_rois`), ephys ``spike_f1`` /
+  ``waveform_r_median`` / ``n_spikes`` (:func:`metrics.ephys_fidelity`) — the ``necoda bench`` metrics;
+- PNG figures: imaging — an example frame original / decoded / error map and ROI traces overlaid;
+  ephys — a spike snippet (raw and 300–6000 Hz) overlaid on neighbouring channels, with the error;
+- ``report.json`` and ``report.md`` in the report folder (default ``<COMPRESSED>.necoda-report``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import posixpath
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BLOCK_BYTES = 64 << 20
+
+
+def add_arguments(p) -> None:
+    p.add_argument("original", metavar="ORIGINAL.nwb", help="the file before recompression")
+    p.add_argument("compressed", metavar="COMPRESSED.nwb", help="the output of `necoda compress`")
+    p.add_argument("--report", metavar="DIR", default=None,
+                   help="folder for report.md, report.json and PNG figures (default: COMPRESSED.necoda-report)")
+    p.add_argument("--window-frames", type=int, default=1000, help="imaging frames used for ROI fidelity")
+    p.add_argument("--window-seconds", type=float, default=10.0, help="ephys seconds used for spike fidelity")
+    p.add_argument("--window-mb", type=float, default=512.0, help="cap on the window's size in MB")
+    p.add_argument("--no-figures", action="store_true", help="metrics only")
+
+
+def _stored_bytes(dset) -> int:
+    if dset.chunks is None:
+        return int(dset.id.get_storage_size())
+    total = 0
+    dsid = dset.id
+    if hasattr(dsid, "chunk_iter"):
+        try:
+            sizes = []
+            dsid.chunk_iter(lambda info: sizes.append(info.size))
+            return int(sum(sizes))
+        except Exception:  # noqa: BLE001
+            pass
+    for i in range(dsid.get_num_chunks()):
+        total += dsid.get_chunk_info(i).size
+    return int(total)
+
+
+def _pairs(orig, comp):
+    import h5py
+
+    from ..nwb import necoda_filter_info
+
+    out = []
+
+    def visit(name, obj):
+        if not isinstance(obj, h5py.Dataset) or obj.chunks is None:
+            return
+        if not necoda_filter_info(obj)[0]:
+            return
+        path = "/" + name
+        o = orig.get(path)
+        if isinstance(o, h5py.Dataset) and o.shape == obj.shape:
+            out.append(path)
+        else:
+            print(f"necoda evaluate: {path}: no dataset of the same shape in the original; skipped", file=sys.stderr)
+
+    comp.visititems(visit)
+    return out
+
+
+def _kind(o, c) -> str:
+    from .. import provenance
+    from ..nwb import target_kind
+
+    p = provenance.read(c) or {}
+    k = p.get("kind") or target_kind(o)
+    if k:
+        return k
+    return "imaging" if o.ndim >= 3 else "ephys"
+
+
+def _fmt(v, spec=".4g"):
+    if v is None:
+        return "n/a"
+    if isinstance(v, (float, np.floating)):
+        if math.isnan(v):
+            return "n/a"
+        if math.isinf(v):
+            return "inf"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    return format(v, spec)
+
+
+def _clean(v):
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        v = float(v)
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=1000, window_seconds=10.0,
+                     window_mb=512.0, figures=True) -> dict:
+    from .. import metrics, provenance
+    from ..nwb import sampling_rate
+    from ..reader import read
+
+    res: dict = {"path": o.name, "kind": kind, "shape": list(o.shape), "dtype": str(o.dtype)}
+    prov = provenance.read(c) or {}
+    res["mode"] = prov.get("mode")
+    res["model_id"] = prov.get("model_id")
+    res["options"] = prov.get("options")
+    raw = int(np.prod(o.shape, dtype=np.int64)) * o.dtype.itemsize
+    stored = _stored_bytes(c)
+    res["raw_bytes"], res["stored_bytes"] = raw, stored
+    res["ratio"] = raw / stored if stored else math.nan
+    ostored = _stored_bytes(o)
+    res["original_stored_bytes"] = ostored
+    res["ratio_vs_original"] = ostored / stored if stored else math.nan
+    fs = sampling_rate(o.parent) if kind == "ephys" else None
+    if fs:
+        res["fs"] = fs
+
+    T = o.shape[0]
+    row_bytes = max(1, int(np.prod(o.shape[1:], dtype=np.int64)) * o.dtype.itemsize)
+    cap_rows = max(2, int(window_mb * 1e6) // row_bytes)
+    if kind == "imaging":
+        wrows = min(T, window_frames, cap_rows)
+    else:
+        wrows = min(T, max(2, int(window_seconds * (fs or 30000.0))), cap_rows)
+    res["window_rows"] = int(wrows)
+    ow = o[:wrows]
+    dw = read(c, np.s_[:wrows])
+
+    # noise level from the original's window
+    sigma = None
+    with np.errstate(all="ignore"):
+        try:
+            if kind == "imaging" and ow.ndim == 3:
+                est = metrics.estimate_noise_imaging(ow)
+                sigma = float(est["sigma"])
+                res["noise"] = {"sigma": sigma, "ok": bool(est["ok"]), "gain": est["gain"], "offset": est["offset"]}
+            elif kind == "ephys" and ow.ndim <= 2:
+                sigma = metrics.estimate_noise_ephys(ow, fs)
+                if ow.ndim == 1:
+                    sigma = float(sigma[0])
+                res["noise"] = {"sigma_median": float(np.median(sigma))}
+        except Exception as e:  # noqa: BLE001
+            res["noise"] = {"error": f"{type(e).__name__}: {e}"}
+            sigma = None
+
+    # whole-dataset error statistics, streamed
+    n = 0
+    sse = s1 = 0.0
+    mx = 0.0
+    lo, hi = math.inf, -math.inf
+    nsse = 0.0
+    brows = max(1, BLOCK_BYTES // row_bytes)
+    for t in range(0, T, brows):
+        t1 = min(T, t + brows)
+        inside = t1 <= wrows  # block already read for the fidelity window
+        ob = ow[t:t1] if inside else o[t:t1]
+        db = dw[t:t1] if inside else read(c, np.s_[t:t1])
+        es = metrics.error_stats(ob, db)
+        k = ob.size
+        n += k
+        sse += es["rmse"] ** 2 * k
+        s1 += es["mean_error"] * k
+        mx = max(mx, es["max_abs"])
+        lo = min(lo, float(ob.min()))
+        hi = max(hi, float(ob.max()))
+        if sigma is not None:
+            nr = metrics.noise_rmse(ob, db, sigma)
+            nsse += nr * nr * k
+    rmse = math.sqrt(sse / n)
+    rng = hi - lo
+    res["max_abs"] = mx
+    res["rmse"] = rmse
+    res["mean_error"] = s1 / n
+    res["data_range"] = rng
+    res["psnr"] = math.inf if rmse == 0 else (20 * math.log10(rng / rmse) if rng > 0 else math.nan)
+    res["rmse_noise"] = math.sqrt(nsse / n) if sigma is not None else math.nan
+
+    figs = []
+    with np.errstate(all="ignore"):
+        if kind == "imaging" and ow.ndim == 3:
+            masks = metrics.detect_rois(ow)
+            fid = metrics.imaging_fidelity(ow, dw, masks=masks)
+            res.update({k: fid[k] for k in ("roi_r_median", "roi_r_p05", "n_rois")})
+            if figures and report_dir is not None:
+                figs += _imaging_figures(ow, dw, masks, report_dir, o.name)
+        elif kind == "ephys" and ow.ndim in (1, 2) and fs:
+            fid = metrics.ephys_fidelity(ow, dw, fs)
+            res.update({k: fid[k] for k in ("spike_f1", "waveform_r_median", "n_spikes", "n_spikes_dec")})
+            if figures and report_dir is not None:
+                figs += _ephys_figures(ow if ow.ndim == 2 else ow[:, None], dw if dw.ndim == 2 else dw[:, None],
+                                       fs, report_dir, o.name)
+    res["figures"] = [str(p.name) for p in figs]
+    return res
+
+
+def _slug(path: str) -> str:
+    return path.strip("/").replace("/", "__")
+
+
+def _imaging_figures(ow, dw, masks, out: Path, name: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .. import metrics
+
+    paths = []
+    t = ow.shape[0] // 2
+    a = ow[t].astype(np.float64)
+    b = dw[t].astype(np.float64)
+    e = b - a
+    vmin, vmax = np.percentile(a, [0.5, 99.8])
+    lim = max(1.0, float(np.percentile(np.abs(e), 99.9)))
+    fig, ax = plt.subplots(1, 3, figsize=(13, 4.4))
+    for k, (img, title) in enumerate([(a, f"original, frame {t}"), (b, "decoded")]):
+        im = ax[k].imshow(img, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax[k].set_title(title)
+        ax[k].axis("off")
+    fig.colorbar(im, ax=ax[1], fraction=0.046, pad=0.03, label="raw units")
+    im = ax[2].imshow(e, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    ax[2].set_title(f"error (decoded - original), max |e| {np.abs(e).max():.3g}")
+    ax[2].axis("off")
+    fig.colorbar(im, ax=ax[2], fraction=0.046, pad=0.03, label="raw units")
+    fig.suptitle(name)
+    fig.subplots_adjust(left=0.02, right=0.95, top=0.86, bottom=0.04, wspace=0.25)
+    p = out / f"{_slug(name)}_frames.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+
+    if len(masks):
+        to = metrics.roi_traces(ow, masks)
+        td = metrics.roi_traces(dw, masks)
+        r = metrics.trace_correlations(to, td)
+        order = np.argsort(-np.nan_to_num(to.std(axis=1)))[:6]
+        fig, ax = plt.subplots(len(order), 1, figsize=(12, 1.6 * len(order) + 0.8), sharex=True,
+                               squeeze=False)
+        for row, i in enumerate(order):
+            axx = ax[row, 0]
+            axx.plot(to[i], color="black", lw=1.0, label="original")
+            axx.plot(td[i], color="tab:red", lw=0.9, ls="--", label="decoded")
+            axx.set_ylabel(f"ROI {i}\nr={r[i]:.4f}", fontsize=8)
+            if row == 0:
+                axx.legend(loc="upper right", fontsize=8)
+        ax[-1, 0].set_xlabel("frame")
+        fig.suptitle(f"{name}: ROI mean traces (ROIs detected on the original)")
+        fig.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.08, hspace=0.15)
+        p = out / f"{_slug(name)}_roi_traces.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def _ephys_figures(ow, dw, fs, out: Path, name: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .. import metrics
+
+    yo = metrics.bandpass(ow, fs)
+    yd = metrics.bandpass(dw, fs)
+    t, ch = np.unravel_index(int(np.argmin(yo)), yo.shape)
+    h = int(0.01 * fs)
+    t0, t1 = max(0, t - h), min(ow.shape[0], t + h)
+    chans = list(range(max(0, ch - 2), min(ow.shape[1], ch + 3)))
+    ms = (np.arange(t0, t1) - t) / fs * 1000
+    fig, ax = plt.subplots(1, 3, figsize=(14, 5))
+    for k, (xo, xd, title) in enumerate([(ow, dw, "raw"), (yo, yd, "300-6000 Hz")]):
+        span = max(1.0, float(np.ptp(xo[t0:t1, chans])))
+        for j, c in enumerate(chans):
+            off = j * span
+            ax[k].plot(ms, xo[t0:t1, c] - np.median(xo[t0:t1, c]) + off, color="black", lw=1.0,
+                       label="original" if j == 0 else None)
+            ax[k].plot(ms, xd[t0:t1, c] - np.median(xo[t0:t1, c]) + off, color="tab:red", lw=0.9, ls="--",
+                       label="decoded" if j == 0 else None)
+            ax[k].text(ms[0], off, f"ch {c}", fontsize=7, va="bottom")
+        ax[k].set_title(f"{title}, largest spike (ch {ch}, t={t / fs:.3f} s)")
+        ax[k].set_xlabel("ms")
+        ax[k].legend(loc="upper right", fontsize=8)
+    err = dw[t0:t1, chans].astype(np.float64) - ow[t0:t1, chans].astype(np.float64)
+    step = 2.5 * max(1.0, float(np.abs(err).max()))
+    for j, c in enumerate(chans):
+        ax[2].step(ms, err[:, j] + j * step, lw=0.8, where="mid")
+        ax[2].text(ms[0], j * step + 0.3 * step, f"ch {c}", fontsize=7)
+    ax[2].set_title(f"error (decoded - original), raw units, channels offset by {step:.3g}")
+    ax[2].set_xlabel("ms")
+    fig.suptitle(name)
+    fig.subplots_adjust(left=0.04, right=0.98, top=0.88, bottom=0.1, wspace=0.2)
+    p = out / f"{_slug(name)}_snippet.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return [p]
+
+
+def evaluate_files(original, compressed, report_dir=None, figures=True, **window) -> dict:
+    import h5py
+
+    from .. import __version__
+
+    original, compressed = Path(original), Path(compressed)
+    for p in (original, compressed):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} does not exist")
+    report_dir = Path(report_dir) if report_dir else compressed.with_name(compressed.name + ".necoda-report")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    out = {"original": str(original), "compressed": str(compressed), "necoda_version": __version__,
+           "original_file_bytes": original.stat().st_size, "compressed_file_bytes": compressed.stat().st_size,
+           "datasets": []}
+    with h5py.File(original, "r") as fo, h5py.File(compressed, "r") as fc:
+        for path in _pairs(fo, fc):
+            o, c = fo[path], fc[path]
+            out["datasets"].append(evaluate_dataset(o, c, _kind(o, c), report_dir, figures=figures, **window))
+    out["file_ratio"] = out["original_file_bytes"] / max(1, out["compressed_file_bytes"])
+    (report_dir / "report.json").write_text(json.dumps(_clean(out), indent=2))
+    (report_dir / "report.md").write_text(markdown(out))
+    out["report_dir"] = str(report_dir)
+    return out
+
+
+def markdown(res: dict) -> str:
+    lines = [f"# necoda evaluate: {os.path.basename(res['compressed'])} vs {os.path.basename(res['original'])}", "",
+             f"- original: `{res['original']}` ({res['original_file_bytes'] / 1e6:.1f} MB)",
+             f"- compressed: `{res['compressed']}` ({res['compressed_file_bytes'] / 1e6:.1f} MB), "
+             f"file size ratio {res['original_file_bytes'] / max(1, res['compressed_file_bytes']):.2f}",
+             f"- necoda-filter {res['necoda_version']}", ""]
+    if not res["datasets"]:
+        lines.append("No necoda-compressed dataset with a counterpart in the original was found.")
+        return "\n".join(lines) + "\n"
+    lines += ["| dataset | kind | mode | ratio | vs original storage | max abs err | RMSE | PSNR dB | RMSE (noise σ) | fidelity |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for d in res["datasets"]:
+        if d["kind"] == "imaging":
+            fid = f"ROI r median {_fmt(d.get('roi_r_median'))}, p05 {_fmt(d.get('roi_r_p05'))} ({d.get('n_rois', 0)} ROIs)"
+        else:
+            fid = (f"spike F1 {_fmt(d.get('spike_f1'))}, waveform r {_fmt(d.get('waveform_r_median'))} "
+                   f"({d.get('n_spikes', 0)} spikes)")
+        lines.append(f"| `{d['path']}` | {d['kind']} | {d.get('mode')} | {_fmt(d['ratio'], '.3f')} | "
+                     f"{_fmt(d['ratio_vs_original'], '.3f')} | {_fmt(d['max_abs'])} | {_fmt(d['rmse'])} | "
+                     f"{_fmt(d['psnr'], '.2f')} | {_fmt(d['rmse_noise'])} | {fid} |")
+    lines += ["", "Error statistics cover every sample; ROI/spike fidelity uses the first "
+              "`window_rows` rows of each dataset (see report.json).", ""]
+    for d in res["datasets"]:
+        for f in d.get("figures", []):
+            lines.append(f"![{d['path']}]({f})")
+    return "\n".join(lines) + "\n"
+
+
+def run(args) -> int:
+    res = evaluate_files(args.original, args.compressed, args.report, figures=not args.no_figures,
+                         window_frames=args.window_frames, window_seconds=args.window_seconds,
+                         window_mb=args.window_mb)
+    print(markdown(res))
+    print(f"report: {res['report_dir']}/report.md")
+    return 0
