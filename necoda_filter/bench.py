@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -378,8 +379,9 @@ def run_bench(data: BenchData, codecs="all", *, chunk=None, out_dir=None, progre
             row.update(fidelity(dec))
             notes = []
             if getattr(a, "fallback_chunks", 0):
-                why = coll.messages[0] if coll.messages else ""
-                why = why[why.find("(") + 1:why.rfind(")")] if "(" in why else why
+                why = coll.messages[-1] if coll.messages else ""
+                m = re.search(r"chunk \((.*)\); stored raw", why)
+                why = m.group(1) if m else why
                 notes.append(f"{a.fallback_chunks}/{a.n_chunks} chunks stored raw" + (f" ({why})" if why else ""))
                 if a.fallback_chunks == a.n_chunks:
                     row["status"] = "fallback"
@@ -578,7 +580,7 @@ def plot_results(results: dict, out_dir) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     out = Path(out_dir)
     d = results["data"]
@@ -595,21 +597,29 @@ def plot_results(results: dict, out_dir) -> list[Path]:
     axes = axes[0]
     finite_psnr = [r["psnr"] for r in rows if r.get("psnr") is not None]
     top_psnr = (max(finite_psnr) if finite_psnr else 60.0) + 8.0
+    def series(r):  # necoda-bounded has two knobs (absolute / noise-unit bounds): one line each
+        return r["family"] + (" (noise units)" if "max_error_noise" in (r.get("settings") or {}) else "")
+
     fams = []
     for r in rows:
-        if r["family"] not in fams:
-            fams.append(r["family"])
+        if series(r) not in fams:
+            fams.append(series(r))
     handles = {}
     for ax, (key, title) in zip(axes, panels):
-        is_r = key != "psnr"
-        if is_r:  # 1 - r on a log axis; r == 1 (identical) drawn on a line above the best lossy point
-            gaps = [1.0 - r[key] for r in rows if r.get(key) is not None and r[key] < 1.0]
-            gaps += [1.0 - ref[key] for _ in [0] if ref and ref.get(key) is not None and ref[key] < 1.0]
-            floor = min(gaps) / 4.0 if gaps else 1e-6
+        is_r = False  # r drawn as 1 - r on a log axis (r == 1 on a line above the best point) when the
+        floor = 1e-6  # values span decades or include exact 1s; else plain r on a linear axis
+        if key != "psnr":
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            gaps = [1.0 - v for v in vals if v < 1.0]
+            if ref and ref.get(key) is not None and ref[key] < 1.0:
+                gaps.append(1.0 - ref[key])
+            is_r = bool(vals) and (len(gaps) < len(vals) or (gaps and max(gaps) / max(min(gaps), 1e-12) > 10))
+            if gaps:
+                floor = min(gaps) / 4.0
         for fam in fams:
             pts = []
             for r in rows:
-                if r["family"] != fam:
+                if series(r) != fam:
                     continue
                 v = r.get(key)
                 if key == "psnr" and v is None and r.get("max_abs") == 0:
@@ -620,16 +630,21 @@ def plot_results(results: dict, out_dir) -> list[Path]:
             if not pts:
                 continue
             pts.sort()
-            col, mk = _style(fam)
+            col, mk = _style(fam.split(" (")[0])
             nec = fam.startswith("necoda")
+            sub = " (" in fam
             xs, ys = [p[0] for p in pts], [max(p[1], floor) if is_r else p[1] for p in pts]
             h, = ax.plot(xs, ys, marker=mk, color=col, ms=11 if nec else 7, lw=2.2 if nec else 1.2,
-                         ls="-" if nec else "--", mec="k" if nec else col, mew=0.6, label=fam, zorder=3 if nec else 2)
+                         ls=(":" if sub else "-") if nec else "--", mec="k" if nec else col, mew=0.6,
+                         mfc="white" if sub else col, label=fam, zorder=3 if nec else 2)
             handles[fam] = h
             for x, y, lab in zip(xs, ys, [p[2] for p in pts]):
                 if lab and len(pts) > 1:
                     ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6.5, color=col)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("compression ratio (raw / compressed bytes, log)")
         ax.grid(True, which="both", alpha=0.3)
         ax.set_title(title, fontsize=10)
@@ -641,10 +656,18 @@ def plot_results(results: dict, out_dir) -> list[Path]:
             ax.set_ylabel("PSNR (dB)")
             if ref and ref.get("psnr_clean") is not None:
                 ax.axhline(ref["psnr_clean"], color="#2ca02c", lw=1, ls="-.")
-                ax.text(0.01, ref["psnr_clean"], " raw data vs clean", transform=ax.get_yaxis_transform(),
-                        va="bottom", fontsize=7, color="#2ca02c")
+                ax.text(0.99, ref["psnr_clean"], "raw data vs clean ", transform=ax.get_yaxis_transform(),
+                        va="top", ha="right", fontsize=7, color="#2ca02c")
+        elif not is_r:
+            ax.set_ylabel(title.split(" (")[0].split(" vs")[0])
+            ref_v = ref.get(key) if ref else None
+            if key == "true_r_median" and ref_v is not None:
+                ax.axhline(ref_v, color="#2ca02c", lw=1.2, ls="-.")
+                ax.text(0.99, ref_v, f"raw data r = {ref_v:.4f} ", transform=ax.get_yaxis_transform(),
+                        va="top", ha="right", fontsize=8, color="#2ca02c")
         else:
             ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(NullFormatter())
             ax.axhline(floor, color="k", lw=0.6, ls=":")
             ax.text(0.99, floor, "identical (r = 1) ", transform=ax.get_yaxis_transform(), va="top", ha="right",
                     fontsize=8)
@@ -655,8 +678,8 @@ def plot_results(results: dict, out_dir) -> list[Path]:
             if key == "true_r_median" and ref and ref.get("true_r_median") is not None:
                 y = max(1.0 - ref["true_r_median"], floor)
                 ax.axhline(y, color="#2ca02c", lw=1.2, ls="-.")
-                ax.text(0.01, y, f" raw data r = {ref['true_r_median']:.4f}", transform=ax.get_yaxis_transform(),
-                        va="bottom", fontsize=8, color="#2ca02c")
+                ax.text(0.99, y, f"raw data r = {ref['true_r_median']:.4f} ", transform=ax.get_yaxis_transform(),
+                        va="top", ha="right", fontsize=8, color="#2ca02c")
     fig.suptitle(f"{d['name']}: {d['kind']} {'×'.join(map(str, d['shape']))} {d['dtype']} — rate–distortion",
                  fontsize=11)
     fig.legend(list(handles.values()), list(handles.keys()), loc="lower center",
@@ -666,3 +689,84 @@ def plot_results(results: dict, out_dir) -> list[Path]:
     fig.savefig(p, dpi=110)
     plt.close(fig)
     return [p]
+
+
+# ------------------------------------------------------------------------------------------ report
+
+#: fidelity floor for the "highest ratio at acceptable fidelity" summary: (column, floor, label)
+SUMMARY_FLOOR = {IMAGING: ("roi_r_median", 0.99, "ROI trace r ≥ 0.99"),
+                 EPHYS: ("spike_f1", 0.95, "spike F1 ≥ 0.95")}
+
+
+def headlines(results: dict) -> list[str]:
+    """Bullet lines summarising one results dict: best lossless ratios, necoda's vs the best anchor's,
+    and per family the highest ratio whose fidelity stays above :data:`SUMMARY_FLOOR`."""
+    rows = [r for r in results["rows"] if r["status"] == "ok"]
+    out = []
+    lossless = sorted((r for r in rows if not r["lossy"]), key=lambda r: -r["ratio"])
+    if lossless:
+        ours = [r for r in lossless if r["family"].startswith("necoda")]
+        other = [r for r in lossless if not r["family"].startswith("necoda")]
+        s = "lossless: " + ", ".join(f"{r['name']} {r['ratio']:.2f}×" for r in lossless[:3])
+        if ours and other:
+            s += f" (necoda {ours[0]['ratio']:.2f}× vs best anchor {other[0]['name']} {other[0]['ratio']:.2f}×)"
+        out.append(s)
+    key, floor, label = SUMMARY_FLOOR[results["data"]["kind"]]
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["lossy"] and r.get(key) is not None and r[key] >= floor:
+            if r["family"] not in best or r["ratio"] > best[r["family"]]["ratio"]:
+                best[r["family"]] = r
+    if best:
+        items = sorted(best.values(), key=lambda r: -r["ratio"])
+        extra = "true r" if results["data"].get("ground_truth") and results["data"]["kind"] == IMAGING else None
+        out.append(f"lossy, highest ratio with {label}: " + ", ".join(
+            f"{r['name']} {r['ratio']:.1f}× (PSNR {_f(r.get('psnr'), '.1f')} dB"
+            + (f", r vs truth {_r(r.get('true_r_median'))}" if extra else "") + ")" for r in items))
+    skipped = [r["name"] for r in results["rows"] if r["status"] in ("skipped", "error", "fallback")]
+    if skipped:
+        out.append("not measured (see table): " + ", ".join(skipped))
+    return out
+
+
+def write_summary(out_dirs, md_path, plots_dir, command: str = "", titles=None) -> Path:
+    """Collect the results of several ``necoda bench`` runs into one Markdown report, copying each
+    run's plot to ``plots_dir/<name>.png`` (linked relative to the report)."""
+    import shutil
+    md_path, plots_dir = Path(md_path), Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for i, d in enumerate(out_dirs):
+        res = json.loads((Path(d) / "results.json").read_text())
+        runs.append((titles[i] if titles else res["data"]["name"], Path(d), res))
+    v = runs[0][2]["versions"] if runs else {}
+    lines = ["# necoda bench results", "",
+             "Generated by `" + (command or "benchmarks/run_all.sh") + "` on "
+             + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()) + ". Do not edit by hand: rerun the command.",
+             "",
+             "Package versions: " + ", ".join(f"{k} {x}" for k, x in v.items()) + ".", "",
+             "Columns: ratio = raw bytes / compressed bytes (every header and stored parameter counted); "
+             "MB/s of raw data, one run, wall clock; thr = threads requested (CPU/wall measured during encode — "
+             "the machine is shared, so speeds are indicative); max abs / RMSE / PSNR against the original "
+             "(PSNR over its max − min); RMSE/σ = RMSE in noise units; ROI r = Pearson r of ROI mean traces, "
+             "original vs decoded (median / 5th percentile); r vs truth = decoded ROI traces vs the simulator's "
+             "true traces (the `raw data` row is the uncompressed data's own value); spike F1 / wave r = "
+             "threshold (5σ) spike detection agreement and waveform correlation vs the original. "
+             "See `benchmarks/README.md`.", ""]
+    lines += ["## Summary", ""]
+    for title, _, res in runs:
+        lines.append(f"**{title}** ({res['data']['kind']}, {'×'.join(map(str, res['data']['shape']))} "
+                     f"{res['data']['dtype']}, run {res['elapsed_s'] / 60:.1f} min)")
+        lines += [f"- {h}" for h in headlines(res)]
+        lines.append("")
+    for title, d, res in runs:
+        slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in res["data"]["name"])
+        png = d / "rate_distortion.png"
+        lines += [f"## {title}", "", describe(res), ""]
+        if png.exists():
+            shutil.copyfile(png, plots_dir / f"{slug}.png")
+            rel = os.path.relpath(plots_dir / f"{slug}.png", md_path.parent)
+            lines += [f"![rate–distortion, {title}]({rel})", ""]
+        lines += [format_table(res), ""]
+    md_path.write_text("\n".join(lines))
+    return md_path

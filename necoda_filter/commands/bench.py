@@ -58,3 +58,9 @@ def run(args) -> int:
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}"
           + ("" if args.no_plots else f", {out / 'rate_distortion.png'}"), file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":  # python -m necoda_filter.commands.bench DATA ... (same as `necoda bench`)
+    _p = argparse.ArgumentParser(prog="necoda bench", description=__doc__)
+    add_arguments(_p)
+    sys.exit(run(_p.parse_args()))

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Regenerate benchmarks/RESULTS.md (+ benchmarks/plots/*.png): `necoda bench --codecs all` on the two
+# shared recordings and on one fresh simulation of each kind (with ground truth).
+#
+#   benchmarks/run_all.sh [IMAGING.npz [TETRODE.raw]]
+#   benchmarks/run_all.sh DATA_DIR            # a folder holding both shared files
+#
+# Defaults: ../shared/data next to the repository. Environment: PYTHON (default python3),
+# WORK (folder for the per-run results.json/results.md/PNG; default a fresh temporary folder, kept),
+# SIM_EPHYS / SIM_IMAGING (simulation specs, defaults below), SKIP_REAL=1 / SKIP_SIM=1 to leave parts out
+# (the report then only holds what ran).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(dirname "$HERE")"
+PYTHON="${PYTHON:-python3}"
+DATA_DIR="$REPO/../shared/data"
+IMG="" ; EPH=""
+if [[ $# -ge 1 && -d "$1" ]]; then
+  DATA_DIR="$1"
+elif [[ $# -ge 1 ]]; then
+  IMG="$1"; EPH="${2:-}"
+fi
+IMG="${IMG:-$DATA_DIR/ophys_2p_cortex_300x200x200_int16.npz}"
+EPH="${EPH:-$DATA_DIR/ephys_locust_tetrode_15khz_4ch_int16.raw}"
+SIM_IMAGING="${SIM_IMAGING:-sim:imaging:n_frames=500,height=128,width=128,n_cells=40,seed=0}"
+SIM_EPHYS="${SIM_EPHYS:-sim:ephys:duration_s=3,n_channels=384,n_units=30,seed=0}"
+WORK="${WORK:-$(mktemp -d -t necoda-bench-XXXXXX)}"
+mkdir -p "$WORK"
+
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export MPLBACKEND=Agg
+# `python -m necoda_filter.commands.bench` is `necoda bench` without needing the console script
+BENCH=("$PYTHON" -m necoda_filter.commands.bench)
+
+dirs=() ; titles=()
+run() {  # run TITLE OUTNAME DATA [options...]
+  local title="$1" name="$2"; shift 2
+  echo "== $title: necoda bench $* (-> $WORK/$name)" >&2
+  local t0=$SECONDS
+  "${BENCH[@]}" "$@" --codecs all --out "$WORK/$name" > "$WORK/$name.log"
+  echo "   done in $((SECONDS - t0)) s" >&2
+  dirs+=("$WORK/$name"); titles+=("$title")
+}
+
+if [[ "${SKIP_REAL:-0}" != 1 ]]; then
+  [[ -f "$IMG" ]] || { echo "missing $IMG (pass the shared data folder as the first argument)" >&2; exit 1; }
+  [[ -f "$EPH" ]] || { echo "missing $EPH (pass the shared data folder as the first argument)" >&2; exit 1; }
+  run "Two-photon movie, mouse cortex (real)" ophys "$IMG" --fs 30
+  run "Tetrode, locust antennal lobe (real)" tetrode "$EPH" --dtype int16 --channels 4 --fs 15000
+fi
+if [[ "${SKIP_SIM:-0}" != 1 ]]; then
+  run "Simulated two-photon movie (ground truth)" sim-imaging "$SIM_IMAGING"
+  run "Simulated 384-channel Neuropixels-like recording (ground truth)" sim-ephys "$SIM_EPHYS"
+fi
+
+"$PYTHON" - "$HERE" "${#dirs[@]}" "${dirs[@]}" "${titles[@]}" <<'PY'
+import sys
+from pathlib import Path
+from necoda_filter.bench import write_summary
+here, n = Path(sys.argv[1]), int(sys.argv[2])
+dirs, titles = sys.argv[3:3 + n], sys.argv[3 + n:3 + 2 * n]
+p = write_summary(dirs, here / "RESULTS.md", here / "plots", command="benchmarks/run_all.sh", titles=titles)
+print(f"wrote {p} and {here / 'plots'}/*.png", file=sys.stderr)
+PY
+echo "per-run results (json, md, png, logs) in $WORK" >&2
