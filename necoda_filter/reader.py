@@ -53,12 +53,24 @@ def _default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _worker_init():
+def _exit_with_parent(parent: int) -> None:
+    """Watchdog thread of a worker: exit when the parent process is gone (e.g. killed with SIGKILL).
+    Forked workers inherit the parent's end of the task queue, so they would otherwise wait forever."""
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _worker_init(parent: int | None = None):
     import signal
 
     import necoda_filter  # noqa: F401 — registers the codecs
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's cleanup handler
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="necoda-parent-watch").start()
 
 
 def _noop():
@@ -77,7 +89,8 @@ def _new_process_pool(workers: int) -> ProcessPoolExecutor:
     import multiprocessing as mp
 
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), initializer=_worker_init)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), initializer=_worker_init,
+                               initargs=(os.getpid(),))
     for f in [pool.submit(_noop) for _ in range(workers)]:
         f.result()
     return pool
@@ -86,7 +99,7 @@ def _new_process_pool(workers: int) -> ProcessPoolExecutor:
 def _process_pool(workers: int) -> ProcessPoolExecutor:
     global _pool, _pool_workers
     with _pool_lock:
-        if _pool is None or _pool_workers != workers:
+        if _pool is None or _pool_workers != workers or getattr(_pool, "_broken", False):
             if _pool is not None:
                 _pool.shutdown(wait=False, cancel_futures=True)
             _pool = _new_process_pool(workers)

@@ -340,6 +340,27 @@ sys.exit(compress.run(p.parse_args(sys.argv[1:])))
 """
 
 
+def children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def big_in(tmp_path_factory):
     d = tmp_path_factory.mktemp("big")
@@ -353,7 +374,7 @@ def test_killed_midway_leaves_input_and_no_output(big_in, tmp_path, sig):
     src = big_in
     digest = sha256(src)
     out = tmp_path / "out.nwb"
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(src), str(out), "--workers", "1", "--quiet"],
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(src), str(out), "--workers", "2", "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tmp = None
     t0 = time.time()
@@ -365,8 +386,14 @@ def test_killed_midway_leaves_input_and_no_output(big_in, tmp_path, sig):
         time.sleep(0.02)
     assert tmp is not None and proc.poll() is None, "compress finished before it could be killed"
     assert tmp.name == f".out.nwb{nwb.TMP_MARK}{proc.pid}"
+    workers = children(proc.pid)
+    assert len(workers) == 2
     proc.send_signal(sig)
     proc.wait(timeout=60)
+    t0 = time.time()
+    while time.time() - t0 < 10 and any(alive(w) for w in workers):  # workers exit with their parent
+        time.sleep(0.1)
+    assert not any(alive(w) for w in workers), "worker processes outlived the killed command"
     assert proc.returncode != 0
     assert not out.exists()
     assert sha256(src) == digest
