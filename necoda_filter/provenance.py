@@ -13,11 +13,16 @@ is encoded, decoded again and compared with the original samples; padding of edg
 ``rmse``             root mean square error in raw units
 ``psnr_db``          20 log10(data_range / rmse), data_range = max - min of the original samples
                      (``inf`` when rmse is 0)
-``noise_sigma``      the noise level used for ``noise_rmse`` (raw units; imaging: at the median
-                     intensity of the data; ephys: median over channels)
-``noise_rmse``       RMS of the error in units of the local noise σ (imaging: σ from the photon-transfer
-                     fit evaluated at each original sample; ephys: per-channel σ); NaN when no noise
+``noise_sigma``      the noise level used for ``noise_rmse``, raw units. Imaging: ``sigma`` of
+                     :func:`necoda_filter.metrics.estimate_noise_imaging` (photon-transfer fit; the rms
+                     noise sd over the movie) on the first <= 256 frames; ephys: median over channels of
+                     :func:`necoda_filter.metrics.estimate_noise_ephys` (MAD of the 300-6000 Hz band) on
+                     the first 2 s. ``noise_model`` records the estimate's details.
+``noise_rmse``       :func:`necoda_filter.metrics.noise_rmse` over the whole dataset: imaging rmse / sigma;
+                     ephys sqrt(mean(e^2 / sigma_c^2)) with the per-channel sigma; NaN when no noise
                      estimate was possible
+``chunk_modes``      mode actually stored -> number of chunks (a chunk the requested mode could not
+                     encode is stored raw and counted here)
 """
 from __future__ import annotations
 
