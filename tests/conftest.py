@@ -18,8 +18,24 @@ def shared_data():
 
 
 def run_fresh(code: str, env_extra: dict | None = None, timeout: float = 120, cwd=None) -> subprocess.CompletedProcess:
-    """Run ``code`` in a new interpreter with a clean environment (plus env_extra)."""
+    """Run ``code`` in a new interpreter with a clean environment (plus env_extra).
+
+    The working directory defaults to the temp folder, never the repository root: there ``python -c``
+    would import the source tree (no compiled plugin in a fresh clone) instead of the installed package."""
+    import tempfile
+
+    cwd = cwd or tempfile.gettempdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HDF5_PLUGIN", "PYTHON"))}
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _run_outside_the_repository(tmp_path_factory):
+    """Run every test (and every subprocess it starts) from a scratch folder: from the repository root
+    ``python -c``/``-m`` would import the source tree, which in a fresh clone lacks the compiled plugin."""
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)

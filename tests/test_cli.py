@@ -19,8 +19,9 @@ def test_help_lists_commands(capsys):
         assert name in out
 
 
-def test_console_script_runs():
-    r = subprocess.run([sys.executable, "-m", "necoda_filter.cli", "--version"], capture_output=True, text=True)
+def test_console_script_runs(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "necoda_filter.cli", "--version"], capture_output=True, text=True,
+                       cwd=tmp_path)
     assert r.returncode == 0 and necoda_filter.__version__ in r.stdout
 
 
@@ -57,11 +58,11 @@ def test_demo_small(tmp_path):
     out = tmp_path / "demo.nwb"
     r = subprocess.run([sys.executable, "-m", "necoda_filter.cli", "demo", "--frames", "40", "--size", "48",
                         "--seconds", "0.3", "--channels", "32", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "TwoPhotonSeries" in r.stdout and "ElectricalSeries" in r.stdout and "×" in r.stdout
     assert out.exists()
     # never overwrites
     r2 = subprocess.run([sys.executable, "-m", "necoda_filter.cli", "demo", "--out", str(out)],
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r2.returncode == 1 and "exists" in r2.stderr
