@@ -15,8 +15,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FILTER_ID", "FILTER_NAME", "FORMAT_VERSION", "PLUGIN_PATH", "Necoda", "NecodaCodec",
-    "CorruptChunk", "FilterUnavailable", "register", "require_necoda", "__version__",
+    "CorruptChunk", "FilterUnavailable", "register", "require_necoda", "read", "__version__",
 ]
+
+
+def __getattr__(name):
+    if name == "read":  # batched, parallel reader (necoda_filter/reader.py), imported on first use
+        from .reader import read
+
+        return read
+    raise AttributeError(f"module 'necoda_filter' has no attribute {name!r}")
 
 
 def _register_all() -> None:
