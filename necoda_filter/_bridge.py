@@ -39,11 +39,14 @@ def decode(cd_values, data) -> bytes:
     try:
         dtype, shape = options.chunk_layout(cd_values)
     except ValueError:
-        dtype = arr.dtype
+        dtype, shape = arr.dtype, arr.shape
     expected = np.dtype(dtype)
     if arr.dtype.itemsize != expected.itemsize or arr.dtype.kind != expected.kind:
         raise chunk.container.CorruptChunk(
             f"necoda chunk holds {arr.dtype} data but the dataset type is {expected}")
+    if arr.size != int(np.prod(shape, dtype=np.int64)):
+        raise chunk.container.CorruptChunk(
+            f"necoda chunk holds {arr.shape} samples but the dataset's chunks are {tuple(shape)}")
     if expected.byteorder == ">":
         arr = arr.astype(expected)
     return arr.tobytes()

@@ -254,3 +254,15 @@ def test_non_python_host_fails_cleanly(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "READ rc=-1" in r.stdout and "CLEAN EXIT" in r.stdout
     assert "no Python interpreter" in r.stderr
+
+
+def test_chunk_from_another_dataset_is_refused(tmp_path):
+    """A valid necoda chunk of the wrong shape or type, written into a dataset, raises on read."""
+    p = tmp_path / "swap.h5"
+    with h5py.File(p, "w") as f:
+        a = f.create_dataset("a", data=np.arange(100, dtype="u2"), chunks=(10,), compression="necoda")
+        b = f.create_dataset("b", data=np.arange(100, dtype="f4"), chunks=(20,), compression="necoda")
+        a.id.write_direct_chunk((0,), b.id.read_direct_chunk((0,))[1], filter_mask=0)
+        with pytest.raises(OSError):
+            a[:10]
+        np.testing.assert_array_equal(a[10:], np.arange(10, 100))
