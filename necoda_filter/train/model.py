@@ -95,8 +95,8 @@ class Codec(nn.Module):
         init = torch.linspace(math.log(0.5), math.log(4.0), n_quality)
         self.log_gain_s = nn.Parameter(init[:, None].repeat(1, cs).clone())
         self.log_gain_t = nn.Parameter(init[:, None].repeat(1, ct).clone())
-        self.log_scale_s = nn.Parameter(torch.zeros(n_quality, cs))
-        self.log_scale_t = nn.Parameter(torch.zeros(n_quality, ct))
+        self.log_scale_s = nn.Parameter(torch.full((n_quality, cs), -1.5))
+        self.log_scale_t = nn.Parameter(torch.full((n_quality, ct), -1.5))
 
     @staticmethod
     def _laplace_bits(q, log_scale):

@@ -55,7 +55,11 @@ def train(out_dir, simulator="necoda_filter.simulate:simulate_imaging", n_sims=1
         f"in {time.time() - t0:.1f}s")
     model = Codec(width, cs, ct, n_quality=len(BASELINE))
     log(f"model: {sum(p.numel() for p in model.parameters())} parameters, {model.cfg}")
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    ent = [model.log_gain_s, model.log_gain_t, model.log_scale_s, model.log_scale_t]
+    ent_ids = {id(p) for p in ent}
+    net = [p for p in model.parameters() if id(p) not in ent_ids]
+    # the entropy-model parameters (gains, scales) move fast; the network at lr
+    opt = torch.optim.Adam([{"params": net, "lr": lr, "base": lr}, {"params": ent, "lr": 5 * lr, "base": 5 * lr}])
     log_lam = np.log(np.asarray(LAMBDA0, dtype=np.float64))
     rate_ema = np.asarray(RATE_TARGET, dtype=np.float64)
     budget = minutes * 60.0
@@ -65,7 +69,7 @@ def train(out_dir, simulator="necoda_filter.simulate:simulate_imaging", n_sims=1
     while step < max_steps and time.time() - t_train < budget:
         frac = (time.time() - t_train) / budget
         for gparam in opt.param_groups:
-            gparam["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+            gparam["lr"] = gparam["base"] * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
         x, y, qi = sample_batch(chunks, rng, patch)
         x, y, qi_t = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(qi).long()
         out_, bits, _ = model(x, qi_t, training=True)
