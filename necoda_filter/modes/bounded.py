@@ -23,8 +23,9 @@ import math
 import numpy as np
 from pcodec import standalone
 
+from .. import _kernels as K
 from . import Encoded
-from .lossless import MODE as LOSSLESS, _narrow, pack_sections, pco, unpack_sections, unpco
+from .lossless import DEFAULT_LEVEL, MODE as LOSSLESS, _narrow, narrow_dtype, pack_sections, pco, unpack_sections, unpco
 
 #: the integer range for which a per-level bin table is built (larger ranges use a uniform bound)
 MAX_TABLE_RANGE = 1 << 20
@@ -33,7 +34,7 @@ MIN_FIT_BINS = 4
 
 
 def _code(q: np.ndarray, level: int):
-    q = _narrow(q)
+    q = _narrow(q)  # (a no-op when q already has its narrowest type)
     enc = LOSSLESS.encode(q, level=level)
     return enc.payload, {"ll": enc.params, "qd": q.dtype.str}
 
@@ -149,7 +150,7 @@ class BoundedMode:
     lossy = True
     options = ("max_error", "max_error_noise", "level")
 
-    def encode(self, arr: np.ndarray, max_error=None, max_error_noise=None, level: int = 8,
+    def encode(self, arr: np.ndarray, max_error=None, max_error_noise=None, level: int = DEFAULT_LEVEL,
                **_ignored) -> Encoded:
         arr = np.ascontiguousarray(arr)
         if max_error is None and max_error_noise is None:
@@ -166,6 +167,8 @@ class BoundedMode:
 
     # -- integers
     def _encode_int(self, arr, max_error, max_error_noise, level) -> Encoded:
+        if arr.dtype.itemsize > 1 and not arr.dtype.isnative:
+            arr = arr.astype(arr.dtype.newbyteorder("="))
         lo, hi = int(arr.min()), int(arr.max())
         if hi - lo >= 1 << 62:
             raise ValueError("bounded mode: integer range too wide")
@@ -188,22 +191,16 @@ class BoundedMode:
         if table is not None:
             starts, centers = table
             widths = np.diff(np.append(starts, hi + 1))
-            lut = np.repeat(np.arange(starts.size, dtype=np.int32 if starts.size < 1 << 31 else np.int64),
-                            widths)  # value - lo -> bin index
-            xi = arr.reshape(-1).astype(np.int64) - lo
-            q = lut[xi]
-            err = np.abs(centers[q] - lo - xi)
-            params["emax"] = int(err.max()) if err.size else 0
-            payload, p = _code(q.reshape(arr.shape), level)
+            lut = np.repeat(np.arange(starts.size, dtype=np.int32), widths)  # value - lo -> bin index
+            q, params["emax"] = K.quant_lut(arr, lo, lut, centers, narrow_dtype(0, starts.size - 1))
+            payload, p = _code(q, level)
             params.update(p)
             params["t"] = 1
             return Encoded(pack_sections([payload, pco(centers, level)]), params)
-        E = max(E, 0)
+        # any E >= hi - lo puts every sample in bin 0, like E = hi - lo
+        E = min(max(E, 0), hi - lo)
         w = 2 * E + 1
-        x = arr.astype(np.int64) if arr.dtype != np.uint64 else (arr - np.uint64(lo)).astype(np.int64)
-        if arr.dtype != np.uint64:
-            x -= lo
-        q = (x + E) // w
+        q = K.quant_uniform(arr, lo, E, narrow_dtype(0, (hi - lo + E) // w))
         params["E"] = E
         params["emax"] = E
         payload, p = _code(q, level)
@@ -253,22 +250,22 @@ class BoundedMode:
         n = int(np.prod(shape, dtype=np.int64))
         q = _uncode(sections[0], shape, params).reshape(-1)
         if params["k"] == "i":
+            if dtype.kind not in "iu":
+                raise ValueError(f"bounded integer payload for {dtype}")
             lo, hi = int(params["lo"]), int(params["hi"])
+            rec = np.empty(q.shape, dtype.newbyteorder("=") if dtype.itemsize > 1 else dtype)
             if params["t"] == 1:
                 centers = np.asarray(standalone.simple_decompress(bytes(sections[1])), np.int64)
-                if q.size and (int(q.min()) < 0 or int(q.max()) >= centers.size):
-                    raise ValueError("bounded bin index out of range")
-                rec = centers[q]
-                if dtype == np.uint64:
-                    return rec.astype(np.uint64).reshape(shape)
-                return rec.astype(dtype).reshape(shape)
-            w = 2 * int(params["E"]) + 1
-            rec = q.astype(np.int64) * w
-            rec = np.minimum(rec, hi - lo)
-            if dtype == np.uint64:
-                return (rec.astype(np.uint64) + np.uint64(lo)).reshape(shape)
-            rec += lo
-            return rec.astype(dtype).reshape(shape)
+                try:
+                    K.dequant_lut(q, centers, rec)
+                except ValueError:
+                    raise ValueError("bounded bin index out of range") from None
+            else:
+                E = int(params["E"])
+                if not 0 <= E < 1 << 62 or not 0 <= hi - lo < 1 << 62:
+                    raise ValueError("bad bounded parameters")
+                K.dequant_uniform(q, 2 * E + 1, hi - lo, lo, rec)
+            return (rec if rec.dtype == dtype else rec.astype(dtype)).reshape(shape)
         lo, step = float(params["lo"]), float(params["step"])
         rec = (lo + q.astype(np.float64) * step).astype(dtype)
         nx = int(params["nx"])

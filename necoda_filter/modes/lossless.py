@@ -16,15 +16,23 @@ Schemes (chosen per chunk, stored as ``params["s"]``):
            quantized to integers; residuals grouped by the brightness class of ``m`` (shot noise makes
            the residual scale depend on brightness) and each group coded by its own pcodec stream.
 
-All predictor arithmetic is exact int64 on values offset into a < 2**32 range (wider data uses "pc").
+All predictor arithmetic is exact integer arithmetic on values offset into a < 2**32 range (wider data
+uses "pc"), done by the C kernels of ``libnecoda_kernels.so`` (csrc/necoda_kernels.c, through
+``necoda_filter._kernels``); only the predictor *fits* use floating point, and their results (the integer
+coefficients) are stored in the payload.
+
+Residual streams are coded by pcodec with its delta search off (``DeltaSpec.no_op()``: the residuals are
+already decorrelated, and the search costs ~15 % of the encode time); side streams keep the automatic
+choice. ``level`` (default :data:`DEFAULT_LEVEL`) is pcodec's compression level.
 """
 from __future__ import annotations
 
 import struct
 
 import numpy as np
-from pcodec import ChunkConfig, standalone
+from pcodec import ChunkConfig, DeltaSpec, standalone
 
+from .. import _kernels as K
 from . import Encoded
 
 LPC_SHIFT = 12
@@ -33,12 +41,14 @@ BLOCK = 512
 XCH = 3
 IMG_SHIFT = 12
 MAX_RANGE = 1 << 32
+#: pcodec compression level used when the caller gives none
+DEFAULT_LEVEL = 8
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 def pack_sections(parts) -> bytes:
     head = struct.pack("<I", len(parts)) + b"".join(struct.pack("<Q", len(p)) for p in parts)
-    return head + b"".join(bytes(p) for p in parts)
+    return b"".join([head, *parts])
 
 
 def unpack_sections(buf) -> list:
@@ -61,31 +71,55 @@ def unpack_sections(buf) -> list:
     return out
 
 
-def _narrow(a: np.ndarray) -> np.ndarray:
-    """Smallest signed int type holding ``a`` (pcodec is fastest on narrow types)."""
-    if a.size == 0:
-        return a.astype(np.int32)
-    lo, hi = int(a.min()), int(a.max())
+def narrow_dtype(lo: int, hi: int):
+    """Smallest signed int type holding [lo, hi] (pcodec is fastest on narrow types)."""
     for dt in (np.int16, np.int32):
         info = np.iinfo(dt)
         if info.min <= lo and hi <= info.max:
-            return a.astype(dt)
-    return a.astype(np.int64)
+            return np.dtype(dt)
+    return np.dtype(np.int64)
 
 
-def pco(a: np.ndarray, level: int = 8) -> bytes:
+def _narrow(a: np.ndarray) -> np.ndarray:
+    if a.size == 0:
+        return a.astype(np.int32)
+    dt = narrow_dtype(int(a.min()), int(a.max()))
+    return a if a.dtype == dt else a.astype(dt)
+
+
+def _delta_may_help(a: np.ndarray, seg: int = 4096, nseg: int = 8) -> bool:
+    """Whether differencing shrinks a few evenly spread runs of ``a`` (then pcodec's delta search is
+    worth its time; for decorrelated residuals differencing roughly doubles the variance instead)."""
+    if a.size <= seg * nseg:
+        s = a.astype(np.float64)[None, :]
+    else:
+        starts = np.linspace(0, a.size - seg, nseg).astype(np.int64)
+        s = a[starts[:, None] + np.arange(seg)].astype(np.float64)
+    if s.shape[1] < 2:
+        return False
+    spread = np.abs(s - s.mean()).sum()
+    return bool(np.abs(np.diff(s, axis=1)).sum() < spread)
+
+
+def pco(a: np.ndarray, level: int = DEFAULT_LEVEL, residual: bool = False) -> bytes:
+    """pcodec stream of ``a``. ``residual=True``: decorrelated data, for which pcodec's delta search
+    (~20 % of its encode time) is skipped unless a quick look says differencing helps."""
     a = np.ascontiguousarray(a).reshape(-1)
     if a.dtype == np.float16:
         a = a.view(np.uint16)
     if a.size == 0:
         return b""
-    return standalone.simple_compress(a, ChunkConfig(compression_level=int(level), enable_8_bit=True))
+    if residual and not _delta_may_help(a):
+        cfg = ChunkConfig(compression_level=int(level), enable_8_bit=True, delta_spec=DeltaSpec.no_op())
+    else:
+        cfg = ChunkConfig(compression_level=int(level), enable_8_bit=True)
+    return standalone.simple_compress(a, cfg)
 
 
 def unpco(buf, n: int, dtype=None) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=dtype or np.int64)
-    out = standalone.simple_decompress(bytes(buf))
+    out = standalone.simple_decompress(buf if isinstance(buf, bytes) else bytes(buf))
     if out.size != n:
         raise ValueError(f"pcodec stream holds {out.size} values, expected {n}")
     if dtype is not None and out.dtype != dtype:
@@ -134,11 +168,10 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
 ORDER_PENALTY = 0.004
 
 
-def _choose_lpc(x: np.ndarray, pmax: int) -> np.ndarray:
-    """Per-channel integer coefficients, shape (C, order) (order = max chosen, zero padded)."""
-    T, C = x.shape
-    xs = x[_analysis_rows(T)]
-    n = xs.shape[0]
+def _choose_lpc(xs: np.ndarray, T: int, pmax: int) -> np.ndarray:
+    """Per-channel integer coefficients, shape (C, order) (order = max chosen, zero padded), fitted on the
+    analysis rows ``xs`` (n × C) of a T-row chunk."""
+    n, C = xs.shape
     coefs = []
     for c in range(C):
         v = xs[:, c].astype(np.float64)
@@ -181,65 +214,39 @@ def _blocks(T: int):
     return nb, L
 
 
-def _lanes_view(X: np.ndarray, p: int, nb: int, L: int, C: int) -> np.ndarray:
-    """(C, nb, L) view of the lane array X (p + L, nb, C) below its p history rows."""
-    return X[p:].transpose(2, 1, 0)
+def _offset(a: np.ndarray, lo: int) -> np.ndarray:
+    """``a - lo`` as int64 (exact: the caller guarantees a range < 2**32)."""
+    if a.dtype == np.uint64:
+        return (a - np.uint64(lo)).astype(np.int64)
+    x = a.astype(np.int64)
+    x -= lo
+    return x
 
 
-def _scatter(X, E, p, nb, L, T):
-    """Write channel-major E (C, T) into lanes; the first block is zero padded in front."""
-    V = _lanes_view(X, p, nb, L, E.shape[0])
-    pad = nb * L - T
-    V[:, 0, pad:] = E[:, :L - pad]
-    if nb > 1:
-        V[:, 1:, :] = E[:, L - pad:].reshape(E.shape[0], nb - 1, L)
+def lpc_encode(x: np.ndarray, lo: int, level: int):
+    """x: (T, C) integers with ``x - lo`` in [0, 2**32). Returns (sections, params).
 
-
-def _gather(X, out, p, nb, L, T):
-    """Inverse of _scatter into out (C, T) (any dtype; values cast)."""
-    V = _lanes_view(X, p, nb, L, out.shape[0])
-    pad = nb * L - T
-    np.copyto(out[:, :L - pad], V[:, 0, pad:], casting="unsafe")
-    if nb > 1:
-        np.copyto(out[:, L - pad:].reshape(out.shape[0], nb - 1, L), V[:, 1:, :], casting="unsafe")
-
-
-def lpc_encode(x: np.ndarray, level: int):
-    """x: (T, C) int64 offset into [0, 2**32). Returns (sections, params).
-
-    All arithmetic is float64 on integers and dyadic coefficients (|q| < 2**15, 2**-LPC_SHIFT steps,
-    |values| < 2**33): every product and sum is exact, so floor(acc + 1/2) is the exact rounded
-    integer prediction whatever the summation order, identical in encoder and decoder.
+    Per channel, centred on its rounded mean ``mu``: residual
+    ``e[t] = xc[t] - floor((sum_i Q[i] xc[t-1-i] + 2**(LPC_SHIFT-1)) / 2**LPC_SHIFT)`` with zero history at
+    the start of each block of L rows (the first block is the short one); then channel c's residual is
+    predicted the same way from the residuals of channels c-1..c-XCH (coefficients ``B``) when that
+    saves ≥ 0.5 % of its absolute sum.
     """
     T, C = x.shape
-    mu = np.round(x.mean(axis=0)).astype(np.int64) if T else np.zeros(C, np.int64)
-    xc = x - mu
-    Q = _choose_lpc(xc, MAX_ORDER)
+    mu = np.round(K.colsum(x, lo) / T).astype(np.int64) if T else np.zeros(C, np.int64)
+    rows = _analysis_rows(T)
+    xs = _offset(x[rows], lo)
+    xs -= mu
+    Q = _choose_lpc(xs, T, MAX_ORDER)
     p = Q.shape[1]
     nb, L = _blocks(T)
-    X = np.zeros((p + L, nb, C))
-    _scatter(X, xc.T, p, nb, L, T)
-    Qf = Q / float(1 << LPC_SHIFT)  # (C, p)
-    Ev = X[p:].copy()
-    if p:
-        pred = np.zeros((L, nb, C))
-        for i in range(p):
-            pred += Qf[:, i] * X[p - 1 - i:p - 1 - i + L]
-        pred += 0.5
-        np.floor(pred, out=pred)
-        Ev -= pred
-        del pred
-    e = np.empty((C, T), np.int64)
-    X[p:] = Ev
-    _gather(X, e, p, nb, L, T)
-    del X, Ev
-    # inter-channel prediction of each residual from the residuals of up to XCH preceding channels
+    e = K.lpc_residual(x, lo, mu, Q, LPC_SHIFT, nb, L)  # (C, T)
+    # inter-channel prediction of each residual from the residuals of up to XCH preceding channels;
+    # descending c, so that e[k < c] still holds the plain residuals when channel c is done in place
     B = np.zeros((C, XCH), np.int64)
-    out = e.copy()
     if C > 1:
-        rows = _analysis_rows(T)
         ef = e[:, rows].astype(np.float64)
-        for c in range(1, C):
+        for c in range(C - 1, 0, -1):
             ks = list(range(max(0, c - XCH), c))
             w = _lstsq(ef[ks].T, ef[c])
             if w is None:
@@ -247,17 +254,25 @@ def lpc_encode(x: np.ndarray, level: int):
             wq = np.clip(np.round(w * (1 << LPC_SHIFT)), -(1 << 15), (1 << 15) - 1).astype(np.int64)
             if not wq.any():
                 continue
-            acc = np.zeros(T, np.int64)
-            for j, k in enumerate(ks):
-                acc += wq[j] * e[k]
-            cand = e[c] - ((acc + (1 << (LPC_SHIFT - 1))) >> LPC_SHIFT)
-            if np.abs(cand).sum() < 0.995 * np.abs(e[c]).sum():
-                out[c] = cand
+            cand, s_cand, s_e = K.xch_residual(e, c, ks, wq, LPC_SHIFT)
+            if float(s_cand) < 0.995 * float(s_e):
+                e[c] = cand
                 for j, k in enumerate(ks):
                     B[c, c - k - 1] = wq[j]
     sections = [pco(mu, level), pco(Q.reshape(-1), level), pco(B.reshape(-1), level),
-                pco(_narrow(out), level)]
+                pco(_narrow(e), level, residual=True)]
     return sections, {"p": int(p), "nb": nb, "L": L}
+
+
+def _residual_stream(buf, n: int) -> np.ndarray:
+    r = unpco(buf, n)
+    if r.dtype.kind != "i" or r.dtype.itemsize not in (2, 4, 8):
+        raise ValueError(f"residual stream has dtype {r.dtype}")
+    return r
+
+
+def _native_out(shape, dtype: np.dtype) -> np.ndarray:
+    return np.empty(shape, dtype.newbyteorder("=") if dtype.itemsize > 1 else dtype)
 
 
 def lpc_decode(sections, T: int, C: int, params, dtype, lo: int) -> np.ndarray:
@@ -269,61 +284,14 @@ def lpc_decode(sections, T: int, C: int, params, dtype, lo: int) -> np.ndarray:
     B = unpco(sections[2], C * XCH, np.int64).reshape(C, XCH)
     if np.abs(Q).max(initial=0) >= 1 << 15 or np.abs(B).max(initial=0) >= 1 << 15:
         raise ValueError("bad lpc coefficients")
-    r = unpco(sections[3], T * C).reshape(C, T)
-    e = r.astype(np.float64)
-    scale = 1.0 / (1 << LPC_SHIFT)
-    for c in range(1, C):
-        if B[c].any():
-            acc = np.zeros(T)
-            for j in range(XCH):
-                if B[c, j] and c - 1 - j >= 0:
-                    acc += (B[c, j] * scale) * e[c - 1 - j]
-            acc += 0.5
-            np.floor(acc, out=acc)
-            e[c] += acc
-    X = np.zeros((p + L, nb, C))
-    _scatter(X, e, p, nb, L, T)
-    del e, r
-    if p:
-        Ql = (Q.T[::-1] * scale)[:, None, :] * np.ones((1, nb, 1))  # (p, nb, C); row i multiplies X[j+i]
-        Ql = Ql.reshape(p, nb * C)
-        Xl = X.reshape(p + L, nb * C)
-        acc = np.empty(nb * C)
-        for j in range(L):
-            np.einsum("ij,ij->j", Ql, Xl[j:j + p], out=acc)
-            acc += 0.5
-            np.floor(acc, out=acc)
-            Xl[j + p] += acc
+    r = _residual_stream(sections[3], T * C)
     dtype = np.dtype(dtype)
-    out = np.empty((T, C), dtype)
-    if dtype.itemsize <= 4:
-        X[p:] += (mu + lo).astype(np.float64)
-        _gather(X, out.T, p, nb, L, T)
-    else:
-        tmp = np.empty((C, T), np.int64)
-        _gather(X, tmp, p, nb, L, T)
-        tmp += mu[:, None]
-        if dtype == np.uint64:
-            np.copyto(out.T, tmp.astype(np.uint64) + np.uint64(lo))
-        else:
-            tmp += lo
-            np.copyto(out.T, tmp)
-    return out
+    out = _native_out((T, C), dtype)
+    K.lpc_decode(r, mu, lo, Q, B, LPC_SHIFT, nb, L, out)
+    return out if out.dtype == dtype else out.astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------------- imaging
-def _box3(d: np.ndarray, P: np.ndarray | None = None) -> np.ndarray:
-    """3×3 box sum over the last two axes with zero padding (exact ints). ``P``: scratch (…, H+2, W+2)."""
-    if P is None:
-        P = np.zeros(d.shape[:-2] + (d.shape[-2] + 2, d.shape[-1] + 2), d.dtype)
-    P[..., 1:-1, 1:-1] = d
-    h = P[..., :, :-2] + P[..., :, 1:-1]
-    h += P[..., :, 2:]
-    v = h[..., :-2, :] + h[..., 1:-1, :]
-    v += h[..., 2:, :]
-    return v
-
-
 NCLS = 12
 
 
@@ -332,29 +300,39 @@ def _classes(m: np.ndarray, thr: np.ndarray) -> np.ndarray:
 
 
 def _img_work_dtype(R: int, coef: np.ndarray, shift: int):
-    """int32 when no intermediate of the predictor can overflow it, else int64."""
+    """int32 when no intermediate of the predictor can overflow it, else int64 (stored as params["w"]:
+    the kernels always compute in 64 bits, which gives the same exact results)."""
     c = np.abs(coef.astype(np.int64))
     bound = (int(c[0]) + int(c[1])) * 9 * R + int(c[2]) * R + (1 << shift) + 18 * R
     return np.int32 if bound < (1 << 31) - 1 else np.int64
 
 
-def img_encode(x: np.ndarray, level: int):
-    """x: (T, H, W) int64 offset into [0, 2**32). Returns (sections, params)."""
-    T, H, W = x.shape
-    m = np.round(x.mean(axis=0)).astype(np.int64)
-    R = int(x.max()) + 1 if x.size else 1
-    # fit weights on a subset of frames: d[t] ~ w0*box(d[t-1]) + w1*box(d[t-2]) + w2*d[t-1]
+def _fit_frames(T: int) -> np.ndarray:
     ts = np.arange(2, T)
     if ts.size > 24:
         ts = ts[np.linspace(0, ts.size - 1, 24).astype(np.int64)]
+    return ts
+
+
+def img_encode(x: np.ndarray, lo: int, hi: int, level: int):
+    """x: (T, H, W) integers with ``x - lo`` in [0, 2**32), ``hi`` = x.max(). Returns (sections, params).
+
+    Deviation from the per-pixel rounded temporal mean ``d = x - lo - m``; prediction
+    ``floor((c0 box(d[t-1]) + c1 box(d[t-2]) + c2 d[t-1] + 2**(shift-1)) / 2**shift)`` (box = 3×3 sum with zero
+    padding, frames before 0 are zero), coefficients least-squares fitted on ≤ 24 frames.
+    """
+    T, H, W = x.shape
+    m = np.round(K.colsum(x.reshape(T, H * W), lo) / T).astype(np.int64)
+    R = hi - lo + 1
+    ts = _fit_frames(T)
     w = None
     if ts.size:
-        dd = lambda t: (x[t] - m).astype(np.float64)  # noqa: E731
-        A, y = [], []
-        for t in ts:
-            A.append(np.stack([_box3(dd(t - 1)).ravel(), _box3(dd(t - 2)).ravel(), dd(t - 1).ravel()], 1))
-            y.append(dd(t).ravel())
-        w = _lstsq(np.concatenate(A), np.concatenate(y))
+        G, g = K.img_gram(x, lo, m, ts)
+        G += np.eye(3) * (1e-9 * (np.trace(G) + 1.0))
+        try:
+            w = np.linalg.solve(G, g)
+        except np.linalg.LinAlgError:
+            w = None
     shift = IMG_SHIFT
     coef = np.zeros(3, np.int64)
     if w is not None and np.all(np.isfinite(w)):
@@ -364,71 +342,44 @@ def img_encode(x: np.ndarray, level: int):
                 break
             shift -= 1
     wt = _img_work_dtype(R, coef, shift)
-    d = (x - m).astype(wt)
-    S = _box3(d)
-    zero = np.zeros((1, H, W), wt)
-    half = wt(1 << (shift - 1))
-    pred = np.zeros((T, H, W), wt)
-    if T > 1:
-        pred[1:] = coef[2] * d[:-1]
-        pred[1:] += wt(coef[0]) * S[:-1]
-        pred[2:] += wt(coef[1]) * S[:-2]
-        pred += half
-        pred >>= shift
-    r = (d - pred).reshape(T, H * W)
-    del S, pred, zero
     # brightness classes from m (the decoder has m before any residual)
-    mf = m.ravel()
-    qs = np.unique(np.quantile(mf, np.linspace(0, 1, NCLS + 1)[1:-1], method="lower").astype(np.int64)) \
-        if mf.size >= 64 * NCLS else np.zeros(0, np.int64)
+    qs = np.unique(np.quantile(m, np.linspace(0, 1, NCLS + 1)[1:-1], method="lower").astype(np.int64)) \
+        if m.size >= 64 * NCLS else np.zeros(0, np.int64)
     cls = _classes(m, qs)
-    order = np.argsort(cls, kind="stable")
-    counts = np.bincount(cls, minlength=len(qs) + 1)
-    sections = [pco(_narrow(m.ravel()), level), pco(coef, level), pco(qs, level)]
-    rs = r[:, order]
-    start = 0
-    for n in counts:
-        sections.append(pco(_narrow(rs[:, start:start + n]), level))
-        start += n
-    return sections, {"nc": int(len(qs) + 1), "sh": int(shift), "w": int(np.dtype(wt).itemsize)}
+    nc = len(qs) + 1
+    counts = np.bincount(cls, minlength=nc)
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    # residuals grouped by class, each class in the narrowest type holding it (first try int16)
+    buf, cmin, cmax = K.img_residual(x, lo, m, coef, shift, cls, nc, start, np.int16)
+    need = [narrow_dtype(int(a), int(b)) if n else np.dtype(np.int16) for a, b, n in zip(cmin, cmax, counts)]
+    widest = max(need, key=lambda d: d.itemsize)
+    if widest.itemsize > 2:
+        buf, _, _ = K.img_residual(x, lo, m, coef, shift, cls, nc, start, widest)
+    sections = [pco(_narrow(m), level), pco(coef, level), pco(qs, level)]
+    for k in range(nc):
+        part = buf[T * start[k]:T * (start[k] + counts[k])]
+        sections.append(pco(part if part.dtype == need[k] else part.astype(need[k]), level, residual=True))
+    return sections, {"nc": int(nc), "sh": int(shift), "w": int(np.dtype(wt).itemsize)}
 
 
-def img_decode(sections, T: int, H: int, W: int, params) -> np.ndarray:
+def img_decode(sections, T: int, H: int, W: int, params, dtype, lo: int) -> np.ndarray:
     nc, shift, wbytes = int(params["nc"]), int(params["sh"]), int(params["w"])
     if nc < 1 or len(sections) != 3 + nc or not 1 <= shift <= 30 or wbytes not in (4, 8):
         raise ValueError("bad imaging parameters")
     m = unpco(sections[0], H * W, np.int64)
     coef = unpco(sections[1], 3, np.int64)
     qs = unpco(sections[2], nc - 1, np.int64)
-    wt = np.int32 if wbytes == 4 else np.int64
     cls = _classes(m, qs)
-    order = np.argsort(cls, kind="stable")
     counts = np.bincount(cls, minlength=nc)
     if len(counts) != nc:
         raise ValueError("bad imaging classes")
-    parts = [unpco(sections[3 + k], T * n, wt).reshape(T, n) for k, n in enumerate(counts)]
-    rs = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-    inv = np.empty_like(order)
-    inv[order] = np.arange(order.size)
-    d = np.take(rs, inv, axis=1).reshape(T, H, W)
-    del rs, parts
-    half = wt(1 << (shift - 1))
-    c0, c1, c2 = (wt(v) for v in coef)
-    P = np.zeros((H + 2, W + 2), wt)
-    Sprev = Sprev2 = None
-    acc = np.empty((H, W), wt)
-    for t in range(T):
-        if t:
-            np.multiply(d[t - 1], c2, out=acc)
-            acc += c0 * Sprev
-            if t > 1:
-                acc += c1 * Sprev2
-            acc += half
-            acc >>= shift
-            d[t] += acc
-        Sprev2 = Sprev
-        Sprev = _box3(d[t], P)
-    return d.astype(np.int64) + m.reshape(H, W)
+    parts = [_residual_stream(sections[3 + k], T * n) if n else None for k, n in enumerate(counts)]
+    rt = max((q.dtype for q in parts if q is not None), key=lambda d: d.itemsize, default=np.dtype(np.int16))
+    parts = [np.zeros(0, rt) if q is None else q if q.dtype == rt else q.astype(rt) for q in parts]
+    dtype = np.dtype(dtype)
+    out = _native_out((T, H, W), dtype)
+    K.img_decode(parts, cls, m, lo, coef, shift, out)
+    return out if out.dtype == dtype else out.astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------------- the mode
@@ -438,10 +389,10 @@ class LosslessMode:
     lossy = False
     options = ("level",)
 
-    def scheme_for(self, arr: np.ndarray) -> str:
+    def scheme_for(self, arr: np.ndarray, rng=None) -> str:
         if arr.dtype.kind not in "iu" or arr.dtype.itemsize == 1 or arr.size < 64:
             return "pc"
-        lo, hi = _int_range(arr)
+        lo, hi = rng if rng is not None else _int_range(arr)
         if hi - lo >= MAX_RANGE:
             return "pc"
         if arr.ndim >= 3 and arr.shape[0] >= 4 and arr.shape[-1] >= 3 and arr.size // arr.shape[0] >= 64:
@@ -450,24 +401,22 @@ class LosslessMode:
             return "lpc"
         return "pc"
 
-    def encode(self, arr: np.ndarray, level: int = 8, **_ignored) -> Encoded:
+    def encode(self, arr: np.ndarray, level: int = DEFAULT_LEVEL, **_ignored) -> Encoded:
         arr = np.ascontiguousarray(arr)
         if arr.dtype.itemsize > 1 and arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
+        if arr.dtype.itemsize > 1 and not arr.dtype.isnative:
+            arr = arr.astype(arr.dtype.newbyteorder("="))
         level = int(min(max(int(level), 0), 12))
-        scheme = self.scheme_for(arr)
+        rng = _int_range(arr) if arr.dtype.kind in "iu" and arr.dtype.itemsize > 1 and arr.size >= 64 else None
+        scheme = self.scheme_for(arr, rng)
         if scheme == "pc":
             return Encoded(pco(arr, level), {"s": "pc"})
-        lo, _ = _int_range(arr)
-        x = (arr.astype(np.int64) if arr.dtype != np.uint64 else (arr - np.uint64(lo)).astype(np.int64))
-        if arr.dtype != np.uint64:
-            x -= lo
+        lo, hi = rng
         if scheme == "lpc":
-            x2 = x.reshape(x.shape[0], -1)
-            sections, params = lpc_encode(x2, level)
+            sections, params = lpc_encode(arr.reshape(arr.shape[0], -1), lo, level)
         else:
-            x3 = x.reshape(x.shape[0], -1, x.shape[-1])
-            sections, params = img_encode(x3, level)
+            sections, params = img_encode(arr.reshape(arr.shape[0], -1, arr.shape[-1]), lo, hi, level)
         params.update({"s": scheme, "lo": str(lo)})
         return Encoded(pack_sections(sections), params)
 
@@ -484,24 +433,19 @@ class LosslessMode:
             return out.reshape(shape)
         sections = unpack_sections(payload)
         lo = int(params["lo"])
+        if dtype.kind not in "iu" or dtype.itemsize == 1:
+            raise ValueError(f"lossless scheme {scheme!r} does not apply to {dtype}")
         if scheme == "lpc":
             T = shape[0]
             C = n // T if T else 1
             if len(sections) != 4:
                 raise ValueError("bad lpc payload")
             return lpc_decode(sections, T, C, params, dtype, lo).reshape(shape)
-        elif scheme == "img":
+        if scheme == "img":
             T, W = shape[0], shape[-1]
             H = n // (T * W)
-            x = img_decode(sections, T, H, W, params)
-        else:
-            raise ValueError(f"unknown lossless scheme {scheme!r}")
-        if dtype == np.uint64:
-            out = x.astype(np.uint64) + np.uint64(lo)
-        else:
-            x += lo
-            out = x.astype(dtype)
-        return out.reshape(shape)
+            return img_decode(sections, T, H, W, params, dtype, lo).reshape(shape)
+        raise ValueError(f"unknown lossless scheme {scheme!r}")
 
 
 MODE = LosslessMode()

@@ -1,0 +1,574 @@
+/*
+ * necoda_kernels.c -- the hot loops of the lossless and bounded modes, in plain C99.
+ *
+ * Called from Python through ctypes (necoda_filter/_kernels.py, which checks every argument). The
+ * library links neither libpython nor libhdf5 and keeps no state between calls.
+ *
+ * Exactness: everything that decides the bit-stream is integer arithmetic. Sums and products are done
+ * on uint64_t (wrapping, so corrupt input can never trigger undefined behaviour) and read back as
+ * int64_t; on valid input no intermediate leaves the int64 range, so results equal exact integer
+ * arithmetic, and hence the numpy reference implementations. Rounded predictions are
+ * floor((acc + 2^(s-1)) / 2^s), with the floor division written so that it does not depend on how
+ * the compiler shifts negative numbers. The only floating point is the Gram matrix of the imaging
+ * predictor fit (nk_img_gram): a fixed-order sequential double sum (no reassociation, no FMA
+ * contraction: the build passes -ffp-contract=off), reproducible on any IEEE-754 machine; its result
+ * only chooses coefficients, which are stored in the payload.
+ *
+ * Element types are passed as codes: itemsize | 16 for unsigned (1, 2, 4, 8, 17, 18, 20, 24).
+ * Values in memory are little-endian native (the wrapper refuses anything else).
+ *
+ * Return values: 0 on success, negative on a bad argument (-1), failed allocation (-2) or a value out
+ * of range in the input (-3).
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int64_t i64;
+typedef uint64_t u64;
+
+#define NK_OK 0
+#define NK_EARG (-1)
+#define NK_ENOMEM (-2)
+#define NK_ERANGE (-3)
+
+/* two's complement reinterpretation, defined for every value (no implementation-defined cast) */
+static inline i64 s64(u64 u) { return u <= (u64)INT64_MAX ? (i64)u : -(i64)(~u) - 1; }
+/* floor(v / 2^s) for 0 <= s < 63, whatever the sign of v */
+static inline i64 fshift(i64 v, int s) { return v >= 0 ? (v >> s) : ~((~v) >> s); }
+/* floor((acc + 2^(s-1)) / 2^s): the rounded prediction (s >= 1) */
+static inline i64 rshift(u64 acc, int s) { return fshift(s64(acc + ((u64)1 << (s - 1))), s); }
+
+static int valid_code(int code) {
+    switch (code) {
+    case 1: case 2: case 4: case 8: case 17: case 18: case 20: case 24: return 1;
+    default: return 0;
+    }
+}
+
+static int valid_size(int size) { return size == 1 || size == 2 || size == 4 || size == 8; }
+
+/* dst[k] = src[off + k * stride] - sub (as uint64, wrapping), for k < n; src elements of type code */
+static void load_u64(u64 *dst, const void *src, i64 off, i64 stride, i64 n, int code, u64 sub) {
+    i64 k;
+    switch (code) {
+#define NK_LOAD(CODE, T)                                                                       \
+    case CODE: {                                                                               \
+        const T *p = (const T *)src + off;                                                     \
+        for (k = 0; k < n; k++) dst[k] = (u64)(i64)p[k * stride] - sub;                        \
+        break;                                                                                 \
+    }
+        NK_LOAD(1, int8_t)
+        NK_LOAD(2, int16_t)
+        NK_LOAD(4, int32_t)
+        NK_LOAD(17, uint8_t)
+        NK_LOAD(18, uint16_t)
+        NK_LOAD(20, uint32_t)
+#undef NK_LOAD
+    case 8: {
+        const int64_t *p = (const int64_t *)src + off;
+        for (k = 0; k < n; k++) dst[k] = (u64)p[k * stride] - sub;
+        break;
+    }
+    case 24: {
+        const uint64_t *p = (const uint64_t *)src + off;
+        for (k = 0; k < n; k++) dst[k] = p[k * stride] - sub;
+        break;
+    }
+    default: break;
+    }
+}
+
+/* dst[off + k * stride] = low `size` bytes of (src[k] + add), for k < n */
+static void store_u64(void *dst, i64 off, i64 stride, const u64 *src, i64 n, int size, u64 add) {
+    i64 k;
+    switch (size) {
+#define NK_STORE(SIZE, T)                                                                      \
+    case SIZE: {                                                                               \
+        T *p = (T *)dst + off;                                                                 \
+        for (k = 0; k < n; k++) p[k * stride] = (T)(src[k] + add);                             \
+        break;                                                                                 \
+    }
+        NK_STORE(1, uint8_t)
+        NK_STORE(2, uint16_t)
+        NK_STORE(4, uint32_t)
+        NK_STORE(8, uint64_t)
+#undef NK_STORE
+    default: break;
+    }
+}
+
+/* ============================================================================================ sums */
+
+/* sums[k] = sum over rows t < T of (x[t, k] - lo), exact int64 (x: T x K, type code). */
+int nk_colsum(const void *x, int code, i64 T, i64 K, u64 lo, i64 *sums) {
+    u64 *row, *acc;
+    i64 t, k;
+    if (!valid_code(code) || T < 0 || K < 0) return NK_EARG;
+    row = (u64 *)malloc((size_t)(K > 0 ? K : 1) * sizeof(u64));
+    acc = (u64 *)calloc((size_t)(K > 0 ? K : 1), sizeof(u64));
+    if (!row || !acc) { free(row); free(acc); return NK_ENOMEM; }
+    for (t = 0; t < T; t++) {
+        load_u64(row, x, t * K, 1, K, code, lo);
+        for (k = 0; k < K; k++) acc[k] += row[k];
+    }
+    for (k = 0; k < K; k++) sums[k] = s64(acc[k]);
+    free(row);
+    free(acc);
+    return NK_OK;
+}
+
+/* ============================================================================================ LPC */
+/*
+ * Blocks: the T rows are cut into nb blocks of L rows (nb * L >= T > (nb - 1) * L); the first block is
+ * short by pad = nb * L - T rows. Each block is predicted with zero history.
+ */
+static int lpc_blocks_ok(i64 T, i64 nb, i64 L) {
+    return nb >= 1 && L >= 1 && T >= 0 && nb <= INT64_MAX / L && nb * L >= T && nb * L - T < L;
+}
+
+/*
+ * Forward LPC (encoder). x: T x C (type code), centred as xc = x - lo - mu[c]; Q: C x p integer
+ * coefficients (LPC_SHIFT = shift fractional bits). e (C x T, channel-major) receives
+ *     e[c, t] = xc[t, c] - floor((sum_i Q[c, i] xc[t-1-i, c] + 2^(shift-1)) / 2^shift)
+ * with xc taken as 0 before the start of t's block.
+ */
+int nk_lpc_residual(const void *x, int code, i64 T, i64 C, u64 lo, const i64 *mu, const i64 *Q, i64 p,
+                    int shift, i64 nb, i64 L, i64 *e) {
+    u64 *blk;
+    i64 b, c, j, i, pad;
+    if (!valid_code(code) || C < 1 || p < 0 || p > 64 || shift < 1 || shift > 30 || !lpc_blocks_ok(T, nb, L))
+        return NK_EARG;
+    blk = (u64 *)malloc((size_t)L * sizeof(u64));
+    if (!blk) return NK_ENOMEM;
+    pad = nb * L - T;
+    for (b = 0; b < nb; b++) {
+        i64 t0 = b == 0 ? 0 : b * L - pad, n = b == 0 ? L - pad : L;
+        for (c = 0; c < C; c++) {
+            const i64 *q = Q + c * p;
+            i64 *ec = e + c * T + t0;
+            load_u64(blk, x, t0 * C + c, C, n, code, lo + (u64)mu[c]);
+            for (j = 0; j < n; j++) {
+                u64 acc = 0;
+                i64 top = j < p ? j : p;
+                for (i = 0; i < top; i++) acc += (u64)q[i] * blk[j - 1 - i];
+                ec[j] = s64(blk[j] - (u64)rshift(acc, shift));
+            }
+        }
+    }
+    free(blk);
+    return NK_OK;
+}
+
+/*
+ * Inter-channel residual (encoder): dst[t] = e[c, t] - floor((sum_j w[j] e[ks[j], t] + 2^(shift-1)) / 2^shift).
+ * sums[0] = sum |dst| and sums[1] = sum |e[c]| (int64, wrapping like numpy's).
+ */
+int nk_xch_residual(const i64 *e, i64 T, i64 C, i64 c, const i64 *ks, const i64 *w, i64 nk, int shift,
+                    i64 *dst, i64 *sums) {
+    i64 t, j;
+    u64 s0 = 0, s1 = 0;
+    if (T < 0 || c < 0 || c >= C || nk < 0 || shift < 1 || shift > 30) return NK_EARG;
+    for (j = 0; j < nk; j++)
+        if (ks[j] < 0 || ks[j] >= C) return NK_EARG;
+    for (t = 0; t < T; t++) {
+        u64 acc = 0;
+        i64 v, ec = e[c * T + t];
+        for (j = 0; j < nk; j++) acc += (u64)w[j] * (u64)e[ks[j] * T + t];
+        v = s64((u64)ec - (u64)rshift(acc, shift));
+        dst[t] = v;
+        s0 += v < 0 ? (u64)0 - (u64)v : (u64)v;
+        s1 += ec < 0 ? (u64)0 - (u64)ec : (u64)ec;
+    }
+    sums[0] = s64(s0);
+    sums[1] = s64(s1);
+    return NK_OK;
+}
+
+/*
+ * Inverse of the two steps above (decoder). r: C x T channel-major residuals (type code rcode);
+ * B: C x nx inter-channel coefficients (B[c, j] multiplies channel c-1-j); out: T x C elements of
+ * `osize` bytes, receiving the low bytes of x + mu[c] + lo.
+ */
+int nk_lpc_decode(const void *r, int rcode, i64 T, i64 C, const i64 *mu, u64 lo, const i64 *Q, i64 p,
+                  const i64 *B, i64 nx, int shift, i64 nb, i64 L, void *out, int osize) {
+    u64 *blk, *tmp;
+    i64 b, c, j, i, k, pad;
+    if (!valid_code(rcode) || !valid_size(osize) || C < 1 || p < 0 || p > 64 || nx < 0 || shift < 1 ||
+        shift > 30 || !lpc_blocks_ok(T, nb, L) || C > INT64_MAX / L)
+        return NK_EARG;
+    blk = (u64 *)malloc((size_t)(L * C) * sizeof(u64));
+    tmp = (u64 *)malloc((size_t)C * sizeof(u64));
+    if (!blk || !tmp) { free(blk); free(tmp); return NK_ENOMEM; }
+    pad = nb * L - T;
+    for (b = 0; b < nb; b++) {
+        i64 t0 = b == 0 ? 0 : b * L - pad, n = b == 0 ? L - pad : L;
+        for (c = 0; c < C; c++) load_u64(blk + c * L, r, c * T + t0, 1, n, rcode, 0);
+        /* inter-channel: channel c from the already reconstructed residuals of channels c-1..c-nx */
+        for (c = 1; c < C; c++) {
+            const i64 *bc = B + c * nx;
+            i64 kmax = nx < c ? nx : c, any = 0;
+            u64 *dc = blk + c * L;
+            for (k = 0; k < kmax; k++) any |= bc[k];
+            if (!any) continue;
+            for (j = 0; j < n; j++) {
+                u64 acc = 0;
+                for (k = 0; k < kmax; k++) acc += (u64)bc[k] * blk[(c - 1 - k) * L + j];
+                dc[j] += (u64)rshift(acc, shift);
+            }
+        }
+        /* the recursive LPC synthesis filter, per channel */
+        if (p > 0) {
+            for (c = 0; c < C; c++) {
+                const i64 *q = Q + c * p;
+                u64 *xc = blk + c * L;
+                for (j = 0; j < n; j++) {
+                    u64 acc = 0;
+                    i64 top = j < p ? j : p;
+                    for (i = 0; i < top; i++) acc += (u64)q[i] * xc[j - 1 - i];
+                    xc[j] += (u64)rshift(acc, shift);
+                }
+            }
+        }
+        /* interleave */
+        for (j = 0; j < n; j++) {
+            for (c = 0; c < C; c++) tmp[c] = blk[c * L + j] + (u64)mu[c];
+            store_u64(out, (t0 + j) * C, 1, tmp, C, osize, lo);
+        }
+    }
+    free(blk);
+    free(tmp);
+    return NK_OK;
+}
+
+/* ============================================================================================ imaging */
+/*
+ * Predictor of frame t from the previous decoded frames (d = x - lo - m, m the per-pixel mean):
+ *     pred = floor((c0 S[t-1] + c1 S[t-2] + c2 d[t-1] + 2^(shift-1)) / 2^shift)
+ * S = 3 x 3 box sum with zero padding; frames before 0 are zero.
+ */
+
+/* S = 3x3 box sum of d (H x W) with zero padding; h is H x W scratch. */
+static void box3(const u64 *d, u64 *S, u64 *h, i64 H, i64 W) {
+    i64 i, j;
+    for (i = 0; i < H; i++) {
+        const u64 *di = d + i * W;
+        u64 *hi = h + i * W;
+        if (W == 1) { hi[0] = di[0]; continue; }
+        hi[0] = di[0] + di[1];
+        for (j = 1; j < W - 1; j++) hi[j] = di[j - 1] + di[j] + di[j + 1];
+        hi[W - 1] = di[W - 2] + di[W - 1];
+    }
+    for (i = 0; i < H; i++) {
+        u64 *si = S + i * W;
+        const u64 *hc = h + i * W;
+        if (i > 0 && i < H - 1) {
+            const u64 *hu = hc - W, *hd = hc + W;
+            for (j = 0; j < W; j++) si[j] = hu[j] + hc[j] + hd[j];
+        } else {
+            for (j = 0; j < W; j++) {
+                u64 v = hc[j];
+                if (i > 0) v += hc[j - W];
+                if (i < H - 1) v += hc[j + W];
+                si[j] = v;
+            }
+        }
+    }
+}
+
+typedef struct {
+    i64 HW;
+    u64 *d, *dprev, *S1, *S2, *h, *x;
+    u64 *mem;
+} img_state;
+
+static int img_init(img_state *st, i64 H, i64 W) {
+    i64 HW;
+    if (H < 1 || W < 1 || H > INT64_MAX / W) return NK_EARG;
+    HW = H * W;
+    if ((u64)HW > (u64)SIZE_MAX / (6 * sizeof(u64))) return NK_ENOMEM;
+    st->HW = HW;
+    st->mem = (u64 *)calloc((size_t)(6 * HW), sizeof(u64));
+    if (!st->mem) return NK_ENOMEM;
+    st->d = st->mem;
+    st->dprev = st->mem + HW;
+    st->S1 = st->mem + 2 * HW;
+    st->S2 = st->mem + 3 * HW;
+    st->h = st->mem + 4 * HW;
+    st->x = st->mem + 5 * HW;
+    return NK_OK;
+}
+
+/* after frame st->d is final: S2 <- S1, S1 <- box(d), dprev <- d */
+static void img_advance(img_state *st, i64 H, i64 W) {
+    u64 *t = st->S2;
+    st->S2 = st->S1;
+    st->S1 = t;
+    box3(st->d, st->S1, st->h, H, W);
+    t = st->dprev;
+    st->dprev = st->d;
+    st->d = t;
+}
+
+/*
+ * Gram matrix of the predictor fit over frames ts[0..nt-1] (each >= 2):
+ * features a = (box(d[t-1]), box(d[t-2]), d[t-1]), target y = d[t]; G[3x3] = sum a a^T, g[3] = sum a y.
+ */
+int nk_img_gram(const void *x, int code, i64 T, i64 H, i64 W, u64 lo, const i64 *m, const i64 *ts, i64 nt,
+                double *G, double *g) {
+    img_state st;
+    u64 *B2;
+    i64 k, q, HW;
+    double acc[9] = {0}, accy[3] = {0};
+    int rc;
+    if (!valid_code(code) || T < 0 || nt < 0) return NK_EARG;
+    for (k = 0; k < nt; k++)
+        if (ts[k] < 2 || ts[k] >= T) return NK_EARG;
+    if ((rc = img_init(&st, H, W)) != NK_OK) return rc;
+    HW = st.HW;
+    B2 = st.h; /* reuse: box of frame t-2 (box3 needs its own scratch, so use x as scratch) */
+    for (k = 0; k < nt; k++) {
+        i64 t = ts[k];
+        /* d[t-2] -> S2 = box, d[t-1] -> dprev and S1 = box, d[t] -> d */
+        load_u64(st.d, x, (t - 2) * HW, 1, HW, code, lo);
+        for (q = 0; q < HW; q++) st.d[q] -= (u64)m[q];
+        box3(st.d, B2, st.x, H, W);
+        load_u64(st.dprev, x, (t - 1) * HW, 1, HW, code, lo);
+        for (q = 0; q < HW; q++) st.dprev[q] -= (u64)m[q];
+        box3(st.dprev, st.S1, st.x, H, W);
+        load_u64(st.d, x, t * HW, 1, HW, code, lo);
+        for (q = 0; q < HW; q++) st.d[q] -= (u64)m[q];
+        for (q = 0; q < HW; q++) {
+            double a0 = (double)s64(st.S1[q]), a1 = (double)s64(B2[q]), a2 = (double)s64(st.dprev[q]);
+            double y = (double)s64(st.d[q]);
+            acc[0] += a0 * a0; acc[1] += a0 * a1; acc[2] += a0 * a2;
+            acc[4] += a1 * a1; acc[5] += a1 * a2; acc[8] += a2 * a2;
+            accy[0] += a0 * y; accy[1] += a1 * y; accy[2] += a2 * y;
+        }
+    }
+    acc[3] = acc[1]; acc[6] = acc[2]; acc[7] = acc[5];
+    for (k = 0; k < 9; k++) G[k] = acc[k];
+    for (k = 0; k < 3; k++) g[k] = accy[k];
+    free(st.mem);
+    return NK_OK;
+}
+
+/*
+ * Imaging residuals (encoder), written grouped by pixel class: class k (pixels with cls[q] == k, in
+ * raster order) occupies out[T*start[k] .. T*(start[k]+n_k)) as a T x n_k row-major block. Each value is
+ * stored as its low `osize` bytes; cmin/cmax (ncls each) receive the exact per-class range.
+ */
+int nk_img_residual(const void *x, int code, i64 T, i64 H, i64 W, u64 lo, const i64 *m, i64 c0, i64 c1,
+                    i64 c2, int shift, const i64 *cls, i64 ncls, const i64 *start, void *out, int osize,
+                    i64 *cmin, i64 *cmax) {
+    img_state st;
+    i64 *cur = NULL, *cnt = NULL;
+    i64 t, q, k, HW;
+    int rc;
+    if (!valid_code(code) || !valid_size(osize) || T < 0 || ncls < 1 || shift < 1 || shift > 30) return NK_EARG;
+    if ((rc = img_init(&st, H, W)) != NK_OK) return rc;
+    HW = st.HW;
+    cur = (i64 *)malloc((size_t)ncls * sizeof(i64));
+    cnt = (i64 *)calloc((size_t)ncls, sizeof(i64));
+    if (!cur || !cnt) { free(cur); free(cnt); free(st.mem); return NK_ENOMEM; }
+    for (q = 0; q < HW; q++) {
+        if (cls[q] < 0 || cls[q] >= ncls) { rc = NK_EARG; goto done; }
+        cnt[cls[q]]++;
+    }
+    for (k = 0; k < ncls; k++) {
+        if (k + 1 < ncls && start[k] + cnt[k] != start[k + 1]) { rc = NK_EARG; goto done; }
+        cmin[k] = INT64_MAX;
+        cmax[k] = INT64_MIN;
+    }
+    if (start[0] != 0 || start[ncls - 1] + cnt[ncls - 1] != HW) { rc = NK_EARG; goto done; }
+    for (t = 0; t < T; t++) {
+        load_u64(st.d, x, t * HW, 1, HW, code, lo);
+        for (q = 0; q < HW; q++) {
+            u64 acc = (u64)c2 * st.dprev[q] + (u64)c0 * st.S1[q] + (u64)c1 * st.S2[q];
+            st.d[q] -= (u64)m[q];
+            st.x[q] = st.d[q] - (u64)rshift(acc, shift);
+        }
+        for (k = 0; k < ncls; k++) cur[k] = T * start[k] + t * cnt[k];
+        for (q = 0; q < HW; q++) {
+            i64 v = s64(st.x[q]), kk = cls[q];
+            if (v < cmin[kk]) cmin[kk] = v;
+            if (v > cmax[kk]) cmax[kk] = v;
+        }
+        switch (osize) {
+#define NK_SCATTER(SIZE, TT)                                                                   \
+        case SIZE: {                                                                           \
+            TT *o = (TT *)out;                                                                 \
+            for (q = 0; q < HW; q++) o[cur[cls[q]]++] = (TT)st.x[q];                           \
+            break;                                                                             \
+        }
+            NK_SCATTER(1, uint8_t)
+            NK_SCATTER(2, uint16_t)
+            NK_SCATTER(4, uint32_t)
+            NK_SCATTER(8, uint64_t)
+#undef NK_SCATTER
+        default: break;
+        }
+        img_advance(&st, H, W);
+    }
+    rc = NK_OK;
+done:
+    free(cur);
+    free(cnt);
+    free(st.mem);
+    return rc;
+}
+
+/*
+ * Inverse (decoder). parts[k]: class k's residuals, T x n_k signed integers of rsize bytes (n_k = number
+ * of pixels with cls == k); out: T x H x W elements of osize bytes receiving the low bytes of
+ * d + m + lo.
+ */
+int nk_img_decode(const void *const *parts, int rsize, i64 ncls, const i64 *cls, i64 T, i64 H, i64 W,
+                  const i64 *m, u64 lo, i64 c0, i64 c1, i64 c2, int shift, void *out, int osize) {
+    img_state st;
+    i64 *cnt = NULL, *cur = NULL;
+    i64 t, q, k, HW;
+    int rc;
+    if (!(rsize == 2 || rsize == 4 || rsize == 8) || !valid_size(osize) || T < 0 || ncls < 1 || shift < 1 ||
+        shift > 30)
+        return NK_EARG;
+    if ((rc = img_init(&st, H, W)) != NK_OK) return rc;
+    HW = st.HW;
+    cnt = (i64 *)calloc((size_t)ncls, sizeof(i64));
+    cur = (i64 *)malloc((size_t)ncls * sizeof(i64));
+    if (!cur || !cnt) { free(cur); free(cnt); free(st.mem); return NK_ENOMEM; }
+    for (q = 0; q < HW; q++) {
+        if (cls[q] < 0 || cls[q] >= ncls) { rc = NK_EARG; goto done; }
+        cnt[cls[q]]++;
+    }
+    for (t = 0; t < T; t++) {
+        for (k = 0; k < ncls; k++) cur[k] = t * cnt[k];
+        switch (rsize) {
+#define NK_GATHER(SIZE, TT)                                                                    \
+        case SIZE: {                                                                           \
+            for (q = 0; q < HW; q++) {                                                         \
+                i64 kk = cls[q];                                                               \
+                st.x[q] = (u64)(i64)((const TT *)parts[kk])[cur[kk]++];                        \
+            }                                                                                  \
+            break;                                                                             \
+        }
+            NK_GATHER(2, int16_t)
+            NK_GATHER(4, int32_t)
+            NK_GATHER(8, int64_t)
+#undef NK_GATHER
+        default: break;
+        }
+        for (q = 0; q < HW; q++) {
+            u64 acc = (u64)c2 * st.dprev[q] + (u64)c0 * st.S1[q] + (u64)c1 * st.S2[q];
+            st.d[q] = st.x[q] + (u64)rshift(acc, shift);
+            st.x[q] = st.d[q] + (u64)m[q];
+        }
+        store_u64(out, t * HW, 1, st.x, HW, osize, lo);
+        if (t + 1 < T) img_advance(&st, H, W);
+    }
+    rc = NK_OK;
+done:
+    free(cur);
+    free(cnt);
+    free(st.mem);
+    return rc;
+}
+
+/* ============================================================================================ bounded */
+
+/* q = floor((x - lo + E) / w) for x - lo + E in [0, 2^62), stored in osize bytes. */
+int nk_quant_uniform(const void *x, int code, i64 n, u64 lo, i64 E, i64 w, void *out, int osize) {
+    enum { BLK = 4096 };
+    u64 buf[BLK];
+    i64 s, k;
+    double inv;
+    if (!valid_code(code) || !valid_size(osize) || n < 0 || E < 0 || w < 1 || w != 2 * E + 1) return NK_EARG;
+    inv = 1.0 / (double)w;
+    for (s = 0; s < n; s += BLK) {
+        i64 nn = n - s < BLK ? n - s : BLK;
+        load_u64(buf, x, s, 1, nn, code, lo - (u64)E);
+        for (k = 0; k < nn; k++) {
+            u64 v = buf[k], qv;
+            if (v < ((u64)1 << 52)) {
+                /* exact for v < 2^52 after the correction (the estimate is off by at most one) */
+                qv = (u64)((double)v * inv);
+                if (qv * (u64)w > v) qv--;
+                else if ((qv + 1) * (u64)w <= v) qv++;
+            } else {
+                qv = v / (u64)w;
+            }
+            buf[k] = qv;
+        }
+        store_u64(out, s, 1, buf, nn, osize, 0);
+    }
+    return NK_OK;
+}
+
+/* q = lut[x - lo] (x - lo in [0, nlut)), stored in osize bytes; *emax = max |centers[q] - x|. */
+int nk_quant_lut(const void *x, int code, i64 n, u64 lo, const int32_t *lut, i64 nlut, const i64 *centers,
+                 i64 ncent, void *out, int osize, i64 *emax) {
+    enum { BLK = 4096 };
+    u64 buf[BLK];
+    i64 s, k;
+    u64 worst = 0;
+    if (!valid_code(code) || !valid_size(osize) || n < 0 || nlut < 1 || ncent < 1) return NK_EARG;
+    for (s = 0; s < n; s += BLK) {
+        i64 nn = n - s < BLK ? n - s : BLK;
+        load_u64(buf, x, s, 1, nn, code, lo);
+        for (k = 0; k < nn; k++) {
+            u64 v = buf[k], err;
+            int32_t b;
+            i64 dv;
+            if (v >= (u64)nlut) return NK_ERANGE;
+            b = lut[v];
+            if (b < 0 || b >= ncent) return NK_ERANGE;
+            dv = s64((u64)centers[b] - lo - v);
+            err = dv < 0 ? (u64)0 - (u64)dv : (u64)dv;
+            if (err > worst) worst = err;
+            buf[k] = (u64)(i64)b;
+        }
+        store_u64(out, s, 1, buf, nn, osize, 0);
+    }
+    *emax = s64(worst);
+    return NK_OK;
+}
+
+/* out = low bytes of min(q * w, span) + lo (q: type code). */
+int nk_dequant_uniform(const void *q, int code, i64 n, i64 w, i64 span, u64 lo, void *out, int osize) {
+    enum { BLK = 4096 };
+    u64 buf[BLK];
+    i64 s, k;
+    if (!valid_code(code) || !valid_size(osize) || n < 0 || w < 1 || span < 0) return NK_EARG;
+    for (s = 0; s < n; s += BLK) {
+        i64 nn = n - s < BLK ? n - s : BLK;
+        load_u64(buf, q, s, 1, nn, code, 0);
+        for (k = 0; k < nn; k++) {
+            i64 v = s64(buf[k] * (u64)w);
+            buf[k] = (u64)(v < span ? v : span);
+        }
+        store_u64(out, s, 1, buf, nn, osize, lo);
+    }
+    return NK_OK;
+}
+
+/* out = low bytes of centers[q]; NK_ERANGE if some q is outside [0, ncent). */
+int nk_dequant_lut(const void *q, int code, i64 n, const i64 *centers, i64 ncent, void *out, int osize) {
+    enum { BLK = 4096 };
+    u64 buf[BLK];
+    i64 s, k;
+    if (!valid_code(code) || !valid_size(osize) || n < 0 || ncent < 0) return NK_EARG;
+    for (s = 0; s < n; s += BLK) {
+        i64 nn = n - s < BLK ? n - s : BLK;
+        load_u64(buf, q, s, 1, nn, code, 0);
+        for (k = 0; k < nn; k++) {
+            if (buf[k] >= (u64)ncent) return NK_ERANGE;
+            buf[k] = (u64)centers[buf[k]];
+        }
+        store_u64(out, s, 1, buf, nn, osize, 0);
+    }
+    return NK_OK;
+}
+
+/* ABI version, checked by the wrapper */
+int nk_version(void) { return 1; }

@@ -1,0 +1,325 @@
+"""ctypes wrapper of ``libnecoda_kernels.so`` (csrc/necoda_kernels.c): the lossless/bounded hot loops.
+
+The library is plain C (no libpython, no libhdf5), built with the package and installed next to
+``libh5necoda.so`` in :data:`necoda_filter.PLUGIN_PATH`. It is required: a missing library raises
+:class:`KernelsUnavailable` with what to do. ctypes releases the GIL during each call.
+
+Every function here checks its arguments (dtype, contiguity, sizes) before handing pointers to C;
+element types travel as codes ``itemsize | 16 if unsigned``.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+
+from ._plugin import PLUGIN_PATH
+
+LIBRARY_NAME = "libnecoda_kernels.so"
+ABI_VERSION = 1
+
+_i64 = ctypes.c_int64
+_u64 = ctypes.c_uint64
+_int = ctypes.c_int
+_vp = ctypes.c_void_p
+_ERRORS = {-1: "bad argument", -2: "out of memory", -3: "value out of range"}
+
+
+class KernelsUnavailable(RuntimeError):
+    """libnecoda_kernels.so is missing or does not match this version of necoda_filter."""
+
+
+_lib = None
+
+
+def library_path() -> str:
+    return os.path.join(PLUGIN_PATH, LIBRARY_NAME)
+
+
+def lib():
+    """The loaded library (loaded once)."""
+    global _lib
+    if _lib is None:
+        path = library_path()
+        if not os.path.exists(path):
+            raise KernelsUnavailable(
+                f"{LIBRARY_NAME} is missing from {PLUGIN_PATH}: necoda-filter was not built with its C kernels "
+                "(reinstall with `pip install necoda-filter`, or `pip install --no-build-isolation -e .` in a "
+                "source checkout)")
+        try:
+            L = ctypes.CDLL(path)
+        except OSError as e:
+            raise KernelsUnavailable(f"cannot load {path}: {e}") from e
+        L.nk_version.restype = _int
+        L.nk_version.argtypes = []
+        if L.nk_version() != ABI_VERSION:
+            raise KernelsUnavailable(f"{path} has kernel ABI {L.nk_version()}, expected {ABI_VERSION}: rebuild")
+        sigs = {
+            "nk_colsum": [_vp, _int, _i64, _i64, _u64, _vp],
+            "nk_lpc_residual": [_vp, _int, _i64, _i64, _u64, _vp, _vp, _i64, _int, _i64, _i64, _vp],
+            "nk_xch_residual": [_vp, _i64, _i64, _i64, _vp, _vp, _i64, _int, _vp, _vp],
+            "nk_lpc_decode": [_vp, _int, _i64, _i64, _vp, _u64, _vp, _i64, _vp, _i64, _int, _i64, _i64, _vp, _int],
+            "nk_img_gram": [_vp, _int, _i64, _i64, _i64, _u64, _vp, _vp, _i64, _vp, _vp],
+            "nk_img_residual": [_vp, _int, _i64, _i64, _i64, _u64, _vp, _i64, _i64, _i64, _int, _vp, _i64, _vp,
+                                _vp, _int, _vp, _vp],
+            "nk_img_decode": [_vp, _int, _i64, _vp, _i64, _i64, _i64, _vp, _u64, _i64, _i64, _i64, _int, _vp,
+                              _int],
+            "nk_quant_uniform": [_vp, _int, _i64, _u64, _i64, _i64, _vp, _int],
+            "nk_quant_lut": [_vp, _int, _i64, _u64, _vp, _i64, _vp, _i64, _vp, _int, _vp],
+            "nk_dequant_uniform": [_vp, _int, _i64, _i64, _i64, _u64, _vp, _int],
+            "nk_dequant_lut": [_vp, _int, _i64, _vp, _i64, _vp, _int],
+        }
+        for name, args in sigs.items():
+            f = getattr(L, name)
+            f.argtypes = args
+            f.restype = _int
+        _lib = L
+    return _lib
+
+
+def available() -> bool:
+    try:
+        lib()
+        return True
+    except KernelsUnavailable:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _call(name, *args):
+    rc = getattr(lib(), name)(*args)
+    if rc != 0:
+        raise ValueError(f"necoda kernel {name} failed: {_ERRORS.get(rc, rc)}")
+
+
+def code(dtype) -> int:
+    """Element type code of an integer dtype (native byte order)."""
+    dt = np.dtype(dtype)
+    if dt.kind not in "iu" or dt.itemsize not in (1, 2, 4, 8) or not dt.isnative:
+        raise TypeError(f"necoda kernels take native 1/2/4/8-byte integers, not {dt}")
+    return dt.itemsize | (16 if dt.kind == "u" else 0)
+
+
+def _int_array(a, name) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or not a.flags.c_contiguous:
+        raise TypeError(f"{name}: expected a C-contiguous ndarray")
+    code(a.dtype)
+    return a
+
+
+def _i64_array(a, n, name) -> np.ndarray:
+    a = np.ascontiguousarray(a, dtype=np.int64)
+    if a.size != n:
+        raise ValueError(f"{name}: expected {n} values, got {a.size}")
+    return a
+
+
+def _out_array(out, n, name) -> np.ndarray:
+    if not isinstance(out, np.ndarray) or not out.flags.c_contiguous or not out.flags.writeable:
+        raise TypeError(f"{name}: expected a writeable C-contiguous ndarray")
+    code(out.dtype)
+    if out.size != n:
+        raise ValueError(f"{name}: expected {n} elements, got {out.size}")
+    return out
+
+
+def _u(v: int) -> int:
+    """An integer in [-2**63, 2**64) as the uint64 with the same low 64 bits."""
+    v = int(v)
+    if not -(1 << 63) <= v < 1 << 64:
+        raise OverflowError(f"{v} does not fit 64 bits")
+    return v & ((1 << 64) - 1)
+
+
+def _p(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+# ---------------------------------------------------------------------------------------------- sums
+def colsum(x: np.ndarray, lo: int) -> np.ndarray:
+    """Exact int64 column sums of ``x - lo`` for a 2-D integer array (T, K)."""
+    _int_array(x, "x")
+    if x.ndim != 2:
+        raise ValueError("colsum: x must be 2-D")
+    T, K = x.shape
+    out = np.empty(K, np.int64)
+    _call("nk_colsum", _p(x), code(x.dtype), T, K, _u(lo), _p(out))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- LPC
+def _check_blocks(T, nb, L):
+    if not (nb >= 1 and L >= 1 and nb * L >= T and nb * L - T < L):
+        raise ValueError(f"bad LPC blocks nb={nb} L={L} for T={T}")
+
+
+def lpc_residual(x: np.ndarray, lo: int, mu, Q: np.ndarray, shift: int, nb: int, L: int) -> np.ndarray:
+    """Forward per-channel LPC of ``x - lo - mu`` (x: T×C integers) in blocks; returns e (C, T) int64."""
+    _int_array(x, "x")
+    if x.ndim != 2:
+        raise ValueError("lpc_residual: x must be 2-D (T, C)")
+    T, C = x.shape
+    Q = np.ascontiguousarray(Q, dtype=np.int64)
+    if Q.ndim != 2 or Q.shape[0] != C or Q.shape[1] > 64:
+        raise ValueError("lpc_residual: Q must be (C, p <= 64)")
+    mu = _i64_array(mu, C, "mu")
+    _check_blocks(T, nb, L)
+    e = np.empty((C, T), np.int64)
+    _call("nk_lpc_residual", _p(x), code(x.dtype), T, C, _u(lo), _p(mu), _p(Q), Q.shape[1], int(shift),
+          int(nb), int(L), _p(e))
+    return e
+
+
+def xch_residual(e: np.ndarray, c: int, ks, w, shift: int):
+    """Residual of channel c of e (C, T) int64 predicted from channels ks with integer weights w.
+
+    Returns (residual (T,) int64, sum |residual|, sum |e[c]|) (sums as numpy's int64 sums)."""
+    if not (isinstance(e, np.ndarray) and e.dtype == np.int64 and e.ndim == 2 and e.flags.c_contiguous):
+        raise TypeError("xch_residual: e must be a C-contiguous (C, T) int64 array")
+    C, T = e.shape
+    ks = np.ascontiguousarray(ks, dtype=np.int64)
+    w = _i64_array(w, ks.size, "w")
+    if not 0 <= c < C or (ks.size and (ks.min() < 0 or ks.max() >= C)):
+        raise ValueError("xch_residual: channel index out of range")
+    dst = np.empty(T, np.int64)
+    sums = np.zeros(2, np.int64)
+    _call("nk_xch_residual", _p(e), T, C, int(c), _p(ks), _p(w), ks.size, int(shift), _p(dst), _p(sums))
+    return dst, int(sums[0]), int(sums[1])
+
+
+def lpc_decode(r: np.ndarray, mu, lo: int, Q: np.ndarray, B: np.ndarray, shift: int, nb: int, L: int,
+               out: np.ndarray) -> np.ndarray:
+    """Inverse of inter-channel + LPC prediction. r: (C, T) residuals; out: (T, C) integers (filled)."""
+    _int_array(r, "r")
+    C = int(np.asarray(mu).size)
+    if C < 1 or r.size % C:
+        raise ValueError("lpc_decode: residual size does not match the channel count")
+    T = r.size // C
+    mu = _i64_array(mu, C, "mu")
+    Q = np.ascontiguousarray(Q, dtype=np.int64)
+    B = np.ascontiguousarray(B, dtype=np.int64)
+    if Q.ndim != 2 or Q.shape[0] != C or Q.shape[1] > 64 or B.ndim != 2 or B.shape[0] != C:
+        raise ValueError("lpc_decode: bad coefficient shapes")
+    _check_blocks(T, nb, L)
+    _out_array(out, T * C, "out")
+    _call("nk_lpc_decode", _p(r), code(r.dtype), T, C, _p(mu), _u(lo), _p(Q), Q.shape[1], _p(B), B.shape[1],
+          int(shift), int(nb), int(L), _p(out), out.dtype.itemsize)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- imaging
+def _check_movie(x):
+    _int_array(x, "x")
+    if x.ndim != 3:
+        raise ValueError("expected a (T, H, W) array")
+    return x.shape
+
+
+def img_gram(x: np.ndarray, lo: int, m, ts):
+    """Normal equations (G 3×3, g 3) of the imaging predictor fit over frames ts (each >= 2)."""
+    T, H, W = _check_movie(x)
+    m = _i64_array(m, H * W, "m")
+    ts = np.ascontiguousarray(ts, dtype=np.int64)
+    if ts.size and (ts.min() < 2 or ts.max() >= T):
+        raise ValueError("img_gram: frame index out of range")
+    G = np.zeros(9)
+    g = np.zeros(3)
+    _call("nk_img_gram", _p(x), code(x.dtype), T, H, W, _u(lo), _p(m), _p(ts), ts.size, _p(G), _p(g))
+    return G.reshape(3, 3), g
+
+
+def img_residual(x: np.ndarray, lo: int, m, coef, shift: int, cls: np.ndarray, ncls: int, start, out_dtype):
+    """Imaging residuals grouped by class (see csrc). Returns (flat buffer, per-class min, per-class max)."""
+    T, H, W = _check_movie(x)
+    m = _i64_array(m, H * W, "m")
+    cls = _i64_array(cls, H * W, "cls")
+    start = _i64_array(start, ncls, "start")
+    c0, c1, c2 = (int(v) for v in np.asarray(coef, np.int64))
+    out = np.empty(T * H * W, out_dtype)
+    code(out.dtype)
+    cmin = np.empty(ncls, np.int64)
+    cmax = np.empty(ncls, np.int64)
+    _call("nk_img_residual", _p(x), code(x.dtype), T, H, W, _u(lo), _p(m), c0, c1, c2, int(shift), _p(cls),
+          int(ncls), _p(start), _p(out), out.dtype.itemsize, _p(cmin), _p(cmax))
+    return out, cmin, cmax
+
+
+def img_decode(parts, cls, m, lo: int, coef, shift: int, out: np.ndarray) -> np.ndarray:
+    """Inverse imaging prediction. parts[k]: (T × n_k) signed residuals of class k, all one dtype;
+    out: (T, H, W) integers (filled with the low bytes of d + m + lo)."""
+    if not isinstance(out, np.ndarray) or out.ndim != 3:
+        raise ValueError("img_decode: out must be (T, H, W)")
+    T, H, W = out.shape
+    _out_array(out, T * H * W, "out")
+    m = _i64_array(m, H * W, "m")
+    cls = _i64_array(cls, H * W, "cls")
+    ncls = len(parts)
+    if ncls < 1:
+        raise ValueError("img_decode: no residual streams")
+    counts = np.bincount(cls, minlength=ncls) if cls.size else np.zeros(ncls, np.int64)
+    if cls.size and (cls.min() < 0 or counts.size != ncls):
+        raise ValueError("img_decode: class index out of range")
+    dt = None
+    for k, p in enumerate(parts):
+        _int_array(p, "parts")
+        if p.dtype.kind != "i" or p.dtype.itemsize not in (2, 4, 8):
+            raise TypeError("img_decode: residuals must be int16/32/64")
+        if dt is not None and p.dtype != dt:
+            raise TypeError("img_decode: residual streams of different dtypes")
+        dt = p.dtype
+        if p.size != T * counts[k]:
+            raise ValueError("img_decode: residual stream size does not match its class")
+    ptrs = (ctypes.c_void_p * ncls)(*[_p(p) for p in parts])
+    c0, c1, c2 = (int(v) for v in np.asarray(coef, np.int64))
+    _call("nk_img_decode", ctypes.cast(ptrs, ctypes.c_void_p), dt.itemsize, ncls, _p(cls), T, H, W, _p(m), _u(lo),
+          c0, c1, c2, int(shift), _p(out), out.dtype.itemsize)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- bounded
+def quant_uniform(x: np.ndarray, lo: int, E: int, out_dtype) -> np.ndarray:
+    """q = (x - lo + E) // (2E + 1) (x - lo + E must lie in [0, 2**62))."""
+    _int_array(x, "x")
+    E = int(E)
+    if E < 0 or E >= 1 << 62:
+        raise ValueError("quant_uniform: E out of range")
+    out = np.empty(x.shape, out_dtype)
+    code(out.dtype)
+    _call("nk_quant_uniform", _p(x), code(x.dtype), x.size, _u(lo), E, 2 * E + 1, _p(out), out.dtype.itemsize)
+    return out
+
+
+def quant_lut(x: np.ndarray, lo: int, lut: np.ndarray, centers: np.ndarray, out_dtype):
+    """q = lut[x - lo]; returns (q, max |centers[q] - x|)."""
+    _int_array(x, "x")
+    lut = np.ascontiguousarray(lut, dtype=np.int32)
+    centers = np.ascontiguousarray(centers, dtype=np.int64)
+    if lut.size < 1 or centers.size < 1:
+        raise ValueError("quant_lut: empty table")
+    out = np.empty(x.shape, out_dtype)
+    code(out.dtype)
+    emax = np.zeros(1, np.int64)
+    _call("nk_quant_lut", _p(x), code(x.dtype), x.size, _u(lo), _p(lut), lut.size, _p(centers), centers.size,
+          _p(out), out.dtype.itemsize, _p(emax))
+    return out, int(emax[0])
+
+
+def dequant_uniform(q: np.ndarray, w: int, span: int, lo: int, out: np.ndarray) -> np.ndarray:
+    """out = min(q * w, span) + lo (low bytes)."""
+    _int_array(q, "q")
+    _out_array(out, q.size, "out")
+    if w < 1 or span < 0:
+        raise ValueError("dequant_uniform: bad step or span")
+    _call("nk_dequant_uniform", _p(q), code(q.dtype), q.size, int(w), int(span), _u(lo), _p(out),
+          out.dtype.itemsize)
+    return out
+
+
+def dequant_lut(q: np.ndarray, centers: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = centers[q] (low bytes); ValueError if an index is out of range."""
+    _int_array(q, "q")
+    _out_array(out, q.size, "out")
+    centers = np.ascontiguousarray(centers, dtype=np.int64)
+    _call("nk_dequant_lut", _p(q), code(q.dtype), q.size, _p(centers), centers.size, _p(out), out.dtype.itemsize)
+    return out
