@@ -12,6 +12,10 @@ def add_arguments(p):
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=24)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--init", default=None, help="warm start from a weights.pt written by an earlier run")
+    p.add_argument("--lambdas", default=None, help="fixed rate-distortion weights, one per quality (comma-separated); "
+                                                   "default: steered toward the built-in rate targets")
 
 
 def run(args) -> int:
@@ -34,6 +38,7 @@ def run(args) -> int:
 
     log("necoda train " + " ".join(sys.argv[1:]))
     mid = train(out, simulator=args.simulator, n_sims=args.sims, recordings=args.recordings, minutes=args.minutes,
-                max_steps=args.steps, threads=args.threads, seed=args.seed, width=args.width, log=log)
+                max_steps=args.steps, threads=args.threads, seed=args.seed, width=args.width, lr=args.lr, init=args.init,
+                lambdas=[float(v) for v in args.lambdas.split(",")] if args.lambdas else None, log=log)
     log(f"model id {mid}")
     return 0

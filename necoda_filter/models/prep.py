@@ -65,13 +65,23 @@ def estimate_gain_offset(x: np.ndarray) -> tuple[float, float]:
 
 
 def vst(x: np.ndarray, gain: float, offset: float) -> np.ndarray:
-    ph = (np.asarray(x, dtype=np.float32) - np.float32(offset)) * np.float32(1.0 / gain)
-    return 2.0 * np.sqrt(np.maximum(ph + np.float32(0.375), 0.0), dtype=np.float32)
+    v = np.asarray(x).astype(np.float32)  # always a fresh float32 array (in-place below)
+    v -= np.float32(offset)
+    v *= np.float32(1.0 / gain)
+    v += np.float32(0.375)
+    np.maximum(v, 0.0, out=v)
+    np.sqrt(v, out=v)
+    v *= np.float32(2.0)
+    return v
 
 
-def inverse_vst(v: np.ndarray, gain: float, offset: float) -> np.ndarray:
-    v = np.maximum(np.asarray(v, dtype=np.float32), 0.0)
-    return (0.25 * v * v - np.float32(0.375)) * np.float32(gain) + np.float32(offset)
+def inverse_vst(v: np.ndarray, gain: float, offset: float, out: np.ndarray | None = None) -> np.ndarray:
+    """Algebraic inverse of :func:`vst` (in place into ``out`` when given, a float32 array)."""
+    y = np.maximum(np.asarray(v, dtype=np.float32), 0.0, out=out)
+    y *= y
+    y *= np.float32(0.25 * gain)
+    y += np.float32(offset - 0.375 * gain)
+    return y
 
 
 # ---------------------------------------------------------------- baseline image (integer-coded)

@@ -104,7 +104,11 @@ def _dtype_limits(dtype):
 def _finish(y, dtype):
     lim = _dtype_limits(dtype)
     if lim is not None:
-        return np.clip(np.rint(y), lim[0], lim[1]).astype(dtype)
+        if np.dtype(dtype).itemsize >= 4:
+            y = y.astype(np.float64)
+        np.rint(y, out=y)
+        np.clip(y, max(lim[0], -3.0e38), min(lim[1], 3.0e38), out=y)
+        return y.astype(dtype)
     return y.astype(dtype)
 
 
@@ -232,9 +236,8 @@ class LearnedMode:
             (dd,) = runtime.run(pkg.id, "decoder", pkg.decoder,
                                 {"zs": zs[a:b], "zt": zt[a:b], "base": btiles[idx] * np.float32(BASE_SCALE)}, threads)
             out[a:b] = dd[:, 0]
-        d = _from_tiles(out, tile, padded)[:T, :H, :W]
-        v = d + bq[None]
-        y = prep.inverse_vst(v, float(params["g"]), float(params["o"]))
+        v = _from_tiles(out, tile, padded)[:T, :H, :W] + bq[None]
+        y = prep.inverse_vst(v, float(params["g"]), float(params["o"]), out=v)
         return _finish(y, dtype)
 
     def decode(self, payload, shape, dtype, params, model_id, threads: int | None = None) -> np.ndarray:

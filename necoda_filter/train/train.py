@@ -23,7 +23,7 @@ LAMBDA0 = [0.05, 0.15, 0.5, 2.0]
 
 def train(out_dir, simulator="necoda_filter.simulate:simulate_imaging", n_sims=10, recordings=(),
           minutes=20.0, max_steps=100000, threads=2, seed=0, width=24, cs=8, ct=8, patch=(32, 64, 64),
-          lr=2e-3, log=print):
+          lr=2e-3, init=None, lambdas=None, log=print):
     import torch
 
     from .data import chunks_of, load_recording, load_simulator, sample_batch, sim_configs
@@ -54,13 +54,18 @@ def train(out_dir, simulator="necoda_filter.simulate:simulate_imaging", n_sims=1
     log(f"data: {len(chunks)} chunks from {n_sims} simulations ({simulator}) and {len(recordings)} recordings "
         f"in {time.time() - t0:.1f}s")
     model = Codec(width, cs, ct, n_quality=len(BASELINE))
+    if init:
+        ck = torch.load(init, map_location="cpu")
+        model.load_state_dict(ck["state"])
+        log(f"warm start from {init}")
     log(f"model: {sum(p.numel() for p in model.parameters())} parameters, {model.cfg}")
     ent = [model.log_gain_s, model.log_gain_t, model.log_scale_s, model.log_scale_t]
     ent_ids = {id(p) for p in ent}
     net = [p for p in model.parameters() if id(p) not in ent_ids]
     # the entropy-model parameters (gains, scales) move fast; the network at lr
     opt = torch.optim.Adam([{"params": net, "lr": lr, "base": lr}, {"params": ent, "lr": 5 * lr, "base": 5 * lr}])
-    log_lam = np.log(np.asarray(LAMBDA0, dtype=np.float64))
+    log_lam = np.log(np.asarray(lambdas or LAMBDA0, dtype=np.float64))
+    steer = lambdas is None  # fixed λ when given, else steered toward RATE_TARGET
     rate_ema = np.asarray(RATE_TARGET, dtype=np.float64)
     budget = minutes * 60.0
     t_train = time.time()
@@ -86,8 +91,9 @@ def train(out_dir, simulator="necoda_filter.simulate:simulate_imaging", n_sims=1
         opt.step()
         r = rate.detach().numpy().astype(np.float64)
         rate_ema[qi] = 0.95 * rate_ema[qi] + 0.05 * r
-        log_lam[qi] += 0.02 * (np.log(RATE_TARGET)[qi] - np.log(np.maximum(rate_ema[qi], 1e-6)))
-        log_lam = np.clip(log_lam, math.log(1e-3), math.log(1e3))
+        if steer:
+            log_lam[qi] += 0.02 * (np.log(RATE_TARGET)[qi] - np.log(np.maximum(rate_ema[qi], 1e-6)))
+            log_lam = np.clip(log_lam, math.log(1e-3), math.log(1e3))
         step += 1
         if step % 25 == 0 or step == 1:
             rec = {"step": step, "t": round(time.time() - t_train, 1), "loss": round(float(loss.detach()), 5),
@@ -102,7 +108,8 @@ def train(out_dir, simulator="necoda_filter.simulate:simulate_imaging", n_sims=1
                "patch": list(patch), "batch": len(BASELINE), "lr": lr, "n_sims": n_sims, "simulator": simulator,
                "recordings": list(recordings), "sim_configs": cfgs, "baseline": BASELINE,
                "rate_target_bpv": RATE_TARGET, "final_lambda": np.exp(log_lam).tolist(),
-               "params": sum(p.numel() for p in model.parameters()), "model_cfg": model.cfg, "seed": seed}
+               "params": sum(p.numel() for p in model.parameters()), "model_cfg": model.cfg, "seed": seed,
+               "init": str(init) if init else None, "lambdas_fixed": list(lambdas) if lambdas else None}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "train_history.json").write_text(json.dumps(hist) + "\n")
     log(f"exported {mid} to {out} after {step} steps, {train_s:.0f}s")
