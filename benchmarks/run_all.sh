@@ -24,7 +24,7 @@ fi
 IMG="${IMG:-$DATA_DIR/ophys_2p_cortex_300x200x200_int16.npz}"
 EPH="${EPH:-$DATA_DIR/ephys_locust_tetrode_15khz_4ch_int16.raw}"
 SIM_IMAGING="${SIM_IMAGING:-sim:imaging:n_frames=500,height=128,width=128,n_cells=40,seed=0}"
-SIM_EPHYS="${SIM_EPHYS:-sim:ephys:duration_s=3,n_channels=384,n_units=30,seed=0}"
+SIM_EPHYS="${SIM_EPHYS:-sim:ephys:duration_s=2,n_channels=384,n_units=30,seed=0}"
 WORK="${WORK:-$(mktemp -d -t necoda-bench-XXXXXX)}"
 mkdir -p "$WORK"
 
