@@ -103,15 +103,27 @@ static void store_u64(void *dst, i64 off, i64 stride, const u64 *src, i64 n, int
 
 /* sums[k] = sum over rows t < T of (x[t, k] - lo), exact int64 (x: T x K, type code). */
 int nk_colsum(const void *x, int code, i64 T, i64 K, u64 lo, i64 *sums) {
+    enum { BLK = 4096 };
     u64 *row, *acc;
     i64 t, k;
-    if (!valid_code(code) || T < 0 || K < 0) return NK_EARG;
-    row = (u64 *)malloc((size_t)(K > 0 ? K : 1) * sizeof(u64));
+    if (!valid_code(code) || T < 0 || K < 0 || (K > 0 && T > INT64_MAX / K)) return NK_EARG;
+    row = (u64 *)malloc((size_t)(K > BLK ? K : BLK) * sizeof(u64));
     acc = (u64 *)calloc((size_t)(K > 0 ? K : 1), sizeof(u64));
     if (!row || !acc) { free(row); free(acc); return NK_ENOMEM; }
-    for (t = 0; t < T; t++) {
-        load_u64(row, x, t * K, 1, K, code, lo);
-        for (k = 0; k < K; k++) acc[k] += row[k];
+    if (K >= 256) {
+        for (t = 0; t < T; t++) {
+            load_u64(row, x, t * K, 1, K, code, lo);
+            for (k = 0; k < K; k++) acc[k] += row[k];
+        }
+    } else if (K > 0) {
+        /* narrow rows: whole rows per load */
+        i64 rows = BLK / K, r;
+        for (t = 0; t < T; t += rows) {
+            i64 nr = T - t < rows ? T - t : rows;
+            load_u64(row, x, t * K, 1, nr * K, code, lo);
+            for (r = 0; r < nr; r++)
+                for (k = 0; k < K; k++) acc[k] += row[r * K + k];
+        }
     }
     for (k = 0; k < K; k++) sums[k] = s64(acc[k]);
     free(row);
@@ -129,6 +141,70 @@ static int lpc_blocks_ok(i64 T, i64 nb, i64 L) {
 }
 
 /*
+ * Blocks are held channel-major: channel c's n values at blk + c * (p + L) + p, after p zeros of history.
+ * The filters are written out for each order p <= 8 so that the compiler unrolls them and keeps the
+ * history in registers.
+ */
+#define NK_FOR_ORDERS(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8)
+
+/* e[j] = x[j] - rounded prediction from x[j-1..j-p] (x[-p..-1] readable) */
+static void lpc_analysis(const u64 *restrict x, i64 *restrict e, i64 n, const i64 *restrict q, i64 p, int shift) {
+    i64 j, i;
+    switch (p) {
+    case 0:
+        for (j = 0; j < n; j++) e[j] = s64(x[j]);
+        return;
+#define NK_ANA(P)                                                                                      \
+    case P: {                                                                                          \
+        u64 qq[P];                                                                                     \
+        for (i = 0; i < P; i++) qq[i] = (u64)q[i];                                                     \
+        for (j = 0; j < n; j++) {                                                                      \
+            u64 acc = 0;                                                                               \
+            for (i = 0; i < P; i++) acc += qq[i] * x[j - 1 - i];                                       \
+            e[j] = s64(x[j] - (u64)rshift(acc, shift));                                                \
+        }                                                                                              \
+        return;                                                                                        \
+    }
+        NK_FOR_ORDERS(NK_ANA)
+#undef NK_ANA
+    default:
+        for (j = 0; j < n; j++) {
+            u64 acc = 0;
+            for (i = 0; i < p; i++) acc += (u64)q[i] * x[j - 1 - i];
+            e[j] = s64(x[j] - (u64)rshift(acc, shift));
+        }
+    }
+}
+
+/* in place: x[j] += rounded prediction from x[j-1..j-p] (x[-p..-1] readable) */
+static void lpc_synthesis(u64 *restrict x, i64 n, const i64 *restrict q, i64 p, int shift) {
+    i64 j, i;
+    switch (p) {
+    case 0:
+        return;
+#define NK_SYN(P)                                                                                      \
+    case P: {                                                                                          \
+        u64 qq[P];                                                                                     \
+        for (i = 0; i < P; i++) qq[i] = (u64)q[i];                                                     \
+        for (j = 0; j < n; j++) {                                                                      \
+            u64 acc = 0;                                                                               \
+            for (i = 0; i < P; i++) acc += qq[i] * x[j - 1 - i];                                       \
+            x[j] += (u64)rshift(acc, shift);                                                           \
+        }                                                                                              \
+        return;                                                                                        \
+    }
+        NK_FOR_ORDERS(NK_SYN)
+#undef NK_SYN
+    default:
+        for (j = 0; j < n; j++) {
+            u64 acc = 0;
+            for (i = 0; i < p; i++) acc += (u64)q[i] * x[j - 1 - i];
+            x[j] += (u64)rshift(acc, shift);
+        }
+    }
+}
+
+/*
  * Forward LPC (encoder). x: T x C (type code), centred as xc = x - lo - mu[c]; Q: C x p integer
  * coefficients (LPC_SHIFT = shift fractional bits). e (C x T, channel-major) receives
  *     e[c, t] = xc[t, c] - floor((sum_i Q[c, i] xc[t-1-i, c] + 2^(shift-1)) / 2^shift)
@@ -137,24 +213,17 @@ static int lpc_blocks_ok(i64 T, i64 nb, i64 L) {
 int nk_lpc_residual(const void *x, int code, i64 T, i64 C, u64 lo, const i64 *mu, const i64 *Q, i64 p,
                     int shift, i64 nb, i64 L, i64 *e) {
     u64 *blk;
-    i64 b, c, j, i, pad;
+    i64 b, c, pad;
     if (!valid_code(code) || C < 1 || p < 0 || p > 64 || shift < 1 || shift > 30 || !lpc_blocks_ok(T, nb, L))
         return NK_EARG;
-    blk = (u64 *)malloc((size_t)L * sizeof(u64));
+    blk = (u64 *)calloc((size_t)(L + p), sizeof(u64));
     if (!blk) return NK_ENOMEM;
     pad = nb * L - T;
     for (b = 0; b < nb; b++) {
         i64 t0 = b == 0 ? 0 : b * L - pad, n = b == 0 ? L - pad : L;
         for (c = 0; c < C; c++) {
-            const i64 *q = Q + c * p;
-            i64 *ec = e + c * T + t0;
-            load_u64(blk, x, t0 * C + c, C, n, code, lo + (u64)mu[c]);
-            for (j = 0; j < n; j++) {
-                u64 acc = 0;
-                i64 top = j < p ? j : p;
-                for (i = 0; i < top; i++) acc += (u64)q[i] * blk[j - 1 - i];
-                ec[j] = s64(blk[j] - (u64)rshift(acc, shift));
-            }
+            load_u64(blk + p, x, t0 * C + c, C, n, code, lo + (u64)mu[c]);
+            lpc_analysis(blk + p, e + c * T + t0, n, Q + c * p, p, shift);
         }
     }
     free(blk);
@@ -194,47 +263,57 @@ int nk_xch_residual(const i64 *e, i64 T, i64 C, i64 c, const i64 *ks, const i64 
 int nk_lpc_decode(const void *r, int rcode, i64 T, i64 C, const i64 *mu, u64 lo, const i64 *Q, i64 p,
                   const i64 *B, i64 nx, int shift, i64 nb, i64 L, void *out, int osize) {
     u64 *blk, *tmp;
-    i64 b, c, j, i, k, pad;
+    i64 b, c, j, k, pad, S = L + p;
     if (!valid_code(rcode) || !valid_size(osize) || C < 1 || p < 0 || p > 64 || nx < 0 || shift < 1 ||
-        shift > 30 || !lpc_blocks_ok(T, nb, L) || C > INT64_MAX / L)
+        shift > 30 || !lpc_blocks_ok(T, nb, L) || C > INT64_MAX / (L + p) / 8)
         return NK_EARG;
-    blk = (u64 *)malloc((size_t)(L * C) * sizeof(u64));
-    tmp = (u64 *)malloc((size_t)C * sizeof(u64));
+    blk = (u64 *)calloc((size_t)(S * C), sizeof(u64));
+    tmp = (u64 *)malloc((size_t)(L > C ? L : C) * sizeof(u64));
     if (!blk || !tmp) { free(blk); free(tmp); return NK_ENOMEM; }
     pad = nb * L - T;
     for (b = 0; b < nb; b++) {
         i64 t0 = b == 0 ? 0 : b * L - pad, n = b == 0 ? L - pad : L;
-        for (c = 0; c < C; c++) load_u64(blk + c * L, r, c * T + t0, 1, n, rcode, 0);
-        /* inter-channel: channel c from the already reconstructed residuals of channels c-1..c-nx */
+        for (c = 0; c < C; c++) load_u64(blk + c * S + p, r, c * T + t0, 1, n, rcode, 0);
+        /* inter-channel: channel c from the reconstructed residuals of channels c-1..c-nx */
         for (c = 1; c < C; c++) {
             const i64 *bc = B + c * nx;
-            i64 kmax = nx < c ? nx : c, any = 0;
-            u64 *dc = blk + c * L;
-            for (k = 0; k < kmax; k++) any |= bc[k];
-            if (!any) continue;
-            for (j = 0; j < n; j++) {
-                u64 acc = 0;
-                for (k = 0; k < kmax; k++) acc += (u64)bc[k] * blk[(c - 1 - k) * L + j];
-                dc[j] += (u64)rshift(acc, shift);
+            i64 kmax = nx < c ? nx : c;
+            u64 *restrict dc = blk + c * S + p;
+            for (k = 0; k < kmax && !bc[k]; k++) {
             }
-        }
-        /* the recursive LPC synthesis filter, per channel */
-        if (p > 0) {
-            for (c = 0; c < C; c++) {
-                const i64 *q = Q + c * p;
-                u64 *xc = blk + c * L;
+            if (k == kmax) continue; /* channel without inter-channel prediction */
+            if (kmax == 3) {
+                const u64 b0 = (u64)bc[0], b1 = (u64)bc[1], b2 = (u64)bc[2];
+                const u64 *restrict s0 = dc - S, *restrict s1 = dc - 2 * S, *restrict s2 = dc - 3 * S;
+                for (j = 0; j < n; j++) dc[j] += (u64)rshift(b0 * s0[j] + b1 * s1[j] + b2 * s2[j], shift);
+            } else {
                 for (j = 0; j < n; j++) {
                     u64 acc = 0;
-                    i64 top = j < p ? j : p;
-                    for (i = 0; i < top; i++) acc += (u64)q[i] * xc[j - 1 - i];
-                    xc[j] += (u64)rshift(acc, shift);
+                    for (k = 0; k < kmax; k++) acc += (u64)bc[k] * dc[j - (k + 1) * S];
+                    dc[j] += (u64)rshift(acc, shift);
                 }
             }
         }
-        /* interleave */
-        for (j = 0; j < n; j++) {
-            for (c = 0; c < C; c++) tmp[c] = blk[c * L + j] + (u64)mu[c];
-            store_u64(out, (t0 + j) * C, 1, tmp, C, osize, lo);
+        /* the recursive LPC synthesis filter, per channel */
+        for (c = 0; c < C; c++) lpc_synthesis(blk + c * S + p, n, Q + c * p, p, shift);
+        /* interleave into out */
+        for (c = 0; c < C; c++) tmp[c] = (u64)mu[c] + lo;
+        switch (osize) {
+#define NK_INTERLEAVE(SIZE, OT)                                                                        \
+        case SIZE: {                                                                                   \
+            for (c = 0; c < C; c++) {                                                                  \
+                OT *o = (OT *)out + t0 * C + c;                                                        \
+                const u64 *xc = blk + c * S + p, add = tmp[c];                                         \
+                for (j = 0; j < n; j++) o[j * C] = (OT)(xc[j] + add);                                  \
+            }                                                                                          \
+            break;                                                                                     \
+        }
+            NK_INTERLEAVE(1, uint8_t)
+            NK_INTERLEAVE(2, uint16_t)
+            NK_INTERLEAVE(4, uint32_t)
+            NK_INTERLEAVE(8, uint64_t)
+#undef NK_INTERLEAVE
+        default: break;
         }
     }
     free(blk);
@@ -300,17 +379,6 @@ static int img_init(img_state *st, i64 H, i64 W) {
     return NK_OK;
 }
 
-/* after frame st->d is final: S2 <- S1, S1 <- box(d), dprev <- d */
-static void img_advance(img_state *st, i64 H, i64 W) {
-    u64 *t = st->S2;
-    st->S2 = st->S1;
-    st->S1 = t;
-    box3(st->d, st->S1, st->h, H, W);
-    t = st->dprev;
-    st->dprev = st->d;
-    st->d = t;
-}
-
 /*
  * Gram matrix of the predictor fit over frames ts[0..nt-1] (each >= 2):
  * features a = (box(d[t-1]), box(d[t-2]), d[t-1]), target y = d[t]; G[3x3] = sum a a^T, g[3] = sum a y.
@@ -355,124 +423,205 @@ int nk_img_gram(const void *x, int code, i64 T, i64 H, i64 W, u64 lo, const i64 
 }
 
 /*
- * Imaging residuals (encoder), written grouped by pixel class: class k (pixels with cls[q] == k, in
- * raster order) occupies out[T*start[k] .. T*(start[k]+n_k)) as a T x n_k row-major block. Each value is
- * stored as its low `osize` bytes; cmin/cmax (ncls each) receive the exact per-class range.
+ * Residual layout: pixels are grouped by class (cls[q] in [0, ncls)); class k, with n_k pixels in raster
+ * order, owns a T x n_k row-major block starting at element T * (n_0 + ... + n_{k-1}). pos[q] receives
+ * the element index of pixel q at frame 0 within the whole buffer (encoder) or within its class block
+ * (decoder), nk[q] = n_{cls[q]} its stride from frame to frame.
  */
-int nk_img_residual(const void *x, int code, i64 T, i64 H, i64 W, u64 lo, const i64 *m, i64 c0, i64 c1,
-                    i64 c2, int shift, const i64 *cls, i64 ncls, const i64 *start, void *out, int osize,
-                    i64 *cmin, i64 *cmax) {
-    img_state st;
-    i64 *cur = NULL, *cnt = NULL;
-    i64 t, q, k, HW;
-    int rc;
-    if (!valid_code(code) || !valid_size(osize) || T < 0 || ncls < 1 || shift < 1 || shift > 30) return NK_EARG;
-    if ((rc = img_init(&st, H, W)) != NK_OK) return rc;
-    HW = st.HW;
-    cur = (i64 *)malloc((size_t)ncls * sizeof(i64));
+static int class_layout(const i64 *cls, i64 HW, i64 ncls, i64 T, int whole, i64 *pos, i64 *nk) {
+    i64 *cnt, *cur, q, k, acc = 0;
     cnt = (i64 *)calloc((size_t)ncls, sizeof(i64));
-    if (!cur || !cnt) { free(cur); free(cnt); free(st.mem); return NK_ENOMEM; }
+    cur = (i64 *)malloc((size_t)ncls * sizeof(i64));
+    if (!cnt || !cur) { free(cnt); free(cur); return NK_ENOMEM; }
     for (q = 0; q < HW; q++) {
-        if (cls[q] < 0 || cls[q] >= ncls) { rc = NK_EARG; goto done; }
+        if (cls[q] < 0 || cls[q] >= ncls) { free(cnt); free(cur); return NK_EARG; }
         cnt[cls[q]]++;
     }
     for (k = 0; k < ncls; k++) {
-        if (k + 1 < ncls && start[k] + cnt[k] != start[k + 1]) { rc = NK_EARG; goto done; }
-        cmin[k] = INT64_MAX;
-        cmax[k] = INT64_MIN;
+        cur[k] = whole ? T * acc : 0;
+        acc += cnt[k];
     }
-    if (start[0] != 0 || start[ncls - 1] + cnt[ncls - 1] != HW) { rc = NK_EARG; goto done; }
-    for (t = 0; t < T; t++) {
-        load_u64(st.d, x, t * HW, 1, HW, code, lo);
-        for (q = 0; q < HW; q++) {
-            u64 acc = (u64)c2 * st.dprev[q] + (u64)c0 * st.S1[q] + (u64)c1 * st.S2[q];
-            st.d[q] -= (u64)m[q];
-            st.x[q] = st.d[q] - (u64)rshift(acc, shift);
-        }
-        for (k = 0; k < ncls; k++) cur[k] = T * start[k] + t * cnt[k];
-        for (q = 0; q < HW; q++) {
-            i64 v = s64(st.x[q]), kk = cls[q];
-            if (v < cmin[kk]) cmin[kk] = v;
-            if (v > cmax[kk]) cmax[kk] = v;
-        }
-        switch (osize) {
-#define NK_SCATTER(SIZE, TT)                                                                   \
-        case SIZE: {                                                                           \
-            TT *o = (TT *)out;                                                                 \
-            for (q = 0; q < HW; q++) o[cur[cls[q]]++] = (TT)st.x[q];                           \
-            break;                                                                             \
-        }
-            NK_SCATTER(1, uint8_t)
-            NK_SCATTER(2, uint16_t)
-            NK_SCATTER(4, uint32_t)
-            NK_SCATTER(8, uint64_t)
-#undef NK_SCATTER
-        default: break;
-        }
-        img_advance(&st, H, W);
+    for (q = 0; q < HW; q++) {
+        k = cls[q];
+        pos[q] = cur[k]++;
+        nk[q] = cnt[k];
     }
-    rc = NK_OK;
-done:
-    free(cur);
     free(cnt);
-    free(st.mem);
-    return rc;
+    free(cur);
+    return NK_OK;
+}
+
+/* element type conversions without implementation-defined casts */
+static inline int32_t s32(uint32_t u) { return u <= (uint32_t)INT32_MAX ? (int32_t)u : -(int32_t)(~u) - 1; }
+
+/*
+ * The imaging predictor in a work type: WT/WU = int32_t/uint32_t when the encoder proved (params "w" == 4)
+ * that no intermediate leaves int32, else int64_t/uint64_t. Arithmetic wraps in WU; on valid input it
+ * never wraps, so both work types give the exact integer results.
+ */
+#define NK_IMG_CORE(SUF, WT, WU, TOS)                                                                  \
+static void box3_##SUF(const WU *d, WU *S, WU *h, i64 H, i64 W) {                                     \
+    i64 i, j;                                                                                          \
+    for (i = 0; i < H; i++) {                                                                          \
+        const WU *di = d + i * W;                                                                      \
+        WU *hi = h + i * W;                                                                            \
+        if (W == 1) { hi[0] = di[0]; continue; }                                                       \
+        hi[0] = di[0] + di[1];                                                                         \
+        for (j = 1; j < W - 1; j++) hi[j] = di[j - 1] + di[j] + di[j + 1];                             \
+        hi[W - 1] = di[W - 2] + di[W - 1];                                                             \
+    }                                                                                                  \
+    for (i = 0; i < H; i++) {                                                                          \
+        WU *si = S + i * W;                                                                            \
+        const WU *hc = h + i * W;                                                                      \
+        if (H == 1) { for (j = 0; j < W; j++) si[j] = hc[j]; }                                         \
+        else if (i == 0) { for (j = 0; j < W; j++) si[j] = hc[j] + hc[j + W]; }                       \
+        else if (i == H - 1) { for (j = 0; j < W; j++) si[j] = hc[j - W] + hc[j]; }                    \
+        else { for (j = 0; j < W; j++) si[j] = hc[j - W] + hc[j] + hc[j + W]; }                        \
+    }                                                                                                  \
+}                                                                                                      \
+                                                                                                       \
+static inline WT rsh_##SUF(WU acc, int s) {                                                            \
+    WT v = TOS(acc + ((WU)1 << (s - 1)));                                                              \
+    return v >= 0 ? (v >> s) : ~((~v) >> s);                                                           \
+}                                                                                                      \
+                                                                                                       \
+static int img_residual_##SUF(const void *x, int code, i64 T, i64 H, i64 W, u64 lo, const i64 *m,      \
+                              i64 c0, i64 c1, i64 c2, int shift, const i64 *cls, i64 ncls, void *out,  \
+                              int osize, i64 *rng) {                                                   \
+    i64 HW = H * W, t, q;                                                                              \
+    WU *mem, *d, *dprev, *S1, *S2, *h, *mm, *tmp;                                                      \
+    u64 *xin;                                                                                          \
+    i64 *pos, *nk;                                                                                     \
+    WT vmin, vmax;                                                                                     \
+    const WU u0 = (WU)c0, u1 = (WU)c1, u2 = (WU)c2;                                                    \
+    int rc;                                                                                            \
+    mem = (WU *)calloc((size_t)(7 * HW), sizeof(WU));                                                  \
+    xin = (u64 *)malloc((size_t)HW * sizeof(u64));                                                     \
+    pos = (i64 *)malloc((size_t)HW * sizeof(i64));                                                     \
+    nk = (i64 *)malloc((size_t)HW * sizeof(i64));                                                      \
+    if (!mem || !xin || !pos || !nk) { rc = NK_ENOMEM; goto done; }                                    \
+    if ((rc = class_layout(cls, HW, ncls, T, 1, pos, nk)) != NK_OK) goto done;                         \
+    d = mem; dprev = mem + HW; S1 = mem + 2 * HW; S2 = mem + 3 * HW; h = mem + 4 * HW;                 \
+    mm = mem + 5 * HW; tmp = mem + 6 * HW;                                                             \
+    for (q = 0; q < HW; q++) mm[q] = (WU)m[q];                                                         \
+    vmin = 0; vmax = 0; /* the range reported always contains 0 (as every candidate type's does) */   \
+    for (t = 0; t < T; t++) {                                                                          \
+        load_u64(xin, x, t * HW, 1, HW, code, lo);                                                     \
+        for (q = 0; q < HW; q++) {                                                                     \
+            WU dq = (WU)xin[q] - mm[q];                                                                \
+            WU acc = u2 * dprev[q] + u0 * S1[q] + u1 * S2[q];                                          \
+            WT r = TOS(dq - (WU)rsh_##SUF(acc, shift));                                                \
+            d[q] = dq;                                                                                 \
+            tmp[q] = (WU)r;                                                                            \
+            vmin = r < vmin ? r : vmin;                                                                \
+            vmax = r > vmax ? r : vmax;                                                                \
+        }                                                                                              \
+        switch (osize) {                                                                               \
+        case 2: { uint16_t *o = (uint16_t *)out;                                                       \
+            for (q = 0; q < HW; q++) { o[pos[q]] = (uint16_t)tmp[q]; pos[q] += nk[q]; } break; }       \
+        case 4: { uint32_t *o = (uint32_t *)out;                                                       \
+            for (q = 0; q < HW; q++) { o[pos[q]] = (uint32_t)tmp[q]; pos[q] += nk[q]; } break; }       \
+        default: { uint64_t *o = (uint64_t *)out;                                                      \
+            for (q = 0; q < HW; q++) { o[pos[q]] = (uint64_t)(i64)TOS(tmp[q]); pos[q] += nk[q]; }      \
+            break; }                                                                                   \
+        }                                                                                              \
+        box3_##SUF(d, S2, h, H, W); /* S2 becomes box(d[t]); rotate so that S1 = box(d[t]) */          \
+        { WU *sw = S2; S2 = S1; S1 = sw; sw = dprev; dprev = d; d = sw; }                              \
+    }                                                                                                  \
+    rng[0] = T > 0 ? (i64)vmin : 0;                                                                    \
+    rng[1] = T > 0 ? (i64)vmax : 0;                                                                    \
+    rc = NK_OK;                                                                                        \
+done:                                                                                                  \
+    free(mem); free(xin); free(pos); free(nk);                                                         \
+    return rc;                                                                                         \
+}                                                                                                      \
+                                                                                                       \
+static int img_decode_##SUF(const void *const *parts, int rsize, i64 ncls, const i64 *cls, i64 T,      \
+                            i64 H, i64 W, const i64 *m, u64 lo, i64 c0, i64 c1, i64 c2, int shift,     \
+                            void *out, int osize) {                                                    \
+    i64 HW = H * W, t, q;                                                                              \
+    WU *mem, *d, *dprev, *S1, *S2, *h, *r;                                                             \
+    u64 *mo;                                                                                           \
+    i64 *pos, *nk;                                                                                     \
+    const WU u0 = (WU)c0, u1 = (WU)c1, u2 = (WU)c2;                                                    \
+    int rc;                                                                                            \
+    mem = (WU *)calloc((size_t)(6 * HW), sizeof(WU));                                                  \
+    mo = (u64 *)malloc((size_t)HW * sizeof(u64));                                                      \
+    pos = (i64 *)malloc((size_t)HW * sizeof(i64));                                                     \
+    nk = (i64 *)malloc((size_t)HW * sizeof(i64));                                                      \
+    if (!mem || !mo || !pos || !nk) { rc = NK_ENOMEM; goto done; }                                     \
+    if ((rc = class_layout(cls, HW, ncls, T, 0, pos, nk)) != NK_OK) goto done;                         \
+    d = mem; dprev = mem + HW; S1 = mem + 2 * HW; S2 = mem + 3 * HW; h = mem + 4 * HW; r = mem + 5 * HW; \
+    for (q = 0; q < HW; q++) mo[q] = (u64)m[q] + lo;                                                   \
+    for (t = 0; t < T; t++) {                                                                          \
+        switch (rsize) {                                                                               \
+        case 2: for (q = 0; q < HW; q++) {                                                             \
+                r[q] = (WU)(i64)((const int16_t *)parts[cls[q]])[pos[q]]; pos[q] += nk[q]; } break;    \
+        case 4: for (q = 0; q < HW; q++) {                                                             \
+                r[q] = (WU)(i64)((const int32_t *)parts[cls[q]])[pos[q]]; pos[q] += nk[q]; } break;    \
+        default: for (q = 0; q < HW; q++) {                                                            \
+                r[q] = (WU)((const int64_t *)parts[cls[q]])[pos[q]]; pos[q] += nk[q]; } break;         \
+        }                                                                                              \
+        switch (osize) {                                                                               \
+        NK_IMG_DEC_STORE(SUF, WU, TOS, 1, uint8_t)                                                     \
+        NK_IMG_DEC_STORE(SUF, WU, TOS, 2, uint16_t)                                                    \
+        NK_IMG_DEC_STORE(SUF, WU, TOS, 4, uint32_t)                                                    \
+        NK_IMG_DEC_STORE(SUF, WU, TOS, 8, uint64_t)                                                    \
+        default: break;                                                                                \
+        }                                                                                              \
+        if (t + 1 < T) {                                                                               \
+            box3_##SUF(d, S2, h, H, W);                                                                \
+            { WU *sw = S2; S2 = S1; S1 = sw; sw = dprev; dprev = d; d = sw; }                          \
+        }                                                                                              \
+    }                                                                                                  \
+    rc = NK_OK;                                                                                        \
+done:                                                                                                  \
+    free(mem); free(mo); free(pos); free(nk);                                                          \
+    return rc;                                                                                         \
+}
+
+/* d = r + prediction; out = low bytes of d + m + lo */
+#define NK_IMG_DEC_STORE(SUF, WU, TOS, SIZE, OT)                                                       \
+    case SIZE: {                                                                                       \
+        OT *o = (OT *)out + t * HW;                                                                    \
+        for (q = 0; q < HW; q++) {                                                                     \
+            WU acc = u2 * dprev[q] + u0 * S1[q] + u1 * S2[q];                                          \
+            WU dq = r[q] + (WU)rsh_##SUF(acc, shift);                                                  \
+            d[q] = dq;                                                                                 \
+            o[q] = (OT)((u64)(i64)TOS(dq) + mo[q]);                                                    \
+        }                                                                                              \
+        break;                                                                                         \
+    }
+
+#define NK_S32(u) s32((uint32_t)(u))
+#define NK_S64(u) s64((u64)(u))
+NK_IMG_CORE(w32, int32_t, uint32_t, NK_S32)
+NK_IMG_CORE(w64, int64_t, uint64_t, NK_S64)
+
+/*
+ * Imaging residuals (encoder), grouped by pixel class (class_layout), each stored as its low `osize`
+ * bytes (2, 4 or 8); rng[0..1] receive the exact range of all residuals. wide = 0: 32-bit work type.
+ */
+int nk_img_residual(const void *x, int code, i64 T, i64 H, i64 W, u64 lo, const i64 *m, i64 c0, i64 c1,
+                    i64 c2, int shift, int wide, const i64 *cls, i64 ncls, void *out, int osize, i64 *rng) {
+    if (!valid_code(code) || !(osize == 2 || osize == 4 || osize == 8) || T < 0 || ncls < 1 || shift < 1 ||
+        shift > 30 || H < 1 || W < 1 || H > INT64_MAX / W / 8)
+        return NK_EARG;
+    if (wide) return img_residual_w64(x, code, T, H, W, lo, m, c0, c1, c2, shift, cls, ncls, out, osize, rng);
+    return img_residual_w32(x, code, T, H, W, lo, m, c0, c1, c2, shift, cls, ncls, out, osize, rng);
 }
 
 /*
- * Inverse (decoder). parts[k]: class k's residuals, T x n_k signed integers of rsize bytes (n_k = number
- * of pixels with cls == k); out: T x H x W elements of osize bytes receiving the low bytes of
- * d + m + lo.
+ * Inverse (decoder). parts[k]: class k's T x n_k residuals, signed integers of rsize bytes; out: T x H x W
+ * elements of osize bytes receiving the low bytes of d + m + lo.
  */
 int nk_img_decode(const void *const *parts, int rsize, i64 ncls, const i64 *cls, i64 T, i64 H, i64 W,
-                  const i64 *m, u64 lo, i64 c0, i64 c1, i64 c2, int shift, void *out, int osize) {
-    img_state st;
-    i64 *cnt = NULL, *cur = NULL;
-    i64 t, q, k, HW;
-    int rc;
+                  const i64 *m, u64 lo, i64 c0, i64 c1, i64 c2, int shift, int wide, void *out, int osize) {
     if (!(rsize == 2 || rsize == 4 || rsize == 8) || !valid_size(osize) || T < 0 || ncls < 1 || shift < 1 ||
-        shift > 30)
+        shift > 30 || H < 1 || W < 1 || H > INT64_MAX / W / 8)
         return NK_EARG;
-    if ((rc = img_init(&st, H, W)) != NK_OK) return rc;
-    HW = st.HW;
-    cnt = (i64 *)calloc((size_t)ncls, sizeof(i64));
-    cur = (i64 *)malloc((size_t)ncls * sizeof(i64));
-    if (!cur || !cnt) { free(cur); free(cnt); free(st.mem); return NK_ENOMEM; }
-    for (q = 0; q < HW; q++) {
-        if (cls[q] < 0 || cls[q] >= ncls) { rc = NK_EARG; goto done; }
-        cnt[cls[q]]++;
-    }
-    for (t = 0; t < T; t++) {
-        for (k = 0; k < ncls; k++) cur[k] = t * cnt[k];
-        switch (rsize) {
-#define NK_GATHER(SIZE, TT)                                                                    \
-        case SIZE: {                                                                           \
-            for (q = 0; q < HW; q++) {                                                         \
-                i64 kk = cls[q];                                                               \
-                st.x[q] = (u64)(i64)((const TT *)parts[kk])[cur[kk]++];                        \
-            }                                                                                  \
-            break;                                                                             \
-        }
-            NK_GATHER(2, int16_t)
-            NK_GATHER(4, int32_t)
-            NK_GATHER(8, int64_t)
-#undef NK_GATHER
-        default: break;
-        }
-        for (q = 0; q < HW; q++) {
-            u64 acc = (u64)c2 * st.dprev[q] + (u64)c0 * st.S1[q] + (u64)c1 * st.S2[q];
-            st.d[q] = st.x[q] + (u64)rshift(acc, shift);
-            st.x[q] = st.d[q] + (u64)m[q];
-        }
-        store_u64(out, t * HW, 1, st.x, HW, osize, lo);
-        if (t + 1 < T) img_advance(&st, H, W);
-    }
-    rc = NK_OK;
-done:
-    free(cur);
-    free(cnt);
-    free(st.mem);
-    return rc;
+    if (wide) return img_decode_w64(parts, rsize, ncls, cls, T, H, W, m, lo, c0, c1, c2, shift, out, osize);
+    return img_decode_w32(parts, rsize, ncls, cls, T, H, W, m, lo, c0, c1, c2, shift, out, osize);
 }
 
 /* ============================================================================================ bounded */

@@ -61,10 +61,10 @@ def lib():
             "nk_xch_residual": [_vp, _i64, _i64, _i64, _vp, _vp, _i64, _int, _vp, _vp],
             "nk_lpc_decode": [_vp, _int, _i64, _i64, _vp, _u64, _vp, _i64, _vp, _i64, _int, _i64, _i64, _vp, _int],
             "nk_img_gram": [_vp, _int, _i64, _i64, _i64, _u64, _vp, _vp, _i64, _vp, _vp],
-            "nk_img_residual": [_vp, _int, _i64, _i64, _i64, _u64, _vp, _i64, _i64, _i64, _int, _vp, _i64, _vp,
-                                _vp, _int, _vp, _vp],
-            "nk_img_decode": [_vp, _int, _i64, _vp, _i64, _i64, _i64, _vp, _u64, _i64, _i64, _i64, _int, _vp,
-                              _int],
+            "nk_img_residual": [_vp, _int, _i64, _i64, _i64, _u64, _vp, _i64, _i64, _i64, _int, _int, _vp, _i64,
+                                _vp, _int, _vp],
+            "nk_img_decode": [_vp, _int, _i64, _vp, _i64, _i64, _i64, _vp, _u64, _i64, _i64, _i64, _int, _int,
+                              _vp, _int],
             "nk_quant_uniform": [_vp, _int, _i64, _u64, _i64, _i64, _vp, _int],
             "nk_quant_lut": [_vp, _int, _i64, _u64, _vp, _i64, _vp, _i64, _vp, _int, _vp],
             "nk_dequant_uniform": [_vp, _int, _i64, _i64, _i64, _u64, _vp, _int],
@@ -229,23 +229,33 @@ def img_gram(x: np.ndarray, lo: int, m, ts):
     return G.reshape(3, 3), g
 
 
-def img_residual(x: np.ndarray, lo: int, m, coef, shift: int, cls: np.ndarray, ncls: int, start, out_dtype):
-    """Imaging residuals grouped by class (see csrc). Returns (flat buffer, per-class min, per-class max)."""
+def _classes(cls, n, ncls):
+    cls = _i64_array(cls, n, "cls")
+    if ncls < 1 or (cls.size and (cls.min() < 0 or cls.max() >= ncls)):
+        raise ValueError("class index out of range")
+    return cls
+
+
+def img_residual(x: np.ndarray, lo: int, m, coef, shift: int, wide: bool, cls, ncls: int, out_dtype):
+    """Imaging residuals of x (T, H, W), grouped by pixel class: class k's pixels (raster order) form a
+    T × n_k row-major block, blocks in class order, in one flat buffer of ``out_dtype`` (int16/32/64,
+    values stored as their low bytes). ``wide``: 64-bit work type (else 32-bit, valid only when the
+    caller proved no intermediate overflows int32). Returns (buffer, (min, max) of all residuals, 0 included).
+    """
     T, H, W = _check_movie(x)
     m = _i64_array(m, H * W, "m")
-    cls = _i64_array(cls, H * W, "cls")
-    start = _i64_array(start, ncls, "start")
+    cls = _classes(cls, H * W, ncls)
     c0, c1, c2 = (int(v) for v in np.asarray(coef, np.int64))
     out = np.empty(T * H * W, out_dtype)
-    code(out.dtype)
-    cmin = np.empty(ncls, np.int64)
-    cmax = np.empty(ncls, np.int64)
-    _call("nk_img_residual", _p(x), code(x.dtype), T, H, W, _u(lo), _p(m), c0, c1, c2, int(shift), _p(cls),
-          int(ncls), _p(start), _p(out), out.dtype.itemsize, _p(cmin), _p(cmax))
-    return out, cmin, cmax
+    if out.dtype not in (np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64)):
+        raise TypeError("img_residual: out_dtype must be int16, int32 or int64")
+    rng = np.zeros(2, np.int64)
+    _call("nk_img_residual", _p(x), code(x.dtype), T, H, W, _u(lo), _p(m), c0, c1, c2, int(shift), int(bool(wide)),
+          _p(cls), int(ncls), _p(out), out.dtype.itemsize, _p(rng))
+    return out, (int(rng[0]), int(rng[1]))
 
 
-def img_decode(parts, cls, m, lo: int, coef, shift: int, out: np.ndarray) -> np.ndarray:
+def img_decode(parts, cls, m, lo: int, coef, shift: int, wide: bool, out: np.ndarray) -> np.ndarray:
     """Inverse imaging prediction. parts[k]: (T × n_k) signed residuals of class k, all one dtype;
     out: (T, H, W) integers (filled with the low bytes of d + m + lo)."""
     if not isinstance(out, np.ndarray) or out.ndim != 3:
@@ -253,13 +263,9 @@ def img_decode(parts, cls, m, lo: int, coef, shift: int, out: np.ndarray) -> np.
     T, H, W = out.shape
     _out_array(out, T * H * W, "out")
     m = _i64_array(m, H * W, "m")
-    cls = _i64_array(cls, H * W, "cls")
     ncls = len(parts)
-    if ncls < 1:
-        raise ValueError("img_decode: no residual streams")
-    counts = np.bincount(cls, minlength=ncls) if cls.size else np.zeros(ncls, np.int64)
-    if cls.size and (cls.min() < 0 or counts.size != ncls):
-        raise ValueError("img_decode: class index out of range")
+    cls = _classes(cls, H * W, ncls)
+    counts = np.bincount(cls, minlength=ncls)
     dt = None
     for k, p in enumerate(parts):
         _int_array(p, "parts")
@@ -273,7 +279,7 @@ def img_decode(parts, cls, m, lo: int, coef, shift: int, out: np.ndarray) -> np.
     ptrs = (ctypes.c_void_p * ncls)(*[_p(p) for p in parts])
     c0, c1, c2 = (int(v) for v in np.asarray(coef, np.int64))
     _call("nk_img_decode", ctypes.cast(ptrs, ctypes.c_void_p), dt.itemsize, ncls, _p(cls), T, H, W, _p(m), _u(lo),
-          c0, c1, c2, int(shift), _p(out), out.dtype.itemsize)
+          c0, c1, c2, int(shift), int(bool(wide)), _p(out), out.dtype.itemsize)
     return out
 
 

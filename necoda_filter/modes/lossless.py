@@ -348,17 +348,17 @@ def img_encode(x: np.ndarray, lo: int, hi: int, level: int):
     cls = _classes(m, qs)
     nc = len(qs) + 1
     counts = np.bincount(cls, minlength=nc)
-    start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    # residuals grouped by class, each class in the narrowest type holding it (first try int16)
-    buf, cmin, cmax = K.img_residual(x, lo, m, coef, shift, cls, nc, start, np.int16)
-    need = [narrow_dtype(int(a), int(b)) if n else np.dtype(np.int16) for a, b, n in zip(cmin, cmax, counts)]
-    widest = max(need, key=lambda d: d.itemsize)
+    start = np.concatenate([[0], np.cumsum(counts)]) * T
+    # residuals grouped by class, each class in the narrowest type holding it (first try int16 for all)
+    wide = wt != np.int32
+    buf, rng = K.img_residual(x, lo, m, coef, shift, wide, cls, nc, np.int16)
+    widest = narrow_dtype(*rng)
     if widest.itemsize > 2:
-        buf, _, _ = K.img_residual(x, lo, m, coef, shift, cls, nc, start, widest)
+        buf, _ = K.img_residual(x, lo, m, coef, shift, wide, cls, nc, widest)
     sections = [pco(_narrow(m), level), pco(coef, level), pco(qs, level)]
     for k in range(nc):
-        part = buf[T * start[k]:T * (start[k] + counts[k])]
-        sections.append(pco(part if part.dtype == need[k] else part.astype(need[k]), level, residual=True))
+        part = buf[start[k]:start[k + 1]]
+        sections.append(pco(part if buf.dtype == np.int16 else _narrow(part), level, residual=True))
     return sections, {"nc": int(nc), "sh": int(shift), "w": int(np.dtype(wt).itemsize)}
 
 
@@ -378,7 +378,7 @@ def img_decode(sections, T: int, H: int, W: int, params, dtype, lo: int) -> np.n
     parts = [np.zeros(0, rt) if q is None else q if q.dtype == rt else q.astype(rt) for q in parts]
     dtype = np.dtype(dtype)
     out = _native_out((T, H, W), dtype)
-    K.img_decode(parts, cls, m, lo, coef, shift, out)
+    K.img_decode(parts, cls, m, lo, coef, shift, wbytes == 8, out)
     return out if out.dtype == dtype else out.astype(dtype)
 
 
