@@ -104,8 +104,9 @@ def write_input(path: Path, frames: int, size: int, ephys_seconds: float, seed: 
     return {"frames": frames, "size": size, "ephys_shape": list(eph.data.shape), "fs": float(eph.fs)}
 
 
-def tree_rss(pid: int) -> int:
-    """Summed VmRSS (bytes) of ``pid`` and all its descendants."""
+def tree_rss(pid: int) -> tuple[int, int, dict]:
+    """(summed VmRSS, summed PSS, {pid: VmRSS}) in bytes of ``pid`` and all its descendants. The RSS sum
+    counts pages shared by forked workers once per process (an upper bound); PSS splits them."""
     kids: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -116,7 +117,8 @@ def tree_rss(pid: int) -> int:
         except (OSError, IndexError, ValueError):
             continue
         kids.setdefault(ppid, []).append(int(d))
-    total = 0
+    total = pss = 0
+    per = {}
     todo = [pid]
     while todo:
         p = todo.pop()
@@ -125,23 +127,33 @@ def tree_rss(pid: int) -> int:
             with open(f"/proc/{p}/status") as fh:
                 for line in fh:
                     if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
+                        per[p] = int(line.split()[1]) * 1024
+                        total += per[p]
+            with open(f"/proc/{p}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
         except OSError:
             pass
-    return total
+    return total, pss, per
 
 
 def run_measured(cmd: list[str]) -> dict:
     tcmd = ["/usr/bin/time", "-v"] + cmd if os.path.exists("/usr/bin/time") else cmd
     t = time.perf_counter()
     proc = subprocess.Popen(tcmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    peak = peak_pss = 0
+    per_peak: dict[int, int] = {}
     stop = threading.Event()
 
     def sample():
-        nonlocal peak
+        nonlocal peak, peak_pss
         while not stop.is_set():
-            peak = max(peak, tree_rss(proc.pid))
+            rss, pss, per = tree_rss(proc.pid)
+            peak = max(peak, rss)
+            peak_pss = max(peak_pss, pss)
+            for k, v in per.items():
+                per_peak[k] = max(per_peak.get(k, 0), v)
             stop.wait(0.05)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -151,6 +163,8 @@ def run_measured(cmd: list[str]) -> dict:
     th.join()
     wall = time.perf_counter() - t
     res = {"cmd": " ".join(cmd), "rc": proc.returncode, "wall_s": wall, "peak_tree_rss_mb": peak / 1e6,
+           "peak_tree_pss_mb": peak_pss / 1e6,
+           "peak_rss_per_process_mb": sorted((round(v / 1e6) for v in per_peak.values()), reverse=True),
            "stdout": out[-4000:]}
     for line in err.splitlines():
         if "Maximum resident set size" in line:
@@ -239,7 +253,8 @@ def main(argv=None) -> int:
             cmd += ["--workers", str(a.workers)]
         log("compress: " + " ".join(cmd[2:]))
         results["compress"] = r = run_measured(cmd)
-        log(f"compress rc={r['rc']} wall {r['wall_s']:.0f} s, peak tree RSS {r['peak_tree_rss_mb']:.0f} MB, "
+        log(f"compress rc={r['rc']} wall {r['wall_s']:.0f} s, peak tree RSS {r['peak_tree_rss_mb']:.0f} MB "
+            f"(PSS {r['peak_tree_pss_mb']:.0f} MB; per process {r['peak_rss_per_process_mb']} MB), "
             f"time max RSS {r.get('time_max_rss_mb', float('nan')):.0f} MB")
         if r["rc"] != 0:
             print(r.get("stderr", ""), file=sys.stderr)

@@ -68,7 +68,8 @@ IMAGING_FRAMES = 64          # frames per imaging chunk
 IMAGING_TILE = 512           # max tile height/width
 IMAGING_MAX_CHUNK = 64 << 20  # cap on the bytes of one imaging chunk (fewer frames if needed)
 EPHYS_MAX_CHUNK = 4 << 20    # cap on the bytes of one ephys chunk (~1 s x all channels otherwise)
-SLAB_MAX = 128 << 20         # read a whole row of chunks at once when it is at most this large
+SLAB_MAX = 64 << 20          # read a whole row of chunks at once when it is at most this large
+SOURCE_CACHE_MAX = 64 << 20  # chunk cache for a source whose chunks straddle our chunk rows
 NOISE_SAMPLE_MAX = 32 << 20  # at most this many bytes of data are used to estimate the noise level
 NOISE_FRAMES = 256           # imaging: first frames used for the photon-transfer fit
 NOISE_SECONDS = 2.0          # ephys: first seconds used for the per-channel noise
@@ -601,8 +602,22 @@ def _noise_sigma(src: h5py.Dataset, kind: str, fs: float):
         return None, {"method": "unavailable", "reason": f"{type(e).__name__}: {e}"}
 
 
-def _read_block(src: h5py.Dataset, sel: tuple) -> np.ndarray:
-    return src[sel]
+def _with_chunk_cache(src: h5py.Dataset, chunks: tuple, per_chunk: bool) -> h5py.Dataset:
+    """Reopen a chunked source whose chunks do not line up with what we read (rows of ``chunks``, or
+    single chunks when ``per_chunk``) with a chunk cache big enough for one row of its chunks (at most
+    SOURCE_CACHE_MAX), so no source chunk is decompressed twice; aligned or contiguous sources keep
+    HDF5's small default cache (memory stays bounded either way)."""
+    sc = src.chunks
+    if sc is None:
+        return src
+    aligned = chunks[0] % sc[0] == 0 and (not per_chunk or all(c % s == 0 for c, s in zip(chunks[1:], sc[1:])))
+    if aligned:
+        return src
+    row = int(np.prod([sc[0], *[-(-s // c) * c for s, c in zip(src.shape[1:], sc[1:])]], dtype=np.int64))
+    nbytes = int(min(SOURCE_CACHE_MAX, 2 * row * src.dtype.itemsize))
+    dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+    dapl.set_chunk_cache(100003, nbytes, 1.0)
+    return h5py.Dataset(h5py.h5d.open(src.file.id, src.name.encode(), dapl=dapl))
 
 
 def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, settings: Settings,
@@ -628,12 +643,14 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
 
     with np.errstate(all="ignore"):
         sigma, noise_model = _noise_sigma(src, kind, fs)
+    row_bytes = int(np.prod(src.shape[1:], dtype=np.int64)) * src.dtype.itemsize * chunks[0]
+    src = _with_chunk_cache(src, chunks, per_chunk=row_bytes > SLAB_MAX)
 
     shape = src.shape
     acc = {"n": 0, "sse": 0.0, "max_abs": 0.0, "lo": math.inf, "hi": -math.inf, "noise_sse": 0.0,
            "stored": 0, "modes": {}, "models": set()}
     window: deque = deque()
-    depth = max(2, 2 * workers)
+    depth = workers + 1  # chunks in flight: every worker busy, one queued; bounds memory
     raw_bytes = int(np.prod(shape, dtype=np.int64)) * src.dtype.itemsize
     bar = _progress(raw_bytes, src.name, progress)
 
@@ -657,7 +674,6 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
 
     grid0 = range(0, shape[0], chunks[0])
     rest = [list(range(0, s, c)) for s, c in zip(shape[1:], chunks[1:])]
-    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * src.dtype.itemsize * chunks[0]
     try:
         for t in grid0:
             t1 = min(shape[0], t + chunks[0])
@@ -742,7 +758,7 @@ def recompress_file(src_path, dst_path, settings: Settings | None = None, worker
     executor, nworkers = make_executor(workers)
     try:
         with atomic_output(dst_path) as tmp:
-            with h5py.File(src_path, "r", rdcc_nbytes=SLAB_MAX, rdcc_nslots=100003) as src:
+            with h5py.File(src_path, "r") as src:
                 ub = src.userblock_size
                 with _create_file(tmp, src) as dst:
                     def handler(sds, dg, name):

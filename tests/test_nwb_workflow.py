@@ -534,3 +534,21 @@ def test_evaluate_report(tmp_path, lossy=True):
                  "acquisition__ElectricalSeries__data_snippet.png"):
         assert (rep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert name in (rep / "report.md").read_text()
+
+
+def test_misaligned_chunked_source(tmp_path, monkeypatch):
+    """A gzip-chunked source whose chunks straddle our chunk rows (read through a chunk cache), and
+    the per-chunk read path for rows larger than SLAB_MAX."""
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 3000, (150, 600, 20)).astype(np.int16)
+    with h5py.File(tmp_path / "src.h5", "w") as f:
+        g = f.create_group("ts")
+        g.attrs["neurodata_type"] = "TwoPhotonSeries"
+        g.create_dataset("data", data=data, chunks=(50, 100, 20), compression="gzip")
+    for slab_max in (nwb.SLAB_MAX, 1 << 16):
+        monkeypatch.setattr(nwb, "SLAB_MAX", slab_max)
+        out = tmp_path / f"out{slab_max}.h5"
+        nwb.recompress_file(tmp_path / "src.h5", out, workers=1, progress=False)
+        with h5py.File(out, "r") as f:
+            assert f["ts/data"].chunks == (64, 300, 20)
+            assert np.array_equal(f["ts/data"][...], data)
