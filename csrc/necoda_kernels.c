@@ -101,33 +101,49 @@ static void store_u64(void *dst, i64 off, i64 stride, const u64 *src, i64 n, int
 
 /* ============================================================================================ sums */
 
-/* sums[k] = sum over rows t < T of (x[t, k] - lo), exact int64 (x: T x K, type code). */
-int nk_colsum(const void *x, int code, i64 T, i64 K, u64 lo, i64 *sums) {
-    enum { BLK = 4096 };
-    u64 *row, *acc;
-    i64 t, k;
-    if (!valid_code(code) || T < 0 || K < 0 || (K > 0 && T > INT64_MAX / K)) return NK_EARG;
-    row = (u64 *)malloc((size_t)(K > BLK ? K : BLK) * sizeof(u64));
-    acc = (u64 *)calloc((size_t)(K > 0 ? K : 1), sizeof(u64));
-    if (!row || !acc) { free(row); free(acc); return NK_ENOMEM; }
-    if (K >= 256) {
-        for (t = 0; t < T; t++) {
-            load_u64(row, x, t * K, 1, K, code, lo);
-            for (k = 0; k < K; k++) acc[k] += row[k];
-        }
-    } else if (K > 0) {
-        /* narrow rows: whole rows per load */
-        i64 rows = BLK / K, r;
-        for (t = 0; t < T; t += rows) {
-            i64 nr = T - t < rows ? T - t : rows;
-            load_u64(row, x, t * K, 1, nr * K, code, lo);
-            for (r = 0; r < nr; r++)
-                for (k = 0; k < K; k++) acc[k] += row[r * K + k];
-        }
+/*
+ * One pass over x (T x K, type code): sums[k] = sum over t of x[t, k] (modulo 2^64, as uint64 bits) and
+ * mm = {min, max} of all values (as the 64-bit pattern of the sign- or zero-extended values).
+ */
+int nk_stats(const void *x, int code, i64 T, i64 K, u64 *sums, u64 *mm) {
+    i64 t, k, n;
+    if (!valid_code(code) || T < 0 || K < 1 || T > INT64_MAX / K) return NK_EARG;
+    for (k = 0; k < K; k++) sums[k] = 0;
+    n = T * K;
+    switch (code) {
+#define NK_STATS(CODE, TT, WT)                                                                         \
+    case CODE: {                                                                                       \
+        const TT *p = (const TT *)x;                                                                   \
+        TT vmin = n ? p[0] : 0, vmax = n ? p[0] : 0;                                                   \
+        for (t = 0; t < n; t++) {                                                                      \
+            vmin = p[t] < vmin ? p[t] : vmin;                                                          \
+            vmax = p[t] > vmax ? p[t] : vmax;                                                          \
+        }                                                                                              \
+        if (K == 1) {                                                                                  \
+            u64 a = 0;                                                                                 \
+            for (t = 0; t < n; t++) a += (u64)(WT)p[t];                                                \
+            sums[0] = a;                                                                               \
+        } else {                                                                                       \
+            for (t = 0; t < T; t++) {                                                                  \
+                const TT *row = p + t * K;                                                             \
+                for (k = 0; k < K; k++) sums[k] += (u64)(WT)row[k];                                    \
+            }                                                                                          \
+        }                                                                                              \
+        mm[0] = (u64)(WT)vmin;                                                                         \
+        mm[1] = (u64)(WT)vmax;                                                                         \
+        break;                                                                                         \
     }
-    for (k = 0; k < K; k++) sums[k] = s64(acc[k]);
-    free(row);
-    free(acc);
+        NK_STATS(1, int8_t, i64)
+        NK_STATS(2, int16_t, i64)
+        NK_STATS(4, int32_t, i64)
+        NK_STATS(8, int64_t, i64)
+        NK_STATS(17, uint8_t, u64)
+        NK_STATS(18, uint16_t, u64)
+        NK_STATS(20, uint32_t, u64)
+        NK_STATS(24, uint64_t, u64)
+#undef NK_STATS
+    default: break;
+    }
     return NK_OK;
 }
 
@@ -204,54 +220,121 @@ static void lpc_synthesis(u64 *restrict x, i64 n, const i64 *restrict q, i64 p, 
     }
 }
 
+/* row t's block start (blocks: see lpc_blocks_ok) */
+static i64 block_start(i64 t, i64 L, i64 pad) {
+    i64 first = L - pad;
+    return t < first ? 0 : first + ((t - first) / L) * L;
+}
+
 /*
- * Forward LPC (encoder). x: T x C (type code), centred as xc = x - lo - mu[c]; Q: C x p integer
- * coefficients (LPC_SHIFT = shift fractional bits). e (C x T, channel-major) receives
- *     e[c, t] = xc[t, c] - floor((sum_i Q[c, i] xc[t-1-i, c] + 2^(shift-1)) / 2^shift)
- * with xc taken as 0 before the start of t's block.
+ * Forward per-channel LPC residual at selected rows (the encoder's fitting sample). x: T x C (type code),
+ * centred as xc = x - lo - mu[c]; Q: C x p coefficients with `shift` fractional bits;
+ *     e[c, t] = xc[t, c] - floor((sum_i Q[c, i] xc[t-1-i, c] + 2^(shift-1)) / 2^shift),
+ * xc taken as 0 before the start of t's block. rows: increasing; out: C x nrows int64, column j for
+ * row rows[j]. Runs of consecutive rows are filtered as a whole.
  */
-int nk_lpc_residual(const void *x, int code, i64 T, i64 C, u64 lo, const i64 *mu, const i64 *Q, i64 p,
-                    int shift, i64 nb, i64 L, i64 *e) {
-    u64 *blk;
-    i64 b, c, pad;
-    if (!valid_code(code) || C < 1 || p < 0 || p > 64 || shift < 1 || shift > 30 || !lpc_blocks_ok(T, nb, L))
+int nk_lpc_rows(const void *x, int code, i64 T, i64 C, u64 lo, const i64 *mu, const i64 *Q, i64 p, int shift,
+                i64 nb, i64 L, const i64 *rows, i64 nrows, i64 *out) {
+    i64 j, c, pad, a;
+    u64 *buf;
+    i64 *tmp;
+    if (!valid_code(code) || C < 1 || p < 0 || p > 64 || shift < 1 || shift > 30 || !lpc_blocks_ok(T, nb, L) ||
+        nrows < 0)
         return NK_EARG;
-    blk = (u64 *)calloc((size_t)(L + p), sizeof(u64));
-    if (!blk) return NK_ENOMEM;
+    for (j = 0; j < nrows; j++)
+        if (rows[j] < 0 || rows[j] >= T || (j && rows[j] <= rows[j - 1])) return NK_EARG;
+    buf = (u64 *)malloc((size_t)(L + p) * sizeof(u64));
+    tmp = (i64 *)malloc((size_t)L * sizeof(i64));
+    if (!buf || !tmp) { free(buf); free(tmp); return NK_ENOMEM; }
+    pad = nb * L - T;
+    for (a = 0; a < nrows;) {
+        /* the run rows[a..z) of consecutive rows inside one block */
+        i64 t = rows[a], t0 = block_start(t, L, pad), tend = t0 + (t0 == 0 ? L - pad : L), z = a + 1, n, h, i;
+        while (z < nrows && rows[z] == rows[z - 1] + 1 && rows[z] < tend) z++;
+        n = z - a;
+        h = t - t0 < p ? t - t0 : p; /* history rows available inside the block */
+        for (c = 0; c < C; c++) {
+            for (i = 0; i < p - h; i++) buf[i] = 0;
+            load_u64(buf + p - h, x, (t - h) * C + c, C, h + n, code, lo + (u64)mu[c]);
+            lpc_analysis(buf + p, tmp, n, Q + c * p, p, shift);
+            for (i = 0; i < n; i++) out[c * nrows + a + i] = tmp[i];
+        }
+        a = z;
+    }
+    free(buf);
+    free(tmp);
+    return NK_OK;
+}
+
+/*
+ * Forward LPC + inter-channel prediction (encoder), block by block, with the residuals e above and
+ *     f[c, t] = e[c, t] - floor((sum_k W[c, k] e[c-1-k, t] + 2^(shift-1)) / 2^shift)   (k < nx, k < c).
+ * sums (optional, 2C): sums[2c] = sum_t |e[c, t]|, sums[2c+1] = sum_t |f[c, t]| (modulo 2^64, like numpy's
+ * int64 sums). out (optional): C x T channel-major, f stored as its low osize bytes (2, 4 or 8); rng[0..1]
+ * = the range of f (0 included).
+ */
+int nk_lpc_encode(const void *x, int code, i64 T, i64 C, u64 lo, const i64 *mu, const i64 *Q, i64 p,
+                  const i64 *W, i64 nx, int shift, i64 nb, i64 L, i64 *sums, void *out, int osize, i64 *rng) {
+    u64 *blk, *asum;
+    i64 *e, *f;
+    i64 b, c, j, k, pad, S = L + p, vmin = 0, vmax = 0;
+    if (!valid_code(code) || C < 1 || p < 0 || p > 64 || nx < 0 || shift < 1 || shift > 30 ||
+        !lpc_blocks_ok(T, nb, L) || C > INT64_MAX / S / 8 || (out && !(osize == 2 || osize == 4 || osize == 8)))
+        return NK_EARG;
+    blk = (u64 *)calloc((size_t)S, sizeof(u64));
+    e = (i64 *)malloc((size_t)(C * L) * sizeof(i64));
+    f = (i64 *)malloc((size_t)L * sizeof(i64));
+    asum = (u64 *)calloc((size_t)(2 * C), sizeof(u64));
+    if (!blk || !e || !f || !asum) { free(blk); free(e); free(f); free(asum); return NK_ENOMEM; }
     pad = nb * L - T;
     for (b = 0; b < nb; b++) {
         i64 t0 = b == 0 ? 0 : b * L - pad, n = b == 0 ? L - pad : L;
         for (c = 0; c < C; c++) {
             load_u64(blk + p, x, t0 * C + c, C, n, code, lo + (u64)mu[c]);
-            lpc_analysis(blk + p, e + c * T + t0, n, Q + c * p, p, shift);
+            lpc_analysis(blk + p, e + c * L, n, Q + c * p, p, shift);
+        }
+        for (c = 0; c < C; c++) {
+            const i64 *restrict ec = e + c * L, *wc = W + c * nx;
+            const i64 *fc = f;
+            i64 kmax = nx < c ? nx : c;
+            u64 s0 = 0, s1 = 0;
+            for (k = 0; k < kmax && !wc[k]; k++) {
+            }
+            if (k == kmax) {
+                fc = ec;
+            } else if (kmax == 3) {
+                const u64 w0 = (u64)wc[0], w1 = (u64)wc[1], w2 = (u64)wc[2];
+                const i64 *restrict e0 = ec - L, *restrict e1 = ec - 2 * L, *restrict e2 = ec - 3 * L;
+                for (j = 0; j < n; j++)
+                    f[j] = s64((u64)ec[j] - (u64)rshift(w0 * (u64)e0[j] + w1 * (u64)e1[j] + w2 * (u64)e2[j], shift));
+            } else {
+                for (j = 0; j < n; j++) {
+                    u64 acc = 0;
+                    for (k = 0; k < kmax; k++) acc += (u64)wc[k] * (u64)ec[j - (k + 1) * L];
+                    f[j] = s64((u64)ec[j] - (u64)rshift(acc, shift));
+                }
+            }
+            if (sums) {
+                for (j = 0; j < n; j++) {
+                    s0 += ec[j] < 0 ? (u64)0 - (u64)ec[j] : (u64)ec[j];
+                    s1 += fc[j] < 0 ? (u64)0 - (u64)fc[j] : (u64)fc[j];
+                }
+                asum[2 * c] += s0;
+                asum[2 * c + 1] += s1;
+            }
+            if (out) {
+                for (j = 0; j < n; j++) {
+                    vmin = fc[j] < vmin ? fc[j] : vmin;
+                    vmax = fc[j] > vmax ? fc[j] : vmax;
+                }
+                store_u64(out, c * T + t0, 1, (const u64 *)(const void *)fc, n, osize, 0);
+            }
         }
     }
-    free(blk);
-    return NK_OK;
-}
-
-/*
- * Inter-channel residual (encoder): dst[t] = e[c, t] - floor((sum_j w[j] e[ks[j], t] + 2^(shift-1)) / 2^shift).
- * sums[0] = sum |dst| and sums[1] = sum |e[c]| (int64, wrapping like numpy's).
- */
-int nk_xch_residual(const i64 *e, i64 T, i64 C, i64 c, const i64 *ks, const i64 *w, i64 nk, int shift,
-                    i64 *dst, i64 *sums) {
-    i64 t, j;
-    u64 s0 = 0, s1 = 0;
-    if (T < 0 || c < 0 || c >= C || nk < 0 || shift < 1 || shift > 30) return NK_EARG;
-    for (j = 0; j < nk; j++)
-        if (ks[j] < 0 || ks[j] >= C) return NK_EARG;
-    for (t = 0; t < T; t++) {
-        u64 acc = 0;
-        i64 v, ec = e[c * T + t];
-        for (j = 0; j < nk; j++) acc += (u64)w[j] * (u64)e[ks[j] * T + t];
-        v = s64((u64)ec - (u64)rshift(acc, shift));
-        dst[t] = v;
-        s0 += v < 0 ? (u64)0 - (u64)v : (u64)v;
-        s1 += ec < 0 ? (u64)0 - (u64)ec : (u64)ec;
-    }
-    sums[0] = s64(s0);
-    sums[1] = s64(s1);
+    if (sums)
+        for (c = 0; c < 2 * C; c++) sums[c] = s64(asum[c]);
+    if (rng) { rng[0] = vmin; rng[1] = vmax; }
+    free(blk); free(e); free(f); free(asum);
     return NK_OK;
 }
 

@@ -56,9 +56,10 @@ def lib():
         if L.nk_version() != ABI_VERSION:
             raise KernelsUnavailable(f"{path} has kernel ABI {L.nk_version()}, expected {ABI_VERSION}: rebuild")
         sigs = {
-            "nk_colsum": [_vp, _int, _i64, _i64, _u64, _vp],
-            "nk_lpc_residual": [_vp, _int, _i64, _i64, _u64, _vp, _vp, _i64, _int, _i64, _i64, _vp],
-            "nk_xch_residual": [_vp, _i64, _i64, _i64, _vp, _vp, _i64, _int, _vp, _vp],
+            "nk_stats": [_vp, _int, _i64, _i64, _vp, _vp],
+            "nk_lpc_rows": [_vp, _int, _i64, _i64, _u64, _vp, _vp, _i64, _int, _i64, _i64, _vp, _i64, _vp],
+            "nk_lpc_encode": [_vp, _int, _i64, _i64, _u64, _vp, _vp, _i64, _vp, _i64, _int, _i64, _i64, _vp, _vp,
+                              _int, _vp],
             "nk_lpc_decode": [_vp, _int, _i64, _i64, _vp, _u64, _vp, _i64, _vp, _i64, _int, _i64, _i64, _vp, _int],
             "nk_img_gram": [_vp, _int, _i64, _i64, _i64, _u64, _vp, _vp, _i64, _vp, _vp],
             "nk_img_residual": [_vp, _int, _i64, _i64, _i64, _u64, _vp, _i64, _i64, _i64, _int, _int, _vp, _i64,
@@ -137,15 +138,25 @@ def _p(a: np.ndarray) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- sums
-def colsum(x: np.ndarray, lo: int) -> np.ndarray:
-    """Exact int64 column sums of ``x - lo`` for a 2-D integer array (T, K)."""
+def stats(x: np.ndarray):
+    """One pass over a 2-D integer array (T, K): (column sums modulo 2**64 as uint64, min, max)."""
     _int_array(x, "x")
-    if x.ndim != 2:
-        raise ValueError("colsum: x must be 2-D")
+    if x.ndim != 2 or x.shape[1] < 1:
+        raise ValueError("stats: x must be 2-D with at least one column")
     T, K = x.shape
-    out = np.empty(K, np.int64)
-    _call("nk_colsum", _p(x), code(x.dtype), T, K, _u(lo), _p(out))
-    return out
+    sums = np.empty(K, np.uint64)
+    mm = np.zeros(2, np.uint64)
+    _call("nk_stats", _p(x), code(x.dtype), T, K, _p(sums), _p(mm))
+    if x.dtype.kind == "i":
+        lo, hi = (int(v) for v in mm.view(np.int64))
+    else:
+        lo, hi = int(mm[0]), int(mm[1])
+    return sums, lo, hi
+
+
+def offset_sums(sums: np.ndarray, T: int, lo: int) -> np.ndarray:
+    """Exact sums of ``x - lo`` from :func:`stats`' sums (the caller knows they fit int64)."""
+    return (sums - np.uint64((T * lo) % (1 << 64))).view(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------- LPC
@@ -154,38 +165,53 @@ def _check_blocks(T, nb, L):
         raise ValueError(f"bad LPC blocks nb={nb} L={L} for T={T}")
 
 
-def lpc_residual(x: np.ndarray, lo: int, mu, Q: np.ndarray, shift: int, nb: int, L: int) -> np.ndarray:
-    """Forward per-channel LPC of ``x - lo - mu`` (x: T×C integers) in blocks; returns e (C, T) int64."""
+def _lpc_args(x, mu, Q, nb, L):
     _int_array(x, "x")
     if x.ndim != 2:
-        raise ValueError("lpc_residual: x must be 2-D (T, C)")
+        raise ValueError("x must be 2-D (T, C)")
     T, C = x.shape
     Q = np.ascontiguousarray(Q, dtype=np.int64)
     if Q.ndim != 2 or Q.shape[0] != C or Q.shape[1] > 64:
-        raise ValueError("lpc_residual: Q must be (C, p <= 64)")
+        raise ValueError("Q must be (C, p <= 64)")
     mu = _i64_array(mu, C, "mu")
     _check_blocks(T, nb, L)
-    e = np.empty((C, T), np.int64)
-    _call("nk_lpc_residual", _p(x), code(x.dtype), T, C, _u(lo), _p(mu), _p(Q), Q.shape[1], int(shift),
-          int(nb), int(L), _p(e))
-    return e
+    return T, C, mu, Q
 
 
-def xch_residual(e: np.ndarray, c: int, ks, w, shift: int):
-    """Residual of channel c of e (C, T) int64 predicted from channels ks with integer weights w.
+def lpc_rows(x: np.ndarray, lo: int, mu, Q: np.ndarray, shift: int, nb: int, L: int, rows) -> np.ndarray:
+    """Per-channel LPC residuals (see csrc) of x (T, C) at the given rows; returns (C, len(rows)) int64."""
+    T, C, mu, Q = _lpc_args(x, mu, Q, nb, L)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= T):
+        raise ValueError("lpc_rows: row out of range")
+    out = np.empty((C, rows.size), np.int64)
+    _call("nk_lpc_rows", _p(x), code(x.dtype), T, C, _u(lo), _p(mu), _p(Q), Q.shape[1], int(shift), int(nb),
+          int(L), _p(rows), rows.size, _p(out))
+    return out
 
-    Returns (residual (T,) int64, sum |residual|, sum |e[c]|) (sums as numpy's int64 sums)."""
-    if not (isinstance(e, np.ndarray) and e.dtype == np.int64 and e.ndim == 2 and e.flags.c_contiguous):
-        raise TypeError("xch_residual: e must be a C-contiguous (C, T) int64 array")
-    C, T = e.shape
-    ks = np.ascontiguousarray(ks, dtype=np.int64)
-    w = _i64_array(w, ks.size, "w")
-    if not 0 <= c < C or (ks.size and (ks.min() < 0 or ks.max() >= C)):
-        raise ValueError("xch_residual: channel index out of range")
-    dst = np.empty(T, np.int64)
-    sums = np.zeros(2, np.int64)
-    _call("nk_xch_residual", _p(e), T, C, int(c), _p(ks), _p(w), ks.size, int(shift), _p(dst), _p(sums))
-    return dst, int(sums[0]), int(sums[1])
+
+def lpc_encode(x: np.ndarray, lo: int, mu, Q: np.ndarray, W: np.ndarray, shift: int, nb: int, L: int,
+               out_dtype=None, want_sums: bool = False):
+    """Per-channel LPC then inter-channel prediction with weights W (C, nx) (see csrc).
+
+    Returns (sums, f, rng): ``sums`` (C, 2) int64 = (sum |e[c]|, sum |f[c]|) if ``want_sums`` else None;
+    ``f`` the (C, T) residuals in ``out_dtype`` (low bytes; None if no out_dtype) and ``rng`` their
+    (min, max) with 0 included (None if no out_dtype)."""
+    T, C, mu, Q = _lpc_args(x, mu, Q, nb, L)
+    W = np.ascontiguousarray(W, dtype=np.int64)
+    if W.ndim != 2 or W.shape[0] != C:
+        raise ValueError("lpc_encode: W must be (C, nx)")
+    sums = np.zeros((C, 2), np.int64) if want_sums else None
+    out = rng = None
+    if out_dtype is not None:
+        out = np.empty((C, T), out_dtype)
+        if out.dtype not in (np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64)):
+            raise TypeError("lpc_encode: out_dtype must be int16, int32 or int64")
+        rng = np.zeros(2, np.int64)
+    _call("nk_lpc_encode", _p(x), code(x.dtype), T, C, _u(lo), _p(mu), _p(Q), Q.shape[1], _p(W), W.shape[1],
+          int(shift), int(nb), int(L), None if sums is None else _p(sums), None if out is None else _p(out),
+          0 if out is None else out.dtype.itemsize, None if rng is None else _p(rng))
+    return sums, out, None if rng is None else (int(rng[0]), int(rng[1]))
 
 
 def lpc_decode(r: np.ndarray, mu, lo: int, Q: np.ndarray, B: np.ndarray, shift: int, nb: int, L: int,

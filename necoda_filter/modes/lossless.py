@@ -87,18 +87,19 @@ def _narrow(a: np.ndarray) -> np.ndarray:
     return a if a.dtype == dt else a.astype(dt)
 
 
-def _delta_may_help(a: np.ndarray, seg: int = 4096, nseg: int = 8) -> bool:
+def _delta_may_help(a: np.ndarray, seg: int = 2048, nseg: int = 8) -> bool:
     """Whether differencing shrinks a few evenly spread runs of ``a`` (then pcodec's delta search is
     worth its time; for decorrelated residuals differencing roughly doubles the variance instead)."""
     if a.size <= seg * nseg:
-        s = a.astype(np.float64)[None, :]
+        runs = [a]
     else:
-        starts = np.linspace(0, a.size - seg, nseg).astype(np.int64)
-        s = a[starts[:, None] + np.arange(seg)].astype(np.float64)
-    if s.shape[1] < 2:
+        runs = [a[s:s + seg] for s in np.linspace(0, a.size - seg, nseg).astype(np.int64)]
+    runs = [r.astype(np.float64) for r in runs if r.size >= 2]
+    if not runs:
         return False
-    spread = np.abs(s - s.mean()).sum()
-    return bool(np.abs(np.diff(s, axis=1)).sum() < spread)
+    mean = sum(float(r.sum()) for r in runs) / sum(r.size for r in runs)
+    spread = sum(float(np.abs(r - mean).sum()) for r in runs)
+    return sum(float(np.abs(np.diff(r)).sum()) for r in runs) < spread
 
 
 def pco(a: np.ndarray, level: int = DEFAULT_LEVEL, residual: bool = False) -> bytes:
@@ -223,8 +224,9 @@ def _offset(a: np.ndarray, lo: int) -> np.ndarray:
     return x
 
 
-def lpc_encode(x: np.ndarray, lo: int, level: int):
-    """x: (T, C) integers with ``x - lo`` in [0, 2**32). Returns (sections, params).
+def lpc_encode(x: np.ndarray, lo: int, colsum: np.ndarray, level: int):
+    """x: (T, C) integers with ``x - lo`` in [0, 2**32), ``colsum`` = exact column sums of ``x - lo``.
+    Returns (sections, params).
 
     Per channel, centred on its rounded mean ``mu``: residual
     ``e[t] = xc[t] - floor((sum_i Q[i] xc[t-1-i] + 2**(LPC_SHIFT-1)) / 2**LPC_SHIFT)`` with zero history at
@@ -233,34 +235,44 @@ def lpc_encode(x: np.ndarray, lo: int, level: int):
     saves ≥ 0.5 % of its absolute sum.
     """
     T, C = x.shape
-    mu = np.round(K.colsum(x, lo) / T).astype(np.int64) if T else np.zeros(C, np.int64)
+    mu = np.round(colsum / T).astype(np.int64) if T else np.zeros(C, np.int64)
     rows = _analysis_rows(T)
+    rows = np.arange(T) if isinstance(rows, slice) else rows
     xs = _offset(x[rows], lo)
     xs -= mu
     Q = _choose_lpc(xs, T, MAX_ORDER)
     p = Q.shape[1]
     nb, L = _blocks(T)
-    e = K.lpc_residual(x, lo, mu, Q, LPC_SHIFT, nb, L)  # (C, T)
-    # inter-channel prediction of each residual from the residuals of up to XCH preceding channels;
-    # descending c, so that e[k < c] still holds the plain residuals when channel c is done in place
-    B = np.zeros((C, XCH), np.int64)
+    # inter-channel prediction of each residual from the residuals of up to XCH preceding channels:
+    # weights fitted on the analysis rows, kept where they shrink the channel's absolute sum by 0.5 %
+    W = np.zeros((C, XCH), np.int64)
     if C > 1:
-        ef = e[:, rows].astype(np.float64)
-        for c in range(C - 1, 0, -1):
+        ef = K.lpc_rows(x, lo, mu, Q, LPC_SHIFT, nb, L, rows).astype(np.float64)
+        for c in range(1, C):
             ks = list(range(max(0, c - XCH), c))
             w = _lstsq(ef[ks].T, ef[c])
             if w is None:
                 continue
             wq = np.clip(np.round(w * (1 << LPC_SHIFT)), -(1 << 15), (1 << 15) - 1).astype(np.int64)
-            if not wq.any():
-                continue
-            cand, s_cand, s_e = K.xch_residual(e, c, ks, wq, LPC_SHIFT)
-            if float(s_cand) < 0.995 * float(s_e):
-                e[c] = cand
-                for j, k in enumerate(ks):
-                    B[c, c - k - 1] = wq[j]
+            for j, k in enumerate(ks):
+                W[c, c - k - 1] = wq[j]
+    B = np.zeros((C, XCH), np.int64)
+    f = None
+    if W.any():
+        # one pass gives the absolute sums with and without and, optimistically, the residuals with W
+        sums, f, rng = K.lpc_encode(x, lo, mu, Q, W, LPC_SHIFT, nb, L, np.int16, want_sums=True)
+        for c in range(1, C):
+            if float(sums[c, 1]) < 0.995 * float(sums[c, 0]):
+                B[c] = W[c]
+        if not np.array_equal(B, W):
+            f = None
+    if f is None:
+        _, f, rng = K.lpc_encode(x, lo, mu, Q, B, LPC_SHIFT, nb, L, np.int16)
+    wide = narrow_dtype(*rng)
+    if wide != f.dtype:
+        _, f, _ = K.lpc_encode(x, lo, mu, Q, B, LPC_SHIFT, nb, L, wide)
     sections = [pco(mu, level), pco(Q.reshape(-1), level), pco(B.reshape(-1), level),
-                pco(_narrow(e), level, residual=True)]
+                pco(f, level, residual=True)]
     return sections, {"p": int(p), "nb": nb, "L": L}
 
 
@@ -314,15 +326,16 @@ def _fit_frames(T: int) -> np.ndarray:
     return ts
 
 
-def img_encode(x: np.ndarray, lo: int, hi: int, level: int):
-    """x: (T, H, W) integers with ``x - lo`` in [0, 2**32), ``hi`` = x.max(). Returns (sections, params).
+def img_encode(x: np.ndarray, lo: int, hi: int, colsum: np.ndarray, level: int):
+    """x: (T, H, W) integers with ``x - lo`` in [0, 2**32), ``hi`` = x.max(), ``colsum`` = exact per-pixel
+    sums of ``x - lo``. Returns (sections, params).
 
     Deviation from the per-pixel rounded temporal mean ``d = x - lo - m``; prediction
     ``floor((c0 box(d[t-1]) + c1 box(d[t-2]) + c2 d[t-1] + 2**(shift-1)) / 2**shift)`` (box = 3×3 sum with zero
     padding, frames before 0 are zero), coefficients least-squares fitted on ≤ 24 frames.
     """
     T, H, W = x.shape
-    m = np.round(K.colsum(x.reshape(T, H * W), lo) / T).astype(np.int64)
+    m = np.round(colsum / T).astype(np.int64)
     R = hi - lo + 1
     ts = _fit_frames(T)
     w = None
@@ -408,15 +421,20 @@ class LosslessMode:
         if arr.dtype.itemsize > 1 and not arr.dtype.isnative:
             arr = arr.astype(arr.dtype.newbyteorder("="))
         level = int(min(max(int(level), 0), 12))
-        rng = _int_range(arr) if arr.dtype.kind in "iu" and arr.dtype.itemsize > 1 and arr.size >= 64 else None
+        rng = None
+        if arr.dtype.kind in "iu" and arr.dtype.itemsize > 1 and arr.size >= 64:
+            # one pass: range and column sums (the per-channel / per-pixel means)
+            sums, lo, hi = K.stats(arr.reshape(arr.shape[0], -1))
+            rng = (lo, hi)
         scheme = self.scheme_for(arr, rng)
         if scheme == "pc":
             return Encoded(pco(arr, level), {"s": "pc"})
-        lo, hi = rng
+        T = arr.shape[0]
+        colsum = K.offset_sums(sums, T, lo)
         if scheme == "lpc":
-            sections, params = lpc_encode(arr.reshape(arr.shape[0], -1), lo, level)
+            sections, params = lpc_encode(arr.reshape(T, -1), lo, colsum, level)
         else:
-            sections, params = img_encode(arr.reshape(arr.shape[0], -1, arr.shape[-1]), lo, hi, level)
+            sections, params = img_encode(arr.reshape(T, -1, arr.shape[-1]), lo, hi, colsum, level)
         params.update({"s": scheme, "lo": str(lo)})
         return Encoded(pack_sections(sections), params)
 
