@@ -1,0 +1,336 @@
+"""The C kernels (libnecoda_kernels.so, necoda_filter._kernels) against small numpy references.
+
+The references spell out the integer definitions directly (int64 numpy arithmetic, ``>>`` is a floor
+shift); inputs cover type extremes, one sample, one channel, odd sizes and every predictor order path.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from necoda_filter import _kernels as K
+
+INT_DTYPES = ["i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8"]
+WIDE = [np.int16, np.int32, np.int64]
+
+
+def _data(rng, dt, shape, span=None):
+    """Integers of dtype dt, within a span < 2**32 (the kernels' contract), placed at both type extremes."""
+    info = np.iinfo(dt)
+    full = int(info.max) - int(info.min)
+    span = min(full, (1 << 32) - 1) if span is None else min(span, full)
+    base = [int(info.min), int(info.max) - span][int(rng.integers(2))]
+    v = rng.integers(0, span, size=shape, endpoint=True, dtype=np.uint64).astype(object) + base
+    v.flat[0] = base  # the extremes are present
+    v.flat[-1] = base + span
+    return np.array(v.tolist(), dtype=dt).reshape(shape)
+
+
+def _off(x, lo):
+    """x - lo as int64 (exact: the span is < 2**32)."""
+    return np.array((x.astype(object) - lo).tolist(), dtype=np.int64).reshape(x.shape)
+
+
+def _blocks(T, L):
+    nb = max(1, -(-T // L))
+    L = -(-T // nb)
+    return nb, L
+
+
+def _block_starts(T, nb, L):
+    pad = nb * L - T
+    return [0] + [b * L - pad for b in range(1, nb)], pad
+
+
+# ---------------------------------------------------------------------------------------------- references
+def ref_lpc_e(xc, Q, shift, nb, L):
+    """Per-channel LPC residual, xc: (T, C) int64 centred values; returns (C, T)."""
+    T, C = xc.shape
+    p = Q.shape[1]
+    e = np.empty((C, T), np.int64)
+    starts, _ = _block_starts(T, nb, L)
+    for b, t0 in enumerate(starts):
+        t1 = starts[b + 1] if b + 1 < len(starts) else T
+        xb = xc[t0:t1].T
+        acc = np.zeros_like(xb)
+        for i in range(p):
+            acc[:, i + 1:] += Q[:, i:i + 1] * xb[:, :xb.shape[1] - i - 1]
+        e[:, t0:t1] = xb - ((acc + (1 << (shift - 1))) >> shift)
+    return e
+
+
+def ref_xch(e, W, shift):
+    C, T = e.shape
+    f = e.copy()
+    for c in range(1, C):
+        acc = np.zeros(T, np.int64)
+        for k in range(min(W.shape[1], c)):
+            acc += W[c, k] * e[c - 1 - k]
+        if W[c, :c].any():
+            f[c] = e[c] - ((acc + (1 << (shift - 1))) >> shift)
+    return f
+
+
+def ref_lpc_decode(r, mu, lo, Q, B, shift, nb, L, dtype):
+    C, T = r.shape
+    p = Q.shape[1]
+    e = r.astype(np.int64)
+    for c in range(1, C):
+        acc = np.zeros(T, np.int64)
+        for k in range(min(B.shape[1], c)):
+            acc += B[c, k] * e[c - 1 - k]
+        e[c] += (acc + (1 << (shift - 1))) >> shift
+    x = e.copy()
+    starts, _ = _block_starts(T, nb, L)
+    for b, t0 in enumerate(starts):
+        t1 = starts[b + 1] if b + 1 < len(starts) else T
+        for t in range(t0, t1):
+            acc = np.zeros(C, np.int64)
+            for i in range(p):
+                if t - 1 - i >= t0:
+                    acc += Q[:, i] * x[:, t - 1 - i]
+            x[:, t] += (acc + (1 << (shift - 1))) >> shift
+    v = (x + mu[:, None]).T.astype(object) + lo
+    bits = 8 * np.dtype(dtype).itemsize
+    return np.array([[int(a) % (1 << bits) for a in row] for row in v], dtype=np.uint64).astype(
+        np.dtype(dtype).str.replace("i", "u")).view(dtype)
+
+
+def box3(d):
+    P = np.pad(d, [(0, 0)] * (d.ndim - 2) + [(1, 1), (1, 1)])
+    h = P[..., :, :-2] + P[..., :, 1:-1] + P[..., :, 2:]
+    return h[..., :-2, :] + h[..., 1:-1, :] + h[..., 2:, :]
+
+
+def ref_img_r(d, coef, shift):
+    """Imaging residuals of d (T, H, W) int64 (deviation from the mean)."""
+    c0, c1, c2 = (int(c) for c in coef)
+    S = box3(d)
+    pred = np.zeros_like(d)
+    pred[1:] = c2 * d[:-1] + c0 * S[:-1]
+    pred[2:] += c1 * S[:-2]
+    pred = (pred + (1 << (shift - 1))) >> shift
+    return d - pred
+
+
+def ref_img_decode(r, coef, shift):
+    c0, c1, c2 = (int(c) for c in coef)
+    d = r.astype(np.int64)
+    half = 1 << (shift - 1)
+    for t in range(1, d.shape[0]):
+        acc = c2 * d[t - 1] + c0 * box3(d[t - 1])
+        if t > 1:
+            acc += c1 * box3(d[t - 2])
+        d[t] += (acc + half) >> shift
+    return d
+
+
+def _wrap(v, dtype):
+    """Python ints -> dtype by their low bytes."""
+    dt = np.dtype(dtype)
+    bits = 8 * dt.itemsize
+    u = np.array([int(a) % (1 << bits) for a in np.asarray(v, dtype=object).ravel()], dtype=np.uint64)
+    return u.astype(f"u{dt.itemsize}").view(dt).reshape(np.shape(v))
+
+
+# ---------------------------------------------------------------------------------------------- stats
+@pytest.mark.parametrize("dt", INT_DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (7, 1), (513, 3), (33, 300)])
+def test_stats(dt, shape):
+    rng = np.random.default_rng(len(shape) + shape[0])
+    x = _data(rng, dt, shape)
+    sums, lo, hi = K.stats(x)
+    assert (lo, hi) == (int(x.min()), int(x.max()))
+    want = [sum(int(v) for v in x[:, k]) % (1 << 64) for k in range(shape[1])]
+    assert [int(s) for s in sums] == want
+    off = K.offset_sums(sums, shape[0], lo)
+    assert off.tolist() == [int(v) for v in _off(x, lo).sum(axis=0)]
+
+
+# ---------------------------------------------------------------------------------------------- LPC
+@pytest.mark.parametrize("dt", INT_DTYPES)
+@pytest.mark.parametrize("T,C,p,L", [(1, 1, 0, 512), (1, 3, 2, 512), (2, 1, 1, 1), (37, 1, 3, 8), (513, 3, 2, 512),
+                                     (1030, 5, 8, 512), (300, 4, 9, 64), (200, 2, 64, 100), (97, 4, 5, 13)])
+def test_lpc_encode_decode_equal_reference(dt, T, C, p, L):
+    rng = np.random.default_rng(T * 31 + C * 7 + p)
+    span = 200 if np.dtype(dt).itemsize == 1 else None
+    x = _data(rng, dt, (T, C), span)
+    _, lo, hi = K.stats(x)
+    xo = _off(x, lo)
+    mu = np.round(xo.mean(axis=0)).astype(np.int64)
+    Q = rng.integers(-(1 << 15) + 1, 1 << 15, size=(C, p))
+    if p:
+        Q[0, 0] = (1 << 15) - 1
+    W = rng.integers(-(1 << 15) + 1, 1 << 15, size=(C, 3)) * (rng.random((C, 3)) < 0.7)
+    nb, L = _blocks(T, L)
+    shift = 12
+    e = ref_lpc_e(xo - mu, Q, shift, nb, L)
+    f = ref_xch(e, W, shift)
+    rows = np.unique(rng.integers(0, T, size=min(T, 50)))
+    np.testing.assert_array_equal(K.lpc_rows(x, lo, mu, Q, shift, nb, L, rows), e[:, rows])
+    np.testing.assert_array_equal(K.lpc_rows(x, lo, mu, Q, shift, nb, L, np.arange(T)), e)
+    sums, out, rng_ = K.lpc_encode(x, lo, mu, Q, W, shift, nb, L, np.int64, want_sums=True)
+    np.testing.assert_array_equal(out, f)
+    assert rng_ == (min(0, int(f.min())), max(0, int(f.max())))
+    np.testing.assert_array_equal(sums[:, 0], np.abs(e).sum(axis=1))
+    np.testing.assert_array_equal(sums[:, 1], np.abs(f).sum(axis=1))
+    for wt in (np.int16, np.int32):
+        _, o2, _ = K.lpc_encode(x, lo, mu, Q, W, shift, nb, L, wt)
+        np.testing.assert_array_equal(o2, f.astype(wt))  # low bytes
+    # decode: inverts exactly, into any integer dtype of the data
+    back = np.empty_like(x)
+    K.lpc_decode(f, mu, lo, Q, W, shift, nb, L, back)
+    np.testing.assert_array_equal(back, x)
+    # and equals the reference on arbitrary residuals and output types
+    r = rng.integers(-3000, 3000, size=(C, T)).astype(rng.choice(WIDE))
+    for odt in ("u1", "i2", "u4", "i8", "u8"):
+        out = np.empty((T, C), odt)
+        K.lpc_decode(r, mu, lo, Q, W, shift, nb, L, out)
+        np.testing.assert_array_equal(out, ref_lpc_decode(r, mu, lo, Q, W, shift, nb, L, odt))
+
+
+def test_lpc_argument_checks():
+    x = np.zeros((10, 2), np.int16)
+    mu = np.zeros(2, np.int64)
+    with pytest.raises(ValueError):
+        K.lpc_encode(x, 0, mu, np.zeros((2, 1)), np.zeros((2, 3)), 12, 1, 5)  # blocks do not cover T
+    with pytest.raises(ValueError):
+        K.lpc_rows(x, 0, mu, np.zeros((2, 1)), 12, 1, 10, [10])
+    with pytest.raises(TypeError):
+        K.lpc_decode(np.zeros((2, 10), np.float32), mu, 0, np.zeros((2, 1)), np.zeros((2, 3)), 12, 1, 10,
+                     np.empty((10, 2), np.int16))
+    with pytest.raises(ValueError):
+        K.lpc_decode(np.zeros((2, 10), np.int16), mu, 0, np.zeros((2, 1)), np.zeros((2, 3)), 12, 1, 10,
+                     np.empty((9, 2), np.int16))
+
+
+# ---------------------------------------------------------------------------------------------- imaging
+@pytest.mark.parametrize("dt", ["i2", "u2", "i4", "u4", "i8", "u8"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 1, 5), (5, 4, 1), (9, 12, 13), (4, 1, 1), (6, 7, 3)])
+@pytest.mark.parametrize("wide", [False, True])
+def test_img_residual_decode_equal_reference(dt, shape, wide):
+    rng = np.random.default_rng(sum(shape) + wide)
+    T, H, W = shape
+    span = 3000 if not wide else None
+    x = _data(rng, dt, shape, span)
+    _, lo, hi = K.stats(x.reshape(T, -1))
+    xo = _off(x, lo)
+    m = np.round(xo.reshape(T, -1).mean(axis=0)).astype(np.int64)
+    d = xo - m.reshape(H, W)
+    shift = int(rng.integers(4, 13))
+    lim = 1 << 20 if wide else 1 << 6
+    coef = rng.integers(-lim, lim, size=3)
+    r = ref_img_r(d, coef, shift)
+    ncls = int(rng.integers(1, 5))
+    cls = rng.integers(0, ncls, size=H * W)
+    order = np.argsort(cls, kind="stable")
+    want = np.concatenate([r.reshape(T, -1)[:, order[cls[order] == k]].ravel() for k in range(ncls)])
+    buf, rr = K.img_residual(x, lo, m, coef, shift, wide, cls, ncls, np.int64)
+    np.testing.assert_array_equal(buf, want)
+    assert rr == (min(0, int(want.min())), max(0, int(want.max())))
+    buf16, _ = K.img_residual(x, lo, m, coef, shift, wide, cls, ncls, np.int16)
+    np.testing.assert_array_equal(buf16, want.astype(np.int16))
+    counts = np.bincount(cls, minlength=ncls)
+    bounds = np.concatenate([[0], np.cumsum(counts)]) * T
+    parts = [buf[bounds[k]:bounds[k + 1]] for k in range(ncls)]
+    out = np.empty(shape, dt)
+    K.img_decode(parts, cls, m, lo, coef, shift, wide, out)
+    np.testing.assert_array_equal(out, x)
+    # arbitrary residuals: equal to the reference inverse
+    rs = rng.integers(-500, 500, size=(T, H * W))
+    parts = [np.ascontiguousarray(rs[:, order[cls[order] == k]]).ravel().astype(np.int32) for k in range(ncls)]
+    out = np.empty(shape, dt)
+    K.img_decode(parts, cls, m, lo, coef, shift, wide, out)
+    dd = ref_img_decode(rs.reshape(shape), coef, shift)
+    np.testing.assert_array_equal(out, _wrap(dd.astype(object) + m.reshape(H, W) + lo, dt))
+
+
+def test_img_gram_equals_reference():
+    rng = np.random.default_rng(7)
+    x = rng.integers(-300, 3000, size=(12, 9, 11)).astype(np.int16)
+    T, H, W = x.shape
+    _, lo, _ = K.stats(x.reshape(T, -1))
+    m = np.round(_off(x, lo).reshape(T, -1).mean(axis=0)).astype(np.int64)
+    d = (_off(x, lo) - m.reshape(H, W)).astype(np.float64)
+    ts = np.array([2, 5, 11])
+    A = np.concatenate([np.stack([box3(d[t - 1]).ravel(), box3(d[t - 2]).ravel(), d[t - 1].ravel()], 1) for t in ts])
+    y = np.concatenate([d[t].ravel() for t in ts])
+    G, g = K.img_gram(x, lo, m, ts)
+    np.testing.assert_allclose(G, A.T @ A, rtol=1e-12)
+    np.testing.assert_allclose(g, A.T @ y, rtol=1e-12)
+    with pytest.raises(ValueError):
+        K.img_gram(x, lo, m, [1])
+
+
+def test_img_argument_checks():
+    x = np.zeros((3, 4, 5), np.int16)
+    m = np.zeros(20, np.int64)
+    with pytest.raises(ValueError):
+        K.img_residual(x, 0, m, [1, 2, 3], 12, False, np.full(20, 3), 3, np.int16)  # class out of range
+    with pytest.raises(ValueError):
+        K.img_decode([np.zeros(3 * 19, np.int16)], np.zeros(20, np.int64), m, 0, [1, 2, 3], 12, False,
+                     np.empty((3, 4, 5), np.int16))  # stream size does not match
+    with pytest.raises(TypeError):
+        K.img_decode([np.zeros(60, np.int16), np.zeros(0, np.int32)], np.zeros(20, np.int64), m, 0, [1, 2, 3], 12,
+                     False, np.empty((3, 4, 5), np.int16))  # mixed dtypes
+
+
+# ---------------------------------------------------------------------------------------------- bounded
+@pytest.mark.parametrize("dt", INT_DTYPES)
+@pytest.mark.parametrize("E", [0, 1, 7, 1000])
+def test_quant_dequant_uniform(dt, E):
+    rng = np.random.default_rng(E)
+    for shape in [(1,), (1001,), (3, 5, 7)]:
+        x = _data(rng, dt, shape)
+        _, lo, hi = K.stats(x.reshape(-1, 1))
+        w = 2 * E + 1
+        want = (_off(x, lo) + E) // w
+        q = K.quant_uniform(x, lo, E, np.int64)
+        np.testing.assert_array_equal(q, want)
+        out = np.empty(shape, dt)
+        K.dequant_uniform(q, w, hi - lo, lo, out)
+        np.testing.assert_array_equal(out, _wrap(np.minimum(want * w, hi - lo).astype(object) + lo, dt))
+        assert np.all(np.abs(out.astype(object) - x.astype(object)) <= E)
+
+
+def test_quant_uniform_large_values_exact():
+    # the float estimate with its correction, near 2**52 and beyond
+    x = np.array([0, 1, 2**52 - 1, 2**52, 2**52 + 1, 2**62 - 5, 2**62 - 1], np.int64)
+    for E in (0, 1, 3, 12345, 2**40):
+        np.testing.assert_array_equal(K.quant_uniform(x, 0, E, np.int64),
+                                      [(int(v) + E) // (2 * E + 1) for v in x])
+
+
+@pytest.mark.parametrize("dt", ["i2", "u2", "i4", "u8"])
+def test_quant_dequant_lut(dt):
+    rng = np.random.default_rng(3)
+    x = _data(rng, dt, (50, 7), span=5000)
+    if dt == "u8":  # bin centers are int64 (bounded mode tabulates only ranges inside +-2**62)
+        x = x - np.uint64(x.min()) + np.uint64(2**62 - 6000)
+    _, lo, hi = K.stats(x.reshape(-1, 1))
+    widths = rng.integers(1, 40, size=1000)
+    widths = widths[:np.searchsorted(np.cumsum(widths), hi - lo + 1) + 1]
+    widths[-1] -= widths.sum() - (hi - lo + 1)
+    starts = lo + np.concatenate([[0], np.cumsum(widths)[:-1]])
+    centers = starts + widths // 2
+    lut = np.repeat(np.arange(widths.size, dtype=np.int32), widths)
+    q, emax = K.quant_lut(x, lo, lut, centers, np.int16)
+    want = lut[_off(x, lo)]
+    np.testing.assert_array_equal(q, want)
+    assert emax == int(np.abs(centers[want] - lo - _off(x, lo)).max())
+    out = np.empty(x.shape, dt)
+    K.dequant_lut(q, centers, out)
+    np.testing.assert_array_equal(out, _wrap(centers[want].astype(object), dt))
+    with pytest.raises(ValueError):
+        K.dequant_lut(np.array([centers.size], np.int16), centers, np.empty(1, dt))
+    with pytest.raises(ValueError):
+        K.quant_lut(x, lo + 1, lut, centers, np.int16)  # x - lo = -1 is outside the table
+
+
+def test_type_codes_and_library():
+    assert K.available()
+    assert K.code(np.int16) == 2 and K.code(np.uint64) == 24
+    with pytest.raises(TypeError):
+        K.code(np.float32)
+    with pytest.raises(TypeError):
+        K.code(np.dtype(">i2"))
