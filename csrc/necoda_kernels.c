@@ -507,29 +507,23 @@ int nk_img_gram(const void *x, int code, i64 T, i64 H, i64 W, u64 lo, const i64 
 
 /*
  * Residual layout: pixels are grouped by class (cls[q] in [0, ncls)); class k, with n_k pixels in raster
- * order, owns a T x n_k row-major block starting at element T * (n_0 + ... + n_{k-1}). pos[q] receives
- * the element index of pixel q at frame 0 within the whole buffer (encoder) or within its class block
- * (decoder), nk[q] = n_{cls[q]} its stride from frame to frame.
+ * order, owns a T x n_k row-major block starting at element T * (n_0 + ... + n_{k-1}). class_layout gives
+ * order (the pixels sorted by class, stable) and cnt[k] = n_k.
  */
-static int class_layout(const i64 *cls, i64 HW, i64 ncls, i64 T, int whole, i64 *pos, i64 *nk) {
-    i64 *cnt, *cur, q, k, acc = 0;
-    cnt = (i64 *)calloc((size_t)ncls, sizeof(i64));
+static int class_layout(const i64 *cls, i64 HW, i64 ncls, int32_t *order, i64 *cnt) {
+    i64 *cur, q, k, acc = 0;
     cur = (i64 *)malloc((size_t)ncls * sizeof(i64));
-    if (!cnt || !cur) { free(cnt); free(cur); return NK_ENOMEM; }
+    if (!cur) return NK_ENOMEM;
+    for (k = 0; k < ncls; k++) cnt[k] = 0;
     for (q = 0; q < HW; q++) {
-        if (cls[q] < 0 || cls[q] >= ncls) { free(cnt); free(cur); return NK_EARG; }
+        if (cls[q] < 0 || cls[q] >= ncls) { free(cur); return NK_EARG; }
         cnt[cls[q]]++;
     }
     for (k = 0; k < ncls; k++) {
-        cur[k] = whole ? T * acc : 0;
+        cur[k] = acc;
         acc += cnt[k];
     }
-    for (q = 0; q < HW; q++) {
-        k = cls[q];
-        pos[q] = cur[k]++;
-        nk[q] = cnt[k];
-    }
-    free(cnt);
+    for (q = 0; q < HW; q++) order[cur[cls[q]]++] = (int32_t)q;
     free(cur);
     return NK_OK;
 }
@@ -574,16 +568,17 @@ static int img_residual_##SUF(const void *x, int code, i64 T, i64 H, i64 W, u64 
     i64 HW = H * W, t, q;                                                                              \
     WU *mem, *d, *dprev, *S1, *S2, *h, *mm, *tmp;                                                      \
     u64 *xin;                                                                                          \
-    i64 *pos, *nk;                                                                                     \
+    int32_t *order;                                                                                    \
+    i64 *cnt;                                                                                          \
     WT vmin, vmax;                                                                                     \
     const WU u0 = (WU)c0, u1 = (WU)c1, u2 = (WU)c2;                                                    \
     int rc;                                                                                            \
     mem = (WU *)calloc((size_t)(7 * HW), sizeof(WU));                                                  \
     xin = (u64 *)malloc((size_t)HW * sizeof(u64));                                                     \
-    pos = (i64 *)malloc((size_t)HW * sizeof(i64));                                                     \
-    nk = (i64 *)malloc((size_t)HW * sizeof(i64));                                                      \
-    if (!mem || !xin || !pos || !nk) { rc = NK_ENOMEM; goto done; }                                    \
-    if ((rc = class_layout(cls, HW, ncls, T, 1, pos, nk)) != NK_OK) goto done;                         \
+    order = (int32_t *)malloc((size_t)HW * sizeof(int32_t));                                           \
+    cnt = (i64 *)malloc((size_t)ncls * sizeof(i64));                                                   \
+    if (!mem || !xin || !order || !cnt) { rc = NK_ENOMEM; goto done; }                                 \
+    if ((rc = class_layout(cls, HW, ncls, order, cnt)) != NK_OK) goto done;                            \
     d = mem; dprev = mem + HW; S1 = mem + 2 * HW; S2 = mem + 3 * HW; h = mem + 4 * HW;                 \
     mm = mem + 5 * HW; tmp = mem + 6 * HW;                                                             \
     for (q = 0; q < HW; q++) mm[q] = (WU)m[q];                                                         \
@@ -599,14 +594,22 @@ static int img_residual_##SUF(const void *x, int code, i64 T, i64 H, i64 W, u64 
             vmin = r < vmin ? r : vmin;                                                                \
             vmax = r > vmax ? r : vmax;                                                                \
         }                                                                                              \
-        switch (osize) {                                                                               \
-        case 2: { uint16_t *o = (uint16_t *)out;                                                       \
-            for (q = 0; q < HW; q++) { o[pos[q]] = (uint16_t)tmp[q]; pos[q] += nk[q]; } break; }       \
-        case 4: { uint32_t *o = (uint32_t *)out;                                                       \
-            for (q = 0; q < HW; q++) { o[pos[q]] = (uint32_t)tmp[q]; pos[q] += nk[q]; } break; }       \
-        default: { uint64_t *o = (uint64_t *)out;                                                      \
-            for (q = 0; q < HW; q++) { o[pos[q]] = (uint64_t)(i64)TOS(tmp[q]); pos[q] += nk[q]; }      \
-            break; }                                                                                   \
+        {                                                                                              \
+            i64 k, a = 0, base = 0;                                                                    \
+            for (k = 0; k < ncls; k++) {                                                               \
+                const int32_t *ok = order + a;                                                         \
+                i64 n = cnt[k], i, o0 = base + t * n;                                                  \
+                switch (osize) {                                                                       \
+                case 2: { uint16_t *o = (uint16_t *)out + o0;                                          \
+                    for (i = 0; i < n; i++) { o[i] = (uint16_t)tmp[ok[i]]; } break; }                      \
+                case 4: { uint32_t *o = (uint32_t *)out + o0;                                          \
+                    for (i = 0; i < n; i++) { o[i] = (uint32_t)tmp[ok[i]]; } break; }                      \
+                default: { uint64_t *o = (uint64_t *)out + o0;                                         \
+                    for (i = 0; i < n; i++) { o[i] = (uint64_t)(i64)TOS(tmp[ok[i]]); } break; }            \
+                }                                                                                      \
+                a += n;                                                                                \
+                base += T * n;                                                                         \
+            }                                                                                          \
         }                                                                                              \
         box3_##SUF(d, S2, h, H, W); /* S2 becomes box(d[t]); rotate so that S1 = box(d[t]) */          \
         { WU *sw = S2; S2 = S1; S1 = sw; sw = dprev; dprev = d; d = sw; }                              \
@@ -615,7 +618,7 @@ static int img_residual_##SUF(const void *x, int code, i64 T, i64 H, i64 W, u64 
     rng[1] = T > 0 ? (i64)vmax : 0;                                                                    \
     rc = NK_OK;                                                                                        \
 done:                                                                                                  \
-    free(mem); free(xin); free(pos); free(nk);                                                         \
+    free(mem); free(xin); free(order); free(cnt);                                                      \
     return rc;                                                                                         \
 }                                                                                                      \
                                                                                                        \
@@ -625,25 +628,34 @@ static int img_decode_##SUF(const void *const *parts, int rsize, i64 ncls, const
     i64 HW = H * W, t, q;                                                                              \
     WU *mem, *d, *dprev, *S1, *S2, *h, *r;                                                             \
     u64 *mo;                                                                                           \
-    i64 *pos, *nk;                                                                                     \
+    int32_t *order;                                                                                    \
+    i64 *cnt;                                                                                          \
     const WU u0 = (WU)c0, u1 = (WU)c1, u2 = (WU)c2;                                                    \
     int rc;                                                                                            \
     mem = (WU *)calloc((size_t)(6 * HW), sizeof(WU));                                                  \
     mo = (u64 *)malloc((size_t)HW * sizeof(u64));                                                      \
-    pos = (i64 *)malloc((size_t)HW * sizeof(i64));                                                     \
-    nk = (i64 *)malloc((size_t)HW * sizeof(i64));                                                      \
-    if (!mem || !mo || !pos || !nk) { rc = NK_ENOMEM; goto done; }                                     \
-    if ((rc = class_layout(cls, HW, ncls, T, 0, pos, nk)) != NK_OK) goto done;                         \
+    order = (int32_t *)malloc((size_t)HW * sizeof(int32_t));                                           \
+    cnt = (i64 *)malloc((size_t)ncls * sizeof(i64));                                                   \
+    if (!mem || !mo || !order || !cnt) { rc = NK_ENOMEM; goto done; }                                  \
+    if ((rc = class_layout(cls, HW, ncls, order, cnt)) != NK_OK) goto done;                            \
     d = mem; dprev = mem + HW; S1 = mem + 2 * HW; S2 = mem + 3 * HW; h = mem + 4 * HW; r = mem + 5 * HW; \
     for (q = 0; q < HW; q++) mo[q] = (u64)m[q] + lo;                                                   \
     for (t = 0; t < T; t++) {                                                                          \
-        switch (rsize) {                                                                               \
-        case 2: for (q = 0; q < HW; q++) {                                                             \
-                r[q] = (WU)(i64)((const int16_t *)parts[cls[q]])[pos[q]]; pos[q] += nk[q]; } break;    \
-        case 4: for (q = 0; q < HW; q++) {                                                             \
-                r[q] = (WU)(i64)((const int32_t *)parts[cls[q]])[pos[q]]; pos[q] += nk[q]; } break;    \
-        default: for (q = 0; q < HW; q++) {                                                            \
-                r[q] = (WU)((const int64_t *)parts[cls[q]])[pos[q]]; pos[q] += nk[q]; } break;         \
+        {                                                                                              \
+            i64 k, a = 0;                                                                              \
+            for (k = 0; k < ncls; k++) {                                                               \
+                const int32_t *ok = order + a;                                                         \
+                i64 n = cnt[k], i;                                                                     \
+                switch (rsize) {                                                                       \
+                case 2: { const int16_t *src = (const int16_t *)parts[k] + t * n;                      \
+                    for (i = 0; i < n; i++) { r[ok[i]] = (WU)(i64)src[i]; } break; }                       \
+                case 4: { const int32_t *src = (const int32_t *)parts[k] + t * n;                      \
+                    for (i = 0; i < n; i++) { r[ok[i]] = (WU)(i64)src[i]; } break; }                       \
+                default: { const int64_t *src = (const int64_t *)parts[k] + t * n;                     \
+                    for (i = 0; i < n; i++) { r[ok[i]] = (WU)src[i]; } break; }                            \
+                }                                                                                      \
+                a += n;                                                                                \
+            }                                                                                          \
         }                                                                                              \
         switch (osize) {                                                                               \
         NK_IMG_DEC_STORE(SUF, WU, TOS, 1, uint8_t)                                                     \
@@ -659,7 +671,7 @@ static int img_decode_##SUF(const void *const *parts, int rsize, i64 ncls, const
     }                                                                                                  \
     rc = NK_OK;                                                                                        \
 done:                                                                                                  \
-    free(mem); free(mo); free(pos); free(nk);                                                          \
+    free(mem); free(mo); free(order); free(cnt);                                                       \
     return rc;                                                                                         \
 }
 
@@ -688,7 +700,7 @@ NK_IMG_CORE(w64, int64_t, uint64_t, NK_S64)
 int nk_img_residual(const void *x, int code, i64 T, i64 H, i64 W, u64 lo, const i64 *m, i64 c0, i64 c1,
                     i64 c2, int shift, int wide, const i64 *cls, i64 ncls, void *out, int osize, i64 *rng) {
     if (!valid_code(code) || !(osize == 2 || osize == 4 || osize == 8) || T < 0 || ncls < 1 || shift < 1 ||
-        shift > 30 || H < 1 || W < 1 || H > INT64_MAX / W / 8)
+        shift > 30 || H < 1 || W < 1 || H > INT32_MAX / W)
         return NK_EARG;
     if (wide) return img_residual_w64(x, code, T, H, W, lo, m, c0, c1, c2, shift, cls, ncls, out, osize, rng);
     return img_residual_w32(x, code, T, H, W, lo, m, c0, c1, c2, shift, cls, ncls, out, osize, rng);
@@ -701,7 +713,7 @@ int nk_img_residual(const void *x, int code, i64 T, i64 H, i64 W, u64 lo, const 
 int nk_img_decode(const void *const *parts, int rsize, i64 ncls, const i64 *cls, i64 T, i64 H, i64 W,
                   const i64 *m, u64 lo, i64 c0, i64 c1, i64 c2, int shift, int wide, void *out, int osize) {
     if (!(rsize == 2 || rsize == 4 || rsize == 8) || !valid_size(osize) || T < 0 || ncls < 1 || shift < 1 ||
-        shift > 30 || H < 1 || W < 1 || H > INT64_MAX / W / 8)
+        shift > 30 || H < 1 || W < 1 || H > INT32_MAX / W)
         return NK_EARG;
     if (wide) return img_decode_w64(parts, rsize, ncls, cls, T, H, W, m, lo, c0, c1, c2, shift, out, osize);
     return img_decode_w32(parts, rsize, ncls, cls, T, H, W, m, lo, c0, c1, c2, shift, out, osize);
