@@ -552,3 +552,49 @@ def test_misaligned_chunked_source(tmp_path, monkeypatch):
         with h5py.File(out, "r") as f:
             assert f["ts/data"].chunks == (64, 300, 20)
             assert np.array_equal(f["ts/data"][...], data)
+
+
+def test_copy_keeps_links_types_references_and_userblock(tmp_path):
+    """Hard/soft/external links, committed datatypes, compound data with references, region
+    references, empty and fixed-length string attributes, creation-order groups and the userblock."""
+    src = tmp_path / "src.h5"
+    rng = np.random.default_rng(0)
+    movie = rng.integers(0, 1000, (70, 20, 20)).astype(np.uint16)
+    with h5py.File(src, "w", userblock_size=512, track_order=True) as f:
+        ts = f.create_group("acq/ts", track_order=True)
+        ts.attrs["neurodata_type"] = "TwoPhotonSeries"
+        ts.attrs.create("comments", "c", dtype=h5py.string_dtype("ascii"))
+        d = ts.create_dataset("data", data=movie)
+        d.attrs["unit"] = "n.a."
+        d.attrs["fixed"] = np.bytes_("abc")
+        d.attrs["empty"] = h5py.Empty("f4")
+        d.attrs["selfref"] = d.ref
+        f["acq/hard_alias"] = d                       # a second hard link to the recompressed dataset
+        f["acq/soft"] = h5py.SoftLink("/acq/ts/data")
+        f["acq/ext"] = h5py.ExternalLink("other.h5", "/x")
+        f["named_type"] = np.dtype([("a", "<i4"), ("b", "<f8")])
+        tab = f.create_dataset("table", data=np.arange(10.0))
+        cdt = np.dtype([("idx", "<i4"), ("ts", h5py.ref_dtype)])
+        comp = f.create_dataset("compound", shape=(2,), dtype=cdt)
+        comp[0] = (1, ts.ref)
+        comp[1] = (2, tab.ref)
+        f.create_dataset("region", data=[tab.regionref[2:5]], dtype=h5py.regionref_dtype)
+        f.attrs["root_ref"] = tab.ref
+        for k in ("z", "a", "m"):
+            ts.create_group(k)
+    with open(src, "r+b") as fh:
+        fh.write(b"USERBLOCK-CONTENT")
+    out = tmp_path / "out.h5"
+    nwb.recompress_file(src, out, workers=1, progress=False)
+    assert nwb.structure_diff(src, out, ignore_attrs=ignore_necoda) == []
+    with h5py.File(out, "r") as f:
+        d = f["acq/ts/data"]
+        assert FILTER_ID in [d.id.get_create_plist().get_filter(i)[0] for i in range(d.id.get_create_plist().get_nfilters())]
+        assert f["acq/hard_alias"] == d                   # still one object, not a copy
+        assert f[d.attrs["selfref"]] == d
+        assert list(f["acq/ts"]) == ["data", "z", "a", "m"]  # creation order kept
+        assert f[f["compound"][1]["ts"]].name == "/table"
+        assert np.array_equal(f["table"][f["region"][0]], [2.0, 3.0, 4.0])
+        assert isinstance(f["named_type"], h5py.Datatype)
+        assert np.array_equal(d[...], movie)
+    assert open(out, "rb").read(17) == b"USERBLOCK-CONTENT"
