@@ -726,16 +726,26 @@ int nk_quant_uniform(const void *x, int code, i64 n, u64 lo, i64 E, i64 w, void 
     enum { BLK = 4096 };
     u64 buf[BLK];
     i64 s, k;
+    u64 magic;
+    int l = 0, sh;
     double inv;
     if (!valid_code(code) || !valid_size(osize) || n < 0 || E < 0 || w < 1 || w != 2 * E + 1) return NK_EARG;
+    /* v < 2^31: floor(v / w) = (v * magic) >> (31 + l) with l = ceil(log2 w), magic = floor(2^(31+l) / w) + 1
+       (Granlund & Montgomery 1994, thm 4.2: 2^(31+l) < magic * w <= 2^(31+l) + 2^l); magic <= 2^32, so the
+       product stays below 2^63. Larger v: a double estimate, corrected to the exact quotient. */
+    while (l < 62 && ((u64)1 << l) < (u64)w) l++;
+    sh = 31 + l;
+    magic = l <= 32 ? ((u64)1 << sh) / (u64)w + 1 : 0;
     inv = 1.0 / (double)w;
     for (s = 0; s < n; s += BLK) {
         i64 nn = n - s < BLK ? n - s : BLK;
         load_u64(buf, x, s, 1, nn, code, lo - (u64)E);
         for (k = 0; k < nn; k++) {
             u64 v = buf[k], qv;
-            if (v < ((u64)1 << 52)) {
-                /* exact for v < 2^52 after the correction (the estimate is off by at most one) */
+            if (v < ((u64)1 << 31) && magic) {
+                qv = (v * magic) >> sh;
+            } else if (v < ((u64)1 << 52)) {
+                /* exact after the correction (the estimate is off by at most one) */
                 qv = (u64)((double)v * inv);
                 if (qv * (u64)w > v) qv--;
                 else if ((qv + 1) * (u64)w <= v) qv++;
@@ -811,6 +821,34 @@ int nk_dequant_lut(const void *q, int code, i64 n, const i64 *centers, i64 ncent
         }
         store_u64(out, s, 1, buf, nn, osize, 0);
     }
+    return NK_OK;
+}
+
+/*
+ * Per-column moments for the noise model (x: T x K, type code): sums[k] = sum_t x[t, k] and
+ * dsq[k] = sum_{t>0} (x[t, k] - x[t-1, k])^2, both modulo 2^64 (the caller checks they cannot wrap).
+ */
+int nk_moments(const void *x, int code, i64 T, i64 K, u64 *sums, u64 *dsq) {
+    u64 *prev, *cur, *tmp;
+    i64 t, k;
+    if (!valid_code(code) || T < 0 || K < 1 || T > INT64_MAX / K) return NK_EARG;
+    prev = (u64 *)malloc((size_t)K * sizeof(u64));
+    cur = (u64 *)malloc((size_t)K * sizeof(u64));
+    if (!prev || !cur) { free(prev); free(cur); return NK_ENOMEM; }
+    for (k = 0; k < K; k++) sums[k] = dsq[k] = 0;
+    for (t = 0; t < T; t++) {
+        load_u64(cur, x, t * K, 1, K, code, 0);
+        for (k = 0; k < K; k++) sums[k] += cur[k];
+        if (t > 0) {
+            for (k = 0; k < K; k++) {
+                u64 d = cur[k] - prev[k];
+                dsq[k] += d * d;
+            }
+        }
+        tmp = prev; prev = cur; cur = tmp;
+    }
+    free(prev);
+    free(cur);
     return NK_OK;
 }
 

@@ -70,6 +70,7 @@ def lib():
             "nk_quant_lut": [_vp, _int, _i64, _u64, _vp, _i64, _vp, _i64, _vp, _int, _vp],
             "nk_dequant_uniform": [_vp, _int, _i64, _i64, _i64, _u64, _vp, _int],
             "nk_dequant_lut": [_vp, _int, _i64, _vp, _i64, _vp, _int],
+            "nk_moments": [_vp, _int, _i64, _i64, _vp, _vp],
         }
         for name, args in sigs.items():
             f = getattr(L, name)
@@ -355,3 +356,20 @@ def dequant_lut(q: np.ndarray, centers: np.ndarray, out: np.ndarray) -> np.ndarr
     centers = np.ascontiguousarray(centers, dtype=np.int64)
     _call("nk_dequant_lut", _p(q), code(q.dtype), q.size, _p(centers), centers.size, _p(out), out.dtype.itemsize)
     return out
+
+
+def moments(x: np.ndarray, lo: int, hi: int):
+    """Per-column (sum of x, sum of squared successive differences) of a 2-D integer array (T, K) whose
+    values lie in [lo, hi], as int64 arrays; None when some partial sum could reach 2**53 (then they are
+    not exact in float64 either, and the caller computes them its own way)."""
+    _int_array(x, "x")
+    if x.ndim != 2 or x.shape[1] < 1:
+        raise ValueError("moments: x must be 2-D with at least one column")
+    T, K = x.shape
+    big = max(abs(int(lo)), abs(int(hi)))
+    if big * T >= 1 << 53 or (int(hi) - int(lo)) ** 2 * T >= 1 << 53:
+        return None
+    sums = np.empty(K, np.uint64)
+    dsq = np.empty(K, np.uint64)
+    _call("nk_moments", _p(x), code(x.dtype), T, K, _p(sums), _p(dsq))
+    return sums.view(np.int64), dsq.view(np.int64)

@@ -47,19 +47,33 @@ def _uncode(buf, shape, params):
 
 
 # ---------------------------------------------------------------------------------------------- noise model
-def noise_model(arr: np.ndarray) -> dict:
+def noise_model(arr: np.ndarray, rng: tuple | None = None) -> dict:
     """Robust photon-transfer fit on one chunk: {"g", "o", "s0", "fit"} (variance in raw units²).
 
     ``fit`` is "ptc" when ``var = g (x - o)`` is trusted, else "floor" (use the constant ``s0``).
+    ``rng``: (min, max) of an integer ``arr`` when the caller has it.
     """
-    x = np.asarray(arr, dtype=np.float64)
-    if x.ndim >= 2 and x.shape[0] >= 2:
+    arr = np.asarray(arr)
+    mom = None
+    if arr.dtype.kind in "iu" and arr.dtype.isnative and arr.ndim >= 2 and arr.shape[0] >= 2 and arr.size:
+        # integer chunks: exact per-column sums in C (the float results below are then the same as
+        # numpy's on the float64 copy: every partial sum is an integer below 2**53)
+        t = np.ascontiguousarray(arr).reshape(arr.shape[0], -1)
+        mom = K.moments(t, *(rng if rng is not None else (int(t.min()), int(t.max()))))
+    if mom is not None:
+        sums, dsq = mom
+        frames = arr.shape[0]
+        mu = sums.astype(np.float64) / frames
+        v = dsq.astype(np.float64) / (frames - 1) / 2.0
+    elif arr.ndim >= 2 and arr.shape[0] >= 2:
+        x = np.asarray(arr, dtype=np.float64)
         t = x.reshape(x.shape[0], -1)
         d = np.diff(t, axis=0)
         mu = t.mean(axis=0)
         v = (d * d).mean(axis=0) / 2.0  # per-pixel noise variance, insensitive to slow signals
         frames = x.shape[0]
     else:
+        x = np.asarray(arr, dtype=np.float64)
         t = x.reshape(-1)
         if t.size < 3:
             return {"g": 0.0, "o": 0.0, "s0": 0.0, "fit": "floor"}
@@ -177,7 +191,7 @@ class BoundedMode:
         table = None
         if max_error_noise is not None:
             k = float(max_error_noise)
-            nm = noise_model(arr)
+            nm = noise_model(arr, (lo, hi))
             params["nm"] = nm
             g, o, s0 = nm["g"], nm["o"], nm["s0"]
             if nm["fit"] == "ptc" and hi - lo <= MAX_TABLE_RANGE and -(1 << 62) < lo and hi < 1 << 62:
