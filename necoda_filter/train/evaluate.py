@@ -47,7 +47,7 @@ def run_codec(x, chunk_frames, **opts):
     return dec, sum(len(b) for b in bufs), te, td
 
 
-def evaluate(chunk_frames=128, qualities=(1, 2, 3, 4), log=print, movies=None):
+def evaluate(chunk_frames=128, qualities=(1, 2, 3, 4), log=print, movies=None, model=None):
     rows = []
     masks_cache = {}
     for name, x, clean, sim in movies or test_movies():
@@ -56,7 +56,8 @@ def evaluate(chunk_frames=128, qualities=(1, 2, 3, 4), log=print, movies=None):
         if sim is None and name not in masks_cache:
             masks_cache[name] = metrics.detect_rois(x)
         for q in qualities:
-            dec, nbytes, te, td = run_codec(x, chunk_frames, mode="learned", quality=q)
+            extra = {"model": model} if model else {}
+            dec, nbytes, te, td = run_codec(x, chunk_frames, mode="learned", quality=q, **extra)
             es = metrics.error_stats(ref, dec, data_range=float(ref.max() - ref.min()))
             row = {"movie": name, "quality": q, "chunk_frames": chunk_frames, "ratio": round(x.nbytes / nbytes, 1),
                    "psnr_vs_clean" if clean is not None else "psnr_vs_orig": round(es["psnr"], 2),
@@ -83,8 +84,9 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="write the rows as JSON")
     p.add_argument("--card", default=None, help="model package folder: write card.json (training summary + these metrics)")
     p.add_argument("--qualities", default="1,2,3,4")
+    p.add_argument("--model", default=None, help="model package folder or id (default: the built-in model)")
     a = p.parse_args(argv)
-    rows = evaluate(a.chunk, tuple(int(q) for q in a.qualities.split(",")))
+    rows = evaluate(a.chunk, tuple(int(q) for q in a.qualities.split(",")), model=a.model)
     if a.out:
         Path(a.out).write_text(json.dumps(rows, indent=1) + "\n")
     if a.card:
