@@ -3,6 +3,7 @@
     python benchmarks/modes_quick.py ../shared/data/ephys_locust_tetrode_15khz_4ch_int16.raw \
         ../shared/data/ophys_2p_cortex_300x200x200_int16.npz [--fast]
 
+``--levels 6 7`` adds lossless rows at other pcodec levels (the ratio/speed trade-off).
 ``.npz`` files: key ``data`` (imaging T×H×W). ``.raw`` files: interleaved int16; the channel count is read
 from ``<N>ch`` in the file name (or ``--channels``). Throughput is MB of original data per second of
 *process CPU time* on one thread (BLAS/OpenMP pinned to one thread), so that other jobs on a shared
@@ -56,14 +57,15 @@ def entropy_bits(v: np.ndarray) -> float:
 
 
 def residual_entropy(arr) -> tuple[float, float]:
-    """(context-conditional, global) empirical entropy of the residual streams the lossless mode codes,
-    in bits per sample of the chunk (side streams such as means and coefficients excluded)."""
+    """(per-stream, pooled) empirical entropy of the residual streams the lossless mode codes, in bits
+    per sample of the chunk (side streams such as means and coefficients excluded)."""
     seen = []
     orig = LL.pco
 
-    def spy(a, level=8):
-        seen.append(np.asarray(a).ravel())
-        return orig(a, level)
+    def spy(a, level=LL.DEFAULT_LEVEL, residual=False):
+        if residual:
+            seen.append(np.asarray(a).ravel())
+        return orig(a, level, residual)
 
     LL.pco = spy
     try:
@@ -71,7 +73,7 @@ def residual_entropy(arr) -> tuple[float, float]:
     finally:
         LL.pco = orig
     n = arr.size
-    big = [s for s in seen if s.size >= max(64, n // 1000)]
+    big = seen
     cond = sum(entropy_bits(s) * s.size for s in big) / n
     glob = entropy_bits(np.concatenate(big)) * sum(s.size for s in big) / n
     return cond, glob
@@ -154,18 +156,27 @@ def bench(path, args):
     print(f"  {'codec':44s} {'ratio':>7s} {'enc MB/s':>8s} {'dec MB/s':>8s}")
     if args.bounded_only:
         return bench_bounded(arr, kind, args)
-    buf, out, r, e, d = ours(arr, "lossless", args.repeat)
+    buf, out, r, e, d = ours(arr, "lossless", args.repeat, **lvl(args))
     assert np.array_equal(out, arr), "lossless round trip failed"
     bps = len(buf) * 8 / arr.size
     cond, glob = residual_entropy(arr)
-    row("necoda lossless", r, e, d, f"{bps:.3f} bits/sample; residual entropy {cond:.3f} "
+    row(f"necoda lossless (level {args.level or LL.DEFAULT_LEVEL})", r, e, d,
+        f"{bps:.3f} bits/sample; residual entropy {cond:.3f} "
         f"(per context stream) / {glob:.3f} (pooled) bits/sample; params {chunk.info(buf).params}")
+    for lv in args.levels:
+        b2, o2, r2, e2, d2 = ours(arr, "lossless", args.repeat, level=lv)
+        assert np.array_equal(o2, arr), "lossless round trip failed"
+        row(f"necoda lossless level {lv}", r2, e2, d2, f"{(r2 / r - 1) * 100:+.2f} % ratio")
     res = anchors_lossless(arr, kind, args.fast)
     for k, (ra, ea, da) in res.items():
         row(k, ra, ea, da)
     best = max(res.items(), key=lambda kv: kv[1][0])
     print(f"  -> lossless ratio / best anchor ({best[0]}): {r / best[1][0]:.3f}")
     bench_bounded(arr, kind, args)
+
+
+def lvl(args) -> dict:
+    return {} if args.level is None else {"level": args.level}
 
 
 def bench_bounded(arr, kind, args):
@@ -193,12 +204,12 @@ def bench_bounded(arr, kind, args):
                 f"(zstd {arr.nbytes / sz_z:.2f}, pcodec {arr.nbytes / sz_p:.2f}, lzma {arr.nbytes / sz_l:.2f})")
             # our noise-aware mode at the anscombe quantizer's own per-level tolerance (beta = 0.5 -> 0.25 sigma)
             for k in (0.25, 0.5):
-                buf, out, r, e, d = ours(arr, "bounded", args.repeat, max_error_noise=k)
+                buf, out, r, e, d = ours(arr, "bounded", args.repeat, max_error_noise=k, **lvl(args))
                 eo = int(np.abs(out.astype(np.int64) - arr).max())
                 row(f"necoda bounded max_error_noise={k}", r, e, d,
                     f"max error {eo} raw = {eo / g:.2f} photons; {r / ra:.2f}x anscombe; nm {chunk.info(buf).params.get('nm')}")
             # equal raw max error
-            buf, out, r, e, d = ours(arr, "bounded", args.repeat, max_error=Ea)
+            buf, out, r, e, d = ours(arr, "bounded", args.repeat, max_error=Ea, **lvl(args))
             eo = int(np.abs(out.astype(np.int64) - arr).max())
             row(f"necoda bounded max_error={Ea}", r, e, d, f"max error {eo}; {r / ra:.2f}x anscombe")
             s = sz3(arr, Ea)
@@ -207,7 +218,7 @@ def bench_bounded(arr, kind, args):
         except ImportError as ex:
             print("  (anscombe-transform skipped:", ex, ")")
     for E in args.errors:
-        buf, out, r, e, d = ours(arr, "bounded", args.repeat, max_error=E)
+        buf, out, r, e, d = ours(arr, "bounded", args.repeat, max_error=E, **lvl(args))
         eo = float(np.abs(out.astype(np.float64) - arr).max())
         row(f"necoda bounded max_error={E}", r, e, d, f"max error {eo:.0f}")
         s = sz3(arr, E)
@@ -222,6 +233,9 @@ def main():
     ap.add_argument("--errors", type=float, nargs="*", default=[2, 10, 50])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--bounded-only", action="store_true")
+    ap.add_argument("--level", type=int, default=None, help="pcodec level for our modes (default: the modes' own)")
+    ap.add_argument("--levels", type=int, nargs="*", default=[],
+                    help="extra lossless rows at these pcodec levels (ratio / speed trade-off)")
     ap.add_argument("--fast", action="store_true", help="skip lzma, JPEG-XL on 50 frames only")
     args = ap.parse_args()
     for p in args.paths:

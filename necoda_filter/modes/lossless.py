@@ -87,19 +87,17 @@ def _narrow(a: np.ndarray) -> np.ndarray:
     return a if a.dtype == dt else a.astype(dt)
 
 
-def _delta_may_help(a: np.ndarray, seg: int = 2048, nseg: int = 8) -> bool:
+def _delta_may_help(a: np.ndarray, seg: int = 1024, nseg: int = 8) -> bool:
     """Whether differencing shrinks a few evenly spread runs of ``a`` (then pcodec's delta search is
     worth its time; for decorrelated residuals differencing roughly doubles the variance instead)."""
-    if a.size <= seg * nseg:
-        runs = [a]
-    else:
-        runs = [a[s:s + seg] for s in np.linspace(0, a.size - seg, nseg).astype(np.int64)]
-    runs = [r.astype(np.float64) for r in runs if r.size >= 2]
-    if not runs:
+    if a.size < 2:
         return False
-    mean = sum(float(r.sum()) for r in runs) / sum(r.size for r in runs)
-    spread = sum(float(np.abs(r - mean).sum()) for r in runs)
-    return sum(float(np.abs(np.diff(r)).sum()) for r in runs) < spread
+    if a.size <= seg * nseg:
+        s = a.astype(np.float64)[None, :]
+    else:
+        starts = np.linspace(0, a.size - seg, nseg).astype(np.int64)
+        s = a[starts[:, None] + np.arange(seg)].astype(np.float64)
+    return bool(np.abs(np.diff(s, axis=1)).sum() < np.abs(s - s.mean()).sum())
 
 
 def pco(a: np.ndarray, level: int = DEFAULT_LEVEL, residual: bool = False) -> bytes:
