@@ -293,12 +293,32 @@ def test_quant_dequant_uniform(dt, E):
         assert np.all(np.abs(out.astype(object) - x.astype(object)) <= E)
 
 
-def test_quant_uniform_large_values_exact():
-    # the float estimate with its correction, near 2**52 and beyond
-    x = np.array([0, 1, 2**52 - 1, 2**52, 2**52 + 1, 2**62 - 5, 2**62 - 1], np.int64)
-    for E in (0, 1, 3, 12345, 2**40):
-        np.testing.assert_array_equal(K.quant_uniform(x, 0, E, np.int64),
-                                      [(int(v) + E) // (2 * E + 1) for v in x])
+def test_quant_uniform_all_paths_exact():
+    # dividends v = x - lo + E: multiply-shift below 2**31, corrected float estimate below 2**52, division above
+    rng = np.random.default_rng(11)
+    edges = np.array([0, 1, 2, 2**31 - 2, 2**31 - 1, 2**31, 2**52 - 1, 2**52, 2**52 + 1, 2**62 - 5, 2**62 - 1])
+    small = rng.integers(0, 2**31, size=20000)
+    for E in (0, 1, 2, 3, 7, 511, 512, 12345, 2**20, 2**30 - 1, 2**30, 2**31, 2**40):
+        w = 2 * E + 1
+        v = np.concatenate([edges, small, np.arange(3 * w) if w < 10**6 else edges, (small[:100] % (2**62 // w)) * w])
+        v = v[(v >= E) & (v < 2**62)]
+        x = (v - E).astype(np.int64)
+        np.testing.assert_array_equal(K.quant_uniform(x, 0, E, np.int64), [int(a) // w for a in v])
+
+
+@pytest.mark.parametrize("dt", ["i2", "u2", "i4", "u8"])
+@pytest.mark.parametrize("shape", [(2, 1), (3, 7), (40, 33)])
+def test_moments(dt, shape):
+    rng = np.random.default_rng(shape[1])
+    x = _data(rng, dt, shape, span=60000)
+    lo, hi = int(x.min()), int(x.max())
+    got = K.moments(x, lo, hi)
+    if got is None:  # sums could pass 2**53
+        assert max(abs(lo), abs(hi)) * shape[0] >= 1 << 53
+        return
+    xs = x.astype(object)
+    assert got[0].tolist() == [int(sum(xs[:, k])) for k in range(shape[1])]
+    assert got[1].tolist() == [int(sum((xs[1:, k] - xs[:-1, k]) ** 2)) for k in range(shape[1])]
 
 
 @pytest.mark.parametrize("dt", ["i2", "u2", "i4", "u8"])
