@@ -14,7 +14,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
 PYTHON="${PYTHON:-python3}"
-DATA_DIR="$REPO/../shared/data"
+cd "$REPO"  # paths in the report are relative to the repository root where possible
+DATA_DIR="../shared/data"
 IMG="" ; EPH=""
 if [[ $# -ge 1 && -d "$1" ]]; then
   DATA_DIR="$1"

@@ -652,7 +652,10 @@ def plot_results(results: dict, out_dir) -> list[Path]:
                 if lab and len(pts) > 1:
                     ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6.5, color=col)
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        lo_x, hi_x = ax.get_xlim()
+        decades = math.log10(max(hi_x, 1e-9) / max(lo_x, 1e-9))
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2.2
+                                              else (1.0, 3.0) if decades <= 3.3 else (1.0,)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("compression ratio (raw / compressed bytes, log)")
