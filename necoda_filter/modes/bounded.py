@@ -33,8 +33,10 @@ MIN_FIT_FRAMES = 8
 MIN_FIT_BINS = 4
 
 
-def _code(q: np.ndarray, level: int):
-    q = _narrow(q)  # (a no-op when q already has its narrowest type)
+def _code(q: np.ndarray, level: int, narrowed: bool = False):
+    """Lossless-code the indices q (``narrowed``: q already has the narrowest type for its range)."""
+    if not narrowed:
+        q = _narrow(q)
     enc = LOSSLESS.encode(q, level=level)
     return enc.payload, {"ll": enc.params, "qd": q.dtype.str}
 
@@ -206,18 +208,19 @@ class BoundedMode:
             starts, centers = table
             widths = np.diff(np.append(starts, hi + 1))
             lut = np.repeat(np.arange(starts.size, dtype=np.int32), widths)  # value - lo -> bin index
+            # indices span [0, bins - 1] (lo and hi are both present): that range picks the type
             q, params["emax"] = K.quant_lut(arr, lo, lut, centers, narrow_dtype(0, starts.size - 1))
-            payload, p = _code(q, level)
+            payload, p = _code(q, level, narrowed=True)
             params.update(p)
             params["t"] = 1
             return Encoded(pack_sections([payload, pco(centers, level)]), params)
         # any E >= hi - lo puts every sample in bin 0, like E = hi - lo
         E = min(max(E, 0), hi - lo)
         w = 2 * E + 1
-        q = K.quant_uniform(arr, lo, E, narrow_dtype(0, (hi - lo + E) // w))
+        q = K.quant_uniform(arr, lo, E, narrow_dtype(0, (hi - lo + E) // w))  # q spans [0, (hi-lo+E)//w]
         params["E"] = E
         params["emax"] = E
-        payload, p = _code(q, level)
+        payload, p = _code(q, level, narrowed=True)
         params.update(p)
         params["t"] = 0
         return Encoded(pack_sections([payload]), params)
