@@ -347,6 +347,14 @@ def test_quant_dequant_lut(dt):
         K.quant_lut(x, lo + 1, lut, centers, np.int16)  # x - lo = -1 is outside the table
 
 
+def test_missing_library_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(K, "_lib", None)
+    monkeypatch.setattr(K, "PLUGIN_PATH", str(tmp_path))
+    with pytest.raises(K.KernelsUnavailable, match="libnecoda_kernels.so is missing"):
+        K.stats(np.zeros((3, 2), np.int16))
+    assert not K.available()
+
+
 def test_type_codes_and_library():
     assert K.available()
     assert K.code(np.int16) == 2 and K.code(np.uint64) == 24

@@ -38,6 +38,8 @@ from pcodec import ChunkConfig, DeltaSpec, standalone
 from .. import _kernels as K
 from . import Encoded
 
+K.lib()  # the kernels are required: a missing library fails here, with what to do, not at first use
+
 LPC_SHIFT = 12
 MAX_ORDER = 8
 BLOCK = 512
