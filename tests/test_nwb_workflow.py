@@ -598,3 +598,25 @@ def test_copy_keeps_links_types_references_and_userblock(tmp_path):
         assert isinstance(f["named_type"], h5py.Datatype)
         assert np.array_equal(d[...], movie)
     assert open(out, "rb").read(17) == b"USERBLOCK-CONTENT"
+
+
+@pytest.mark.parametrize("gzip", [None, 1])
+def test_decompress_sparse_and_shuffled_necoda_datasets(tmp_path, gzip):
+    """Unallocated chunks stay unallocated (fill value), and a pipeline of shuffle + necoda goes through
+    HDF5's own pipeline; any necoda dataset is decompressed, not only NWB series."""
+    a = np.arange(40 * 30, dtype=np.int32).reshape(40, 30)
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        d = f.create_dataset("sparse", shape=(40, 30), dtype="i4", chunks=(8, 16), fillvalue=-7,
+                             compression=Necoda(mode="lossless"))
+        d[0:8] = a[0:8]
+        d[33:40, 20:] = a[33:40, 20:]
+        f.create_dataset("shuffled", data=a, chunks=(8, 16), shuffle=True, compression=Necoda(mode="lossless"))
+        expect_sparse = d[...]
+    out = tmp_path / "out.h5"
+    assert sorted(nwb.decompress_file(tmp_path / "in.h5", out, gzip_level=gzip, workers=2, progress=False)) == \
+        ["/shuffled", "/sparse"]
+    assert necoda_datasets(out) == []
+    with h5py.File(out, "r") as f:
+        assert np.array_equal(f["sparse"][...], expect_sparse)
+        assert f["sparse"].id.get_num_chunks() == 3 and f["sparse"].fillvalue == -7
+        assert np.array_equal(f["shuffled"][...], a)
