@@ -72,7 +72,8 @@ def train(out_dir, simulator="necoda_filter.simulate:simulate_imaging", n_sims=1
     hist = []
     step = 0
     while step < max_steps and time.time() - t_train < budget:
-        frac = (time.time() - t_train) / budget
+        # schedule by steps when a step count is given (reproducible runs), else by the time budget
+        frac = step / max_steps if max_steps < 100000 else (time.time() - t_train) / budget
         for gparam in opt.param_groups:
             gparam["lr"] = gparam["base"] * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
         x, y, qi = sample_batch(chunks, rng, patch)
