@@ -130,3 +130,14 @@ def test_require_necoda(tmp_path):
         necoda_filter.require_necoda(f.create_dataset("a", data=np.arange(10), chunks=(5,), compression="necoda"))
         with pytest.raises(necoda_filter.FilterUnavailable, match="without the necoda filter"):
             necoda_filter.require_necoda(f.create_dataset("b", data=np.arange(10), chunks=(5,), compression="gzip"))
+
+
+def test_auto_mode_choice():
+    from necoda_filter import modes
+
+    assert modes.resolve("auto", (20000, 384), np.int16) == "lossless"
+    assert modes.resolve("auto", (64, 8, 8), np.uint16) == "lossless"       # too small to be a movie
+    assert modes.resolve("auto", (64, 64, 64), np.float32) == "lossless"    # floats stay exact
+    expected = "learned" if modes.learned_available() else "lossless"
+    assert modes.resolve("auto", (64, 128, 128), np.uint16) == expected
+    assert modes.resolve("lossless", (64, 128, 128), np.uint16) == "lossless"

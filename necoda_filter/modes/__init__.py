@@ -9,6 +9,7 @@ Modes are imported lazily so that e.g. ONNX Runtime is only loaded when a learne
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass, field
 
@@ -44,9 +45,38 @@ def get(name_or_id) -> object:
     return _loaded[name]
 
 
+#: "auto" treats a chunk as a functional-imaging movie (learned mode) when it is T x H x W integer data
+#: with at least this many frames and this many pixels per side; everything else is coded losslessly.
+AUTO_LEARNED_MIN_FRAMES = 8
+AUTO_LEARNED_MIN_SIDE = 16
+
+
+def is_imaging_shaped(shape, dtype) -> bool:
+    import numpy as np
+
+    return (shape is not None and len(shape) == 3 and np.dtype(dtype).kind in "iu"
+            and shape[0] >= AUTO_LEARNED_MIN_FRAMES and min(shape[1:]) >= AUTO_LEARNED_MIN_SIDE)
+
+
+@functools.lru_cache(maxsize=1)
+def learned_available() -> bool:
+    """Whether the learned mode can run here (ONNX Runtime importable, a model installed)."""
+    try:
+        get("learned")
+        from ..models import registry
+
+        registry.default()
+        return True
+    except Exception:  # noqa: BLE001 — any missing piece means "not available"
+        return False
+
+
 def resolve(mode: str, shape=None, dtype=None) -> str:
-    """Concrete mode for ``mode`` ("auto" picks by data kind; see README, "Choosing a mode")."""
+    """Concrete mode for ``mode``. "auto": ``learned`` for imaging-shaped integer chunks (T x H x W)
+    when the learned mode is available, else ``lossless`` (README, "Choosing a mode")."""
     if mode != "auto":
         get(mode)  # validates
         return mode
+    if is_imaging_shaped(shape, dtype) and learned_available():
+        return "learned"
     return "lossless"
