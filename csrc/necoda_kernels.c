@@ -853,4 +853,205 @@ int nk_moments(const void *x, int code, i64 T, i64 K, u64 *sums, u64 *dsq) {
 }
 
 /* ABI version, checked by the wrapper */
+/* ====================================================================================== closed loop */
+/*
+ * Closed-loop (SZ-style) error-bounded coding: each sample is predicted from already RECONSTRUCTED
+ * samples, the residual d = x - p is quantized with step w = 2E + 1 (q = sign(d) floor((|d| + E) / w), so
+ * |d - q w| <= E), and the reconstruction p + q w is clipped to [0, R] (values are offset by lo; the
+ * original lies in [0, R], so clipping can only reduce the error). Encoder and decoder run the same
+ * function (dec = 0: read x, write q; dec = 1: read q, write out), so their predictions are identical.
+ * Integer arithmetic only; the caller guarantees R < 2^32 and E <= R, so every intermediate stays far
+ * inside int64. The decoder rejects |q| > qmax = (R + E) / w (no valid encoder emits one) with NK_ERANGE.
+ */
+static inline i64 cl_clamp(i64 v, i64 R) { return v < 0 ? 0 : v > R ? R : v; }
+
+static inline i64 cl_quant(i64 d, i64 E, i64 w) { return d >= 0 ? (d + E) / w : -((-d + E) / w); }
+
+static inline i64 cl_getq(const void *q, int qsize, i64 k) {
+    switch (qsize) {
+    case 2: return ((const int16_t *)q)[k];
+    case 4: return ((const int32_t *)q)[k];
+    default: return ((const int64_t *)q)[k];
+    }
+}
+
+static inline void cl_putq(void *q, int qsize, i64 k, i64 v) {
+    switch (qsize) {
+    case 2: ((int16_t *)q)[k] = (int16_t)v; break;
+    case 4: ((int32_t *)q)[k] = (int32_t)v; break;
+    default: ((int64_t *)q)[k] = v; break;
+    }
+}
+
+/* Lorenzo predictor over the axes in mask (4 = t, 2 = h, 1 = w) restricted to the available ones;
+   cur / prv: current / previous reconstructed frame (offset values), k = i W + j. */
+static inline i64 cl_lor(int mask, const i64 *cur, const i64 *prv, i64 k, i64 W, i64 f0) {
+    switch (mask) {
+    case 1: return cur[k - 1];
+    case 2: return cur[k - W];
+    case 3: return cur[k - W] + cur[k - 1] - cur[k - W - 1];
+    case 4: return prv[k];
+    case 5: return prv[k] + cur[k - 1] - prv[k - 1];
+    case 6: return prv[k] + cur[k - W] - prv[k - W];
+    case 7: return prv[k] + cur[k - W] + cur[k - 1] - prv[k - W] - prv[k - 1] - cur[k - W - 1] + prv[k - W - 1];
+    default: return f0;
+    }
+}
+
+/*
+ * Imaging / generic layout (T, H, W), C order. Prediction
+ *   p = clamp(floor((c[0] L{t} + c[1] L{h,w} + c[2] L{t,h,w} + c[3] L{w} + 2^(s-1)) / 2^s), 0, R)
+ * where L{S} is the Lorenzo predictor over the axes S that have a previous sample (axes at their first
+ * index are dropped; with none left, the previous sample in raster order, or R / 2 for the very first).
+ * The c[] are integers with |c| <= 2^16, s in [1, 16].
+ */
+int nk_cl_lorenzo(const void *x, int code, i64 T, i64 H, i64 W, u64 lo, i64 R, i64 E, const i64 *c, int s,
+                  void *q, int qsize, int dec, void *out, int osize) {
+    i64 HW, w, qmax, t, i, j, n;
+    i64 *buf;
+    u64 *frame;
+    int ci;
+    if (!valid_size(qsize) || qsize == 1 || T < 0 || H < 1 || W < 1 || R < 0 || R >= ((i64)1 << 32) || E < 0
+        || E > R + 1 || s < 1 || s > 16)
+        return NK_EARG;
+    if (dec ? !valid_size(osize) : !valid_code(code)) return NK_EARG;
+    for (ci = 0; ci < 4; ci++)
+        if (c[ci] < -((i64)1 << 16) || c[ci] > ((i64)1 << 16)) return NK_EARG;
+    if (T == 0) return NK_OK;
+    if (H > ((i64)1 << 40) / W) return NK_EARG;
+    HW = H * W;
+    w = 2 * E + 1;
+    qmax = (R + E) / w;
+    buf = (i64 *)malloc(sizeof(i64) * 2 * (size_t)HW);
+    frame = (u64 *)malloc(sizeof(u64) * (size_t)HW);
+    if (!buf || !frame) {
+        free(buf);
+        free(frame);
+        return NK_ENOMEM;
+    }
+    n = 0;
+    for (t = 0; t < T; t++) {
+        i64 *cur = buf + (t & 1) * HW, *prv = buf + ((t & 1) ^ 1) * HW;
+        int ht = t > 0;
+        if (!dec) load_u64(frame, x, t * HW, 1, HW, code, lo);
+        for (i = 0; i < H; i++) {
+            int hh = i > 0;
+            for (j = 0; j < W; j++, n++) {
+                i64 k = i * W + j, f0, acc, p, qq, rv;
+                int hw = j > 0;
+                f0 = hw ? cur[k - 1] : hh ? cur[k - W] : ht ? prv[k] : R / 2;
+                acc = 0;
+                if (c[0]) acc += c[0] * cl_lor(ht ? 4 : 0, cur, prv, k, W, f0);
+                if (c[1]) acc += c[1] * cl_lor((hh ? 2 : 0) | (hw ? 1 : 0), cur, prv, k, W, f0);
+                if (c[2]) acc += c[2] * cl_lor((ht ? 4 : 0) | (hh ? 2 : 0) | (hw ? 1 : 0), cur, prv, k, W, f0);
+                if (c[3]) acc += c[3] * cl_lor(hw ? 1 : 0, cur, prv, k, W, f0);
+                p = cl_clamp(rshift((u64)acc, s), R);
+                if (!dec) {
+                    i64 xv = s64(frame[k]);
+                    if (xv < 0 || xv > R) goto range;
+                    qq = cl_quant(xv - p, E, w);
+                    cl_putq(q, qsize, n, qq);
+                } else {
+                    qq = cl_getq(q, qsize, n);
+                    if (qq < -qmax || qq > qmax) goto range;
+                }
+                rv = cl_clamp(p + qq * w, R);
+                cur[k] = rv;
+            }
+        }
+        if (dec) {
+            for (i = 0; i < HW; i++) frame[i] = (u64)buf[(t & 1) * HW + i];
+            store_u64(out, t * HW, 1, frame, HW, osize, lo);
+        }
+    }
+    free(buf);
+    free(frame);
+    return NK_OK;
+range:
+    free(buf);
+    free(frame);
+    return NK_ERANGE;
+}
+
+/*
+ * Time series layout (T, C), C order: per-channel linear prediction from the channel's reconstructed
+ * history, centred on mu[c] (history before t = 0 is mu[c]), plus an inter-channel term from the
+ * quantized residual (reconstruction minus prediction) of the preceding channel at the same t:
+ *   p = clamp(mu[c] + floor((sum_i Q[c, i] (r[t-1-i, c] - mu[c]) + B[c] (r[t, c-1] - p[t, c-1])
+ *             + 2^(s-1)) / 2^s), 0, R)
+ * with |Q|, |B| < 2^16, p <= 32, s in [1, 16], mu in [0, R].
+ */
+int nk_cl_lpc(const void *x, int code, i64 T, i64 C, u64 lo, i64 R, i64 E, const i64 *mu, const i64 *Q, i64 p,
+              const i64 *B, int s, void *q, int qsize, int dec, void *out, int osize) {
+    i64 w, qmax, t, ch, i, n;
+    i64 *rec, *prow;
+    u64 *row;
+    if (!valid_size(qsize) || qsize == 1 || T < 0 || C < 1 || C > ((i64)1 << 24) || R < 0
+        || R >= ((i64)1 << 32) || E < 0 || E > R + 1 || s < 1 || s > 16 || p < 0 || p > 32)
+        return NK_EARG;
+    if (dec ? !valid_size(osize) : !valid_code(code)) return NK_EARG;
+    for (ch = 0; ch < C; ch++) {
+        if (mu[ch] < 0 || mu[ch] > R || B[ch] <= -((i64)1 << 16) || B[ch] >= ((i64)1 << 16)) return NK_EARG;
+        for (i = 0; i < p; i++)
+            if (Q[ch * p + i] <= -((i64)1 << 16) || Q[ch * p + i] >= ((i64)1 << 16)) return NK_EARG;
+    }
+    if (T == 0) return NK_OK;
+    w = 2 * E + 1;
+    qmax = (R + E) / w;
+    /* ring of the last p + 1 reconstructed rows */
+    rec = (i64 *)malloc(sizeof(i64) * (size_t)C * (size_t)(p + 1));
+    prow = (i64 *)malloc(sizeof(i64) * (size_t)C);
+    row = (u64 *)malloc(sizeof(u64) * (size_t)C);
+    if (!rec || !prow || !row) {
+        free(rec);
+        free(prow);
+        free(row);
+        return NK_ENOMEM;
+    }
+    for (i = 0; i <= p; i++)
+        for (ch = 0; ch < C; ch++) rec[i * C + ch] = mu[ch];
+    n = 0;
+    for (t = 0; t < T; t++) {
+        i64 slot = t % (p + 1);
+        i64 *cur = rec + slot * C;
+        if (!dec) load_u64(row, x, t * C, 1, C, code, lo);
+        for (ch = 0; ch < C; ch++, n++) {
+            i64 acc = 0, pr, qq, rv;
+            const i64 *qc = Q + ch * p;
+            for (i = 0; i < p; i++) {
+                i64 sl = (slot - 1 - i) % (p + 1);
+                if (sl < 0) sl += p + 1;
+                acc += qc[i] * (rec[sl * C + ch] - mu[ch]);
+            }
+            if (ch > 0 && B[ch]) acc += B[ch] * (cur[ch - 1] - prow[ch - 1]);
+            pr = cl_clamp(mu[ch] + rshift((u64)acc, s), R);
+            prow[ch] = pr;
+            if (!dec) {
+                i64 xv = s64(row[ch]);
+                if (xv < 0 || xv > R) goto range;
+                qq = cl_quant(xv - pr, E, w);
+                cl_putq(q, qsize, n, qq);
+            } else {
+                qq = cl_getq(q, qsize, n);
+                if (qq < -qmax || qq > qmax) goto range;
+            }
+            rv = cl_clamp(pr + qq * w, R);
+            cur[ch] = rv;
+        }
+        if (dec) {
+            for (ch = 0; ch < C; ch++) row[ch] = (u64)cur[ch];
+            store_u64(out, t * C, 1, row, C, osize, lo);
+        }
+    }
+    free(rec);
+    free(prow);
+    free(row);
+    return NK_OK;
+range:
+    free(rec);
+    free(prow);
+    free(row);
+    return NK_ERANGE;
+}
+
 int nk_version(void) { return 1; }

@@ -71,6 +71,10 @@ def lib():
             "nk_dequant_uniform": [_vp, _int, _i64, _i64, _i64, _u64, _vp, _int],
             "nk_dequant_lut": [_vp, _int, _i64, _vp, _i64, _vp, _int],
             "nk_moments": [_vp, _int, _i64, _i64, _vp, _vp],
+            "nk_cl_lorenzo": [_vp, _int, _i64, _i64, _i64, _u64, _i64, _i64, _vp, _int, _vp, _int, _int, _vp,
+                              _int],
+            "nk_cl_lpc": [_vp, _int, _i64, _i64, _u64, _i64, _i64, _vp, _vp, _i64, _vp, _int, _vp, _int, _int,
+                          _vp, _int],
         }
         for name, args in sigs.items():
             f = getattr(L, name)
@@ -373,3 +377,90 @@ def moments(x: np.ndarray, lo: int, hi: int):
     dsq = np.empty(K, np.uint64)
     _call("nk_moments", _p(x), code(x.dtype), T, K, _p(sums), _p(dsq))
     return sums.view(np.int64), dsq.view(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------- closed loop
+def _cl_check(R, E):
+    R, E = int(R), int(E)
+    if not (0 <= R < 1 << 32 and 0 <= E <= R + 1):
+        raise ValueError("closed loop: range must be < 2**32 and 0 <= E <= range + 1")
+    return R, E
+
+
+def _q_dtype(qd):
+    qd = np.dtype(qd)
+    if qd not in (np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64)):
+        raise TypeError("closed loop: indices must be int16, int32 or int64")
+    return qd
+
+
+def cl_qmax(R: int, E: int) -> int:
+    """The largest |index| the closed loop can emit for range R and bound E."""
+    return (int(R) + int(E)) // (2 * int(E) + 1)
+
+
+def cl_lorenzo(x: np.ndarray | None, shape3, lo: int, R: int, E: int, coef, shift: int, q_dtype=None,
+               q: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Closed-loop Lorenzo-mix coding of a (T, H, W) integer array (see csrc ``nk_cl_lorenzo``).
+
+    Encode: ``x`` given (values in [lo, lo + R]), returns the indices (``q_dtype``). Decode: ``x`` None,
+    ``q`` the indices and ``out`` the (T, H, W) integer output (filled and returned)."""
+    T, H, W = (int(v) for v in shape3)
+    if T < 0 or H < 1 or W < 1:
+        raise ValueError("cl_lorenzo: bad shape")
+    R, E = _cl_check(R, E)
+    c = np.ascontiguousarray(coef, dtype=np.int64)
+    if c.size != 4 or np.abs(c).max() > 1 << 16 or not 1 <= int(shift) <= 16:
+        raise ValueError("cl_lorenzo: bad coefficients")
+    n = T * H * W
+    if x is not None:
+        _int_array(x, "x")
+        if x.size != n:
+            raise ValueError("cl_lorenzo: x does not match the shape")
+        q = np.empty(n, _q_dtype(q_dtype))
+        _call("nk_cl_lorenzo", _p(x), code(x.dtype), T, H, W, _u(lo), R, E, _p(c), int(shift), _p(q),
+              q.dtype.itemsize, 0, None, 0)
+        return q
+    _int_array(q, "q")
+    _q_dtype(q.dtype)
+    if q.size != n:
+        raise ValueError("cl_lorenzo: index count does not match the shape")
+    _out_array(out, n, "out")
+    _call("nk_cl_lorenzo", None, 0, T, H, W, _u(lo), R, E, _p(c), int(shift), _p(q), q.dtype.itemsize, 1,
+          _p(out), out.dtype.itemsize)
+    return out
+
+
+def cl_lpc(x: np.ndarray | None, shape2, lo: int, R: int, E: int, mu, Q, B, shift: int, q_dtype=None,
+           q: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Closed-loop per-channel linear prediction (+ inter-channel term) of a (T, C) integer array (see csrc
+    ``nk_cl_lpc``). Encode / decode as :func:`cl_lorenzo`."""
+    T, C = (int(v) for v in shape2)
+    if T < 0 or C < 1:
+        raise ValueError("cl_lpc: bad shape")
+    R, E = _cl_check(R, E)
+    mu = _i64_array(mu, C, "mu")
+    Q = np.ascontiguousarray(Q, dtype=np.int64)
+    B = _i64_array(B, C, "B")
+    if Q.ndim != 2 or Q.shape[0] != C or Q.shape[1] > 32 or not 1 <= int(shift) <= 16:
+        raise ValueError("cl_lpc: bad coefficients")
+    if (mu.size and (mu.min() < 0 or mu.max() > R)) or np.abs(Q).max(initial=0) >= 1 << 16 \
+            or np.abs(B).max(initial=0) >= 1 << 16:
+        raise ValueError("cl_lpc: coefficients out of range")
+    n = T * C
+    if x is not None:
+        _int_array(x, "x")
+        if x.size != n:
+            raise ValueError("cl_lpc: x does not match the shape")
+        q = np.empty(n, _q_dtype(q_dtype))
+        _call("nk_cl_lpc", _p(x), code(x.dtype), T, C, _u(lo), R, E, _p(mu), _p(Q), Q.shape[1], _p(B),
+              int(shift), _p(q), q.dtype.itemsize, 0, None, 0)
+        return q
+    _int_array(q, "q")
+    _q_dtype(q.dtype)
+    if q.size != n:
+        raise ValueError("cl_lpc: index count does not match the shape")
+    _out_array(out, n, "out")
+    _call("nk_cl_lpc", None, 0, T, C, _u(lo), R, E, _p(mu), _p(Q), Q.shape[1], _p(B), int(shift), _p(q),
+          q.dtype.itemsize, 1, _p(out), out.dtype.itemsize)
+    return out
