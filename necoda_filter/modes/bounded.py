@@ -25,12 +25,20 @@ from pcodec import standalone
 
 from .. import _kernels as K
 from . import Encoded
-from .lossless import DEFAULT_LEVEL, MODE as LOSSLESS, _narrow, narrow_dtype, pack_sections, pco, unpack_sections, unpco
+from .lossless import (DEFAULT_LEVEL, LPC_SHIFT, MAX_ORDER, MODE as LOSSLESS, _analysis_rows, _choose_lpc, _narrow,
+                       narrow_dtype, pack_sections, pco, unpack_sections, unpco)
 
 #: the integer range for which a per-level bin table is built (larger ranges use a uniform bound)
 MAX_TABLE_RANGE = 1 << 20
 MIN_FIT_FRAMES = 8
 MIN_FIT_BINS = 4
+#: closed-loop coding needs an integer range below this (all predictor arithmetic then fits int64)
+CL_MAX_RANGE = 1 << 32
+#: Lorenzo-mix weights tried on >= 3-D chunks (L{t}, L{h,w}, L{t,h,w}, L{w}; sum 2**CL_SHIFT)
+CL_SHIFT = 6
+CL_LOR_3D = ((64, 0, 0, 0), (0, 64, 0, 0), (0, 0, 64, 0), (32, 32, 0, 0), (32, 0, 32, 0), (48, 16, 0, 0))
+#: per-pixel temporal blends tried on >= 3-D chunks: p = m + a (r[t-1] - m) / 2**LPC_SHIFT
+CL_BLEND = (0, 2048, 3072)
 
 
 def _code(q: np.ndarray, level: int, narrowed: bool = False):
@@ -159,6 +167,117 @@ def _bins(lo: int, hi: int, bound) -> np.ndarray:
     return np.concatenate(starts), np.concatenate(centers)
 
 
+# ---------------------------------------------------------------------------------------------- closed loop
+def _entropy_bits(q: np.ndarray) -> float:
+    """Order-0 empirical entropy of the indices (total bits), from a strided sample when q is large."""
+    v = q.reshape(-1)
+    step = max(1, v.size // (1 << 18))
+    v = v[::step].astype(np.int64)
+    v = np.clip(v, -(1 << 15), 1 << 15) + (1 << 15)
+    c = np.bincount(v)
+    c = c[c > 0].astype(np.float64)
+    pr = c / c.sum()
+    return float(-(pr * np.log2(pr)).sum()) * q.size
+
+
+def _cl_candidates(arr: np.ndarray):
+    """(kind, layout, extra) closed-loop predictors worth trying for this chunk's shape."""
+    n = arr.size
+    if arr.ndim >= 3:
+        T, W = arr.shape[0], arr.shape[-1]
+        sh3 = (T, n // (T * W) if T * W else 1, W)
+        out = [("lor", sh3, c) for c in CL_LOR_3D]
+        out += [("lpc", (T, n // T), ("blend", a)) for a in CL_BLEND]
+        return out
+    if arr.ndim == 2:
+        T, C = arr.shape
+        out = [("lor", (T, 1, C), (64, 0, 0, 0)), ("lor", (1, T, C), (0, 64, 0, 0)),
+               ("lor", (1, T, C), (32, 32, 0, 0))]
+        if C <= 256 and T >= 32:
+            out += [("lpc", (T, C), ("fit", 0)), ("lpc", (T, C), ("fit", 1))]
+        return out
+    return [("lor", (1, 1, n), (0, 0, 0, 64)), ("lpc", (n, 1), ("fit", 0))]
+
+
+def _cl_try(arr, lo, R, E, cand, qd):
+    """Run one closed-loop candidate: (indices, side sections, params)."""
+    kind, shape, extra = cand
+    if kind == "lor":
+        q = K.cl_lorenzo(arr, shape, lo, R, E, extra, CL_SHIFT, qd)
+        return q, [], {"cl": "lor", "sh": list(shape), "c": list(extra), "s": CL_SHIFT}
+    T, C = shape
+    x2 = arr.reshape(T, C)
+    x64 = x2.astype(np.int64) - lo
+    mode, arg = extra
+    if mode == "blend":
+        mu = np.round(x64.mean(axis=0)).astype(np.int64) if T else np.zeros(C, np.int64)
+        Q = np.full((C, 1 if arg else 0), arg, np.int64)
+        B = np.zeros(C, np.int64)
+    else:
+        mu = np.round(x64.mean(axis=0)).astype(np.int64) if T else np.zeros(C, np.int64)
+        rows = _analysis_rows(T)
+        xs = x64[rows] - mu
+        Q = _choose_lpc(xs, T, MAX_ORDER)
+        B = np.zeros(C, np.int64)
+        if arg and C > 1:
+            B[1:] = 1 << (LPC_SHIFT - 1)  # half the neighbour's quantized residual
+    mu = np.clip(mu, 0, R)
+    q = K.cl_lpc(arr, shape, lo, R, E, mu, Q, B, LPC_SHIFT, qd)
+    side = [mu, Q.reshape(-1), B]
+    return q, side, {"cl": "lpc", "sh": list(shape), "p": int(Q.shape[1]), "s": LPC_SHIFT}
+
+
+def cl_encode(arr: np.ndarray, lo: int, hi: int, E: int, level: int):
+    """Best closed-loop coding of an integer chunk with bound E (values in [lo, hi], hi - lo < 2**32):
+    (sections, params) or None. Candidates are ranked by the entropy of their indices (plus their side
+    streams' coded size); only the best is pcodec-coded."""
+    R = hi - lo
+    E = min(E, R)
+    qd = narrow_dtype(-K.cl_qmax(R, E), K.cl_qmax(R, E))
+    best = None
+    for cand in _cl_candidates(arr):
+        q, side, params = _cl_try(arr, lo, R, E, cand, qd)
+        side_b = [pco(v, level) for v in side]
+        cost = _entropy_bits(q) / 8 + sum(len(b) for b in side_b)
+        if best is None or cost < best[0]:
+            best = (cost, q, side_b, params)
+    _, q, side_b, params = best
+    params.update({"E": E, "qd": q.dtype.str})
+    return [pco(q, level, residual=True), *side_b], params
+
+
+def cl_decode(sections, n: int, params, lo: int, hi: int, out: np.ndarray) -> np.ndarray:
+    E = int(params["E"])
+    R = hi - lo
+    if not (0 <= R < CL_MAX_RANGE and 0 <= E <= R):
+        raise ValueError("bad closed-loop parameters")
+    shape = [int(v) for v in params["sh"]]
+    if any(v < 0 for v in shape) or int(np.prod(shape, dtype=object)) != n:
+        raise ValueError("closed-loop layout does not match the chunk")
+    q = unpco(sections[0], n)
+    if q.dtype not in (np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64)):
+        q = q.astype(np.int64)
+    try:
+        if params["cl"] == "lor":
+            if len(sections) != 1 or len(shape) != 3:
+                raise ValueError("bad closed-loop payload")
+            return K.cl_lorenzo(None, shape, lo, R, E, params["c"], int(params["s"]), q=q, out=out)
+        if params["cl"] == "lpc":
+            if len(sections) != 4 or len(shape) != 2:
+                raise ValueError("bad closed-loop payload")
+            T, C = shape
+            p = int(params["p"])
+            if not 0 <= p <= 32:
+                raise ValueError("bad closed-loop order")
+            mu = unpco(sections[1], C, np.int64)
+            Q = unpco(sections[2], C * p, np.int64).reshape(C, p)
+            B = unpco(sections[3], C, np.int64)
+            return K.cl_lpc(None, shape, lo, R, E, mu, Q, B, int(params["s"]), q=q, out=out)
+    except (TypeError, OverflowError) as e:
+        raise ValueError(f"bad closed-loop payload: {e}") from None
+    raise ValueError(f"unknown closed-loop predictor {params['cl']!r}")
+
+
 # ---------------------------------------------------------------------------------------------- the mode
 class BoundedMode:
     name = "bounded"
@@ -213,7 +332,10 @@ class BoundedMode:
             payload, p = _code(q, level, narrowed=True)
             params.update(p)
             params["t"] = 1
-            return Encoded(pack_sections([payload, pco(centers, level)]), params)
+            open_loop = Encoded(pack_sections([payload, pco(centers, level)]), params)
+            # closed loop at the smallest per-level bound (the bound is nondecreasing in the level)
+            e_min = int(math.floor(min(bound(lo), bound(hi))))
+            return self._pick(arr, lo, hi, e_min, level, open_loop, params)
         # any E >= hi - lo puts every sample in bin 0, like E = hi - lo
         E = min(max(E, 0), hi - lo)
         w = 2 * E + 1
@@ -223,7 +345,21 @@ class BoundedMode:
         payload, p = _code(q, level, narrowed=True)
         params.update(p)
         params["t"] = 0
-        return Encoded(pack_sections([payload]), params)
+        return self._pick(arr, lo, hi, E, level, Encoded(pack_sections([payload]), params), params)
+
+    def _pick(self, arr, lo, hi, E, level, open_loop: Encoded, params) -> Encoded:
+        """The smaller of the open-loop payload and the closed-loop one (``params["t"] = 2``) at bound E."""
+        if hi - lo >= CL_MAX_RANGE or E < 1 or arr.size < 2:
+            return open_loop
+        sections, cp = cl_encode(arr, lo, hi, E, level)
+        payload = pack_sections(sections)
+        if len(payload) >= len(open_loop.payload):
+            return open_loop
+        p = {k: v for k, v in params.items() if k in ("k", "lo", "hi", "nm")}
+        p.update(cp)
+        p["emax"] = cp["E"]
+        p["t"] = 2
+        return Encoded(payload, p)
 
     # -- floats
     def _encode_float(self, arr, max_error, max_error_noise, level) -> Encoded:
@@ -265,6 +401,13 @@ class BoundedMode:
         dtype = np.dtype(dtype)
         sections = unpack_sections(payload)
         n = int(np.prod(shape, dtype=np.int64))
+        if params["k"] == "i" and params.get("t") == 2:
+            if dtype.kind not in "iu":
+                raise ValueError(f"bounded integer payload for {dtype}")
+            lo, hi = int(params["lo"]), int(params["hi"])
+            rec = np.empty(n, dtype.newbyteorder("=") if dtype.itemsize > 1 else dtype)
+            cl_decode(sections, n, params, lo, hi, rec)
+            return (rec if rec.dtype == dtype else rec.astype(dtype)).reshape(shape)
         q = _uncode(sections[0], shape, params).reshape(-1)
         if params["k"] == "i":
             if dtype.kind not in "iu":
