@@ -569,6 +569,9 @@ def necoda_anchors(kind, chunk, sigma, out, is_int=True):
             for k in BOUNDED_NOISE:
                 settings.append((f"necoda-bounded-noise{k:g}", {"max_error_noise": k}))
         elif mode == "learned":
+            if kind != "imaging":  # the learned model is for T x H x W movies only
+                out.append(Skipped("necoda-learned", "necoda-learned", "the learned mode codes imaging movies only"))
+                continue
             settings = [(f"necoda-learned-q{q}", {"quality": q}) for q in LEARNED_QUALITY]
         else:
             settings = [(f"necoda-{mode}", {})]
