@@ -3,6 +3,9 @@
     python benchmarks/modes_quick.py ../shared/data/ephys_locust_tetrode_15khz_4ch_int16.raw \
         ../shared/data/ophys_2p_cortex_300x200x200_int16.npz [--fast]
 
+``--sigmas 0.5 1 2 4`` (with ``--noise``, raw units per sigma, one per file) prints the bounded-mode table
+at E = k sigma, chunk by chunk (``--chunk`` rows along axis 0: 64 frames / 15000 samples by default),
+ours (closed loop on, and open loop only) against SZ3 (pysz) and ZFP (imagecodecs) at the same E.
 ``--levels 6 7`` adds lossless rows at other pcodec levels (the ratio/speed trade-off).
 ``.npz`` files: key ``data`` (imaging T×H×W). ``.raw`` files: interleaved int16; the channel count is read
 from ``<N>ch`` in the file name (or ``--channels``). Throughput is MB of original data per second of
@@ -226,6 +229,93 @@ def bench_bounded(arr, kind, args):
             row(f"SZ3 (pysz) abs={E}", s[0], s[1], s[2], f"max error {s[3]:.1f} (after rounding to ints)")
 
 
+def _chunks(arr, rows):
+    return [np.ascontiguousarray(arr[s:s + rows]) for s in range(0, arr.shape[0], rows)]
+
+
+def _ours_chunked(chunks, E, repeat, closed_loop=True):
+    from necoda_filter.modes import bounded as BD
+    orig = BD.BoundedMode._pick
+    if not closed_loop:
+        BD.BoundedMode._pick = lambda self, arr, lo, hi, E, level, ol, params: ol
+    try:
+        bufs, te = cpu(lambda: [chunk.encode(c, mode="bounded", max_error=E) for c in chunks], repeat)
+    finally:
+        BD.BoundedMode._pick = orig
+    outs, td = cpu(lambda: [chunk.decode(b) for b in bufs], repeat)
+    nb = sum(c.nbytes for c in chunks)
+    err = max(int(np.abs(o.astype(np.int64) - c).max()) for o, c in zip(outs, chunks))
+    cl = sum(chunk.info(b).params.get("t") == 2 for b in bufs)
+    return nb / sum(len(b) for b in bufs), nb / 1e6 / te, nb / 1e6 / td, err, cl
+
+
+def _sz3_chunked(chunks, E, repeat):
+    try:
+        from pysz import sz, szConfig, szErrorBoundMode
+    except ImportError:
+        return None
+    tot = 0
+    err = 0.0
+    te = td = 0.0
+    for c in chunks:
+        a = np.ascontiguousarray(c.astype(np.float32))
+        cfg = szConfig(a.shape)
+        cfg.errorBoundMode = szErrorBoundMode.ABS
+        cfg.absErrorBound = float(E)
+        (cmp, _), t = cpu(lambda: sz.compress(a, cfg), repeat)
+        (rec, _), t2 = cpu(lambda: sz.decompress(cmp, np.float32, a.shape), repeat)
+        te += t
+        td += t2
+        tot += cmp.nbytes
+        err = max(err, float(np.abs(np.rint(rec).astype(np.float64) - c).max()))
+    nb = sum(c.nbytes for c in chunks)
+    return nb / tot, nb / 1e6 / te, nb / 1e6 / td, err
+
+
+def _zfp_chunked(chunks, E, repeat):
+    try:
+        import imagecodecs
+        if not imagecodecs.ZFP.available:
+            return None
+    except (ImportError, AttributeError):
+        return None
+    tot = 0
+    err = 0.0
+    te = td = 0.0
+    for c in chunks:
+        a = np.ascontiguousarray(c.astype(np.float32))
+        if a.ndim > 4:
+            a = a.reshape(a.shape[0], -1, a.shape[-1])
+        b, t = cpu(lambda: imagecodecs.zfp_encode(a, level=float(E), mode="a"), repeat)
+        rec, t2 = cpu(lambda: imagecodecs.zfp_decode(b), repeat)
+        te += t
+        td += t2
+        tot += len(b)
+        err = max(err, float(np.abs(np.rint(np.asarray(rec, np.float64)).reshape(c.shape) - c).max()))
+    nb = sum(c.nbytes for c in chunks)
+    return nb / tot, nb / 1e6 / te, nb / 1e6 / td, err
+
+
+def sigma_table(path, sigma, args):
+    arr = load(path, args.channels)
+    rows = args.chunk or (64 if arr.ndim >= 3 else 15000)
+    chunks = _chunks(arr, rows)
+    print(f"\n== {Path(path).name} {arr.shape} {arr.dtype}, chunks of {rows} rows, sigma = {sigma} raw")
+    print(f"  {'k':>4s} {'E':>5s} | {'ours':>7s} {'enc':>6s} {'dec':>6s} {'err':>5s} {'cl':>5s} | "
+          f"{'open':>7s} | {'SZ3':>7s} {'enc':>6s} {'dec':>6s} {'err':>6s} | {'ZFP':>7s} {'err':>6s} | ours/best")
+    for k in args.sigmas:
+        E = int(round(k * sigma))
+        r, e, d, err, cl = _ours_chunked(chunks, E, args.repeat)
+        r0 = _ours_chunked(chunks, E, 1, closed_loop=False)[0]
+        s = _sz3_chunked(chunks, E, args.repeat)
+        z = _zfp_chunked(chunks, E, 1)
+        best = max([v[0] for v in (s, z) if v] or [float("nan")])
+        sz_s = f"{s[0]:7.2f} {s[1]:6.1f} {s[2]:6.1f} {s[3]:6.1f}" if s else f"{'-':>7s} {'':6s} {'':6s} {'':6s}"
+        zf_s = f"{z[0]:7.2f} {z[3]:6.1f}" if z else f"{'-':>7s} {'':6s}"
+        print(f"  {k:4.1f} {E:5d} | {r:7.2f} {e:6.1f} {d:6.1f} {err:5d} {cl:2d}/{len(chunks):<2d} | {r0:7.2f} | "
+              f"{sz_s} | {zf_s} | {r / best:.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="+")
@@ -237,7 +327,15 @@ def main():
     ap.add_argument("--levels", type=int, nargs="*", default=[],
                     help="extra lossless rows at these pcodec levels (ratio / speed trade-off)")
     ap.add_argument("--fast", action="store_true", help="skip lzma, JPEG-XL on 50 frames only")
+    ap.add_argument("--sigmas", type=float, nargs="*", default=None,
+                    help="bounded table at E = k * sigma against SZ3 and ZFP (needs --noise)")
+    ap.add_argument("--noise", type=float, nargs="*", default=None, help="sigma in raw units, one per path")
+    ap.add_argument("--chunk", type=int, default=None, help="rows per chunk for --sigmas")
     args = ap.parse_args()
+    if args.sigmas:
+        for p, sg in zip(args.paths, args.noise or []):
+            sigma_table(p, sg, args)
+        return
     for p in args.paths:
         bench(p, args)
 

@@ -998,8 +998,9 @@ int nk_cl_lpc(const void *x, int code, i64 T, i64 C, u64 lo, i64 R, i64 E, const
     if (T == 0) return NK_OK;
     w = 2 * E + 1;
     qmax = (R + E) / w;
-    /* ring of the last p + 1 reconstructed rows */
-    rec = (i64 *)malloc(sizeof(i64) * (size_t)C * (size_t)(p + 1));
+    /* all reconstructed rows, after p rows of history (= mu) */
+    if (T > ((i64)1 << 40) / C) return NK_EARG;
+    rec = (i64 *)malloc(sizeof(i64) * (size_t)C * (size_t)(T + p));
     prow = (i64 *)malloc(sizeof(i64) * (size_t)C);
     row = (u64 *)malloc(sizeof(u64) * (size_t)C);
     if (!rec || !prow || !row) {
@@ -1008,21 +1009,17 @@ int nk_cl_lpc(const void *x, int code, i64 T, i64 C, u64 lo, i64 R, i64 E, const
         free(row);
         return NK_ENOMEM;
     }
-    for (i = 0; i <= p; i++)
+    for (i = 0; i < p; i++)
         for (ch = 0; ch < C; ch++) rec[i * C + ch] = mu[ch];
     n = 0;
     for (t = 0; t < T; t++) {
-        i64 slot = t % (p + 1);
-        i64 *cur = rec + slot * C;
+        i64 *cur = rec + (t + p) * C;
         if (!dec) load_u64(row, x, t * C, 1, C, code, lo);
         for (ch = 0; ch < C; ch++, n++) {
             i64 acc = 0, pr, qq, rv;
             const i64 *qc = Q + ch * p;
-            for (i = 0; i < p; i++) {
-                i64 sl = (slot - 1 - i) % (p + 1);
-                if (sl < 0) sl += p + 1;
-                acc += qc[i] * (rec[sl * C + ch] - mu[ch]);
-            }
+            const i64 *h = cur - C + ch;
+            for (i = 0; i < p; i++) acc += qc[i] * (h[-i * C] - mu[ch]);
             if (ch > 0 && B[ch]) acc += B[ch] * (cur[ch - 1] - prow[ch - 1]);
             pr = cl_clamp(mu[ch] + rshift((u64)acc, s), R);
             prow[ch] = pr;

@@ -221,3 +221,138 @@ def test_real_movie():
     assert np.abs(out.astype(np.int64) - x).max() <= p["emax"]
     out, buf = _rt(x[:20], "bounded", max_error_noise=0.5)  # 20-frame movie
     assert np.abs(out.astype(np.int64) - x[:20]).max() <= chunk.info(buf).params["emax"]
+
+
+# ---------------------------------------------------------------------------------------------- closed loop
+def _path(buf):
+    """"closed" when the chunk took the closed-loop path (params t == 2), else "open"."""
+    return "closed" if chunk.info(buf).params.get("t") == 2 else "open"
+
+
+def _within(out, x, E):
+    assert np.all(np.abs(out.astype(object) - x.astype(object)) <= int(E))
+
+
+@pytest.mark.parametrize("dt", INT_DTYPES)
+@pytest.mark.parametrize("shape", [(1,), (2,), (37,), (700,), (513, 3), (40, 1), (1, 40), (6, 9, 11), (3, 1, 5),
+                                   (5, 4, 3, 2), (2, 3, 1, 7)])
+@pytest.mark.parametrize("kind", ["random", "smooth", "constant", "extreme"])
+def test_bounded_closed_loop_bound_holds(dt, shape, kind):
+    rng = np.random.default_rng(abs(hash((dt, shape, kind))) % 2**32)
+    info = np.iinfo(dt)
+    if kind == "random":
+        x = _walk(dt, shape, rng, step=1 << min(20, info.bits - 2))
+        x.flat[rng.integers(x.size)] = info.max
+    elif kind == "smooth":
+        x = _walk(dt, shape, rng, step=3)
+    elif kind == "constant":
+        x = np.full(shape, info.min if dt.startswith("i") else info.max, dt)
+    else:  # extreme: dtype min and max side by side (range 2**bits - 1, wider ones stay open loop)
+        x = rng.choice(np.array([info.min, info.max, info.min + 1, info.max - 1], dtype=dt), size=shape)
+    for E in (1, 2, 7, 300):
+        out, buf = _rt(x, "bounded", max_error=E)
+        _within(out, x, E)
+        p = chunk.info(buf).params
+        assert p.get("emax", 0) <= E  # (chunks too wide for the mode are stored raw, without params)
+
+
+def test_bounded_closed_loop_and_open_loop_both_chosen():
+    rng = np.random.default_rng(11)
+    seen = set()
+    # smooth ephys-like series at a large bound: closed loop; white noise at a small bound: open loop
+    t = np.arange(8000)
+    eph = (1000 * np.sin(t[:, None] / 50.0 + np.arange(4)) + rng.normal(0, 20, (8000, 4))).astype(np.int16)
+    out, buf = _rt(eph, "bounded", max_error=40)
+    _within(out, eph, 40)
+    seen.add(_path(buf))
+    assert _path(buf) == "closed"
+    img = (np.linspace(0, 3000, 64 * 64).reshape(64, 64)[None] + rng.normal(0, 30, (16, 64, 64))).astype(np.uint16)
+    out, buf = _rt(img, "bounded", max_error=200)
+    _within(out, img, 200)
+    assert _path(buf) == "closed"
+    # photon-limited movie at a small bound: quantize first + the lossless imaging predictor wins
+    lam = np.linspace(1, 200, 48 * 48).reshape(1, 48, 48).repeat(16, 0)
+    mov = rng.poisson(lam).astype(np.uint16)
+    out, buf = _rt(mov, "bounded", max_error=2)
+    _within(out, mov, 2)
+    seen.add(_path(buf))
+    assert seen == {"open", "closed"}
+
+
+@FAST
+@given(dt=st.sampled_from(INT_DTYPES), shape=_shapes(), E=st.integers(1, 300), data=st.data())
+def test_bounded_closed_loop_random_property(dt, shape, E, data):
+    arr = data.draw(hnp.arrays(np.dtype(dt), shape,
+                               elements=st.integers(int(np.iinfo(dt).min), int(np.iinfo(dt).max))))
+    out, _ = _rt(arr, "bounded", max_error=E)
+    _within(out, arr, E)
+
+
+@pytest.mark.parametrize("k", [0.5, 1.0, 3.0])
+def test_bounded_noise_closed_loop_bound(k):
+    rng = np.random.default_rng(5)
+    lam = np.linspace(5, 400, 48 * 48).reshape(48, 48)
+    x = (rng.poisson(np.broadcast_to(lam, (32, 48, 48))) * 8 + 100).astype(np.uint16)
+    out, buf = _rt(x, "bounded", max_error_noise=k)
+    p = chunk.info(buf).params
+    assert np.abs(out.astype(np.int64) - x).max() <= p["emax"]
+
+
+def _closed_payload():
+    rng = np.random.default_rng(2)
+    t = np.arange(6000)
+    x = (800 * np.sin(t[:, None] / 40.0 + np.arange(3)) + rng.normal(0, 10, (6000, 3))).astype(np.int16)
+    buf = chunk.encode(x, mode="bounded", max_error=30)
+    assert _path(buf) == "closed"
+    return x, buf
+
+
+def test_bounded_closed_loop_corrupt_raises():
+    from necoda_filter.modes import bounded as BD
+    from necoda_filter.modes.lossless import pack_sections, unpack_sections
+    x, buf = _closed_payload()
+    info = chunk.info(buf)
+    h = chunk.decode(buf)
+    _within(h, x, 30)
+    # go below the container: the mode's decode with damaged sections / parameters
+    enc = BD.MODE.encode(x, max_error=30)
+    assert enc.params["t"] == 2
+    secs = [bytes(s) for s in unpack_sections(enc.payload)]
+    dec = lambda payload, params=enc.params, shape=x.shape: BD.MODE.decode(payload, shape, x.dtype, params, "")  # noqa: E731
+    _within(dec(enc.payload), x, 30)
+    bad = []
+    bad.append((pack_sections(secs[:1]), enc.params))  # missing side streams
+    bad.append((pack_sections([secs[0][: len(secs[0]) // 2], *secs[1:]]), enc.params))  # truncated indices
+    bad.append((enc.payload, {**enc.params, "sh": [x.shape[0] - 1, x.shape[1]]}))  # layout mismatch
+    bad.append((enc.payload, {**enc.params, "E": -1}))
+    bad.append((enc.payload, {**enc.params, "p": 99}))
+    bad.append((enc.payload, {**enc.params, "g": 0}))
+    bad.append((enc.payload, {**enc.params, "cl": "nope"}))
+    from necoda_filter.modes.lossless import pco
+    huge = np.full(x.size, 30000, np.int16)  # indices beyond any valid reconstruction
+    bad.append((pack_sections([pco(huge), *secs[1:]]), enc.params))
+    bad.append((pack_sections([pco(np.zeros(x.size - 1, np.int16)), *secs[1:]]), enc.params))  # short
+    for payload, params in bad:
+        with pytest.raises(ValueError):
+            dec(payload, params)
+    # the same through the container: never garbage, never a crash
+    assert info.params["t"] == 2
+    raw = bytearray(buf)
+    for pos in range(len(raw) - 1, len(raw) - 200, -17):
+        r = bytearray(raw)
+        r[pos] ^= 0x5A
+        try:
+            out = chunk.decode(bytes(r))
+        except (ValueError, KeyError, TypeError, OverflowError, RuntimeError):
+            continue
+        assert out.shape == x.shape
+
+
+def test_bounded_closed_loop_real_ephys():
+    if not EPHYS.exists():
+        pytest.skip("shared ephys recording not present")
+    x = np.fromfile(EPHYS, dtype="<i2", count=15000 * 4).reshape(-1, 4)
+    for E in (26, 106):
+        out, buf = _rt(x, "bounded", max_error=E)
+        _within(out, x, E)
+        assert _path(buf) == "closed"

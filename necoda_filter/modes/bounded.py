@@ -191,62 +191,96 @@ def _cl_candidates(arr: np.ndarray):
         return out
     if arr.ndim == 2:
         T, C = arr.shape
-        out = [("lor", (T, 1, C), (64, 0, 0, 0)), ("lor", (1, T, C), (0, 64, 0, 0)),
-               ("lor", (1, T, C), (32, 32, 0, 0))]
-        if C <= 256 and T >= 32:
-            out += [("lpc", (T, C), ("fit", 0)), ("lpc", (T, C), ("fit", 1))]
-        return out
+        if C <= 256 and T >= 32:  # time series (T samples x C channels)
+            return [("lpc", (T, C), ("fit", 0)), ("lpc", (T, C), ("fit", 1)), ("lpc", (T, C), ("blend", 0))]
+        return [("lor", (1, T, C), (0, 64, 0, 0)), ("lor", (1, T, C), (0, 0, 0, 64)),
+                ("lor", (T, 1, C), (64, 0, 0, 0))]
     return [("lor", (1, 1, n), (0, 0, 0, 64)), ("lpc", (n, 1), ("fit", 0))]
 
 
-def _cl_try(arr, lo, R, E, cand, qd):
-    """Run one closed-loop candidate: (indices, side sections, params)."""
+def _cl_try(arr, lo, R, E, cand, qd, fits=None):
+    """Run one closed-loop candidate: (indices, side streams, params). ``fits``: a dict caching the LPC
+    fit (shared by the candidates and the final run)."""
     kind, shape, extra = cand
     if kind == "lor":
         q = K.cl_lorenzo(arr, shape, lo, R, E, extra, CL_SHIFT, qd)
         return q, [], {"cl": "lor", "sh": list(shape), "c": list(extra), "s": CL_SHIFT}
     T, C = shape
     x2 = arr.reshape(T, C)
-    x64 = x2.astype(np.int64) - lo
     mode, arg = extra
+    mu = np.round(x2.mean(axis=0, dtype=np.float64) - lo).astype(np.int64) if T else np.zeros(C, np.int64)
+    # the centre only steers the prediction: a coarse grid (about E / 2) makes it cheap to store
+    g = max(1, E // 2)
+    mq = np.clip(np.round(mu / g), 0, R // g).astype(np.int64)
+    mu = mq * g
+    B = np.zeros(C, np.int64)
     if mode == "blend":
-        mu = np.round(x64.mean(axis=0)).astype(np.int64) if T else np.zeros(C, np.int64)
         Q = np.full((C, 1 if arg else 0), arg, np.int64)
-        B = np.zeros(C, np.int64)
     else:
-        mu = np.round(x64.mean(axis=0)).astype(np.int64) if T else np.zeros(C, np.int64)
-        rows = _analysis_rows(T)
-        xs = x64[rows] - mu
-        Q = _choose_lpc(xs, T, MAX_ORDER)
-        B = np.zeros(C, np.int64)
+        if fits is None or "Q" not in fits:
+            rows = _analysis_rows(T)
+            xs = x2[rows].astype(np.int64) - lo - mu
+            Q = _choose_lpc(xs, T, MAX_ORDER)
+            if fits is not None:
+                fits["Q"] = Q
+        Q = fits["Q"] if fits is not None else Q
         if arg and C > 1:
             B[1:] = 1 << (LPC_SHIFT - 1)  # half the neighbour's quantized residual
-    mu = np.clip(mu, 0, R)
     q = K.cl_lpc(arr, shape, lo, R, E, mu, Q, B, LPC_SHIFT, qd)
-    side = [mu, Q.reshape(-1), B]
-    return q, side, {"cl": "lpc", "sh": list(shape), "p": int(Q.shape[1]), "s": LPC_SHIFT}
+    return q, [mq, Q.reshape(-1), B], {"cl": "lpc", "sh": list(shape), "p": int(Q.shape[1]), "s": LPC_SHIFT,
+                                       "g": g}
+
+
+def _cl_sample(arr: np.ndarray) -> np.ndarray:
+    """A contiguous run of about 1/8 of the chunk along axis 0 (at least 2**16 samples), to rank predictors."""
+    T = arr.shape[0]
+    per = max(1, arr.size // max(T, 1))
+    m = max(-(-(1 << 14) // per), T // 8, 4 if arr.ndim >= 3 else 64)
+    if m >= T:
+        return arr
+    a = (T - m) // 2
+    return arr[a:a + m]
+
+
+def _cl_cands_for(arr, sub):
+    """Candidates for the sample, with the full chunk's counterpart of each."""
+    full = _cl_candidates(arr)
+    part = _cl_candidates(sub)
+    return list(zip(part, full))
 
 
 def cl_encode(arr: np.ndarray, lo: int, hi: int, E: int, level: int):
     """Best closed-loop coding of an integer chunk with bound E (values in [lo, hi], hi - lo < 2**32):
-    (sections, params) or None. Candidates are ranked by the entropy of their indices (plus their side
-    streams' coded size); only the best is pcodec-coded."""
+    (sections, params). Candidates are ranked on a sample of the chunk by the entropy of their indices
+    (plus their side streams' coded size); only the best is run on the whole chunk and pcodec-coded."""
     R = hi - lo
     E = min(E, R)
     qd = narrow_dtype(-K.cl_qmax(R, E), K.cl_qmax(R, E))
+    sub = np.ascontiguousarray(_cl_sample(arr))
+    scale = arr.size / max(sub.size, 1)
     best = None
-    for cand in _cl_candidates(arr):
-        q, side, params = _cl_try(arr, lo, R, E, cand, qd)
-        side_b = [pco(v, level) for v in side]
-        cost = _entropy_bits(q) / 8 + sum(len(b) for b in side_b)
+    fits = {}
+    for cs, cf in _cl_cands_for(arr, sub):
+        q, side, _ = _cl_try(sub, lo, R, E, cs, qd, fits)
+        cost = _entropy_bits(q) * scale / 8 + sum(len(pco(v, level)) for v in side)
         if best is None or cost < best[0]:
-            best = (cost, q, side_b, params)
-    _, q, side_b, params = best
+            best = (cost, cf)
+    q, side, params = _cl_try(arr, lo, R, E, best[1], qd, fits)
     params.update({"E": E, "qd": q.dtype.str})
-    return [pco(q, level, residual=True), *side_b], params
+    return [pco(q, level, residual=True), *[pco(v, level) for v in side]], params
 
 
 def cl_decode(sections, n: int, params, lo: int, hi: int, out: np.ndarray) -> np.ndarray:
+    """Decode a closed-loop payload into ``out`` (n integers). Damaged payloads raise ValueError: the index
+    count, side stream sizes, layout and parameters are checked before the C loop runs, and the loop
+    itself rejects indices no encoder could emit."""
+    try:
+        return _cl_decode(sections, n, params, lo, hi, out)
+    except (RuntimeError, TypeError, OverflowError, KeyError) as e:
+        raise ValueError(f"bad closed-loop payload: {e}") from None
+
+
+def _cl_decode(sections, n, params, lo, hi, out):
     E = int(params["E"])
     R = hi - lo
     if not (0 <= R < CL_MAX_RANGE and 0 <= E <= R):
@@ -254,28 +288,34 @@ def cl_decode(sections, n: int, params, lo: int, hi: int, out: np.ndarray) -> np
     shape = [int(v) for v in params["sh"]]
     if any(v < 0 for v in shape) or int(np.prod(shape, dtype=object)) != n:
         raise ValueError("closed-loop layout does not match the chunk")
+    kind = params["cl"]
+    if kind == "lor":
+        if len(sections) != 1 or len(shape) != 3:
+            raise ValueError("bad closed-loop payload")
+    elif kind == "lpc":
+        if len(sections) != 4 or len(shape) != 2:
+            raise ValueError("bad closed-loop payload")
+    else:
+        raise ValueError(f"unknown closed-loop predictor {kind!r}")
     q = unpco(sections[0], n)
     if q.dtype not in (np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64)):
         q = q.astype(np.int64)
-    try:
-        if params["cl"] == "lor":
-            if len(sections) != 1 or len(shape) != 3:
-                raise ValueError("bad closed-loop payload")
-            return K.cl_lorenzo(None, shape, lo, R, E, params["c"], int(params["s"]), q=q, out=out)
-        if params["cl"] == "lpc":
-            if len(sections) != 4 or len(shape) != 2:
-                raise ValueError("bad closed-loop payload")
-            T, C = shape
-            p = int(params["p"])
-            if not 0 <= p <= 32:
-                raise ValueError("bad closed-loop order")
-            mu = unpco(sections[1], C, np.int64)
-            Q = unpco(sections[2], C * p, np.int64).reshape(C, p)
-            B = unpco(sections[3], C, np.int64)
-            return K.cl_lpc(None, shape, lo, R, E, mu, Q, B, int(params["s"]), q=q, out=out)
-    except (TypeError, OverflowError) as e:
-        raise ValueError(f"bad closed-loop payload: {e}") from None
-    raise ValueError(f"unknown closed-loop predictor {params['cl']!r}")
+    if kind == "lor":
+        return K.cl_lorenzo(None, shape, lo, R, E, params["c"], int(params["s"]), q=q, out=out)
+    T, C = shape
+    p = int(params["p"])
+    if not 0 <= p <= 32:
+        raise ValueError("bad closed-loop order")
+    g = int(params["g"])
+    if not 1 <= g <= max(1, E):
+        raise ValueError("bad closed-loop centre grid")
+    mu = unpco(sections[1], C, np.int64)
+    if mu.size and (mu.min() < 0 or mu.max() > R // g):
+        raise ValueError("bad closed-loop centres")
+    mu = mu * g
+    Q = unpco(sections[2], C * p, np.int64).reshape(C, p)
+    B = unpco(sections[3], C, np.int64)
+    return K.cl_lpc(None, shape, lo, R, E, mu, Q, B, int(params["s"]), q=q, out=out)
 
 
 # ---------------------------------------------------------------------------------------------- the mode
