@@ -362,3 +362,141 @@ def test_type_codes_and_library():
         K.code(np.float32)
     with pytest.raises(TypeError):
         K.code(np.dtype(">i2"))
+
+
+# ---------------------------------------------------------------------------------------------- closed loop
+def _cl_q(d, E):
+    w = 2 * E + 1
+    return (d + E) // w if d >= 0 else -((-d + E) // w)
+
+
+def _ref_lorenzo(x, lo, R, E, c, s):
+    """Python reference of nk_cl_lorenzo (encode): indices and reconstruction (offset values)."""
+    T, H, W = x.shape
+    v = x.astype(object) - lo
+    r = np.zeros((T, H, W), dtype=object)
+    q = np.zeros(T * H * W, dtype=object)
+    w = 2 * E + 1
+
+    def lor(t, i, j, axes):
+        axes = [a for a in axes if (t, i, j)[a] > 0]
+        if not axes:
+            return None
+        tot = 0
+        for m in range(1, 1 << len(axes)):
+            idx = [t, i, j]
+            bits = 0
+            for b, a in enumerate(axes):
+                if m >> b & 1:
+                    idx[a] -= 1
+                    bits += 1
+            tot += (1 if bits % 2 else -1) * r[tuple(idx)]
+        return tot
+
+    n = 0
+    for t in range(T):
+        for i in range(H):
+            for j in range(W):
+                f0 = r[t, i, j - 1] if j else r[t, i - 1, j] if i else r[t - 1, i, j] if t else R // 2
+                acc = 0
+                for cc, axes in zip(c, ([0], [1, 2], [0, 1, 2], [2])):
+                    if cc:
+                        L = lor(t, i, j, axes)
+                        acc += cc * (f0 if L is None else L)
+                p = min(max((acc + (1 << (s - 1))) >> s, 0), R)
+                qq = _cl_q(v[t, i, j] - p, E)
+                q[n] = qq
+                n += 1
+                r[t, i, j] = min(max(p + qq * w, 0), R)
+    return q, r
+
+
+@pytest.mark.parametrize("dt", INT_DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 4, 5), (2, 1, 7), (4, 3, 1)])
+def test_cl_lorenzo_matches_reference_and_bound(dt, shape):
+    rng = np.random.default_rng(7)
+    x = _data(rng, dt, shape, span=5000)
+    lo, hi = int(x.min()), int(x.max())
+    R = hi - lo
+    for E, c in [(0, (64, 0, 0, 0)), (1, (0, 64, 0, 0)), (3, (0, 0, 64, 0)), (40, (32, 32, 0, 0)),
+                 (7, (48, 16, 0, 0)), (2, (0, 0, 0, 64)), (R + 1, (16, 16, 16, 16))]:
+        E = min(E, R + 1)
+        for qd in WIDE:
+            q = K.cl_lorenzo(x, shape, lo, R, E, c, 6, qd)
+            qr, rr = _ref_lorenzo(x, lo, R, E, c, 6)
+            assert [int(v) for v in q] == [int(v) for v in qr]
+            out = np.empty_like(x)
+            K.cl_lorenzo(None, shape, lo, R, E, c, 6, q=q, out=out)
+            assert np.array_equal(out.astype(object), (rr + lo).astype(object))
+            assert np.all(np.abs(out.astype(object) - x.astype(object)) <= E)
+
+
+def _ref_lpc(x, lo, R, E, mu, Q, B, s):
+    T, C = x.shape
+    v = x.astype(object) - lo
+    r = np.zeros((T, C), dtype=object)
+    q = []
+    w = 2 * E + 1
+    for t in range(T):
+        prow = [0] * C
+        for c in range(C):
+            acc = 0
+            for i in range(Q.shape[1]):
+                h = r[t - 1 - i, c] if t - 1 - i >= 0 else int(mu[c])
+                acc += int(Q[c, i]) * (h - int(mu[c]))
+            if c and B[c]:
+                acc += int(B[c]) * (r[t, c - 1] - prow[c - 1])
+            p = min(max(int(mu[c]) + ((acc + (1 << (s - 1))) >> s), 0), R)
+            prow[c] = p
+            qq = _cl_q(v[t, c] - p, E)
+            q.append(qq)
+            r[t, c] = min(max(p + qq * w, 0), R)
+    return q, r
+
+
+@pytest.mark.parametrize("dt", INT_DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (9, 1), (20, 3), (5, 6)])
+def test_cl_lpc_matches_reference_and_bound(dt, shape):
+    rng = np.random.default_rng(9)
+    x = _data(rng, dt, shape)
+    lo, hi = int(x.min()), int(x.max())
+    R = hi - lo
+    C = shape[1]
+    for E, p in [(0, 0), (1, 1), (5, 3), (1000, 2), (R + 1, 4)]:
+        E = min(E, R + 1)
+        mu = rng.integers(0, R, C, endpoint=True)
+        Q = rng.integers(-(1 << 15), 1 << 15, (C, p))
+        B = rng.integers(-(1 << 12), 1 << 12, C)
+        q = K.cl_lpc(x, shape, lo, R, E, mu, Q, B, 12, np.int64)
+        qr, rr = _ref_lpc(x, lo, R, E, mu, Q, B, 12)
+        assert [int(v) for v in q] == qr
+        out = np.empty_like(x)
+        K.cl_lpc(None, shape, lo, R, E, mu, Q, B, 12, q=q, out=out)
+        assert np.array_equal(out.astype(object), (rr + lo).astype(object))
+        assert np.all(np.abs(out.astype(object) - x.astype(object)) <= E)
+
+
+def test_cl_decode_rejects_bad_indices_and_sizes():
+    x = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    R, E = 59, 2
+    q = K.cl_lorenzo(x, x.shape, 0, R, E, (64, 0, 0, 0), 6, np.int16)
+    out = np.empty_like(x)
+    bad = q.copy()
+    bad[7] = K.cl_qmax(R, E) + 1
+    with pytest.raises(ValueError):
+        K.cl_lorenzo(None, x.shape, 0, R, E, (64, 0, 0, 0), 6, q=bad, out=out)
+    with pytest.raises(ValueError):
+        K.cl_lorenzo(None, x.shape, 0, R, E, (64, 0, 0, 0), 6, q=q[:-1], out=out)
+    with pytest.raises(ValueError):
+        K.cl_lorenzo(None, x.shape, 0, 1 << 33, E, (64, 0, 0, 0), 6, q=q, out=out)
+    x2 = x.reshape(-1, 3)
+    q2 = K.cl_lpc(x2, x2.shape, 0, R, E, [0, 0, 0], np.full((3, 1), 4096), [0, 0, 0], 12, np.int32)
+    bad2 = q2.copy()
+    bad2[-1] = -(K.cl_qmax(R, E) + 5)
+    out2 = np.empty_like(x2)
+    with pytest.raises(ValueError):
+        K.cl_lpc(None, x2.shape, 0, R, E, [0, 0, 0], np.full((3, 1), 4096), [0, 0, 0], 12, q=bad2, out=out2)
+    with pytest.raises(ValueError):
+        K.cl_lpc(None, x2.shape, 0, R, E, [0, 0, R + 1], np.full((3, 1), 4096), [0, 0, 0], 12, q=q2, out=out2)
+    with pytest.raises(ValueError):
+        K.cl_lpc(None, x2.shape, 0, R, E, [0, 0, 0], np.full((3, 1), 1 << 16), [0, 0, 0], 12, q=q2, out=out2)
