@@ -319,9 +319,11 @@ def main(argv=None) -> int:
             for f in (src, out, plain):
                 if f.exists():
                     f.unlink()
+    fresh = results["fresh_read"]
+    fresh_ok = ("error" not in fresh and (fresh["imaging_frames_equal"] or a.imaging != "lossless")
+                and (fresh["ephys_equal"] or a.ephys != "lossless"))
     ok = (results["compress"]["peak_tree_rss_mb"] < 2000 and not results["roundtrip_diffs"]
-          and results.get("nwbinspector", {}).get("n_errors", 1) == 0
-          and results["fresh_read"].get("imaging_frames_equal", False) in (True, a.imaging != "lossless"))
+          and results.get("nwbinspector", {}).get("n_errors", 1) == 0 and fresh_ok and results["input_unchanged"])
     log("ACCEPTANCE " + ("PASSED" if ok else "FAILED"))
     return 0 if ok else 1
 

@@ -8,8 +8,9 @@ For every necoda-compressed dataset of COMPRESSED with a dataset of the same pat
   the photon-transfer fit for imaging, per-channel MAD of the 300–6000 Hz band for ephys, both estimated
   on the original's first block); ``ratio`` = raw bytes / stored chunk bytes, ``ratio_vs_original`` =
   the original dataset's stored bytes / the compressed one's;
-- on a leading window (imaging: up to ``--window-frames`` frames; ephys: up to ``--window-seconds``
-  seconds; both capped at ``--window-mb``): imaging ``roi_r_median`` / ``roi_r_p05`` (ROI mean traces,
+- on a leading window (imaging: up to ``--window-frames`` (500) frames; ephys: up to ``--window-seconds``
+  (5) seconds; both capped at ``--window-mb`` (256) MB of raw data; the fidelity metrics need about
+  10x the window in memory): imaging ``roi_r_median`` / ``roi_r_p05`` (ROI mean traces,
   ROIs detected on the original with :func:`metrics.detect_rois`), ephys ``spike_f1`` /
   ``waveform_r_median`` / ``n_spikes`` (:func:`metrics.ephys_fidelity`) — the ``necoda bench`` metrics;
 - PNG figures: imaging — an example frame original / decoded / error map and ROI traces overlaid;
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 BLOCK_BYTES = 64 << 20
+ROI_MAX_FRAMES = 200
 
 
 def add_arguments(p) -> None:
@@ -35,9 +37,9 @@ def add_arguments(p) -> None:
     p.add_argument("compressed", metavar="COMPRESSED.nwb", help="the output of `necoda compress`")
     p.add_argument("--report", metavar="DIR", default=None,
                    help="folder for report.md, report.json and PNG figures (default: COMPRESSED.necoda-report)")
-    p.add_argument("--window-frames", type=int, default=1000, help="imaging frames used for ROI fidelity")
-    p.add_argument("--window-seconds", type=float, default=10.0, help="ephys seconds used for spike fidelity")
-    p.add_argument("--window-mb", type=float, default=512.0, help="cap on the window's size in MB")
+    p.add_argument("--window-frames", type=int, default=500, help="imaging frames used for ROI fidelity")
+    p.add_argument("--window-seconds", type=float, default=5.0, help="ephys seconds used for spike fidelity")
+    p.add_argument("--window-mb", type=float, default=256.0, help="cap on the window's size in MB")
     p.add_argument("--no-figures", action="store_true", help="metrics only")
 
 
@@ -118,8 +120,8 @@ def _clean(v):
     return v
 
 
-def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=1000, window_seconds=10.0,
-                     window_mb=512.0, figures=True) -> dict:
+def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, window_seconds=5.0,
+                     window_mb=256.0, figures=True) -> dict:
     from .. import metrics, provenance
     from ..nwb import sampling_rate
     from ..reader import read
@@ -203,7 +205,8 @@ def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=1000, wi
     figs = []
     with np.errstate(all="ignore"):
         if kind == "imaging" and ow.ndim == 3:
-            masks = metrics.detect_rois(ow)
+            # ROI detection works on a temporally binned copy; <= 200 binned frames bounds its memory
+            masks = metrics.detect_rois(ow, max_frames=ROI_MAX_FRAMES)
             fid = metrics.imaging_fidelity(ow, dw, masks=masks)
             res.update({k: fid[k] for k in ("roi_r_median", "roi_r_p05", "n_rois")})
             if figures and report_dir is not None:
@@ -286,9 +289,16 @@ def _ephys_figures(ow, dw, fs, out: Path, name: str) -> list[Path]:
 
     from .. import metrics
 
+    # the largest spike of the original's spike band; then band-pass only a segment around it
     yo = metrics.bandpass(ow, fs)
-    yd = metrics.bandpass(dw, fs)
     t, ch = np.unravel_index(int(np.argmin(yo)), yo.shape)
+    del yo
+    m = int(0.1 * fs)
+    s0, s1 = max(0, t - m), min(ow.shape[0], t + m)
+    yo = metrics.bandpass(ow[s0:s1], fs)
+    yd = metrics.bandpass(dw[s0:s1], fs)
+    ow, dw = ow[s0:s1], dw[s0:s1]
+    t -= s0
     h = int(0.01 * fs)
     t0, t1 = max(0, t - h), min(ow.shape[0], t + h)
     chans = list(range(max(0, ch - 2), min(ow.shape[1], ch + 3)))
@@ -303,7 +313,7 @@ def _ephys_figures(ow, dw, fs, out: Path, name: str) -> list[Path]:
             ax[k].plot(ms, xd[t0:t1, c] - np.median(xo[t0:t1, c]) + off, color="tab:red", lw=0.9, ls="--",
                        label="decoded" if j == 0 else None)
             ax[k].text(ms[0], off, f"ch {c}", fontsize=7, va="bottom")
-        ax[k].set_title(f"{title}, largest spike (ch {ch}, t={t / fs:.3f} s)")
+        ax[k].set_title(f"{title}, largest spike (ch {ch}, t={(t + s0) / fs:.3f} s)")
         ax[k].set_xlabel("ms")
         ax[k].legend(loc="upper right", fontsize=8)
     err = dw[t0:t1, chans].astype(np.float64) - ow[t0:t1, chans].astype(np.float64)
