@@ -66,3 +66,18 @@ def test_demo_small(tmp_path):
     r2 = subprocess.run([sys.executable, "-m", "necoda_filter.cli", "demo", "--out", str(out)],
                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r2.returncode == 1 and "exists" in r2.stderr
+
+
+def test_info_shows_compress_provenance(tmp_path, capsys):
+    from test_integration import _nwb_with_series, ephys_data, movie
+
+    src, out = tmp_path / "in.nwb", tmp_path / "out.nwb"
+    _nwb_with_series(src, movie(t=32, h=32, w=32), ephys_data(n=6000))
+    assert cli.main(["compress", str(src), str(out), "--imaging", "bounded", "--max-error", "3", "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["info", str(out), "--json"]) == 0
+    rows = {r["path"].split("/")[-2]: r for r in json.loads(capsys.readouterr().out)}
+    prov = rows["TwoPhotonSeries"]["provenance"]
+    assert prov["mode"] == "bounded" and prov["max_abs_error"] <= 3
+    assert rows["TwoPhotonSeries"]["chunk_modes"].keys() == {"bounded"}
+    assert rows["ElectricalSeries"]["provenance"]["mode"] == "lossless"

@@ -57,9 +57,11 @@ def dataset_info(d, max_chunks: int = 8) -> dict:
         row["models"] = sorted(models)
         if bad:
             row["unreadable_chunk_headers"] = bad
-    prov = {k: _jsonable(v) for k, v in d.attrs.items() if k.startswith("necoda")}
+    from .. import provenance
+
+    prov = provenance.read(d)  # typed necoda_* attributes written by `necoda compress`
     if prov:
-        row["provenance"] = prov
+        row["provenance"] = {k: _jsonable(v) for k, v in prov.items()}
     return row
 
 
