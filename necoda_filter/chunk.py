@@ -10,6 +10,28 @@ from .dtypes import code_of
 
 log = logging.getLogger("necoda_filter")
 
+#: container parameter naming the coded core of a chunk whose trailing hyperplanes are all zero
+CORE_KEY = "_core"
+
+
+def _zero_padded_core(arr: np.ndarray) -> tuple | None:
+    """Shape of ``arr`` without its trailing all-zero hyperplanes, or None when there are none.
+
+    HDF5 hands filters full-size edge chunks padded with the fill value (0 unless set): left in, that
+    padding would distort what lossy modes estimate from a chunk (noise model, baseline, network input).
+    The padding is restored exactly on decode."""
+    if arr.ndim == 0 or arr.size == 0:
+        return None
+    core = list(arr.shape)
+    for ax in range(arr.ndim):
+        if not np.any(np.take(arr, -1, axis=ax)):  # cheap test on the last hyperplane first
+            other = tuple(i for i in range(arr.ndim) if i != ax)
+            nz = np.flatnonzero(np.any(arr, axis=other))
+            core[ax] = int(nz[-1]) + 1 if nz.size else 0
+    if 0 in core or tuple(core) == arr.shape:
+        return None
+    return tuple(core)
+
 
 def encode(arr: np.ndarray, mode: str = "auto", **options) -> bytes:
     """Compress one chunk into a self-describing necoda container.
@@ -28,8 +50,13 @@ def encode(arr: np.ndarray, mode: str = "auto", **options) -> bytes:
     raw_size = arr.nbytes
     enc = None
     if name != "raw":
+        core = _zero_padded_core(arr)
         try:
-            enc = m.encode(arr, **options)
+            if core is None:
+                enc = m.encode(arr, **options)
+            else:
+                enc = m.encode(np.ascontiguousarray(arr[tuple(slice(0, c) for c in core)]), **options)
+                enc.params = {**enc.params, CORE_KEY: list(core)}
         except Exception as e:  # noqa: BLE001 — any failure falls back to raw, loudly in the log
             log.warning("necoda %s encoder could not handle a %s %s chunk (%s: %s); stored raw",
                         name, arr.shape, arr.dtype, type(e).__name__, e)
@@ -48,8 +75,22 @@ def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
     if h.mode_id not in modes.MODE_NAMES:
         raise container.CorruptChunk(f"necoda chunk uses unknown mode id {h.mode_id}")
     m = modes.get(h.mode_id)
+    params, core = h.params, None
+    if CORE_KEY in params:
+        params = {k: v for k, v in params.items() if k != CORE_KEY}
+        params_core = h.params[CORE_KEY]
+        if (not isinstance(params_core, list) or len(params_core) != len(h.shape)
+                or not all(isinstance(c, int) and 0 < c <= s for c, s in zip(params_core, h.shape))):
+            raise container.CorruptChunk(f"necoda chunk has an invalid core shape {params_core!r}")
+        core = tuple(params_core)
     try:
-        arr = m.decode(payload, h.shape, h.dtype, h.params, h.model_id)
+        arr = m.decode(payload, core or h.shape, h.dtype, params, h.model_id)
+        if core is not None:
+            if np.shape(arr) != core:
+                raise ValueError(f"core decoded to {np.shape(arr)}, expected {core}")
+            full = np.zeros(h.shape, dtype=h.dtype)
+            full[tuple(slice(0, c) for c in core)] = arr
+            arr = full
     except container.CorruptChunk:
         raise
     except (LookupError, FileNotFoundError) as e:

@@ -119,3 +119,36 @@ def test_incompressible_lossless_stored_raw():
     assert chunk.info(b).mode_id == 0
     assert len(b) < a.nbytes + 64
     np.testing.assert_array_equal(chunk.decode(b), a)
+
+
+@pytest.mark.parametrize("mode,opts", [("lossless", {}), ("bounded", {"max_error": 3}),
+                                       ("bounded", {"max_error_noise": 0.5})])
+def test_zero_padded_edge_chunk_is_coded_without_its_padding(mode, opts):
+    """HDF5 pads edge chunks with zeros: the padding is excluded from coding and restored exactly."""
+    rng = np.random.default_rng(5)
+    a = np.zeros((16, 20, 12), dtype=np.uint16)
+    a[:9, :, :7] = 300 + rng.poisson(20, size=(9, 20, 7)) * 5
+    b = chunk.encode(a, mode, **opts)
+    h = chunk.info(b)
+    assert h.shape == a.shape and h.params[chunk.CORE_KEY] == [9, 20, 7]
+    d = chunk.decode(b)
+    assert d.shape == a.shape and not d[9:].any() and not d[:, :, 7:].any()
+    err = np.abs(d.astype(np.int64) - a).max()
+    assert err <= (opts.get("max_error", 0) if "max_error_noise" not in opts else h.params["emax"])
+    # the same core coded alone gives the same stored bound as the padded chunk
+    if "max_error_noise" in opts:
+        alone = chunk.info(chunk.encode(np.ascontiguousarray(a[:9, :, :7]), mode, **opts))
+        assert alone.params["emax"] == h.params["emax"]
+
+
+def test_bad_core_shape_refused():
+    a = np.zeros((4, 4), dtype=np.int16)
+    a[:2, :2] = 5
+    b = chunk.encode(a, "lossless")
+    h = chunk.info(b)
+    params = dict(h.params)
+    params[chunk.CORE_KEY] = [9, 9]
+    payload = bytes(memoryview(b)[h.header_len:])
+    bad = container.pack(h.mode_id, h.dtype, h.shape, payload, params)
+    with pytest.raises(CorruptChunk, match="core"):
+        chunk.decode(bad)
