@@ -25,6 +25,7 @@ fi
 IMG="${IMG:-$DATA_DIR/ophys_2p_cortex_300x200x200_int16.npz}"
 EPH="${EPH:-$DATA_DIR/ephys_locust_tetrode_15khz_4ch_int16.raw}"
 SIM_IMAGING="${SIM_IMAGING:-sim:imaging:n_frames=500,height=128,width=128,n_cells=40,seed=0}"
+SIM_IMAGING_1P="${SIM_IMAGING_1P:-sim:imaging:n_frames=500,height=128,width=128,n_cells=60,background=1p,seed=1}"
 SIM_EPHYS="${SIM_EPHYS:-sim:ephys:duration_s=2,n_channels=384,n_units=30,seed=0}"
 WORK="${WORK:-$(mktemp -d -t necoda-bench-XXXXXX)}"
 mkdir -p "$WORK"
@@ -52,6 +53,7 @@ if [[ "${SKIP_REAL:-0}" != 1 ]]; then
 fi
 if [[ "${SKIP_SIM:-0}" != 1 ]]; then
   run "Simulated two-photon movie (ground truth)" sim-imaging "$SIM_IMAGING"
+  run "Simulated one-photon-like movie, heavy background (ground truth)" sim-imaging-1p "$SIM_IMAGING_1P"
   run "Simulated 384-channel Neuropixels-like recording (ground truth)" sim-ephys "$SIM_EPHYS"
 fi
 

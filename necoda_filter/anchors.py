@@ -530,8 +530,9 @@ FAMILIES = ("necoda", "zstd", "lzma", "blosc", "pcodec", "flac", "mtscomp", "jpe
 
 #: noise-sigma multiples for absolute-error anchors and necoda bounded (max_error)
 SIGMA_MULTIPLES = (0.5, 1.0, 2.0)
-#: CRF per video family: near-transparent, medium, aggressive
-VIDEO_CRF = {"h264": (12, 20, 28), "h265": (12, 20, 28), "av1": (16, 28, 40)}
+#: CRF per video family: near-transparent, medium, aggressive, and the 100x-2000x range where the
+#: learned mode is compared with video codecs at equal ratio
+VIDEO_CRF = {"h264": (12, 20, 28, 40, 51), "h265": (12, 20, 28, 40, 51), "av1": (16, 28, 40, 55, 63)}
 #: necoda bounded settings in noise units, and learned qualities
 BOUNDED_NOISE = (0.5, 1.0, 2.0)
 LEARNED_QUALITY = (1, 2, 3, 4)
