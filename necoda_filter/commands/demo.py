@@ -121,7 +121,9 @@ def run(args) -> int:
                 require_necoda(f["acquisition"][name]["data"])
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["HDF5_PLUGIN_PATH"] = PLUGIN_PATH
-        r = subprocess.run([sys.executable, "-c", READER, path, workdir], capture_output=True, text=True, env=env)
+        # cwd: a scratch folder, so that `python -c` in a source checkout imports the installed package
+        r = subprocess.run([sys.executable, "-c", READER, path, workdir], capture_output=True, text=True, env=env,
+                           cwd=workdir)
         if r.returncode != 0:
             print(r.stderr, file=sys.stderr)
             raise RuntimeError("reading the NWB file back in a fresh process failed")
