@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -55,10 +56,17 @@ def test_info_missing_file_is_an_error(capsys):
 
 
 def test_demo_small(tmp_path):
+    """`necoda demo` as the README runs it: the console script, from the source checkout's folder."""
+    import shutil
+
+    from conftest import REPO
+
     out = tmp_path / "demo.nwb"
-    r = subprocess.run([sys.executable, "-m", "necoda_filter.cli", "demo", "--frames", "40", "--size", "48",
-                        "--seconds", "0.3", "--channels", "32", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    exe = shutil.which("necoda", path=os.path.dirname(sys.executable)) or shutil.which("necoda")
+    cmd = [exe] if exe else [sys.executable, "-m", "necoda_filter.cli"]
+    r = subprocess.run(cmd + ["demo", "--frames", "40", "--size", "48", "--seconds", "0.3", "--channels", "32",
+                              "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert "TwoPhotonSeries" in r.stdout and "ElectricalSeries" in r.stdout and "×" in r.stdout
     assert out.exists()
