@@ -742,6 +742,25 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
                          time.perf_counter() - t0)
 
 
+def _rewrite_file(src_path, dst_path, overwrite, workers, handler) -> None:
+    """What compress and decompress share: check the paths, copy ``src_path`` object by object into a
+    temporary file renamed to ``dst_path`` at the end (userblock included), with a worker pool.
+    ``handler(sds, dg, name, copier, executor, nworkers) -> bool`` writes a dataset itself (True) or
+    leaves it to the plain copy (False)."""
+    src_path, dst_path = check_paths(src_path, dst_path, overwrite)
+    executor, nworkers = make_executor(workers)
+    try:
+        with atomic_output(dst_path) as tmp:
+            with h5py.File(src_path, "r") as src:
+                ub = src.userblock_size
+                with _create_file(tmp, src) as dst:
+                    copier = Copier(src, dst, lambda sds, dg, name: handler(sds, dg, name, copier, executor, nworkers))
+                    copier.run()
+            _copy_userblock(src_path, tmp, ub)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
 def recompress_file(src_path, dst_path, settings: Settings | None = None, workers: int | None = None,
                     overwrite: bool = False, progress: bool = True, only: list[str] | None = None) -> list[DatasetReport]:
     """Copy the NWB/HDF5 file ``src_path`` to ``dst_path`` recompressing its neural datasets.
@@ -749,36 +768,26 @@ def recompress_file(src_path, dst_path, settings: Settings | None = None, worker
     Returns one :class:`DatasetReport` per recompressed dataset. ``only``: restrict recompression to
     these dataset paths (others are copied unchanged)."""
     settings = settings or Settings()
-    src_path, dst_path = check_paths(src_path, dst_path, overwrite)
     # validate the settings (and that the modes are available) before touching the disk
     for kind in ("imaging", "ephys"):
         f = settings.filter_for(kind)
         modes.get(f.mode)
     reports: list[DatasetReport] = []
-    executor, nworkers = make_executor(workers)
-    try:
-        with atomic_output(dst_path) as tmp:
-            with h5py.File(src_path, "r") as src:
-                ub = src.userblock_size
-                with _create_file(tmp, src) as dst:
-                    def handler(sds, dg, name):
-                        kind = target_kind(sds)
-                        if kind is None or (only is not None and sds.name not in only):
-                            return False
-                        rep = recompress_dataset(sds, dg, name, kind, settings, executor, nworkers, progress,
-                                                 src_path.name)
-                        copier.copy_attrs(sds, dg[name])
-                        provenance.write(dg[name], rep.provenance)
-                        if rep.provenance["lossy"]:
-                            provenance.append_comment(dg, provenance.comment_text(rep.provenance, sds.name))
-                        reports.append(rep)
-                        return True
+    source_name = Path(src_path).name
 
-                    copier = Copier(src, dst, handler)
-                    copier.run()
-            _copy_userblock(src_path, tmp, ub)
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+    def handler(sds, dg, name, copier, executor, nworkers):
+        kind = target_kind(sds)
+        if kind is None or (only is not None and sds.name not in only):
+            return False
+        rep = recompress_dataset(sds, dg, name, kind, settings, executor, nworkers, progress, source_name)
+        copier.copy_attrs(sds, dg[name])
+        provenance.write(dg[name], rep.provenance)
+        if rep.provenance["lossy"]:
+            provenance.append_comment(dg, provenance.comment_text(rep.provenance, sds.name))
+        reports.append(rep)
+        return True
+
+    _rewrite_file(src_path, dst_path, overwrite, workers, handler)
     return reports
 
 
@@ -856,30 +865,20 @@ def decompress_file(src_path, dst_path, gzip_level: int | None = None, workers: 
     gzip-compressed) one with the same chunking, readable by any HDF5 tool. Returns the dataset paths."""
     from . import __version__
 
-    src_path, dst_path = check_paths(src_path, dst_path, overwrite)
     done: list[str] = []
-    executor, nworkers = make_executor(workers)
-    try:
-        with atomic_output(dst_path) as tmp:
-            with h5py.File(src_path, "r") as src:
-                ub = src.userblock_size
-                with _create_file(tmp, src) as dst:
-                    def handler(sds, dg, name):
-                        has, _, _ = necoda_filter_info(sds)
-                        if not has:
-                            return False
-                        decompress_dataset(sds, dg, name, gzip_level, executor, nworkers, progress)
-                        copier.copy_attrs(sds, dg[name])
-                        if provenance.attr_name("mode") in sds.attrs:
-                            provenance.write(dg[name], {"decompressed_by": f"necoda-filter {__version__}"})
-                        done.append(sds.name)
-                        return True
 
-                    copier = Copier(src, dst, handler)
-                    copier.run()
-            _copy_userblock(src_path, tmp, ub)
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+    def handler(sds, dg, name, copier, executor, nworkers):
+        has, _, _ = necoda_filter_info(sds)
+        if not has:
+            return False
+        decompress_dataset(sds, dg, name, gzip_level, executor, nworkers, progress)
+        copier.copy_attrs(sds, dg[name])
+        if provenance.attr_name("mode") in sds.attrs:
+            provenance.write(dg[name], {"decompressed_by": f"necoda-filter {__version__}"})
+        done.append(sds.name)
+        return True
+
+    _rewrite_file(src_path, dst_path, overwrite, workers, handler)
     return done
 
 
