@@ -883,6 +883,25 @@ static inline void cl_putq(void *q, int qsize, i64 k, i64 v) {
     }
 }
 
+/* One closed-loop step shared by every predictor: encode quantizes x - p into q[k], decode reads q[k]
+ * back (refusing indices beyond qmax); both return the clamped reconstruction in *rv. Returns -1 when
+ * the sample or index is out of range. */
+static inline int cl_step(int dec, u64 x, i64 p, i64 E, i64 w, i64 R, i64 qmax, void *q, int qsize, i64 k,
+                          i64 *rv) {
+    i64 qq;
+    if (!dec) {
+        i64 xv = s64(x);
+        if (xv < 0 || xv > R) return -1;
+        qq = cl_quant(xv - p, E, w);
+        cl_putq(q, qsize, k, qq);
+    } else {
+        qq = cl_getq(q, qsize, k);
+        if (qq < -qmax || qq > qmax) return -1;
+    }
+    *rv = cl_clamp(p + qq * w, R);
+    return 0;
+}
+
 /* Lorenzo predictor over the axes in mask (4 = t, 2 = h, 1 = w) restricted to the available ones;
    cur / prv: current / previous reconstructed frame (offset values), k = i W + j. */
 static inline i64 cl_lor(int mask, const i64 *cur, const i64 *prv, i64 k, i64 W, i64 f0) {
@@ -937,7 +956,7 @@ int nk_cl_lorenzo(const void *x, int code, i64 T, i64 H, i64 W, u64 lo, i64 R, i
         for (i = 0; i < H; i++) {
             int hh = i > 0;
             for (j = 0; j < W; j++, n++) {
-                i64 k = i * W + j, f0, acc, p, qq, rv;
+                i64 k = i * W + j, f0, acc, p, rv;
                 int hw = j > 0;
                 f0 = hw ? cur[k - 1] : hh ? cur[k - W] : ht ? prv[k] : R / 2;
                 acc = 0;
@@ -946,16 +965,7 @@ int nk_cl_lorenzo(const void *x, int code, i64 T, i64 H, i64 W, u64 lo, i64 R, i
                 if (c[2]) acc += c[2] * cl_lor((ht ? 4 : 0) | (hh ? 2 : 0) | (hw ? 1 : 0), cur, prv, k, W, f0);
                 if (c[3]) acc += c[3] * cl_lor(hw ? 1 : 0, cur, prv, k, W, f0);
                 p = cl_clamp(rshift((u64)acc, s), R);
-                if (!dec) {
-                    i64 xv = s64(frame[k]);
-                    if (xv < 0 || xv > R) goto range;
-                    qq = cl_quant(xv - p, E, w);
-                    cl_putq(q, qsize, n, qq);
-                } else {
-                    qq = cl_getq(q, qsize, n);
-                    if (qq < -qmax || qq > qmax) goto range;
-                }
-                rv = cl_clamp(p + qq * w, R);
+                if (cl_step(dec, frame[k], p, E, w, R, qmax, q, qsize, n, &rv)) goto range;
                 cur[k] = rv;
             }
         }
@@ -1016,23 +1026,14 @@ int nk_cl_lpc(const void *x, int code, i64 T, i64 C, u64 lo, i64 R, i64 E, const
         i64 *cur = rec + (t + p) * C;
         if (!dec) load_u64(row, x, t * C, 1, C, code, lo);
         for (ch = 0; ch < C; ch++, n++) {
-            i64 acc = 0, pr, qq, rv;
+            i64 acc = 0, pr, rv;
             const i64 *qc = Q + ch * p;
             const i64 *h = cur - C + ch;
             for (i = 0; i < p; i++) acc += qc[i] * (h[-i * C] - mu[ch]);
             if (ch > 0 && B[ch]) acc += B[ch] * (cur[ch - 1] - prow[ch - 1]);
             pr = cl_clamp(mu[ch] + rshift((u64)acc, s), R);
             prow[ch] = pr;
-            if (!dec) {
-                i64 xv = s64(row[ch]);
-                if (xv < 0 || xv > R) goto range;
-                qq = cl_quant(xv - pr, E, w);
-                cl_putq(q, qsize, n, qq);
-            } else {
-                qq = cl_getq(q, qsize, n);
-                if (qq < -qmax || qq > qmax) goto range;
-            }
-            rv = cl_clamp(pr + qq * w, R);
+            if (cl_step(dec, row[ch], pr, E, w, R, qmax, q, qsize, n, &rv)) goto range;
             cur[ch] = rv;
         }
         if (dec) {
