@@ -70,6 +70,9 @@ def _worker_init(parent: int | None = None):
     import signal
 
     import necoda_filter  # noqa: F401 — registers the codecs
+    from .models import runtime
+
+    runtime.set_process_threads(1)  # one decoder per core: no nested ORT thread pools
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's cleanup handler
     if parent is not None:
@@ -352,13 +355,17 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
     if mode == "thread":
         out = np.empty(shape, dtype)
 
+        from .models import runtime
+
         def job(item):
             off, dsl, lsel = item
             got = fetch(off)
             if got is None:
                 out[dsl] = dataset.fillvalue
             else:
-                _place(out, dsl, _decode(got[1], got[0], chunks, chunk_dtype), lsel)
+                with runtime.worker_threads(1):  # one decoder per core: no nested ORT thread pools
+                    arr = _decode(got[1], got[0], chunks, chunk_dtype)
+                _place(out, dsl, arr, lsel)
 
         with ThreadPoolExecutor(workers) as ex:
             for f in [ex.submit(job, it) for it in plan]:

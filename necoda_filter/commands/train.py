@@ -16,6 +16,10 @@ def add_arguments(p):
     p.add_argument("--init", default=None, help="warm start from a weights.pt written by an earlier run")
     p.add_argument("--lambdas", default=None, help="fixed rate-distortion weights, one per quality (comma-separated); "
                                                    "default: steered toward the built-in rate targets")
+    p.add_argument("--patch", default="32,64,64",
+                   help="training patch T,H,W (T % 8 == 0, H and W % 16 == 0; default 32,64,64)")
+    p.add_argument("--trace-weight", type=float, default=None,
+                   help="weight of the soma-trace error in the loss (simulations; default 3, 0 = off)")
 
 
 def run(args) -> int:
@@ -39,6 +43,8 @@ def run(args) -> int:
     log("necoda train " + " ".join(sys.argv[1:]))
     mid = train(out, simulator=args.simulator, n_sims=args.sims, recordings=args.recordings, minutes=args.minutes,
                 max_steps=args.steps, threads=args.threads, seed=args.seed, width=args.width, lr=args.lr, init=args.init,
-                lambdas=[float(v) for v in args.lambdas.split(",")] if args.lambdas else None, log=log)
+                lambdas=[float(v) for v in args.lambdas.split(",")] if args.lambdas else None,
+                patch=tuple(int(v) for v in args.patch.split(",")),
+                **({} if args.trace_weight is None else {"trace_weight": args.trace_weight}), log=log)
     log(f"model id {mid}")
     return 0

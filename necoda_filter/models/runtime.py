@@ -2,6 +2,9 @@
 
 CUDAExecutionProvider is used when ``onnxruntime-gpu`` is installed and reports it (set
 ``NECODA_PROVIDER=cpu`` to force the CPU). Thread count: ``NECODA_THREADS`` or ORT's default.
+Parallel decoders (``necoda_filter.read``) run one chunk per worker; they ask for single-threaded
+sessions with :func:`worker_threads` so that ``workers`` decoders never fight over the same cores with
+``workers`` × ORT's default thread pool (oversubscription costs ~25 % on two cores).
 Float outputs never drive entropy coding (latents are integers coded with forward-adaptive pcodec
 blocks), so provider and thread differences can only move the lossy reconstruction by float rounding.
 """
@@ -14,6 +17,42 @@ import numpy as np
 
 _lock = threading.Lock()
 _sessions: dict[tuple, object] = {}
+_local = threading.local()
+#: ORT threads for sessions created in worker processes of ``read`` (set by :func:`set_process_threads`)
+_process_threads: int | None = None
+
+
+class worker_threads:
+    """Context manager: sessions used by *this thread* run with ``n`` intra-op threads (unless the caller
+    passes ``threads`` explicitly). ``with runtime.worker_threads(1): chunk.decode(buf)``."""
+
+    def __init__(self, n: int | None):
+        self.n = n
+
+    def __enter__(self):
+        self.prev = getattr(_local, "threads", None)
+        _local.threads = self.n
+        return self
+
+    def __exit__(self, *exc):
+        _local.threads = self.prev
+        return False
+
+
+def set_process_threads(n: int | None) -> None:
+    """Default intra-op threads for every session of this process (used in ``read``'s worker processes)."""
+    global _process_threads
+    _process_threads = n
+
+
+def _default_threads() -> int:
+    n = getattr(_local, "threads", None)
+    if n is None:
+        n = _process_threads
+    if n is None:
+        env = os.environ.get("NECODA_THREADS")
+        n = int(env) if env else 0
+    return int(n)
 
 
 def providers() -> list[str]:
@@ -30,8 +69,7 @@ def session(model_id: str, graph: str, blob: bytes, threads: int | None = None):
     import onnxruntime as ort
 
     if threads is None:
-        env = os.environ.get("NECODA_THREADS")
-        threads = int(env) if env else 0
+        threads = _default_threads()
     prov = tuple(providers())
     key = (model_id, graph, threads, prov)
     with _lock:

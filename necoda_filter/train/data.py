@@ -19,6 +19,7 @@ class Chunk:
     v: np.ndarray            # (T, H, W) float32 noisy movie in noise units
     clean: np.ndarray        # (T, H, W) float32 target (clean movie in noise units, or v for recordings)
     bq: list                 # per quality: decoded baseline image (H, W) float32
+    rois: np.ndarray | None = None  # (N, H, W) bool soma masks (footprint > 0.3 of max), simulations only
 
 
 def load_simulator(spec: str):
@@ -42,8 +43,17 @@ def sim_configs(n: int, seed: int = 1000):
     return out
 
 
-def chunks_of(movie, clean, baseline_cfg, chunk_frames=128):
+def roi_masks(footprints, thresh=0.3, min_px=12):
+    """Soma masks from simulated footprints, as :func:`necoda_filter.metrics.imaging_fidelity` builds them."""
+    fp = np.asarray(footprints, np.float32)
+    peak = fp.reshape(len(fp), -1).max(axis=1)[:, None, None]
+    m = fp > thresh * np.maximum(peak, 1e-12)
+    return m[m.reshape(len(m), -1).sum(axis=1) >= min_px]
+
+
+def chunks_of(movie, clean, baseline_cfg, chunk_frames=128, footprints=None):
     out = []
+    rois = roi_masks(footprints) if footprints is not None else None
     T = movie.shape[0]
     for s in range(0, T - chunk_frames // 2 + 1, chunk_frames):
         x = movie[s:s + chunk_frames]
@@ -55,7 +65,7 @@ def chunks_of(movie, clean, baseline_cfg, chunk_frames=128):
         base = v.mean(0)
         bq = [prep.dequantize_baseline(prep.quantize_baseline(base, b["step"], b["factor"]), b["step"],
                                        b["factor"], base.shape) for b in baseline_cfg]
-        out.append(Chunk(v.astype(np.float32), c.astype(np.float32), bq))
+        out.append(Chunk(v.astype(np.float32), c.astype(np.float32), bq, rois))
     return out
 
 
@@ -73,9 +83,11 @@ def load_recording(path: str) -> np.ndarray:
     raise ValueError(f"unsupported recording {path!r} (use .npz/.npy or file.h5::dataset)")
 
 
-def sample_batch(chunks, rng, patch=(32, 64, 64), qualities=(0, 1, 2, 3), base_scale=0.2):
-    """One patch per quality level: returns x (N,2,T,H,W), target (N,1,T,H,W), quality indices."""
-    xs, ys = [], []
+def sample_batch(chunks, rng, patch=(32, 64, 64), qualities=(0, 1, 2, 3), base_scale=0.2, min_roi_px=12):
+    """One patch per quality level: returns x (N,2,T,H,W), target (N,1,T,H,W), quality indices and, per
+    patch, the soma masks (K, h, w) float32 of the cells with at least ``min_roi_px`` pixels inside it
+    (K = 0 for recordings)."""
+    xs, ys, ms = [], [], []
     for q in qualities:
         c = chunks[rng.integers(len(chunks))]
         T, H, W = c.v.shape
@@ -85,10 +97,13 @@ def sample_batch(chunks, rng, patch=(32, 64, 64), qualities=(0, 1, 2, 3), base_s
         b = c.bq[q][sl[1:]]
         v = c.v[sl] - b
         tg = c.clean[sl] - b
+        m = np.zeros((0, ph, pw), bool) if c.rois is None else c.rois[:, sl[1], sl[2]]
+        m = m[m.reshape(len(m), -1).sum(axis=1) >= min_roi_px]
         if rng.random() < 0.5:  # augment: flips
-            v, tg, b = v[:, :, ::-1], tg[:, :, ::-1], b[:, ::-1]
+            v, tg, b, m = v[:, :, ::-1], tg[:, :, ::-1], b[:, ::-1], m[:, :, ::-1]
         if rng.random() < 0.5:
-            v, tg, b = v[:, ::-1], tg[:, ::-1], b[::-1]
+            v, tg, b, m = v[:, ::-1], tg[:, ::-1], b[::-1], m[:, ::-1]
+        ms.append(np.ascontiguousarray(m, dtype=np.float32))
         x = np.stack([v, np.broadcast_to(b * base_scale, v.shape)])
         xs.append(np.ascontiguousarray(x))
         ys.append(np.ascontiguousarray(tg)[None])
@@ -96,4 +111,5 @@ def sample_batch(chunks, rng, patch=(32, 64, 64), qualities=(0, 1, 2, 3), base_s
     t = min(a.shape[1] for a in xs); h = min(a.shape[2] for a in xs); w = min(a.shape[3] for a in xs)
     xs = [a[:, :t, :h, :w] for a in xs]
     ys = [a[:, :t, :h, :w] for a in ys]
-    return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32), np.asarray(qualities)
+    ms = [np.ascontiguousarray(a[:, :h, :w]) for a in ms]
+    return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32), np.asarray(qualities), ms
