@@ -1052,4 +1052,78 @@ range:
     return NK_ERANGE;
 }
 
-int nk_version(void) { return 1; }
+int nk_version(void) { return 2; }
+
+/* ---------------------------------------------------------------------------------------------------
+ * Learned mode: the decoder's tail for one tile. The ONNX decoder (tables "decoder_output": "packed")
+ * ends with a 1x1 conv whose 32 channels are (2 frames x 4 rows x 4 columns) per low-resolution voxel:
+ * p has shape (t2, 32, h4, w4) and channel c = tsub*16 + i*4 + j holds frame 2*t + tsub, row 4*h + i,
+ * column 4*w + j of the tile. This function scatters it to the tile's place in the output volume
+ * (T, H, W) -- cropping the padding --, adds the baseline image bq (H, W), inverts the variance-
+ * stabilising transform y = a*max(v, 0)^2 + b (a = gain/4, b = offset - 3/8 gain, computed by the
+ * caller in float32) and stores y rounded half-to-even and clipped to the integer type (code as above),
+ * or as float32 (code 36) / float64 (code 40). Float32 arithmetic in the same order as the numpy
+ * reference (learned.py), no FP contraction.
+ * ------------------------------------------------------------------------------------------------- */
+static inline float nk_round_clip(float y, float lo, float hi) {
+    /* half-to-even rounding independent of the FP environment: y is finite and |y| < 2^31 after clip */
+    if (!(y >= lo)) y = lo; /* NaN -> lo */
+    if (y > hi) y = hi;
+    double d = (double)y, f = (double)(i64)d; /* truncation toward zero */
+    if (f > d) f -= 1.0; /* floor */
+    double r = d - f;
+    if (r > 0.5 || (r == 0.5 && ((i64)f & 1))) f += 1.0;
+    return (float)f;
+}
+
+int nk_learned_finish(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i64 x0, const float *bq,
+                      i64 T, i64 H, i64 W, float a, float b, int code, void *out) {
+    if (!p || !bq || !out || t2 < 1 || h4 < 1 || w4 < 1 || t0 < 0 || y0 < 0 || x0 < 0 || T < 1 || H < 1 ||
+        W < 1)
+        return NK_EARG;
+    float lo = 0.f, hi = 0.f;
+    switch (code) {
+    case 1: lo = -128.f; hi = 127.f; break;
+    case 17: lo = 0.f; hi = 255.f; break;
+    case 2: lo = -32768.f; hi = 32767.f; break;
+    case 18: lo = 0.f; hi = 65535.f; break;
+    case 36: case 40: break;
+    default: return NK_EARG; /* wider integers take the numpy path (float32 cannot hold their range) */
+    }
+    const i64 hw4 = h4 * w4;
+    for (i64 t = 0; t < t2; t++) {
+        for (i64 ts = 0; ts < 2; ts++) {
+            const i64 f = t0 + 2 * t + ts;
+            if (f >= T) continue;
+            for (i64 h = 0; h < h4; h++) {
+                for (i64 i = 0; i < 4; i++) {
+                    const i64 y = y0 + 4 * h + i;
+                    if (y >= H) continue;
+                    const i64 row = (f * H + y) * W;
+                    const float *brow = bq + y * W;
+                    for (i64 j = 0; j < 4; j++) {
+                        const float *src = p + (t * 32 + ts * 16 + i * 4 + j) * hw4 + h * w4;
+                        for (i64 w = 0; w < w4; w++) {
+                            const i64 x = x0 + 4 * w + j;
+                            if (x >= W) break;
+                            float v = src[w] + brow[x];
+                            if (!(v > 0.f)) v = 0.f; /* max(v, 0); NaN -> 0 */
+                            v = v * v;
+                            v = v * a;
+                            v = v + b;
+                            switch (code) {
+                            case 1: ((int8_t *)out)[row + x] = (int8_t)nk_round_clip(v, lo, hi); break;
+                            case 17: ((uint8_t *)out)[row + x] = (uint8_t)nk_round_clip(v, lo, hi); break;
+                            case 2: ((int16_t *)out)[row + x] = (int16_t)nk_round_clip(v, lo, hi); break;
+                            case 18: ((uint16_t *)out)[row + x] = (uint16_t)nk_round_clip(v, lo, hi); break;
+                            case 36: ((float *)out)[row + x] = v; break;
+                            default: ((double *)out)[row + x] = (double)v; break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return NK_OK;
+}

@@ -500,3 +500,56 @@ def test_cl_decode_rejects_bad_indices_and_sizes():
         K.cl_lpc(None, x2.shape, 0, R, E, [0, 0, R + 1], np.full((3, 1), 4096), [0, 0, 0], 12, q=q2, out=out2)
     with pytest.raises(ValueError):
         K.cl_lpc(None, x2.shape, 0, R, E, [0, 0, 0], np.full((3, 1), 1 << 16), [0, 0, 0], 12, q=q2, out=out2)
+
+
+# ---------------------------------------------------------------------------------------------- learned
+def _learned_finish_ref(p, origin, bq, a, b, out_shape, dtype):
+    """numpy reference: pixel shuffle (2 frames x 4 x 4 per channel group), crop, + baseline, inverse VST
+    ``a * max(v, 0)**2 + b`` in float32, rint (half to even) and clip to the integer type."""
+    t2, _, h4, w4 = p.shape
+    tile = p.reshape(t2, 2, 4, 4, h4, w4).transpose(0, 1, 4, 2, 5, 3).reshape(2 * t2, 4 * h4, 4 * w4)
+    T, H, W = out_shape
+    t0, y0, x0 = origin
+    tt, th, tw = min(2 * t2, T - t0), min(4 * h4, H - y0), min(4 * w4, W - x0)
+    v = tile[:tt, :th, :tw] + bq[y0:y0 + th, x0:x0 + tw][None]
+    y = np.maximum(v, np.float32(0))
+    y *= y
+    y *= np.float32(a)
+    y += np.float32(b)
+    dt = np.dtype(dtype)
+    if dt.kind in "iu":
+        ii = np.iinfo(dt)
+        y = np.clip(np.rint(y), ii.min, ii.max)
+    return (slice(t0, t0 + tt), slice(y0, y0 + th), slice(x0, x0 + tw)), y.astype(dt)
+
+
+@pytest.mark.parametrize("dtype", ["u2", "i2", "u1", "i1", "f4", "f8"])
+def test_learned_finish_matches_numpy(dtype):
+    rng = np.random.default_rng(4)
+    T, H, W = 13, 21, 30  # crops every axis of the 16 x 24 x 32 tiles
+    bq = rng.normal(20, 8, (H, W)).astype(np.float32)
+    out = np.zeros((T, H, W), dtype)
+    ref = np.zeros_like(out)
+    for origin in [(0, 0, 0), (0, 0, 16), (8, 12, 0), (8, 12, 16)]:
+        p = rng.normal(0, 6, (4, 32, 3, 4)).astype(np.float32)
+        p.flat[::97] = 0.5 - bq.flat[0]  # exact halves after the inverse VST are rare; keep some ties nearby
+        a, b = np.float32(25.0), np.float32(-375.0)  # gain 100, offset 0: negative values get clipped
+        K.learned_finish(p, origin, bq, a, b, out)
+        sl, r = _learned_finish_ref(p, origin, bq, a, b, out.shape, dtype)
+        ref[sl] = r
+    assert np.array_equal(out, ref)
+    if np.dtype(dtype).itemsize == 1:
+        assert out.max() == np.iinfo(out.dtype).max  # the clip to the type's range was exercised
+
+
+def test_learned_finish_rejects_bad_arguments():
+    p = np.zeros((2, 32, 2, 2), np.float32)
+    bq = np.zeros((8, 8), np.float32)
+    with pytest.raises(TypeError):
+        K.learned_finish(p, (0, 0, 0), bq, 1.0, 0.0, np.zeros((4, 8, 8), np.int64))  # no fused path
+    with pytest.raises(TypeError):
+        K.learned_finish(p.astype(np.float64), (0, 0, 0), bq, 1.0, 0.0, np.zeros((4, 8, 8), np.uint16))
+    with pytest.raises(TypeError):
+        K.learned_finish(p, (0, 0, 0), bq[:4], 1.0, 0.0, np.zeros((4, 8, 8), np.uint16))
+    with pytest.raises(ValueError):
+        K.learned_finish(p, (-1, 0, 0), bq, 1.0, 0.0, np.zeros((4, 8, 8), np.uint16))

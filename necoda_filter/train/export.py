@@ -25,12 +25,15 @@ class _EncWrap(torch.nn.Module):
 
 
 class _DecWrap(torch.nn.Module):
+    """Decoder graph ending before the final pixel shuffle: output "p" (N*T/2, 32, H/4, W/4), unpacked by
+    the codec's C kernel together with the baseline and the inverse VST (tables "decoder_output")."""
+
     def __init__(self, dec):
         super().__init__()
         self.dec = dec
 
     def forward(self, zs, zt, base):
-        return self.dec(zs, zt, base)
+        return self.dec(zs, zt, base, packed=True)
 
 
 def export(model: Codec, out_dir, baseline: list[dict], extra_tables: dict | None = None) -> str:
@@ -44,7 +47,7 @@ def export(model: Codec, out_dir, baseline: list[dict], extra_tables: dict | Non
     b0 = torch.zeros(N, 1, 1, H, W)
     dyn = {"x": {0: "n", 2: "t", 3: "h", 4: "w"}, "zs": {0: "n", 2: "t8", 3: "h4", 4: "w4"},
            "zt": {0: "n", 2: "t2", 3: "h16", 4: "w16"}, "base": {0: "n", 3: "h", 4: "w"},
-           "d": {0: "n", 2: "t", 3: "h", 4: "w"}}
+           "p": {0: "nt2", 2: "h4", 3: "w4"}}
     with torch.no_grad():
         torch.onnx.export(_EncWrap(model.enc), (x, b0), str(out / "encoder.onnx"), input_names=["x", "base"],
                           output_names=["zs", "zt"], dynamic_axes={k: dyn[k] for k in ("x", "base", "zs", "zt")},
@@ -53,12 +56,13 @@ def export(model: Codec, out_dir, baseline: list[dict], extra_tables: dict | Non
         zt = torch.zeros(N, ct, T // 2, H // 16, W // 16)
         base = torch.zeros(N, 1, 1, H, W)
         torch.onnx.export(_DecWrap(model.dec), (zs, zt, base), str(out / "decoder.onnx"),
-                          input_names=["zs", "zt", "base"], output_names=["d"],
-                          dynamic_axes={k: dyn[k] for k in ("zs", "zt", "base", "d")},
+                          input_names=["zs", "zt", "base"], output_names=["p"],
+                          dynamic_axes={k: dyn[k] for k in ("zs", "zt", "base", "p")},
                           opset_version=17, dynamo=False)
     nq = model.cfg["n_quality"]
     tables = {
         "format": "necoda-learned-1",
+        "decoder_output": "packed",
         "t_stride": T_STRIDE, "s_stride": S_STRIDE,
         "latents": {"zs": {"channels": cs, "down": [8, 4, 4]}, "zt": {"channels": ct, "down": [2, 16, 16]}},
         "base_scale": 0.2,

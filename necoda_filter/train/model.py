@@ -66,7 +66,9 @@ class Decoder(nn.Module):
         self.mix = nn.Sequential(act(), nn.Conv2d(w, w, 3, padding=1), act())
         self.out = nn.Conv2d(w, 32, 1)                # (2 frames x 4 x 4) per low-res voxel
 
-    def forward(self, zs, zt, base):
+    def forward(self, zs, zt, base, packed: bool = False):
+        """Decoded dynamics (N, 1, T, H, W); with ``packed`` the last conv's output (N*T/2, 32, H/4, W/4)
+        before the final pixel shuffle (the codec's C kernel unpacks it, fused with the inverse VST)."""
         # zs: (N, CS, T/8, H/4, W/4); zt: (N, CT, T/2, H/16, W/16); base: (N, 1, 1, H, W)
         n, _, t8, h4, w4 = zs.shape
         t2 = t8 * 4
@@ -81,7 +83,10 @@ class Decoder(nn.Module):
         t5 = t.reshape(n, t2, w, h4, w4)
         h = s.reshape(n, t2, w, h4, w4) + t5 + b[:, :, :w] + t5 * b[:, :, w:]
         h = self.mix(h.reshape(n * t2, w, h4, w4))
-        o = F.pixel_shuffle(self.out(h), 4)             # (n*t2, 2, H, W)
+        o = self.out(h)                                 # (n*t2, 2*4*4, h4, w4)
+        if packed:
+            return o
+        o = F.pixel_shuffle(o, 4)                       # (n*t2, 2, H, W)
         return o.reshape(n, 1, t2 * 2, h4 * 4, w4 * 4)
 
 
