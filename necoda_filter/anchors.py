@@ -533,9 +533,14 @@ SIGMA_MULTIPLES = (0.5, 1.0, 2.0)
 #: CRF per video family: near-transparent, medium, aggressive, and the 100x-2000x range where the
 #: learned mode is compared with video codecs at equal ratio
 VIDEO_CRF = {"h264": (12, 20, 28, 40, 51), "h265": (12, 20, 28, 40, 51), "av1": (16, 28, 40, 55, 63)}
-#: necoda bounded settings in noise units, and learned qualities
+#: necoda bounded settings in noise units; the learned mode runs every quality level of its default model
 BOUNDED_NOISE = (0.5, 1.0, 2.0)
-LEARNED_QUALITY = (1, 2, 3, 4)
+
+
+def learned_qualities() -> tuple:
+    from .models import registry
+
+    return tuple(range(1, int(registry.default().tables["n_quality"]) + 1))
 
 
 def _try(out, name, family, make, settings=None):
@@ -573,7 +578,7 @@ def necoda_anchors(kind, chunk, sigma, out, is_int=True):
             if kind != "imaging":  # the learned model is for T x H x W movies only
                 out.append(Skipped("necoda-learned", "necoda-learned", "the learned mode codes imaging movies only"))
                 continue
-            settings = [(f"necoda-learned-q{q}", {"quality": q}) for q in LEARNED_QUALITY]
+            settings = [(f"necoda-learned-q{q}", {"quality": q}) for q in learned_qualities()]
         else:
             settings = [(f"necoda-{mode}", {})]
         for label, opts in settings:

@@ -17,7 +17,7 @@ def add_arguments(p):
     p.add_argument("--lambdas", default=None, help="fixed rate-distortion weights, one per quality (comma-separated); "
                                                    "default: steered toward the built-in rate targets")
     p.add_argument("--patch", default="32,64,64",
-                   help="training patch T,H,W (T % 8 == 0, H and W % 16 == 0; default 32,64,64)")
+                   help="training patch T,H,W (T a multiple of 8, H and W of 16; default 32,64,64)")
     p.add_argument("--trace-weight", type=float, default=None,
                    help="weight of the soma-trace error in the loss (simulations; default 3, 0 = off)")
 

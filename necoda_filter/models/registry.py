@@ -19,7 +19,7 @@ from pathlib import Path
 
 BUILTIN_DIR = Path(__file__).with_name("builtin")
 #: the built-in package that ``mode="learned"`` uses when no model is named
-DEFAULT_NAME = "imaging-v1"
+DEFAULT_NAME = "imaging-v2"
 FILES = ("encoder.onnx", "decoder.onnx", "tables.json")
 ENV_VAR = "NECODA_MODEL_PATH"
 

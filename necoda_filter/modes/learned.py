@@ -26,7 +26,8 @@ from . import Encoded
 
 FORMAT = 1
 MAGIC = b"NL"
-#: quality levels are 1 (smallest files, ~2000×) .. n_quality (best fidelity, ~100×)
+#: quality levels are 1 (smallest files) .. the model's n_quality (best fidelity); a model's tables name
+#: its default level ("default_quality"); models without one use DEFAULT_QUALITY
 DEFAULT_QUALITY = 2
 BASE_SCALE = 0.2
 #: frames are cut into tiles of at most this many pixels per side when larger than TILE_THRESHOLD pixels
@@ -132,7 +133,7 @@ class LearnedMode:
         pkg = registry.resolve(model)
         tab = pkg.tables
         nq = int(tab["n_quality"])
-        q = DEFAULT_QUALITY if quality is None else int(quality)
+        q = int(tab.get("default_quality", DEFAULT_QUALITY)) if quality is None else int(quality)
         q = min(max(q, 1), nq)
         qi = q - 1
         x = arr.reshape(_as3(arr.shape))

@@ -36,8 +36,35 @@ class _DecWrap(torch.nn.Module):
         return self.dec(zs, zt, base, packed=True)
 
 
-def export(model: Codec, out_dir, baseline: list[dict], extra_tables: dict | None = None) -> str:
-    """Write the package into ``out_dir``; returns the model id."""
+def quality_levels(log_gains, baseline: list[dict], levels) -> tuple[list, list]:
+    """Per-quality gains and baseline settings at ``levels`` (1-based positions on the trained levels;
+    fractional positions interpolate the gains log-linearly -- the variable-rate "gain interpolation" of
+    gained autoencoders -- and take the baseline settings of the nearest trained level, ties upward).
+    Gains are rounded to 7 significant digits, so the tables are the same on every machine."""
+    import numpy as np
+
+    lg = np.asarray(log_gains, np.float64)
+    n = lg.shape[0]
+    gains, base = [], []
+    for p in levels:
+        p = float(p)
+        if not 1.0 <= p <= n:
+            raise ValueError(f"quality level position {p} outside the trained levels 1..{n}")
+        i = min(int(np.floor(p)) - 1, n - 2) if n > 1 else 0
+        f = p - 1 - i if n > 1 else 0.0
+        row = np.exp((1 - f) * lg[i] + f * lg[min(i + 1, n - 1)])
+        gains.append([float(f"{v:.7g}") for v in row])
+        base.append(dict(baseline[min(int(np.floor(p - 1 + 0.5)), n - 1)]))
+    return gains, base
+
+
+def export(model: Codec, out_dir, baseline: list[dict], extra_tables: dict | None = None, levels=None,
+           default_level: int | None = None) -> str:
+    """Write the package into ``out_dir``; returns the model id.
+
+    ``levels``: the quality levels to publish, as 1-based positions on the trained levels (default: the
+    trained levels themselves); ``default_level``: the quality (1-based index into ``levels``) used when a
+    user gives none."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -60,16 +87,22 @@ def export(model: Codec, out_dir, baseline: list[dict], extra_tables: dict | Non
                           dynamic_axes={k: dyn[k] for k in ("zs", "zt", "base", "p")},
                           opset_version=17, dynamo=False)
     nq = model.cfg["n_quality"]
+    levels = [float(v) for v in (levels or range(1, nq + 1))]
+    gzs, base = quality_levels(model.log_gain_s.detach().double().numpy(), baseline, levels)
+    gzt, _ = quality_levels(model.log_gain_t.detach().double().numpy(), baseline, levels)
     tables = {
         "format": "necoda-learned-1",
         "decoder_output": "packed",
         "t_stride": T_STRIDE, "s_stride": S_STRIDE,
         "latents": {"zs": {"channels": cs, "down": [8, 4, 4]}, "zt": {"channels": ct, "down": [2, 16, 16]}},
         "base_scale": 0.2,
-        "n_quality": nq,
-        "gain_zs": [[float(f"{v:.7g}") for v in row] for row in model.log_gain_s.detach().exp().tolist()],
-        "gain_zt": [[float(f"{v:.7g}") for v in row] for row in model.log_gain_t.detach().exp().tolist()],
-        "baseline": baseline,
+        "n_quality": len(levels),
+        "trained_levels": nq,
+        "level_positions": levels,
+        "default_quality": int(default_level or min(2, len(levels))),
+        "gain_zs": gzs,
+        "gain_zt": gzt,
+        "baseline": base,
         **(extra_tables or {}),
     }
     (out / "tables.json").write_text(json.dumps(tables, indent=1, sort_keys=True) + "\n")

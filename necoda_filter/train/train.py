@@ -24,6 +24,10 @@ BASELINE = [{"factor": 4, "step": 1.0}, {"factor": 2, "step": 1.0}, {"factor": 2
             {"factor": 1, "step": 0.5}]
 RATE_TARGET = [0.005, 0.010, 0.028, 0.11]
 LAMBDA0 = [0.05, 0.15, 0.5, 2.0]
+#: published quality levels (positions on the trained levels 1..4, fractional = interpolated gains) and
+#: the default one (1-based index): level 6 = position 2.75, ~1000x on a typical two-photon movie
+EXPORT_LEVELS = [1.0, 1.5, 1.75, 2.0, 2.5, 2.75, 3.0, 3.5, 4.0]
+DEFAULT_LEVEL = 6
 #: weight of the soma-trace MSE (α) relative to the voxel MSE
 TRACE_WEIGHT = 3.0
 
@@ -134,11 +138,11 @@ def train(out_dir, simulator="necoda_filter.simulate:simulate_imaging", n_sims=1
             log(json.dumps(rec))
     train_s = time.time() - t_train
     torch.save({"state": model.state_dict(), "cfg": model.cfg, "log_lambda": log_lam.tolist()}, out / "weights.pt")
-    mid = export(model, out, BASELINE)
+    mid = export(model, out, BASELINE, levels=EXPORT_LEVELS, default_level=DEFAULT_LEVEL)
     summary = {"model_id": mid, "steps": step, "train_seconds": round(train_s, 1), "threads": threads,
                "patch": list(patch), "batch": len(BASELINE), "lr": lr, "n_sims": n_sims, "simulator": simulator,
                "recordings": list(recordings), "sim_configs": cfgs, "baseline": BASELINE,
-               "rate_target_bpv": RATE_TARGET, "final_lambda": np.exp(log_lam).tolist(),
+               "rate_target_bpv": RATE_TARGET, "export_levels": EXPORT_LEVELS, "default_level": DEFAULT_LEVEL, "final_lambda": np.exp(log_lam).tolist(),
                "params": sum(p.numel() for p in model.parameters()), "model_cfg": model.cfg, "seed": seed,
                "init": str(init) if init else None, "trace_weight": trace_weight, "lambdas_fixed": list(lambdas) if lambdas else None}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
