@@ -48,12 +48,13 @@ run() {  # run TITLE OUTNAME DATA [options...]
 if [[ "${SKIP_REAL:-0}" != 1 ]]; then
   [[ -f "$IMG" ]] || { echo "missing $IMG (pass the shared data folder as the first argument)" >&2; exit 1; }
   [[ -f "$EPH" ]] || { echo "missing $EPH (pass the shared data folder as the first argument)" >&2; exit 1; }
-  run "Two-photon movie, mouse cortex (real)" ophys "$IMG" --fs 30
+  # movies: 128-frame chunks, the chunking docs/LEARNED.md recommends (every codec gets the same chunks)
+  run "Two-photon movie, mouse cortex (real)" ophys "$IMG" --fs 30 --chunk-frames 128
   run "Tetrode, locust antennal lobe (real)" tetrode "$EPH" --dtype int16 --channels 4 --fs 15000
 fi
 if [[ "${SKIP_SIM:-0}" != 1 ]]; then
-  run "Simulated two-photon movie (ground truth)" sim-imaging "$SIM_IMAGING"
-  run "Simulated one-photon-like movie, heavy background (ground truth)" sim-imaging-1p "$SIM_IMAGING_1P"
+  run "Simulated two-photon movie (ground truth)" sim-imaging "$SIM_IMAGING" --chunk-frames 128
+  run "Simulated one-photon-like movie, heavy background (ground truth)" sim-imaging-1p "$SIM_IMAGING_1P" --chunk-frames 128
   run "Simulated 384-channel Neuropixels-like recording (ground truth)" sim-ephys "$SIM_EPHYS"
 fi
 

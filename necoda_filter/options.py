@@ -27,6 +27,16 @@ OPTION_SLOTS = {
 OPTION_NAMES = tuple(OPTION_SLOTS)
 
 
+def _learned_levels() -> int | None:
+    """Quality levels of the default learned model (None when the learned mode is unavailable)."""
+    try:
+        from .models import registry
+
+        return int(registry.default().tables["n_quality"])
+    except Exception:  # noqa: BLE001 — no model installed: the mode itself will say so
+        return None
+
+
 def check_options(mode: str, options: dict) -> dict:
     """Validate user options; returns the options that are set (not None)."""
     if mode not in modes.MODE_CHOICES:
@@ -49,6 +59,11 @@ def check_options(mode: str, options: dict) -> dict:
         out[k] = v
     if mode in ("lossless", "raw") and ("max_error" in out or "max_error_noise" in out):
         raise ValueError(f"mode={mode!r} is exact; max_error/max_error_noise need mode='bounded' or 'learned'")
+    if "quality" in out and mode in ("learned", "auto"):
+        nq = _learned_levels()
+        if nq is not None and not 1 <= out["quality"] <= nq:
+            raise ValueError(f"necoda option quality must be 1..{nq} (levels of the built-in learned model), "
+                             f"got {out['quality']}")
     if mode == "bounded" and not ({"max_error", "max_error_noise"} & set(out)):
         raise ValueError("mode='bounded' needs max_error= (raw units) or max_error_noise= (noise units)")
     return out

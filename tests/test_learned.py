@@ -172,3 +172,18 @@ def test_fidelity_top_quality_denoises():
     raw_err = np.sqrt(np.mean((x.astype(np.float64) - clean) ** 2))
     dec_err = np.sqrt(np.mean((y - clean) ** 2))
     assert dec_err < raw_err, (dec_err, raw_err)
+
+
+def test_quality_range_comes_from_the_model():
+    from necoda_filter import Necoda
+
+    nq = int(registry.default().tables["n_quality"])
+    Necoda(mode="learned", quality=nq)
+    for bad in (nq + 1, 1000):
+        with pytest.raises(ValueError, match=f"1..{nq}"):
+            Necoda(mode="learned", quality=bad)
+    x, _ = _movie(16, 32, 32)
+    with pytest.raises(ValueError, match="quality"):
+        L.encode(x, quality=nq + 1)
+    e = L.encode(x)  # no quality: the model's default level
+    assert e.params["q"] == int(registry.default().tables.get("default_quality", 2))

@@ -12,7 +12,7 @@ def add_arguments(p) -> None:
                    help="mode for TwoPhotonSeries/OnePhotonSeries/ImageSeries data (default: lossless)")
     p.add_argument("--ephys", choices=["lossless", "bounded"], default="lossless",
                    help="mode for ElectricalSeries/SpikeEventSeries data (default: lossless)")
-    p.add_argument("--quality", type=int, default=None, help="learned: rate/quality level (1 = smallest)")
+    p.add_argument("--quality", type=int, default=None, help="learned: rate/quality level, 1 = smallest files (built-in model: 1..9, default 6)")
     p.add_argument("--max-error", type=float, default=None,
                    help="bounded/learned: every sample within this many raw units of the original")
     p.add_argument("--max-error-noise", type=float, default=None,

@@ -134,7 +134,8 @@ class LearnedMode:
         tab = pkg.tables
         nq = int(tab["n_quality"])
         q = int(tab.get("default_quality", DEFAULT_QUALITY)) if quality is None else int(quality)
-        q = min(max(q, 1), nq)
+        if not 1 <= q <= nq:
+            raise ValueError(f"learned quality must be 1..{nq} for model {pkg.id} ({pkg.path.name}), got {quality}")
         qi = q - 1
         x = arr.reshape(_as3(arr.shape))
         T, H, W = x.shape
