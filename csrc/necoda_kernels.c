@@ -1065,16 +1065,32 @@ int nk_version(void) { return 2; }
  * or as float32 (code 36) / float64 (code 40). Float32 arithmetic in the same order as the numpy
  * reference (learned.py), no FP contraction.
  * ------------------------------------------------------------------------------------------------- */
-static inline float nk_round_clip(float y, float lo, float hi) {
-    /* half-to-even rounding independent of the FP environment: y is finite and |y| < 2^31 after clip */
-    if (!(y >= lo)) y = lo; /* NaN -> lo */
-    if (y > hi) y = hi;
-    double d = (double)y, f = (double)(i64)d; /* truncation toward zero */
-    if (f > d) f -= 1.0; /* floor */
-    double r = d - f;
-    if (r > 0.5 || (r == 0.5 && ((i64)f & 1))) f += 1.0;
-    return (float)f;
-}
+/* one output row: x = x0 + 4*w + j for w < w4, j < 4 (cropped at W); src[j] is channel plane j's row */
+#define NK_LF_ROW(NAME, T, STORE)                                                                        \
+    static void NAME(const float *const src[4], const float *brow, i64 x0, i64 w4, i64 W, float a,       \
+                     float b, float lo, float hi, T *orow) {                                             \
+        i64 nx = W - x0 < 4 * w4 ? W - x0 : 4 * w4;                                                      \
+        for (i64 k = 0; k < nx; k++) {                                                                   \
+            float v = src[k & 3][k >> 2] + brow[x0 + k];                                                 \
+            v = v > 0.f ? v : 0.f; /* max(v, 0); NaN -> 0 */                                             \
+            v = v * v;                                                                                   \
+            v = v * a;                                                                                   \
+            v = v + b;                                                                                   \
+            STORE;                                                                                       \
+        }                                                                                                \
+        (void)lo; (void)hi;                                                                              \
+    }
+/* integers: clip, then round half to even with the 1.5 * 2^23 trick (exact for |v| < 2^22 under the
+   default round-to-nearest-even mode, which nothing here changes; no libm, and the build forbids
+   reassociation and contraction); the rounded value fits the type exactly */
+#define NK_LF_INT(T) { v = v >= lo ? v : lo; v = v <= hi ? v : hi; v = (v + 12582912.f) - 12582912.f;         \
+                       orow[x0 + k] = (T)v; }
+NK_LF_ROW(lf_row_i8, int8_t, NK_LF_INT(int8_t))
+NK_LF_ROW(lf_row_u8, uint8_t, NK_LF_INT(uint8_t))
+NK_LF_ROW(lf_row_i16, int16_t, NK_LF_INT(int16_t))
+NK_LF_ROW(lf_row_u16, uint16_t, NK_LF_INT(uint16_t))
+NK_LF_ROW(lf_row_f32, float, orow[x0 + k] = v)
+NK_LF_ROW(lf_row_f64, double, orow[x0 + k] = (double)v)
 
 int nk_learned_finish(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i64 x0, const float *bq,
                       i64 T, i64 H, i64 W, float a, float b, int code, void *out) {
@@ -1090,6 +1106,7 @@ int nk_learned_finish(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i6
     case 36: case 40: break;
     default: return NK_EARG; /* wider integers take the numpy path (float32 cannot hold their range) */
     }
+    if (x0 >= W) return NK_OK;
     const i64 hw4 = h4 * w4;
     for (i64 t = 0; t < t2; t++) {
         for (i64 ts = 0; ts < 2; ts++) {
@@ -1099,27 +1116,17 @@ int nk_learned_finish(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i6
                 for (i64 i = 0; i < 4; i++) {
                     const i64 y = y0 + 4 * h + i;
                     if (y >= H) continue;
-                    const i64 row = (f * H + y) * W;
+                    const float *src[4];
+                    for (int j = 0; j < 4; j++) src[j] = p + (t * 32 + ts * 16 + i * 4 + j) * hw4 + h * w4;
                     const float *brow = bq + y * W;
-                    for (i64 j = 0; j < 4; j++) {
-                        const float *src = p + (t * 32 + ts * 16 + i * 4 + j) * hw4 + h * w4;
-                        for (i64 w = 0; w < w4; w++) {
-                            const i64 x = x0 + 4 * w + j;
-                            if (x >= W) break;
-                            float v = src[w] + brow[x];
-                            if (!(v > 0.f)) v = 0.f; /* max(v, 0); NaN -> 0 */
-                            v = v * v;
-                            v = v * a;
-                            v = v + b;
-                            switch (code) {
-                            case 1: ((int8_t *)out)[row + x] = (int8_t)nk_round_clip(v, lo, hi); break;
-                            case 17: ((uint8_t *)out)[row + x] = (uint8_t)nk_round_clip(v, lo, hi); break;
-                            case 2: ((int16_t *)out)[row + x] = (int16_t)nk_round_clip(v, lo, hi); break;
-                            case 18: ((uint16_t *)out)[row + x] = (uint16_t)nk_round_clip(v, lo, hi); break;
-                            case 36: ((float *)out)[row + x] = v; break;
-                            default: ((double *)out)[row + x] = (double)v; break;
-                            }
-                        }
+                    const i64 row = (f * H + y) * W;
+                    switch (code) {
+                    case 1: lf_row_i8(src, brow, x0, w4, W, a, b, lo, hi, (int8_t *)out + row); break;
+                    case 17: lf_row_u8(src, brow, x0, w4, W, a, b, lo, hi, (uint8_t *)out + row); break;
+                    case 2: lf_row_i16(src, brow, x0, w4, W, a, b, lo, hi, (int16_t *)out + row); break;
+                    case 18: lf_row_u16(src, brow, x0, w4, W, a, b, lo, hi, (uint16_t *)out + row); break;
+                    case 36: lf_row_f32(src, brow, x0, w4, W, a, b, lo, hi, (float *)out + row); break;
+                    default: lf_row_f64(src, brow, x0, w4, W, a, b, lo, hi, (double *)out + row); break;
                     }
                 }
             }
