@@ -13,7 +13,10 @@ behind even if the process is killed) — no decoded data is copied between proc
 ``executor="thread"`` uses a thread pool instead (best for codecs that release the GIL, and on a busy
 machine where the extra processes get no extra CPU), ``"serial"`` decodes in the calling thread — still
 faster than h5py slicing, which copies every decoded chunk three more times. Reads touching less than
-``PARALLEL_MIN_BYTES`` of chunks are decoded serially.
+``PARALLEL_MIN_BYTES`` of chunks are decoded serially. Learned-mode datasets (recognised from the first
+chunk's header) are decoded in threads: ONNX Runtime and the C kernels release the GIL, and each thread
+runs a single-threaded ONNX session (``models.runtime.worker_threads``) so the threads never nest ORT
+thread pools.
 
 Selections: integers, slices with positive steps, ``...``, and increasing integer lists or boolean
 masks on an axis — what h5py accepts. Anything else, datasets that are not chunked, or whose filter
@@ -32,8 +35,10 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
 
 import numpy as np
 
-from . import chunk
+from . import chunk, modes
 from .constants import FILTER_ID
+
+LEARNED_MODE_ID = modes.MODE_IDS["learned"]
 
 __all__ = ["read"]
 
@@ -285,6 +290,17 @@ def _shared_output(shape, dtype):
 # read
 # --------------------------------------------------------------------------------------------------
 
+def _mostly_gil_free(got) -> bool:
+    """True when the dataset's first chunk is a learned chunk: its decode runs in ONNX Runtime and C
+    kernels that release the GIL, so threads scale without the copies through worker processes."""
+    if got is None or got[0] & 1:
+        return False
+    try:
+        return chunk.info(got[1]).mode_id == LEARNED_MODE_ID
+    except Exception:  # noqa: BLE001 — a bad first chunk raises later, in its own decode
+        return False
+
+
 def _is_plain_necoda(dataset) -> bool:
     if dataset.chunks is None:
         return False
@@ -339,6 +355,8 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
     if mode == "auto":
         touched = len(plan) * int(np.prod(chunks, dtype=np.int64)) * dtype.itemsize
         mode = "process" if workers > 1 and len(plan) > 1 and touched >= PARALLEL_MIN_BYTES else "serial"
+        if mode == "process" and _mostly_gil_free(fetch(plan[0][0])):
+            mode = "thread"
     if mode == "process" and (workers < 2 or len(plan) < 2):
         mode = "serial"
 

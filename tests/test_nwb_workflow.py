@@ -473,6 +473,9 @@ def test_read_equals_slicing(tmp_path, executor):
         e = f.create_dataset("e", shape=a.shape, dtype=">i4", chunks=(8, 10, 7), fillvalue=-3,
                              compression=Necoda(mode="lossless"))
         e[0:20] = a[0:20]  # the other chunks stay unallocated: fill value
+        from necoda_filter import reader
+
+        assert not reader._mostly_gil_free(d.id.read_direct_chunk((0, 0, 0)))  # lossless: processes
         plain = f.create_dataset("p", data=a, chunks=(8, 10, 7), compression="gzip")
         for ds in (d, e, plain):
             for s in SELECTIONS:
@@ -502,6 +505,9 @@ def test_read_learned_equals_slicing(tmp_path, executor):
             got = read(d, s, executor=executor, workers=2)
             assert np.array_equal(got, ref), s
         assert not np.array_equal(d[...], m)  # lossy: the check above compares decoded values
+        from necoda_filter import reader
+
+        assert reader._mostly_gil_free(d.id.read_direct_chunk((0, 0, 0)))  # "auto" decodes these in threads
 
 
 def test_read_on_compressed_nwb(small):
