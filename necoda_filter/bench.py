@@ -216,21 +216,30 @@ class _LogCollector(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _clean(v):
-    """JSON-safe: NaN/inf -> None (JSON has neither), numpy scalars -> Python."""
+def json_safe(v, nonfinite=None):
+    """JSON-safe copy: numpy scalars and arrays -> Python; NaN/inf (JSON has neither) -> ``nonfinite``,
+    or their names ("nan", "inf", "-inf") when ``nonfinite == "name"``."""
     if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
+        return {k: json_safe(x, nonfinite) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+        return [json_safe(x, nonfinite) for x in v]
     if isinstance(v, (np.floating, float)):
-        return float(v) if math.isfinite(float(v)) else None
+        v = float(v)
+        if math.isfinite(v):
+            return v
+        return str(v) if nonfinite == "name" else nonfinite
     if isinstance(v, np.ndarray):
-        return _clean(v.tolist())
+        return json_safe(v.tolist(), nonfinite)
     if isinstance(v, np.integer):
         return int(v)
     if isinstance(v, np.bool_):
         return bool(v)
     return v
+
+
+def _clean(v):
+    """JSON-safe, NaN/inf -> None."""
+    return json_safe(v)
 
 
 def _short_label(row):

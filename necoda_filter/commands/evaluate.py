@@ -108,16 +108,10 @@ def _fmt(v, spec=".4g"):
 
 
 def _clean(v):
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, (np.floating, float)):
-        v = float(v)
-        return v if math.isfinite(v) else str(v)
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
+    """JSON-safe report values; NaN/inf by name (a lossless PSNR is "inf")."""
+    from ..bench import json_safe
+
+    return json_safe(v, nonfinite="name")
 
 
 def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, window_seconds=5.0,

@@ -122,12 +122,19 @@ def get(model_id: str) -> ModelPackage:
         return pkg
 
 
+_default: ModelPackage | None = None
+
+
 def default() -> ModelPackage:
-    """The built-in default package for ``mode="learned"``."""
-    path = BUILTIN_DIR / DEFAULT_NAME
-    if not (path / "tables.json").is_file():
-        raise ModelNotFound(f"necoda built-in model {DEFAULT_NAME!r} is missing from {BUILTIN_DIR}")
-    return get(model_id_of_dir(path))
+    """The built-in default package for ``mode="learned"`` (hashed and loaded once per process: every
+    chunk encoded without a model asks for it)."""
+    global _default
+    if _default is None:
+        path = BUILTIN_DIR / DEFAULT_NAME
+        if not (path / "tables.json").is_file():
+            raise ModelNotFound(f"necoda built-in model {DEFAULT_NAME!r} is missing from {BUILTIN_DIR}")
+        _default = get(model_id_of_dir(path))
+    return _default
 
 
 def resolve(name_or_id: str | None) -> ModelPackage:

@@ -234,8 +234,13 @@ class LearnedMode:
         btiles = bpad.reshape(gh, th, gw, tw).transpose(0, 2, 1, 3).reshape(gh * gw, 1, 1, th, tw)
         batches = _batches(n, int(np.prod(tile)))
         base_feed = btiles * np.float32(BASE_SCALE)
-        packed = tab.get("decoder_output", "dense") == "packed"
-        if packed:
+
+        def decoded():  # (first tile, last tile + 1, decoder output) per ONNX Runtime call
+            for lo, hi in batches:
+                feeds = {"zs": zs[lo:hi], "zt": zt[lo:hi], "base": base_feed[np.arange(lo, hi) % (gh * gw)]}
+                yield lo, hi, runtime.run(pkg.id, "decoder", pkg.decoder, feeds, threads)[0]
+
+        if tab.get("decoder_output", "dense") == "packed":
             from .. import _kernels
 
             dt = np.dtype(dtype)
@@ -245,26 +250,18 @@ class LearnedMode:
             a = np.float32(0.25 * float(params["g"]))  # inverse VST: a * max(v, 0)**2 + b, as prep.inverse_vst
             b = np.float32(float(params["o"]) - 0.375 * float(params["g"]))
             bqc = np.ascontiguousarray(bq, dtype=np.float32)
-            ny, nx = gh, gw
-            for lo_, hi_ in batches:
-                idx = np.arange(lo_, hi_) % (gh * gw)
-                (pp,) = runtime.run(pkg.id, "decoder", pkg.decoder,
-                                    {"zs": zs[lo_:hi_], "zt": zt[lo_:hi_], "base": base_feed[idx]}, threads)
-                pp = pp.reshape(hi_ - lo_, tt // 2, 32, th // 4, tw // 4)
-                for k in range(lo_, hi_):
-                    kt, ky, kx = k // (ny * nx), (k // nx) % ny, k % nx
-                    _kernels.learned_finish(np.ascontiguousarray(pp[k - lo_]), (kt * tt, ky * th, kx * tw), bqc,
-                                            a, b, res)
+            for lo, hi, pp in decoded():
+                pp = pp.reshape(hi - lo, tt // 2, 32, th // 4, tw // 4)
+                for k in range(lo, hi):
+                    origin = (k // (gh * gw) * tt, (k // gw) % gh * th, k % gw * tw)
+                    _kernels.learned_finish(pp[k - lo], origin, bqc, a, b, res)
             return res if fused else _finish(res, dtype)
         out = None if len(batches) == 1 else np.empty((n, tt, th, tw), np.float32)
-        for a, b in batches:
-            idx = np.arange(a, b) % (gh * gw)
-            (dd,) = runtime.run(pkg.id, "decoder", pkg.decoder,
-                                {"zs": zs[a:b], "zt": zt[a:b], "base": base_feed[idx]}, threads)
+        for lo, hi, dd in decoded():
             if out is None:
                 out = dd.reshape(n, tt, th, tw)  # one call: use ORT's output buffer as is
             else:
-                out[a:b] = dd[:, 0]
+                out[lo:hi] = dd[:, 0]
         v = _from_tiles(out, tile, padded)[:T, :H, :W] + bq[None]
         y = prep.inverse_vst(v, float(params["g"]), float(params["o"]), out=v)
         return _finish(y, dtype)
