@@ -1052,30 +1052,30 @@ range:
     return NK_ERANGE;
 }
 
-int nk_version(void) { return 2; }
+int nk_version(void) { return 3; }
 
 /* ---------------------------------------------------------------------------------------------------
  * Learned mode: the decoder's tail for one tile. The ONNX decoder (tables "decoder_output": "packed")
  * ends with a 1x1 conv whose 32 channels are (2 frames x 4 rows x 4 columns) per low-resolution voxel:
  * p has shape (t2, 32, h4, w4) and channel c = tsub*16 + i*4 + j holds frame 2*t + tsub, row 4*h + i,
- * column 4*w + j of the tile. This function scatters it to the tile's place in the output volume
- * (T, H, W) -- cropping the padding --, adds the baseline image bq (H, W), inverts the variance-
- * stabilising transform y = a*max(v, 0)^2 + b (a = gain/4, b = offset - 3/8 gain, computed by the
- * caller in float32) and stores y rounded half-to-even and clipped to the integer type (code as above),
- * or as float32 (code 36) / float64 (code 40). Float32 arithmetic in the same order as the numpy
- * reference (learned.py), no FP contraction.
+ * column 4*w + j of a tile whose first voxel sits at (t0, y0, x0) of the chunk. This function adds the
+ * baseline image (row stride bs, chunk coordinates), inverts the variance-stabilising transform
+ * y = a*max(v, 0)^2 + b (a = gain/4, b = offset - 3/8 gain, computed by the caller in float32) and stores
+ * y rounded half-to-even and clipped to the integer type (code as above), or as float32 (code 36) /
+ * float64 (code 40), for the voxels of the tile inside the window [wt, wt+T) x [wy, wy+H) x [wx, wx+W)
+ * of the chunk (which crops the padding and lets a reader decode a box of a chunk straight into its
+ * own array): voxel (f, y, x) goes to out[(f-wt)*ost + (y-wy)*osy + (x-wx)] (strides in elements).
+ * Float32 arithmetic in the same order as the numpy reference (learned.py), no FP contraction.
  * ------------------------------------------------------------------------------------------------- */
-/* one output row: x = x0 + 4*w + j for w < w4, j < 4 (cropped at W); src[j] is channel plane j's row */
+/* one output row of n voxels from the interleaved row v[0..n) (packed values + baseline, in place) */
 #define NK_LF_ROW(NAME, T, STORE)                                                                        \
-    static void NAME(const float *const src[4], const float *brow, i64 x0, i64 w4, i64 W, float a,       \
-                     float b, float lo, float hi, T *orow) {                                             \
-        i64 nx = W - x0 < 4 * w4 ? W - x0 : 4 * w4;                                                      \
-        for (i64 k = 0; k < nx; k++) {                                                                   \
-            float v = src[k & 3][k >> 2] + brow[x0 + k];                                                 \
-            v = v > 0.f ? v : 0.f; /* max(v, 0); NaN -> 0 */                                             \
-            v = v * v;                                                                                   \
-            v = v * a;                                                                                   \
-            v = v + b;                                                                                   \
+    static void NAME(float *restrict v, i64 n, float a, float b, float lo, float hi, T *restrict orow) {   \
+        for (i64 k = 0; k < n; k++) {                                                                    \
+            float u = v[k];                                                                              \
+            u = u > 0.f ? u : 0.f; /* max(v, 0); NaN -> 0 */                                             \
+            u = u * u;                                                                                   \
+            u = u * a;                                                                                   \
+            u = u + b;                                                                                   \
             STORE;                                                                                       \
         }                                                                                                \
         (void)lo; (void)hi;                                                                              \
@@ -1083,54 +1083,79 @@ int nk_version(void) { return 2; }
 /* integers: clip, then round half to even with the 1.5 * 2^23 trick (exact for |v| < 2^22 under the
    default round-to-nearest-even mode, which nothing here changes; no libm, and the build forbids
    reassociation and contraction); the rounded value fits the type exactly */
-#define NK_LF_INT(T) { v = v >= lo ? v : lo; v = v <= hi ? v : hi; v = (v + 12582912.f) - 12582912.f;         \
-                       orow[x0 + k] = (T)v; }
+#define NK_LF_INT(T) { u = u >= lo ? u : lo; u = u <= hi ? u : hi; u = (u + 12582912.f) - 12582912.f;         \
+                       orow[k] = (T)(int32_t)u; }
 NK_LF_ROW(lf_row_i8, int8_t, NK_LF_INT(int8_t))
 NK_LF_ROW(lf_row_u8, uint8_t, NK_LF_INT(uint8_t))
 NK_LF_ROW(lf_row_i16, int16_t, NK_LF_INT(int16_t))
 NK_LF_ROW(lf_row_u16, uint16_t, NK_LF_INT(uint16_t))
-NK_LF_ROW(lf_row_f32, float, orow[x0 + k] = v)
-NK_LF_ROW(lf_row_f64, double, orow[x0 + k] = (double)v)
+NK_LF_ROW(lf_row_f32, float, orow[k] = u)
+NK_LF_ROW(lf_row_f64, double, orow[k] = (double)u)
 
-int nk_learned_finish(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i64 x0, const float *bq,
-                      i64 T, i64 H, i64 W, float a, float b, int code, void *out) {
-    if (!p || !bq || !out || t2 < 1 || h4 < 1 || w4 < 1 || t0 < 0 || y0 < 0 || x0 < 0 || T < 1 || H < 1 ||
-        W < 1)
+int nk_learned_finish(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i64 x0, const float *bq, i64 bs,
+                      i64 wt, i64 wy, i64 wx, i64 T, i64 H, i64 W, float a, float b, int code, void *out, i64 ost,
+                      i64 osy) {
+    if (!p || !bq || !out || t2 < 1 || h4 < 1 || w4 < 1 || t0 < 0 || y0 < 0 || x0 < 0 || wt < 0 || wy < 0 ||
+        wx < 0 || T < 1 || H < 1 || W < 1 || bs < wx + W || (H > 1 && osy < W) || (T > 1 && ost < (H - 1) * osy + W))
         return NK_EARG;
     float lo = 0.f, hi = 0.f;
+    i64 size = 0;
     switch (code) {
-    case 1: lo = -128.f; hi = 127.f; break;
-    case 17: lo = 0.f; hi = 255.f; break;
-    case 2: lo = -32768.f; hi = 32767.f; break;
-    case 18: lo = 0.f; hi = 65535.f; break;
-    case 36: case 40: break;
+    case 1: lo = -128.f; hi = 127.f; size = 1; break;
+    case 17: lo = 0.f; hi = 255.f; size = 1; break;
+    case 2: lo = -32768.f; hi = 32767.f; size = 2; break;
+    case 18: lo = 0.f; hi = 65535.f; size = 2; break;
+    case 36: size = 4; break;
+    case 40: size = 8; break;
     default: return NK_EARG; /* wider integers take the numpy path (float32 cannot hold their range) */
     }
-    if (x0 >= W) return NK_OK;
+    /* the tile's columns inside the window: x in [xa, xb) */
+    const i64 xa = x0 > wx ? x0 : wx;
+    const i64 xb = x0 + 4 * w4 < wx + W ? x0 + 4 * w4 : wx + W;
+    if (xb <= xa) return NK_OK;
+    const i64 n = xb - xa, k0 = xa - x0; /* k0: first column of the tile row that is kept */
+    float *v = (float *)malloc((size_t)n * sizeof(float));
+    if (!v) return NK_ENOMEM;
     const i64 hw4 = h4 * w4;
     for (i64 t = 0; t < t2; t++) {
         for (i64 ts = 0; ts < 2; ts++) {
             const i64 f = t0 + 2 * t + ts;
-            if (f >= T) continue;
+            if (f < wt || f >= wt + T) continue;
             for (i64 h = 0; h < h4; h++) {
                 for (i64 i = 0; i < 4; i++) {
                     const i64 y = y0 + 4 * h + i;
-                    if (y >= H) continue;
-                    const float *src[4];
-                    for (int j = 0; j < 4; j++) src[j] = p + (t * 32 + ts * 16 + i * 4 + j) * hw4 + h * w4;
-                    const float *brow = bq + y * W;
-                    const i64 row = (f * H + y) * W;
+                    if (y < wy || y >= wy + H) continue;
+                    const float *pl = p + (t * 32 + ts * 16 + i * 4) * hw4 + h * w4;
+                    const float *brow = bq + y * bs + xa;
+                    /* interleave the 4 column planes (k = 4*w + j), then add the baseline */
+                    if (k0 == 0 && n == 4 * w4) { /* whole tile row: a 4 x w4 transpose */
+                        const float *q0 = pl, *q1 = pl + hw4, *q2 = pl + 2 * hw4, *q3 = pl + 3 * hw4;
+                        for (i64 w = 0; w < w4; w++) {
+                            v[4 * w] = q0[w];
+                            v[4 * w + 1] = q1[w];
+                            v[4 * w + 2] = q2[w];
+                            v[4 * w + 3] = q3[w];
+                        }
+                    } else {
+                        for (i64 k = 0; k < n; k++) {
+                            const i64 kk = k0 + k;
+                            v[k] = pl[(kk & 3) * hw4 + (kk >> 2)];
+                        }
+                    }
+                    for (i64 k = 0; k < n; k++) v[k] = v[k] + brow[k];
+                    char *orow = (char *)out + ((f - wt) * ost + (y - wy) * osy + (xa - wx)) * size;
                     switch (code) {
-                    case 1: lf_row_i8(src, brow, x0, w4, W, a, b, lo, hi, (int8_t *)out + row); break;
-                    case 17: lf_row_u8(src, brow, x0, w4, W, a, b, lo, hi, (uint8_t *)out + row); break;
-                    case 2: lf_row_i16(src, brow, x0, w4, W, a, b, lo, hi, (int16_t *)out + row); break;
-                    case 18: lf_row_u16(src, brow, x0, w4, W, a, b, lo, hi, (uint16_t *)out + row); break;
-                    case 36: lf_row_f32(src, brow, x0, w4, W, a, b, lo, hi, (float *)out + row); break;
-                    default: lf_row_f64(src, brow, x0, w4, W, a, b, lo, hi, (double *)out + row); break;
+                    case 1: lf_row_i8(v, n, a, b, lo, hi, (int8_t *)orow); break;
+                    case 17: lf_row_u8(v, n, a, b, lo, hi, (uint8_t *)orow); break;
+                    case 2: lf_row_i16(v, n, a, b, lo, hi, (int16_t *)orow); break;
+                    case 18: lf_row_u16(v, n, a, b, lo, hi, (uint16_t *)orow); break;
+                    case 36: lf_row_f32(v, n, a, b, lo, hi, (float *)orow); break;
+                    default: lf_row_f64(v, n, a, b, lo, hi, (double *)orow); break;
                     }
                 }
             }
         }
     }
+    free(v);
     return NK_OK;
 }

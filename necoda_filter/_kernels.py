@@ -17,7 +17,7 @@ import numpy as np
 from ._plugin import PLUGIN_PATH
 
 LIBRARY_NAME = "libnecoda_kernels.so"
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 _i64 = ctypes.c_int64
 _u64 = ctypes.c_uint64
@@ -73,8 +73,8 @@ def lib():
             "nk_moments": [_vp, _int, _i64, _i64, _vp, _vp],
             "nk_cl_lorenzo": [_vp, _int, _i64, _i64, _i64, _u64, _i64, _i64, _vp, _int, _vp, _int, _int, _vp,
                               _int],
-            "nk_learned_finish": [_vp, _i64, _i64, _i64, _i64, _i64, _i64, _vp, _i64, _i64, _i64,
-                                  ctypes.c_float, ctypes.c_float, _int, _vp],
+            "nk_learned_finish": [_vp, _i64, _i64, _i64, _i64, _i64, _i64, _vp, _i64, _i64, _i64, _i64, _i64,
+                                  _i64, _i64, ctypes.c_float, ctypes.c_float, _int, _vp, _i64, _i64],
             "nk_cl_lpc": [_vp, _int, _i64, _i64, _u64, _i64, _i64, _vp, _vp, _i64, _vp, _int, _vp, _int, _int,
                           _vp, _int],
         }
@@ -474,22 +474,33 @@ LEARNED_FINISH_CODES = {np.dtype(np.int8): 1, np.dtype(np.uint8): 17, np.dtype(n
                         np.dtype(np.uint16): 18, np.dtype(np.float32): 36, np.dtype(np.float64): 40}
 
 
-def learned_finish(p: np.ndarray, origin, bq: np.ndarray, a: float, b: float, out: np.ndarray) -> None:
-    """Scatter one tile of the learned decoder's packed output (t2, 32, h4, w4) into ``out`` (T, H, W) at
-    ``origin`` (t0, y0, x0), cropping padding, adding the baseline ``bq`` (H, W) and inverting the VST
-    ``a * max(v, 0)**2 + b``; rounded and clipped for integer ``out``."""
+def learned_finish(p: np.ndarray, origin, bq: np.ndarray, a: float, b: float, out: np.ndarray,
+                   window=(0, 0, 0)) -> None:
+    """Finish one tile of the learned decoder's packed output ``p`` (t2, 32, h4, w4), whose first voxel is
+    at ``origin`` (t0, y0, x0) of the chunk: add the baseline ``bq`` (the chunk's (H, W) image), invert the
+    VST ``a * max(v, 0)**2 + b`` (rounded and clipped for integer ``out``) and store the voxels that fall in
+    the box of the chunk starting at ``window`` (wt, wy, wx) with ``out``'s shape, into ``out``. ``out``
+    may be a view into a larger array (any positive strides, rows contiguous): a reader can decode a box
+    of a chunk straight into its own array. Padding beyond the box is dropped."""
     if not isinstance(p, np.ndarray) or p.dtype != np.float32 or not p.flags.c_contiguous or p.ndim != 4 \
             or p.shape[1] != 32:
         raise TypeError("learned_finish: p must be a C-contiguous float32 (t2, 32, h4, w4) array")
-    if not isinstance(out, np.ndarray) or out.ndim != 3 or not out.flags.c_contiguous or not out.flags.writeable:
-        raise TypeError("learned_finish: out must be a writeable C-contiguous (T, H, W) array")
+    if not isinstance(out, np.ndarray) or out.ndim != 3 or not out.flags.writeable:
+        raise TypeError("learned_finish: out must be a writeable 3-D (T, H, W) array")
     c = LEARNED_FINISH_CODES.get(out.dtype)
     if c is None or not out.dtype.isnative:
         raise TypeError(f"learned_finish: unsupported output dtype {out.dtype}")
-    if not isinstance(bq, np.ndarray) or bq.dtype != np.float32 or not bq.flags.c_contiguous \
-            or bq.shape != out.shape[1:]:
-        raise TypeError("learned_finish: bq must be a C-contiguous float32 (H, W) array")
-    t0, y0, x0 = (int(v) for v in origin)
     T, H, W = out.shape
+    item = out.dtype.itemsize
+    st, sy, sx = out.strides
+    if (W > 1 and sx != item) or st % item or sy % item or (H > 1 and sy < W * item) \
+            or (T > 1 and st < (H - 1) * sy + W * item):
+        raise TypeError("learned_finish: out must have contiguous rows and non-overlapping, increasing strides")
+    wt, wy, wx = (int(v) for v in window)
+    if not isinstance(bq, np.ndarray) or bq.dtype != np.float32 or bq.ndim != 2 or bq.strides[1] != 4 \
+            or bq.shape[0] < wy + H or bq.shape[1] < wx + W:
+        raise TypeError("learned_finish: bq must be a float32 (H, W) image with contiguous rows covering the window")
+    t0, y0, x0 = (int(v) for v in origin)
     _call("nk_learned_finish", p.ctypes.data, p.shape[0], p.shape[2], p.shape[3], t0, y0, x0, bq.ctypes.data,
-          T, H, W, float(np.float32(a)), float(np.float32(b)), c, out.ctypes.data)
+          bq.strides[0] // 4, wt, wy, wx, T, H, W, float(np.float32(a)), float(np.float32(b)), c, out.ctypes.data,
+          max(st // item, 0) if T > 1 else H * W, sy // item if H > 1 else W)

@@ -69,8 +69,8 @@ def encode(arr: np.ndarray, mode: str = "auto", **options) -> bytes:
     return container.pack(m.mode_id, arr.dtype, arr.shape, enc.payload, enc.params, enc.model_id)
 
 
-def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
-    """Decode one necoda chunk. Raises ``container.CorruptChunk`` on anything invalid."""
+def _open(buf):
+    """(header, payload, mode, params without the core key, core shape or None) of a chunk."""
     h, payload = container.unpack(buf)
     if h.mode_id not in modes.MODE_NAMES:
         raise container.CorruptChunk(f"necoda chunk uses unknown mode id {h.mode_id}")
@@ -83,28 +83,71 @@ def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
                 or not all(isinstance(c, int) and 0 < c <= s for c, s in zip(params_core, h.shape))):
             raise container.CorruptChunk(f"necoda chunk has an invalid core shape {params_core!r}")
         core = tuple(params_core)
+    return h, payload, m, params, core
+
+
+def _run(h, m, fn):
+    """Call a mode's decoder; anything it raises on bad bytes becomes a CorruptChunk."""
     try:
-        arr = m.decode(payload, core or h.shape, h.dtype, params, h.model_id)
-        if core is not None:
-            if np.shape(arr) != core:
-                raise ValueError(f"core decoded to {np.shape(arr)}, expected {core}")
-            full = np.zeros(h.shape, dtype=h.dtype)
-            full[tuple(slice(0, c) for c in core)] = arr
-            arr = full
+        return fn()
     except container.CorruptChunk:
         raise
-    except (LookupError, FileNotFoundError) as e:
+    except (LookupError, FileNotFoundError):
         raise
     except Exception as e:  # noqa: BLE001 — anything a mode raises on bad bytes is a corrupt chunk
         raise container.CorruptChunk(f"necoda {modes.MODE_NAMES[h.mode_id]} payload could not be decoded: {e}") from e
+
+
+def _check(arr, shape, dtype):
     arr = np.asarray(arr)
-    if arr.shape != h.shape or arr.dtype != h.dtype:
-        raise container.CorruptChunk(
-            f"necoda chunk decoded to {arr.shape} {arr.dtype}, header says {h.shape} {h.dtype}")
+    if arr.shape != tuple(shape) or arr.dtype != dtype:
+        raise container.CorruptChunk(f"necoda chunk decoded to {arr.shape} {arr.dtype}, header says {tuple(shape)} {dtype}")
+    return arr
+
+
+def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode one necoda chunk. Raises ``container.CorruptChunk`` on anything invalid."""
+    h, payload, m, params, core = _open(buf)
+    arr = _check(_run(h, m, lambda: m.decode(payload, core or h.shape, h.dtype, params, h.model_id)),
+                 core or h.shape, h.dtype)
+    if core is not None:
+        full = np.zeros(h.shape, dtype=h.dtype)
+        full[tuple(slice(0, c) for c in core)] = arr
+        arr = full
     if out is not None:
         np.copyto(out.reshape(h.shape) if out.size == arr.size else out, arr, casting="no")
         return out
     return arr
+
+
+def decode_box(buf, out: np.ndarray, start) -> np.ndarray:
+    """Decode the box of a chunk that starts at ``start`` and has ``out``'s shape into ``out``.
+
+    Equal to ``out[...] = decode(buf)[box]``; modes that can (learned chunks with a packed decoder) write
+    the box straight into ``out`` — a view into a reader's array — without a chunk-sized temporary."""
+    h, payload, m, params, core = _open(buf)
+    start = tuple(int(s) for s in start)
+    if out.ndim != len(h.shape) or len(start) != out.ndim or out.dtype != h.dtype or any(
+            s < 0 or s + n > c for s, n, c in zip(start, out.shape, h.shape)):
+        raise ValueError(f"box at {start} of shape {out.shape} {out.dtype} is not inside a {h.shape} {h.dtype} chunk")
+    shape = core or h.shape
+    # the part of the box inside the coded core; the rest is zero padding
+    inner = tuple(max(0, min(s + n, c) - s) for s, n, c in zip(start, out.shape, shape))
+    if 0 in inner:
+        out[...] = 0
+        return out
+    if inner != out.shape:
+        out[...] = 0
+    view = out[tuple(slice(0, n) for n in inner)]
+    if "into" in getattr(m, "decode_options", ()):
+        got = _run(h, m, lambda: m.decode(payload, shape, h.dtype, params, h.model_id, into=(view, start)))
+        if got is None:
+            return out
+    else:
+        got = _run(h, m, lambda: m.decode(payload, shape, h.dtype, params, h.model_id))
+    arr = _check(got, shape, h.dtype)
+    view[...] = arr[tuple(slice(s, s + n) for s, n in zip(start, inner))]
+    return out
 
 
 def info(buf) -> container.Header:

@@ -3,7 +3,8 @@
 Reading a whole movie through h5py decodes its chunks one after the other in the filter, inside HDF5.
 :func:`read` instead fetches the stored chunk bytes with ``read_direct_chunk`` (under h5py's lock, in the
 calling thread), decodes them in parallel with :func:`necoda_filter.chunk.decode` and places each decoded
-chunk's selected part straight into the output array. Values are identical to ``dataset[selection]``.
+chunk's selected part into the output array — a box of a learned chunk is decoded straight into it, with
+no chunk-sized temporary (``chunk.decode_box``). Values are identical to ``dataset[selection]``.
 
 Parallelism: about half of a lossless/bounded chunk decode runs in pcodec, which holds the GIL (the
 other half, the C prediction kernels called through ctypes, releases it), so threads alone scale to
@@ -16,7 +17,7 @@ faster than h5py slicing, which copies every decoded chunk three more times. Rea
 ``PARALLEL_MIN_BYTES`` of chunks are decoded serially. Learned-mode datasets (recognised from the first
 chunk's header) are decoded in threads: ONNX Runtime and the C kernels release the GIL, and each thread
 runs a single-threaded ONNX session (``models.runtime.worker_threads``) so the threads never nest ORT
-thread pools.
+thread pools (a read touching fewer chunks than workers gives each ORT session the spare cores).
 
 Selections: integers, slices with positive steps, ``...``, and increasing integer lists or boolean
 masks on an axis — what h5py accepts. Anything else, datasets that are not chunked, or whose filter
@@ -255,6 +256,31 @@ def _place(out, dsl, arr, lsel):
     out[dsl] = arr[_local_index(lsel)]
 
 
+def _box_start(lsel):
+    """Start of the selection in the chunk when it is a box (unit-step slices on every axis), else None."""
+    if all(isinstance(s, slice) and s.step in (None, 1) for s in lsel):
+        return tuple(s.start for s in lsel)
+    return None
+
+
+def _decode_place(out, dsl, buf, filter_mask: int, chunk_shape, dtype, lsel) -> None:
+    """Decode one stored chunk and write its selected part to ``out[dsl]`` — straight into ``out`` for a
+    box of a chunk whose header matches the dataset's chunk shape (no chunk-sized temporary)."""
+    start = _box_start(lsel)
+    if start is not None and not filter_mask & 1:
+        dst = out[dsl]
+        if dst.ndim == len(chunk_shape) and dst.dtype == dtype:
+            try:
+                hdr = chunk.info(buf)
+                same = tuple(hdr.shape) == tuple(chunk_shape) and hdr.dtype == dst.dtype
+            except Exception:  # noqa: BLE001 — a bad header raises below, in the full decode
+                same = False
+            if same:
+                chunk.decode_box(buf, dst, start)
+                return
+    _place(out, dsl, _decode(buf, filter_mask, chunk_shape, dtype), lsel)
+
+
 def _process_task(path, nbytes, out_shape, out_dtype, tasks, chunk_shape, chunk_dtype):
     """Worker process: decode chunks and write them into the shared output file."""
     with open(path, "r+b") as fh:
@@ -262,7 +288,7 @@ def _process_task(path, nbytes, out_shape, out_dtype, tasks, chunk_shape, chunk_
     try:
         out = np.frombuffer(mm, dtype=out_dtype).reshape(out_shape)
         for buf, mask, dsl, lsel in tasks:
-            _place(out, dsl, _decode(buf, mask, chunk_shape, chunk_dtype), lsel)
+            _decode_place(out, dsl, buf, mask, chunk_shape, np.dtype(chunk_dtype), lsel)
         del out
     finally:
         mm.close()
@@ -367,7 +393,7 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
             if got is None:
                 out[dsl] = dataset.fillvalue
             else:
-                _place(out, dsl, _decode(got[1], got[0], chunks, chunk_dtype), lsel)
+                _decode_place(out, dsl, got[1], got[0], chunks, chunk_dtype, lsel)
         return out[final]
 
     if mode == "thread":
@@ -381,11 +407,13 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
             if got is None:
                 out[dsl] = dataset.fillvalue
             else:
-                with runtime.worker_threads(1):  # one decoder per core: no nested ORT thread pools
-                    arr = _decode(got[1], got[0], chunks, chunk_dtype)
-                _place(out, dsl, arr, lsel)
+                with runtime.worker_threads(ort_threads):
+                    _decode_place(out, dsl, got[1], got[0], chunks, chunk_dtype, lsel)
 
-        with ThreadPoolExecutor(workers) as ex:
+        # one decoder per core, no nested ORT thread pools; fewer chunks than workers: cores go to ORT
+        pool_size = min(workers, len(plan))
+        ort_threads = max(1, workers // pool_size)
+        with ThreadPoolExecutor(pool_size) as ex:
             for f in [ex.submit(job, it) for it in plan]:
                 f.result()
         return out[final]

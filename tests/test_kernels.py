@@ -542,6 +542,36 @@ def test_learned_finish_matches_numpy(dtype):
         assert out.max() == np.iinfo(out.dtype).max  # the clip to the type's range was exercised
 
 
+@pytest.mark.parametrize("dtype", ["u2", "f4"])
+def test_learned_finish_window_into_a_view(dtype):
+    """A box of the chunk written straight into a strided view of a larger array equals the box of the
+    whole-chunk result, and nothing outside the view is touched."""
+    rng = np.random.default_rng(5)
+    T, H, W = 13, 21, 30
+    bq = rng.normal(20, 8, (H, W)).astype(np.float32)
+    tiles = [((t, y, x), rng.normal(0, 6, (4, 32, 3, 4)).astype(np.float32))
+             for t in (0, 8) for y in (0, 12) for x in (0, 16)]  # 16 x 24 x 32 tiles cover the chunk
+    a, b = np.float32(25.0), np.float32(-375.0)
+    full = np.zeros((T, H, W), dtype)
+    for origin, p in tiles:
+        K.learned_finish(p, origin, bq, a, b, full)
+    for start, shape in [((0, 0, 0), (T, H, W)), ((3, 5, 7), (9, 10, 20)), ((8, 12, 16), (5, 9, 14)),
+                         ((12, 20, 29), (1, 1, 1)), ((2, 0, 13), (1, 21, 5))]:
+        big = np.full((T + 4, H + 6, W + 9), 7, dtype)
+        view = big[2:2 + shape[0], 3:3 + shape[1], 5:5 + shape[2]]
+        for origin, p in tiles:
+            K.learned_finish(p, origin, bq, a, b, view, window=start)
+        box = tuple(slice(s, s + n) for s, n in zip(start, shape))
+        assert np.array_equal(view, full[box])
+        mask = np.ones(big.shape, bool)
+        mask[2:2 + shape[0], 3:3 + shape[1], 5:5 + shape[2]] = False
+        assert (big[mask] == 7).all()
+    with pytest.raises(TypeError):  # the baseline image must cover the window
+        K.learned_finish(tiles[0][1], (0, 0, 0), bq, a, b, np.zeros((2, 4, 4), dtype), window=(0, 19, 0))
+    with pytest.raises(TypeError):  # rows must be contiguous
+        K.learned_finish(tiles[0][1], (0, 0, 0), bq, a, b, np.zeros((2, 4, 8), dtype)[:, :, ::2])
+
+
 def test_learned_finish_rejects_bad_arguments():
     p = np.zeros((2, 32, 2, 2), np.float32)
     bq = np.zeros((8, 8), np.float32)

@@ -187,3 +187,47 @@ def test_quality_range_comes_from_the_model():
         L.encode(x, quality=nq + 1)
     e = L.encode(x)  # no quality: the model's default level
     assert e.params["q"] == int(registry.default().tables.get("default_quality", 2))
+
+
+BOXES = [((0, 0, 0), None), ((3, 5, 7), (20, 30, 41)), ((47, 39, 55), (1, 1, 1)), ((10, 0, 0), (1, 40, 56)),
+         ((0, 12, 30), (48, 1, 26))]
+
+
+@pytest.mark.parametrize("dtype, options", [(np.uint16, {}), (np.float32, {}), (np.int32, {}),
+                                            (np.uint16, {"max_error": 400})])
+def test_decode_box_equals_box_of_decode(dtype, options):
+    """chunk.decode_box (straight into a view of the reader's array where the kernel can, else through a
+    full decode) gives exactly the box of chunk.decode; nothing outside the view is written."""
+    x, _ = _movie(dtype=dtype)
+    buf = chunk.encode(x, mode="learned", quality=3, **options)
+    full = chunk.decode(buf)
+    for start, shape in BOXES:
+        shape = shape or x.shape
+        big = np.full((60, 50, 70), 9, dtype)
+        view = big[4:4 + shape[0], 2:2 + shape[1], 3:3 + shape[2]]
+        chunk.decode_box(buf, view, start)
+        box = tuple(slice(s, s + n) for s, n in zip(start, shape))
+        assert np.array_equal(view, full[box]), (start, shape)
+        big[4:4 + shape[0], 2:2 + shape[1], 3:3 + shape[2]] = 9
+        assert (big == 9).all()
+
+
+def test_decode_box_zero_padded_edge_chunk_and_bad_boxes():
+    x, _ = _movie()
+    x[40:] = 0  # HDF5 edge chunks arrive padded with zeros: only the core is coded
+    x[:, 33:] = 0
+    buf = chunk.encode(x, mode="learned", quality=3)
+    assert chunk.container.unpack(buf)[0].params.get(chunk.CORE_KEY) == [40, 33, 56]
+    full = chunk.decode(buf)
+    for start, shape in [((0, 0, 0), x.shape), ((30, 20, 5), (15, 20, 40)), ((41, 0, 0), (3, 40, 56))]:
+        out = np.full(shape, 5, x.dtype)
+        chunk.decode_box(buf, out, start)
+        assert np.array_equal(out, full[tuple(slice(s, s + n) for s, n in zip(start, shape))])
+    lossless = chunk.encode(x, mode="lossless")
+    out = np.empty((10, 10, 10), x.dtype)
+    chunk.decode_box(lossless, out, (1, 2, 3))
+    assert np.array_equal(out, x[1:11, 2:12, 3:13])
+    for bad_out, start in [(np.empty((10, 10, 10), x.dtype), (40, 0, 0)), (np.empty((2, 2), x.dtype), (0, 0)),
+                           (np.empty((2, 2, 2), np.int16), (0, 0, 0)), (np.empty((2, 2, 2), x.dtype), (-1, 0, 0))]:
+        with pytest.raises(ValueError):
+            chunk.decode_box(buf, bad_out, start)

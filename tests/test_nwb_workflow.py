@@ -489,7 +489,7 @@ def test_read_equals_slicing(tmp_path, executor):
             read(d, np.s_[60])
 
 
-@pytest.mark.parametrize("executor", ["process", "thread"])
+@pytest.mark.parametrize("executor", ["process", "thread", "serial"])
 def test_read_learned_equals_slicing(tmp_path, executor):
     """Parallel workers decode with single-threaded ONNX sessions; values still equal h5py's."""
     pytest.importorskip("onnxruntime")
@@ -498,12 +498,14 @@ def test_read_learned_equals_slicing(tmp_path, executor):
     m = simulate_imaging(n_frames=48, height=48, width=40, n_cells=8, seed=5).movie
     with h5py.File(tmp_path / "l.h5", "w") as f:
         f.create_dataset("d", data=m, chunks=(16, 48, 40), compression=Necoda(mode="learned", quality=3))
+        f.create_dataset("e", data=m[:45, :43, :37], chunks=(16, 32, 24), compression=Necoda(mode="learned"))
     with h5py.File(tmp_path / "l.h5", "r") as f:  # reopened: HDF5's chunk cache would hold the written data
-        d = f["d"]
-        for s in (np.s_[...], np.s_[3:47:5, 7:40, ::3]):
-            ref = d[s]
-            got = read(d, s, executor=executor, workers=2)
-            assert np.array_equal(got, ref), s
+        d, e = f["d"], f["e"]
+        for ds in (d, e):  # e: partial edge chunks
+            for s in (np.s_[...], np.s_[3:47:5, 7:40, ::3], np.s_[5:41, 3:40, 2:35], np.s_[17]):
+                ref = ds[s]
+                got = read(ds, s, executor=executor, workers=2)
+                assert np.array_equal(got, ref), (ds.name, s)
         assert not np.array_equal(d[...], m)  # lossy: the check above compares decoded values
         from necoda_filter import reader
 

@@ -89,6 +89,42 @@ def run(model_id: str, graph: str, blob: bytes, feeds: dict, threads: int | None
     return s.run(None, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()})
 
 
+#: decoder outputs up to this many bytes are written into a per-thread buffer that is reused from call to
+#: call (no fresh allocation, page faults and copy per chunk); larger ones get a new array each time
+SCRATCH_MAX_BYTES = 128 << 20
+
+
+def scratch(shape) -> np.ndarray:
+    """A float32 array of ``shape`` backed by this thread's reusable buffer (or a new array when it is
+    larger than ``SCRATCH_MAX_BYTES``). Valid until this thread asks for scratch again."""
+    n = int(np.prod(shape, dtype=np.int64))
+    if n * 4 > SCRATCH_MAX_BYTES:
+        return np.empty(shape, np.float32)
+    buf = getattr(_local, "scratch", None)
+    if buf is None or buf.size < n:
+        buf = _local.scratch = np.empty(n, np.float32)
+    return buf[:n].reshape(shape)
+
+
+def run_into(model_id: str, graph: str, blob: bytes, feeds: dict, outs: list[np.ndarray],
+             threads: int | None = None) -> list[np.ndarray]:
+    """Like :func:`run`, but ONNX Runtime writes the outputs straight into ``outs`` (C-contiguous float32
+    arrays of the output shapes, in the graph's output order) through an I/O binding."""
+    s = session(model_id, graph, blob, threads)
+    io = s.io_binding()
+    keep = []
+    for k, v in feeds.items():
+        a = np.ascontiguousarray(v, dtype=np.float32)
+        keep.append(a)
+        io.bind_cpu_input(k, a)
+    for meta, o in zip(s.get_outputs(), outs):
+        if o.dtype != np.float32 or not o.flags.c_contiguous or not o.flags.writeable:
+            raise TypeError("run_into: outputs must be writeable C-contiguous float32 arrays")
+        io.bind_output(meta.name, "cpu", 0, np.float32, list(o.shape), o.ctypes.data)
+    s.run_with_iobinding(io)
+    return outs
+
+
 def clear_cache() -> None:
     with _lock:
         _sessions.clear()

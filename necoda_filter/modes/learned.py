@@ -118,6 +118,8 @@ class LearnedMode:
     mode_id = 3
     lossy = True
     options = ("quality", "max_error", "max_error_noise", "model")
+    #: ``decode`` can write a box of a chunk straight into a caller's array (chunk.decode_box)
+    decode_options = ("into",)
 
     # ------------------------------------------------------------------ encode
     def encode(self, arr: np.ndarray, quality: int | None = None, max_error: float | None = None,
@@ -212,7 +214,10 @@ class LearnedMode:
         return enc.payload, {"me": me, "eff": float(eff), "dt": resid.dtype.str, "p": enc.params, "m": enc.model_id}
 
     # ------------------------------------------------------------------ decode
-    def _reconstruct(self, qs, qt, bq, shape3, params, pkg, dtype, threads=None):
+    def _reconstruct(self, qs, qt, bq, shape3, params, pkg, dtype, threads=None, into=None):
+        """The decoded chunk (T, H, W). With ``into = (view, (wt, wy, wx))`` and a decoder whose tail the C
+        kernel finishes in ``view``'s dtype, the box of the chunk starting at (wt, wy, wx) with the view's
+        shape is written straight into ``view`` and None is returned (else the whole chunk is returned)."""
         from ..models import prep, runtime
 
         tab = pkg.tables
@@ -235,18 +240,27 @@ class LearnedMode:
         batches = _batches(n, int(np.prod(tile)))
         base_feed = btiles * np.float32(BASE_SCALE)
 
+        packed = tab.get("decoder_output", "dense") == "packed"
+
         def decoded():  # (first tile, last tile + 1, decoder output) per ONNX Runtime call
             for lo, hi in batches:
                 feeds = {"zs": zs[lo:hi], "zt": zt[lo:hi], "base": base_feed[np.arange(lo, hi) % (gh * gw)]}
-                yield lo, hi, runtime.run(pkg.id, "decoder", pkg.decoder, feeds, threads)[0]
+                if packed:  # consumed before the next call: decode into this thread's reusable buffer
+                    pp = runtime.scratch(((hi - lo) * (tt // 2), 32, th // 4, tw // 4))
+                    yield lo, hi, runtime.run_into(pkg.id, "decoder", pkg.decoder, feeds, [pp], threads)[0]
+                else:
+                    yield lo, hi, runtime.run(pkg.id, "decoder", pkg.decoder, feeds, threads)[0]
 
-        if tab.get("decoder_output", "dense") == "packed":
+        if packed:
             from .. import _kernels
 
             dt = np.dtype(dtype)
             fused = dt in _kernels.LEARNED_FINISH_CODES and dt.isnative
-            # the kernel writes the final dtype, or float32 for the numpy rounding of wider integers
-            res = np.empty((T, H, W), dt if fused else np.float32)
+            direct = into is not None and fused and into[0].dtype == dt
+            if direct:
+                res, window = into
+            else:  # the kernel writes the final dtype, or float32 for the numpy rounding of wider integers
+                res, window = np.empty((T, H, W), dt if fused else np.float32), (0, 0, 0)
             a = np.float32(0.25 * float(params["g"]))  # inverse VST: a * max(v, 0)**2 + b, as prep.inverse_vst
             b = np.float32(float(params["o"]) - 0.375 * float(params["g"]))
             bqc = np.ascontiguousarray(bq, dtype=np.float32)
@@ -254,7 +268,9 @@ class LearnedMode:
                 pp = pp.reshape(hi - lo, tt // 2, 32, th // 4, tw // 4)
                 for k in range(lo, hi):
                     origin = (k // (gh * gw) * tt, (k // gw) % gh * th, k % gw * tw)
-                    _kernels.learned_finish(pp[k - lo], origin, bqc, a, b, res)
+                    _kernels.learned_finish(pp[k - lo], origin, bqc, a, b, res, window)
+            if direct:
+                return None
             return res if fused else _finish(res, dtype)
         out = None if len(batches) == 1 else np.empty((n, tt, th, tw), np.float32)
         for lo, hi, dd in decoded():
@@ -266,7 +282,11 @@ class LearnedMode:
         y = prep.inverse_vst(v, float(params["g"]), float(params["o"]), out=v)
         return _finish(y, dtype)
 
-    def decode(self, payload, shape, dtype, params, model_id, threads: int | None = None) -> np.ndarray:
+    def decode(self, payload, shape, dtype, params, model_id, threads: int | None = None,
+               into=None) -> np.ndarray | None:
+        """Decode a chunk of ``shape``. ``into = (view, start)`` (3-D chunks without a safeguard block):
+        write the box of the chunk at ``start`` with ``view``'s shape straight into ``view`` when the
+        model's decoder tail allows it, and return None; otherwise the whole chunk is returned."""
         from ..models import prep, registry
 
         pkg = registry.get(model_id)  # ModelNotFound (a LookupError) names the id
@@ -316,8 +336,12 @@ class LearnedMode:
         qs, qt = lat
         if max(np.abs(qs).max(initial=0), np.abs(qt).max(initial=0)) > MAX_LATENT:
             raise ValueError("learned latents out of range (corrupt payload)")
-        rec = self._reconstruct(qs, qt, bq, shape3, params, pkg, np.dtype(dtype), threads)
         sg = sections[-1]
+        if into is not None and ("sg" in params or len(sg) or len(tuple(shape)) != 3):
+            into = None
+        rec = self._reconstruct(qs, qt, bq, shape3, params, pkg, np.dtype(dtype), threads, into)
+        if rec is None:
+            return None
         if "sg" in params:
             from . import get
 
