@@ -96,6 +96,9 @@ typedef struct {
     PyObject *(*Long_FromUnsignedLong)(unsigned long);
     PyObject *(*MemoryView_FromMemory)(char *, ssize_t, int);
     int (*Bytes_AsStringAndSize)(PyObject *, char **, ssize_t *);
+    PyObject *(*Tuple_GetItem)(PyObject *, ssize_t);
+    void *(*Long_AsVoidPtr)(PyObject *);
+    ssize_t (*Long_AsSsize_t)(PyObject *);
     void (*DecRef)(PyObject *);
     PyObject *(*Err_Occurred)(void);
     void (*Err_Fetch)(PyObject **, PyObject **, PyObject **);
@@ -149,6 +152,9 @@ static int resolve_python(void) {
     RESOLVE(a.Long_FromUnsignedLong, h, "PyLong_FromUnsignedLong");
     RESOLVE(a.MemoryView_FromMemory, h, "PyMemoryView_FromMemory");
     RESOLVE(a.Bytes_AsStringAndSize, h, "PyBytes_AsStringAndSize");
+    RESOLVE(a.Tuple_GetItem, h, "PyTuple_GetItem");
+    RESOLVE(a.Long_AsVoidPtr, h, "PyLong_AsVoidPtr");
+    RESOLVE(a.Long_AsSsize_t, h, "PyLong_AsSsize_t");
     RESOLVE(a.DecRef, h, "Py_DecRef");
     RESOLVE(a.Err_Occurred, h, "PyErr_Occurred");
     RESOLVE(a.Err_Fetch, h, "PyErr_Fetch");
@@ -301,7 +307,10 @@ static size_t necoda_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_
     PyObject *mod = NULL, *fn = NULL, *args = NULL, *out = NULL;
     mod = PY.Import_ImportModule("necoda_filter._bridge");
     if (!mod) goto fail;
-    fn = PY.Object_GetAttrString(mod, "filter");
+    /* decode: _bridge.decode_owned returns (address, size) of a malloc'd buffer holding the decoded chunk
+       (decoded straight into it, no copies), which the filter hands to HDF5; encode: bytes, copied */
+    const int owned = (flags & H5Z_FLAG_REVERSE) != 0;
+    fn = PY.Object_GetAttrString(mod, owned ? "decode_owned" : "filter");
     if (!fn) goto fail;
     PyObject *cd = PY.Tuple_New((ssize_t)cd_nelmts);
     if (!cd) goto fail;
@@ -315,6 +324,22 @@ static size_t necoda_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_
     if (!out) goto fail;
     char *data = NULL;
     ssize_t len = 0;
+    if (owned) {
+        PyObject *a0 = PY.Tuple_GetItem(out, 0), *a1 = a0 ? PY.Tuple_GetItem(out, 1) : NULL; /* borrowed */
+        if (!a1) goto fail;
+        void *ptr = PY.Long_AsVoidPtr(a0);
+        len = PY.Long_AsSsize_t(a1);
+        if (!ptr || len <= 0) {
+            if (PY.Err_Occurred()) goto fail;
+            report(func, "necoda_filter._bridge.decode_owned returned no buffer", 1);
+            goto done;
+        }
+        free(*buf);
+        *buf = ptr;
+        *buf_size = (size_t)len;
+        result = (size_t)len;
+        goto done;
+    }
     if (PY.Bytes_AsStringAndSize(out, &data, &len) != 0 || len <= 0) goto fail;
     void *nb = malloc((size_t)len);
     if (!nb) { report(func, "out of memory", 1); goto done; }
