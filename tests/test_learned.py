@@ -231,3 +231,69 @@ def test_decode_box_zero_padded_edge_chunk_and_bad_boxes():
                            (np.empty((2, 2, 2), np.int16), (0, 0, 0)), (np.empty((2, 2, 2), x.dtype), (-1, 0, 0))]:
         with pytest.raises(ValueError):
             chunk.decode_box(buf, bad_out, start)
+
+
+# ------------------------------------------------------------------------------------------ split decoder
+def _package(name):
+    return registry.resolve(str(registry.BUILTIN_DIR / name))
+
+
+def test_split_default_decodes_exactly_like_its_source():
+    """imaging-v2.1 is imaging-v2 with the decoder split into context + main graphs: the same latents
+    decode to the same values (one tile, tiled frames, a short chunk), under another model id."""
+    new, old = _package("imaging-v2.1"), _package("imaging-v2")
+    assert new.tables.get("decoder_split") and new.context and new.id != old.id
+    assert new.encoder == old.encoder
+    for shape in [(40, 48, 56), (16, 600, 530), (3, 33, 47)]:
+        x, _ = _movie(*shape, seed=sum(shape))
+        e = L.encode(x, quality=4, model=new.id)
+        assert e.payload == L.encode(x, quality=4, model=old.id).payload
+        a = L.decode(e.payload, x.shape, x.dtype, e.params, new.id)
+        b = L.decode(e.payload, x.shape, x.dtype, e.params, old.id)
+        assert np.array_equal(a, b), shape
+        assert np.array_equal(L.decode(e.payload, x.shape, x.dtype, e.params, new.id), a)  # cached context
+
+
+def test_split_decoder_with_nonzero_temporal_latents():
+    """Tiles whose zt integers are not all zero run the context graph on them (no cache): still equal."""
+    from necoda_filter.modes import learned
+
+    new, old = _package("imaging-v2.1"), _package("imaging-v2")
+    rng = np.random.default_rng(8)
+    x, _ = _movie(32, 64, 48)
+    e = L.encode(x, quality=5, model=new.id)
+    qs, qt = (np.stack([c.reshape(s) for c in lat], axis=1) for lat, s in (
+        (L.latents(e.payload, x.shape, e.params, new.id)[:8], (1, 4, 16, 12)),
+        (L.latents(e.payload, x.shape, e.params, new.id)[8:], (1, 16, 4, 3))))
+    qt = rng.integers(-3, 4, qt.shape).astype(np.int32)
+    bq = np.full(x.shape[1:], 20.0, np.float32)
+    args = (qs, qt, bq, x.shape, e.params)
+    a = L._reconstruct(*args, new, np.dtype(np.uint16))
+    b = L._reconstruct(*args, old, np.dtype(np.uint16))
+    assert np.array_equal(a, b)
+    zero = L._reconstruct(qs, np.zeros_like(qt), bq, x.shape, e.params, new, np.dtype(np.uint16))
+    assert not np.array_equal(a, zero)  # the temporal latents do reach the output
+    assert learned._context_cache  # the all-zero case was cached
+
+
+def test_split_package_needs_its_context_graph(tmp_path):
+    import shutil
+
+    src = registry.BUILTIN_DIR / "imaging-v2.1"
+    dst = tmp_path / "pkg"
+    shutil.copytree(src, dst)
+    assert registry.model_id_of_dir(dst) == _package("imaging-v2.1").id
+    (dst / "decoder_context.onnx").unlink()
+    with pytest.raises(registry.ModelNotFound):
+        registry.resolve(str(dst))
+
+
+def test_split_decoder_tool_reproduces_the_builtin(tmp_path):
+    """python -m necoda_filter.train.split_decoder, run on imaging-v2, writes imaging-v2.1 byte for byte."""
+    pytest.importorskip("onnx")
+    from necoda_filter.train import split_decoder
+
+    mid = split_decoder.split_package(registry.BUILTIN_DIR / "imaging-v2", tmp_path / "imaging-v2.1")
+    assert mid == _package("imaging-v2.1").id
+    with pytest.raises(ValueError):  # already split
+        split_decoder.split_package(tmp_path / "imaging-v2.1", tmp_path / "again")

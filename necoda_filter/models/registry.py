@@ -1,8 +1,9 @@
 """Content-addressed model registry.
 
-A model package is a folder holding ``encoder.onnx``, ``decoder.onnx`` and ``tables.json``; its id is
-``"necoda-" + first 16 hex digits of sha256(encoder bytes + decoder bytes + tables bytes)``. Chunk headers
-store that id, so a chunk always names the exact weights that decode it.
+A model package is a folder holding ``encoder.onnx``, ``decoder.onnx`` and ``tables.json`` (and, for a
+split decoder, ``decoder_context.onnx``: see ``train/export.py:split_decoder``); its id is
+``"necoda-" + first 16 hex digits of sha256(encoder bytes + decoder bytes + tables bytes [+ context bytes])``.
+Chunk headers store that id, so a chunk always names the exact graphs and weights that decode it.
 
 Search path: the packages under ``necoda_filter/models/builtin/`` (shipped in the wheel), then every folder
 listed in the ``NECODA_MODEL_PATH`` environment variable (``os.pathsep``-separated); each entry may be a
@@ -19,8 +20,10 @@ from pathlib import Path
 
 BUILTIN_DIR = Path(__file__).with_name("builtin")
 #: the built-in package that ``mode="learned"`` uses when no model is named
-DEFAULT_NAME = "imaging-v2"
+DEFAULT_NAME = "imaging-v2.1"
 FILES = ("encoder.onnx", "decoder.onnx", "tables.json")
+#: files a package may add; hashed after FILES when present (packages without them keep their ids)
+OPTIONAL_FILES = ("decoder_context.onnx",)
 ENV_VAR = "NECODA_MODEL_PATH"
 
 
@@ -35,18 +38,25 @@ class ModelPackage:
     encoder: bytes
     decoder: bytes
     tables: dict
+    #: the split decoder's context graph (``decoder_context.onnx``), or None
+    context: bytes | None = None
 
 
-def model_id_of_bytes(encoder: bytes, decoder: bytes, tables: bytes) -> str:
+def model_id_of_bytes(encoder: bytes, decoder: bytes, tables: bytes, *optional: bytes) -> str:
     h = hashlib.sha256()
-    for b in (encoder, decoder, tables):
+    for b in (encoder, decoder, tables, *optional):
         h.update(b)
     return "necoda-" + h.hexdigest()[:16]
 
 
+def _read_files(p: Path) -> list[bytes]:
+    """FILES then the OPTIONAL_FILES present (an optional file the tables ask for must exist)."""
+    out = [(p / f).read_bytes() for f in FILES]
+    return out + [(p / f).read_bytes() for f in OPTIONAL_FILES if (p / f).is_file()]
+
+
 def model_id_of_dir(path) -> str:
-    p = Path(path)
-    return model_id_of_bytes(*((p / f).read_bytes() for f in FILES))
+    return model_id_of_bytes(*_read_files(Path(path)))
 
 
 _lock = threading.Lock()
@@ -96,11 +106,16 @@ def available() -> dict[str, Path]:
 
 
 def _load(mid: str, path: Path) -> ModelPackage:
-    enc, dec, tab = ((path / f).read_bytes() for f in FILES)
-    got = model_id_of_bytes(enc, dec, tab)
+    files = _read_files(path)
+    got = model_id_of_bytes(*files)
     if got != mid:
         raise ModelNotFound(f"necoda model {mid} at {path} changed on disk (now {got})")
-    return ModelPackage(mid, path, enc, dec, json.loads(tab))
+    tables = json.loads(files[2])
+    context = files[3] if len(files) > 3 else None
+    if tables.get("decoder_split") and context is None:
+        raise ModelNotFound(f"necoda model {mid} at {path}: its tables name a split decoder but "
+                            f"{OPTIONAL_FILES[0]} is missing")
+    return ModelPackage(mid, path, files[0], files[1], tables, context)
 
 
 def get(model_id: str) -> ModelPackage:

@@ -18,7 +18,9 @@ Decode = pcodec ints → ints / gain → ONNX decoder → + baseline → inverse
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
+from collections import OrderedDict
 
 import numpy as np
 
@@ -111,6 +113,38 @@ def _finish(y, dtype):
         np.clip(y, max(lim[0], -3.0e38), min(lim[1], 3.0e38), out=y)
         return y.astype(dtype)
     return y.astype(dtype)
+
+
+#: bytes of decoder context tensors kept per process (split decoders, all-zero zt: one per tile geometry)
+CONTEXT_CACHE_BYTES = 256 << 20
+_context_lock = threading.Lock()
+_context_cache: OrderedDict = OrderedDict()
+
+
+def _context(pkg, zs, zt, zt_is_zero: bool, threads):
+    """The split decoder's context input for a batch of tiles. It is a function of ``zt`` and of the
+    batch geometry only (``zs`` is read for its shape: checked when the package was split), so when the
+    batch's ``zt`` is all zero it is computed once per geometry and reused (read-only)."""
+    from ..models import runtime
+
+    split = pkg.tables["decoder_split"]
+    if not (zt_is_zero and split.get("zs_shape_only")):
+        return runtime.run(pkg.id, "context", pkg.context, {"zs": zs, "zt": zt}, threads)[0]
+    key = (pkg.id, zs.shape, zt.shape)
+    with _context_lock:
+        got = _context_cache.get(key)
+        if got is not None:
+            _context_cache.move_to_end(key)
+            return got
+    got = runtime.run(pkg.id, "context", pkg.context, {"zs": np.zeros(zs.shape, np.float32),
+                                                       "zt": np.zeros(zt.shape, np.float32)}, threads)[0]
+    got.setflags(write=False)
+    if got.nbytes <= CONTEXT_CACHE_BYTES:
+        with _context_lock:
+            _context_cache[key] = got
+            while sum(v.nbytes for v in _context_cache.values()) > CONTEXT_CACHE_BYTES:
+                _context_cache.popitem(last=False)
+    return got
 
 
 class LearnedMode:
@@ -241,10 +275,15 @@ class LearnedMode:
         base_feed = btiles * np.float32(BASE_SCALE)
 
         packed = tab.get("decoder_output", "dense") == "packed"
+        split = tab.get("decoder_split")
 
         def decoded():  # (first tile, last tile + 1, decoder output) per ONNX Runtime call
             for lo, hi in batches:
-                feeds = {"zs": zs[lo:hi], "zt": zt[lo:hi], "base": base_feed[np.arange(lo, hi) % (gh * gw)]}
+                feeds = {"zs": zs[lo:hi], "base": base_feed[np.arange(lo, hi) % (gh * gw)]}
+                if split:
+                    feeds[split["input"]] = _context(pkg, zs[lo:hi], zt[lo:hi], not qt[lo:hi].any(), threads)
+                else:
+                    feeds["zt"] = zt[lo:hi]
                 if packed:  # consumed before the next call: decode into this thread's reusable buffer
                     pp = runtime.scratch(((hi - lo) * (tt // 2), 32, th // 4, tw // 4))
                     yield lo, hi, runtime.run_into(pkg.id, "decoder", pkg.decoder, feeds, [pp], threads)[0]
