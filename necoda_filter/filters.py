@@ -16,7 +16,7 @@ class Necoda(FilterRefBase):
     :param mode: "auto" (default: chosen per dataset), "lossless", "bounded", "learned" or "raw".
     :param max_error: bounded/learned: every sample within this many raw units of the original.
     :param max_error_noise: bounded/learned: bound in units of the estimated noise σ (imaging).
-    :param quality: learned: rate/quality level, 1 (smallest files) .. the model's n_quality (imaging-v2: 1..9,
+    :param quality: learned: rate/quality level, 1 (smallest files) .. the model's n_quality (imaging-v2.1: 1..9,
         default 6, ~1000x on a two-photon movie; docs/LEARNED.md).
     :param level: lossless: entropy-coder effort.
     """
