@@ -97,6 +97,13 @@ def _batches(n, per):
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
+def _pad_edge(a, pads):
+    """``np.pad(a, pads, mode="edge")`` without the copy when nothing is padded."""
+    if not any(lo or hi for lo, hi in pads):
+        return a
+    return np.pad(a, pads, mode="edge")
+
+
 def _dtype_limits(dtype):
     if np.issubdtype(dtype, np.integer):
         ii = np.iinfo(dtype)
@@ -185,8 +192,8 @@ class LearnedMode:
         tile, padded = _geometry((T, H, W), tab)
         d = v - bq[None]
         pads = ((0, padded[0] - T), (0, padded[1] - H), (0, padded[2] - W))
-        d = np.pad(d, pads, mode="edge")
-        bpad = np.pad(bq, pads[1:], mode="edge")
+        d = _pad_edge(d, pads)
+        bpad = _pad_edge(bq, pads[1:])
         dt = _to_tiles(d, tile)
         n = dt.shape[0]
         tt, th, tw = tile
@@ -266,7 +273,7 @@ class LearnedMode:
         zs = qs.astype(np.float32) / gs
         zt = qt.astype(np.float32) / gt
         pads = ((0, padded[1] - H), (0, padded[2] - W))
-        bpad = np.pad(bq, pads, mode="edge")
+        bpad = _pad_edge(bq, pads)
         n = qs.shape[0]
         tt, th, tw = tile
         gh, gw = padded[1] // th, padded[2] // tw
