@@ -201,12 +201,17 @@ class LearnedMode:
         btiles = (bpad * np.float32(BASE_SCALE)).reshape(gh, th, gw, tw).transpose(0, 2, 1, 3)
         btiles = np.ascontiguousarray(btiles).reshape(gh * gw, 1, 1, th, tw)
         shapes = _latent_shapes(n, tile, tab)
+        # a model whose temporal pathway is pruned (tables latents.zt.pruned) has an encoder without it
+        # and codes zt as all zeros (what imaging-v2's encoder produced nearly everywhere: docs/LEARNED.md)
+        pruned = bool(tab["latents"]["zt"].get("pruned"))
         zs = np.empty(shapes["zs"], np.float32)
-        zt = np.empty(shapes["zt"], np.float32)
+        zt = np.zeros(shapes["zt"], np.float32)
         for a, b in _batches(n, int(np.prod(tile))):
             idx = np.arange(a, b) % (gh * gw)
-            ys, yt = runtime.run(pkg.id, "encoder", pkg.encoder, {"x": dt[a:b, None], "base": btiles[idx]}, threads)
-            zs[a:b], zt[a:b] = ys, yt
+            got = runtime.run(pkg.id, "encoder", pkg.encoder, {"x": dt[a:b, None], "base": btiles[idx]}, threads)
+            zs[a:b] = got[0]
+            if not pruned:
+                zt[a:b] = got[1]
         gs = np.asarray(tab["gain_zs"][qi], np.float32)[None, :, None, None, None]
         gt = np.asarray(tab["gain_zt"][qi], np.float32)[None, :, None, None, None]
         qs = np.clip(np.rint(zs * gs), -MAX_LATENT, MAX_LATENT).astype(np.int32)

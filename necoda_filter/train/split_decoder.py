@@ -1,24 +1,27 @@
 """Split a learned model's decoder into a *context* graph and a *main* graph (same weights, same ops).
 
 The decoder's temporal pathway turns the temporal latent ``zt`` into a full-rate context tensor that the
-rest of the decoder adds to the spatial pathway. When every ``zt`` integer of a tile is zero (all tiles of
-imaging-v2 on every movie measured: its temporal pathway collapsed in training), that context depends only
-on the tile geometry, so the codec computes it once per geometry and caches it
+rest of the decoder adds to the spatial pathway. When every ``zt`` integer of a tile is zero (imaging-v2's
+temporal pathway collapsed in training: all its ``zt`` integers are zero on the simulations at every
+level and on the shared real movie at levels 1-7; 1.3 % are non-zero at level 9), that context depends
+only on the tile geometry, so the codec computes it once per geometry and caches it
 (``modes/learned.py:_context``) instead of running a third of the decoder for every chunk.
 
-    python -m necoda_filter.train.split_decoder SRC_PACKAGE OUT_PACKAGE [--name NAME]
+    python -m necoda_filter.train.split_decoder SRC_PACKAGE OUT_PACKAGE [--name NAME] [--prune-temporal]
 
 writes ``OUT_PACKAGE`` with the same encoder, ``decoder.onnx`` = the main graph (inputs ``zs``, ``ctx``,
 ``base``), ``decoder_context.onnx`` (inputs ``zs``, ``zt``; ``zs`` is read for its shape only) and the
 tables plus ``"decoder_split"``. It checks on random latents that main(context(...)) equals the whole
-decoder bit for bit. The new package has a new content id (the graphs are hashed); chunks written with
+decoder bit for bit. ``--prune-temporal`` also cuts the temporal pathway out of the *encoder* (it then
+outputs ``zs`` only, checked bit-identical to the whole encoder's ``zs``) and marks ``zt`` pruned in the
+tables: the codec writes all-zero ``zt`` (as imaging-v2's encoder did nearly everywhere; see
+docs/LEARNED.md for what that changes at the top levels) and saves that pathway's share of the encoder. The new package has a new content id (the graphs are hashed); chunks written with
 the source package keep decoding with it. Needs the ``onnx`` package (``pip install necoda-filter[train]``).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -101,7 +104,38 @@ def check_equal(decoder: bytes, main: bytes, context: bytes, tables: dict, seed:
     return worst
 
 
-def split_package(src, out, name: str | None = None) -> str:
+def prune_encoder(encoder: bytes) -> bytes:
+    """The encoder graph without its temporal pathway (output ``zs`` only)."""
+    import onnx
+    from onnx.utils import Extractor
+
+    m = onnx.shape_inference.infer_shapes(onnx.load_from_string(encoder))
+    if [o.name for o in m.graph.output] != ["zs", "zt"]:
+        raise ValueError("expected an encoder with outputs zs, zt")
+    pruned = Extractor(m).extract_model(["x", "base"], ["zs"])
+    onnx.checker.check_model(pruned)
+    return pruned.SerializeToString()
+
+
+def check_encoder_equal(encoder: bytes, pruned: bytes, seed: int = 0) -> float:
+    """Largest |zs(whole encoder) - zs(pruned encoder)| on random inputs (several geometries)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    whole = ort.InferenceSession(encoder, sess_options=so, providers=["CPUExecutionProvider"])
+    cut = ort.InferenceSession(pruned, sess_options=so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for n, t, h, w in [(1, 16, 32, 32), (2, 64, 128, 96), (1, 8, 256, 256)]:
+        feeds = {"x": rng.normal(0, 1, (n, 1, t, h, w)).astype(np.float32),
+                 "base": rng.normal(0, 3, (n, 1, 1, h, w)).astype(np.float32)}
+        a, b = whole.run(None, feeds)[0], cut.run(None, feeds)[0]
+        worst = max(worst, float(np.abs(a.astype(np.float64) - b).max()))
+    return worst
+
+
+def split_package(src, out, name: str | None = None, prune_temporal: bool = False) -> str:
     """Write the split package ``out`` from ``src``; returns its model id."""
     src, out = Path(src), Path(out)
     tables = json.loads((src / "tables.json").read_text())
@@ -112,8 +146,16 @@ def split_package(src, out, name: str | None = None) -> str:
     worst = check_equal(decoder, main, context, tables)
     if worst != 0.0:
         raise ValueError(f"split decoder differs from the whole decoder by up to {worst:g}")
+    encoder = (src / "encoder.onnx").read_bytes()
+    if prune_temporal:
+        pruned = prune_encoder(encoder)
+        worst = check_encoder_equal(encoder, pruned)
+        if worst != 0.0:
+            raise ValueError(f"pruned encoder's zs differs from the whole encoder's by up to {worst:g}")
+        encoder = pruned
+        tables["latents"]["zt"]["pruned"] = True
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src / "encoder.onnx", out / "encoder.onnx")
+    (out / "encoder.onnx").write_bytes(encoder)
     (out / "decoder.onnx").write_bytes(main)
     (out / CONTEXT_FILE).write_bytes(context)
     tables["decoder_split"] = {"graph": CONTEXT_FILE, "input": CONTEXT_INPUT, "zs_shape_only": True}
@@ -123,7 +165,9 @@ def split_package(src, out, name: str | None = None) -> str:
     card.update({"model_id": mid, "name": name or out.name,
                  "derived_from": {"model_id": model_id_of_dir(src), "name": src.name,
                                   "how": "decoder split into context + main graphs (necoda_filter.train."
-                                         "split_decoder); same weights, bit-identical reconstructions"}})
+                                         "split_decoder); same weights, bit-identical reconstructions"
+                                         + ("; encoder's temporal pathway pruned (zt coded as zeros)"
+                                            if prune_temporal else "")}})
     (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     return mid
 
@@ -133,8 +177,9 @@ def main(argv=None) -> int:
     p.add_argument("src")
     p.add_argument("out")
     p.add_argument("--name", default=None)
+    p.add_argument("--prune-temporal", action="store_true", help="also cut the encoder's temporal pathway")
     a = p.parse_args(argv)
-    print(split_package(a.src, a.out, a.name))
+    print(split_package(a.src, a.out, a.name, a.prune_temporal))
     return 0
 
 
