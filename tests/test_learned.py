@@ -306,3 +306,16 @@ def test_split_decoder_tool_reproduces_the_builtin(tmp_path):
     assert mid == _package("imaging-v2.1").id
     with pytest.raises(ValueError):  # already split
         split_decoder.split_package(tmp_path / "imaging-v2.1", tmp_path / "again")
+
+
+def test_clear_cache_drops_sessions_buffers_and_contexts():
+    from necoda_filter.models import runtime
+    from necoda_filter.modes import learned
+
+    x, _ = _movie(16, 32, 32)
+    buf = chunk.encode(x, mode="learned", quality=3)
+    a = chunk.decode(buf)
+    assert learned._context_cache and runtime._sessions
+    runtime.clear_cache()
+    assert not learned._context_cache and not runtime._sessions and runtime._local.scratch is None
+    assert np.array_equal(chunk.decode(buf), a)  # rebuilt on demand, same values

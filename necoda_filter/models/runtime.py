@@ -126,5 +126,12 @@ def run_into(model_id: str, graph: str, blob: bytes, feeds: dict, outs: list[np.
 
 
 def clear_cache() -> None:
+    """Drop the cached ONNX sessions, this thread's decoder buffer and the learned mode's cached decoder
+    contexts (they are rebuilt on the next decode)."""
     with _lock:
         _sessions.clear()
+    _local.scratch = None
+    from ..modes import learned
+
+    with learned._context_lock:
+        learned._context_cache.clear()
