@@ -14,15 +14,15 @@ log = logging.getLogger("necoda_filter")
 
 
 def filter(flags: int, cd_values: tuple, data: memoryview) -> bytes:
-    """Entry point for csrc/h5necoda.c. An exception makes the filter fail: HDF5 then reports the
-    chunk unreadable (h5py raises OSError); the message is logged here because h5py shows only its own."""
+    """Encode entry point for csrc/h5necoda.c (decoding goes through :func:`decode_owned`). An exception
+    makes the filter fail: HDF5 then reports the chunk unwritable/unreadable (h5py raises OSError); the
+    message is logged here because h5py shows only its own."""
     try:
         if flags & H5Z_FLAG_REVERSE:
-            return decode(cd_values, data)
+            raise ValueError("the necoda shim decodes through _bridge.decode_owned")
         return encode(cd_values, data)
     except Exception as e:
-        log.error("necoda %s failed: %s: %s", "decode" if flags & H5Z_FLAG_REVERSE else "encode",
-                  type(e).__name__, e)
+        log.error("necoda encode failed: %s: %s", type(e).__name__, e)
         raise
 
 
@@ -93,16 +93,3 @@ def _check_layout(got_dtype, got_shape, dtype, shape):
     if int(np.prod(got_shape, dtype=np.int64)) != int(np.prod(shape, dtype=np.int64)):
         raise chunk.container.CorruptChunk(
             f"necoda chunk holds {tuple(got_shape)} samples but the dataset's chunks are {tuple(shape)}")
-
-
-def decode(cd_values, data) -> bytes:
-    arr = chunk.decode(data)
-    try:
-        dtype, shape = options.chunk_layout(cd_values)
-    except ValueError:
-        dtype, shape = arr.dtype, arr.shape
-    expected = np.dtype(dtype)
-    _check_layout(arr.dtype, arr.shape, expected, shape)
-    if expected.byteorder == ">":
-        arr = arr.astype(expected)
-    return arr.tobytes()
