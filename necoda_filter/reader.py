@@ -291,7 +291,10 @@ def _process_task(path, nbytes, out_shape, out_dtype, tasks, chunk_shape, chunk_
             _decode_place(out, dsl, buf, mask, chunk_shape, np.dtype(chunk_dtype), lsel)
         del out
     finally:
-        mm.close()
+        try:
+            mm.close()
+        except BufferError:  # a decode error's traceback still holds views of the map: it is unmapped
+            pass             # when they are freed; the decode error itself propagates
     return len(tasks)
 
 

@@ -646,3 +646,22 @@ def test_decompress_sparse_and_shuffled_necoda_datasets(tmp_path, gzip):
         assert np.array_equal(f["sparse"][...], expect_sparse)
         assert f["sparse"].id.get_num_chunks() == 3 and f["sparse"].fillvalue == -7
         assert np.array_equal(f["shuffled"][...], a)
+
+
+@pytest.mark.parametrize("executor", ["process", "thread", "serial"])
+def test_read_corrupt_chunk_raises_its_own_error(tmp_path, executor):
+    """A corrupt chunk makes read() raise CorruptChunk naming the problem, with every executor (the
+    process pool's shared-memory cleanup must not replace it with a BufferError)."""
+    from necoda_filter import container
+
+    rng = np.random.default_rng(2)
+    a = rng.poisson(30, (64, 20, 16)).astype(np.uint16)
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        d = f.create_dataset("d", data=a, chunks=(8, 20, 16), compression=Necoda(mode="lossless"))
+        bad = bytearray(d.id.read_direct_chunk((24, 0, 0))[1])
+        bad[len(bad) // 2] ^= 0xFF
+        d.id.write_direct_chunk((24, 0, 0), bytes(bad), filter_mask=0)
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        with pytest.raises(container.CorruptChunk, match="checksum|corrupt|could not be decoded"):
+            read(f["d"], executor=executor, workers=2)
+        assert np.array_equal(read(f["d"], np.s_[32:], executor=executor, workers=2), a[32:])

@@ -84,9 +84,28 @@ def session(model_id: str, graph: str, blob: bytes, threads: int | None = None):
         return s
 
 
+_run_options = None
+
+
+def run_options():
+    """RunOptions of every call. By default ORT's CPU memory arena is shrunk at the end of each run: a
+    64×512×512 chunk's activations otherwise stay resident in every session's arena (encoder and decoder
+    of one process: 1.04 GB peak RSS instead of 0.59 GB, measured), which multiplies with the worker
+    processes of ``necoda compress``. ``NECODA_ORT_ARENA=keep`` keeps the arenas (~10 % faster encode)."""
+    global _run_options
+    if _run_options is None:
+        import onnxruntime as ort
+
+        ro = ort.RunOptions()
+        if os.environ.get("NECODA_ORT_ARENA", "shrink").lower() != "keep":
+            ro.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        _run_options = ro
+    return _run_options
+
+
 def run(model_id: str, graph: str, blob: bytes, feeds: dict, threads: int | None = None) -> list[np.ndarray]:
     s = session(model_id, graph, blob, threads)
-    return s.run(None, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()})
+    return s.run(None, {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()}, run_options())
 
 
 #: decoder outputs up to this many bytes are written into a per-thread buffer that is reused from call to
@@ -121,7 +140,7 @@ def run_into(model_id: str, graph: str, blob: bytes, feeds: dict, outs: list[np.
         if o.dtype != np.float32 or not o.flags.c_contiguous or not o.flags.writeable:
             raise TypeError("run_into: outputs must be writeable C-contiguous float32 arrays")
         io.bind_output(meta.name, "cpu", 0, np.float32, list(o.shape), o.ctypes.data)
-    s.run_with_iobinding(io)
+    s.run_with_iobinding(io, run_options())
     return outs
 
 
