@@ -451,10 +451,12 @@ def _encode_chunk(arr: np.ndarray, mode: str, opts: dict, valid: tuple, sigma) -
     """Encode one full (padded) chunk as the filter would, decode it again and measure the error on
     the valid (unpadded) region. Runs in a worker process."""
     from . import metrics
+    from .models import runtime
 
-    enc = chunk.encode(arr, mode, **opts)
-    h = chunk.info(enc)
-    dec = chunk.decode(enc)
+    with runtime.arena_shrink():  # encoder and decoder activations must not both stay resident per worker
+        enc = chunk.encode(arr, mode, **opts)
+        h = chunk.info(enc)
+        dec = chunk.decode(enc)
     sl = tuple(slice(0, v) for v in valid)
     o = arr[sl]
     d = dec[sl]

@@ -319,3 +319,32 @@ def test_clear_cache_drops_sessions_buffers_and_contexts():
     runtime.clear_cache()
     assert not learned._context_cache and not runtime._sessions and runtime._local.scratch is None
     assert np.array_equal(chunk.decode(buf), a)  # rebuilt on demand, same values
+
+
+def test_arena_shrink_is_per_thread_and_overridable(monkeypatch):
+    """necoda compress's workers shrink ORT's arena after each run (runtime.arena_shrink); readers keep
+    it; NECODA_ORT_ARENA forces either."""
+    from necoda_filter.models import runtime
+
+    key = "memory.enable_memory_arena_shrinkage"
+
+    def shrinks():
+        try:
+            return runtime.run_options().get_run_config_entry(key) == "cpu:0"
+        except RuntimeError:  # no such entry
+            return False
+
+    monkeypatch.delenv("NECODA_ORT_ARENA", raising=False)
+    assert not shrinks()
+    with runtime.arena_shrink():
+        assert shrinks()
+        monkeypatch.setenv("NECODA_ORT_ARENA", "keep")
+        assert not shrinks()
+    monkeypatch.setenv("NECODA_ORT_ARENA", "shrink")
+    assert shrinks()
+    monkeypatch.delenv("NECODA_ORT_ARENA")
+    assert not shrinks()
+    x, _ = _movie(16, 32, 32)
+    with runtime.arena_shrink():  # the runs themselves accept the option
+        assert np.array_equal(chunk.decode(chunk.encode(x, mode="learned", quality=2)),
+                              chunk.decode(chunk.encode(x, mode="learned", quality=2)))

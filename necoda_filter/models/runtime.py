@@ -84,23 +84,42 @@ def session(model_id: str, graph: str, blob: bytes, threads: int | None = None):
         return s
 
 
-_run_options = None
+_run_options: dict = {}
+
+
+class arena_shrink:
+    """Context manager: ONNX runs of *this thread* shrink ORT's CPU memory arena at their end.
+
+    Without it a session's arena keeps the peak activations of its largest run (a 64×512×512 chunk:
+    ~0.25 GB for the encoder, ~0.5 GB for the decoder). ``necoda compress`` encodes *and* decodes every
+    chunk in each worker process, so both arenas stayed resident per worker (measured: 1.05 GB per worker,
+    2.34 GB peak tree RSS on a 2.4 GB NWB file with 2 workers; with shrinking 0.57 GB and 1.38 GB). Readers
+    keep their arenas: re-faulting the activations of every chunk made whole-movie reads ~60 % slower.
+    ``NECODA_ORT_ARENA=shrink`` / ``keep`` forces either everywhere."""
+
+    def __enter__(self):
+        self.prev = getattr(_local, "shrink", False)
+        _local.shrink = True
+        return self
+
+    def __exit__(self, *exc):
+        _local.shrink = self.prev
+        return False
 
 
 def run_options():
-    """RunOptions of every call. By default ORT's CPU memory arena is shrunk at the end of each run: a
-    64×512×512 chunk's activations otherwise stay resident in every session's arena (encoder and decoder
-    of one process: 1.04 GB peak RSS instead of 0.59 GB, measured), which multiplies with the worker
-    processes of ``necoda compress``. ``NECODA_ORT_ARENA=keep`` keeps the arenas (~10 % faster encode)."""
-    global _run_options
-    if _run_options is None:
+    """RunOptions for a call from this thread (arena shrinking per :class:`arena_shrink`)."""
+    env = os.environ.get("NECODA_ORT_ARENA", "").lower()
+    shrink = env == "shrink" or (env != "keep" and getattr(_local, "shrink", False))
+    ro = _run_options.get(shrink)
+    if ro is None:
         import onnxruntime as ort
 
         ro = ort.RunOptions()
-        if os.environ.get("NECODA_ORT_ARENA", "shrink").lower() != "keep":
+        if shrink:
             ro.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        _run_options = ro
-    return _run_options
+        _run_options[shrink] = ro
+    return ro
 
 
 def run(model_id: str, graph: str, blob: bytes, feeds: dict, threads: int | None = None) -> list[np.ndarray]:
