@@ -77,17 +77,19 @@ def split(decoder: bytes) -> tuple[bytes, bytes]:
     return main.SerializeToString(), context.SerializeToString()
 
 
-def check_equal(decoder: bytes, main: bytes, context: bytes, tables: dict, seed: int = 0) -> float:
-    """Largest |whole - main(context)| over random latents (several geometries, zero and non-zero zt)."""
+def _session(blob: bytes):
+    """A single-threaded CPU session with the codec's optimisation level (models/runtime.py)."""
     import onnxruntime as ort
 
-    def sess(b):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(b, sess_options=so, providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(blob, sess_options=so, providers=["CPUExecutionProvider"])
 
-    whole, m, c = sess(decoder), sess(main), sess(context)
+
+def check_equal(decoder: bytes, main: bytes, context: bytes, tables: dict, seed: int = 0) -> float:
+    """Largest |whole - main(context)| over random latents (several geometries, zero and non-zero zt)."""
+    whole, m, c = _session(decoder), _session(main), _session(context)
     cs, ct = tables["latents"]["zs"]["channels"], tables["latents"]["zt"]["channels"]
     rng = np.random.default_rng(seed)
     worst = 0.0
@@ -119,12 +121,7 @@ def prune_encoder(encoder: bytes) -> bytes:
 
 def check_encoder_equal(encoder: bytes, pruned: bytes, seed: int = 0) -> float:
     """Largest |zs(whole encoder) - zs(pruned encoder)| on random inputs (several geometries)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    whole = ort.InferenceSession(encoder, sess_options=so, providers=["CPUExecutionProvider"])
-    cut = ort.InferenceSession(pruned, sess_options=so, providers=["CPUExecutionProvider"])
+    whole, cut = _session(encoder), _session(pruned)
     rng = np.random.default_rng(seed)
     worst = 0.0
     for n, t, h, w in [(1, 16, 32, 32), (2, 64, 128, 96), (1, 8, 256, 256)]:
