@@ -11,7 +11,7 @@ other half, the C prediction kernels called through ctypes, releases it), so thr
 about 1.3x. By default multi-chunk reads are therefore decoded in a persistent pool of worker processes
 that write into an output array in shared memory (an unlinked file in /dev/shm, so nothing is left
 behind even if the process is killed) — no decoded data is copied between processes.
-``executor="thread"`` uses a thread pool instead (best for codecs that release the GIL, and on a busy
+``executor="thread"`` uses a persistent thread pool instead (best for codecs that release the GIL, and on a busy
 machine where the extra processes get no extra CPU), ``"serial"`` decodes in the calling thread — still
 faster than h5py slicing, which copies every decoded chunk three more times. Reads touching less than
 ``PARALLEL_MIN_BYTES`` of chunks are decoded serially. Learned-mode datasets (recognised from the first
@@ -49,6 +49,10 @@ PARALLEL_MIN_BYTES = 8 << 20
 _pool_lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
 _pool_workers = 0
+#: decoder threads of executor="thread", kept between reads like the processes: each keeps its ONNX
+#: output buffer (``runtime.scratch``) warm, so a read does not re-fault ~64 MB per thread
+_tpool: ThreadPoolExecutor | None = None
+_tpool_workers = 0
 
 
 class _Fallback(Exception):
@@ -119,13 +123,28 @@ def _process_pool(workers: int) -> ProcessPoolExecutor:
         return _pool
 
 
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    global _tpool, _tpool_workers
+    with _pool_lock:
+        if _tpool is None or _tpool_workers != workers:
+            if _tpool is not None:
+                _tpool.shutdown(wait=False)
+            _tpool = ThreadPoolExecutor(workers, thread_name_prefix="necoda-read")
+            _tpool_workers = workers
+        return _tpool
+
+
 def shutdown_pool() -> None:
-    """Stop the worker processes of :func:`read` (they are started on first use and reused)."""
-    global _pool
+    """Stop the worker processes and threads of :func:`read` (started on first use and reused); their
+    ONNX sessions, arenas and buffers go with them."""
+    global _pool, _tpool
     with _pool_lock:
         if _pool is not None:
             _pool.shutdown(wait=True, cancel_futures=True)
             _pool = None
+        if _tpool is not None:
+            _tpool.shutdown(wait=True, cancel_futures=True)
+            _tpool = None
 
 
 atexit.register(shutdown_pool)
@@ -414,11 +433,15 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
                     _decode_place(out, dsl, got[1], got[0], chunks, chunk_dtype, lsel)
 
         # one decoder per core, no nested ORT thread pools; fewer chunks than workers: cores go to ORT
-        pool_size = min(workers, len(plan))
-        ort_threads = max(1, workers // pool_size)
-        with ThreadPoolExecutor(pool_size) as ex:
-            for f in [ex.submit(job, it) for it in plan]:
+        ort_threads = max(1, workers // min(workers, len(plan)))
+        futures = [_thread_pool(workers).submit(job, it) for it in plan]
+        try:
+            for f in futures:
                 f.result()
+        finally:  # an error: do not leave decoders writing into ``out`` behind the caller's back
+            for f in futures:
+                f.cancel()
+            wait(futures)
         return out[final]
 
     # process pool writing into shared memory; the calling thread fetches the stored bytes

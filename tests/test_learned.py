@@ -348,3 +348,21 @@ def test_arena_shrink_is_per_thread_and_overridable(monkeypatch):
     with runtime.arena_shrink():  # the runs themselves accept the option
         assert np.array_equal(chunk.decode(chunk.encode(x, mode="learned", quality=2)),
                               chunk.decode(chunk.encode(x, mode="learned", quality=2)))
+
+
+def test_ort_threads_do_not_spin_unless_asked(monkeypatch):
+    """Sessions are built with intra-op spinning off (spinning pools steal cores from other readers);
+    NECODA_ORT_SPIN=1 turns it back on, in a session of its own."""
+    from necoda_filter.models import registry, runtime
+
+    pkg = registry.resolve(None)
+    key = "session.intra_op.allow_spinning"
+    monkeypatch.delenv("NECODA_ORT_SPIN", raising=False)
+    off = runtime.session(pkg.id, "decoder", pkg.decoder, 2)
+    assert off.get_session_options().get_session_config_entry(key) == "0"
+    monkeypatch.setenv("NECODA_ORT_SPIN", "1")
+    on = runtime.session(pkg.id, "decoder", pkg.decoder, 2)
+    assert on is not off
+    assert on.get_session_options().get_session_config_entry(key) == "1"
+    monkeypatch.delenv("NECODA_ORT_SPIN")
+    assert runtime.session(pkg.id, "decoder", pkg.decoder, 2) is off

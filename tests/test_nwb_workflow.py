@@ -512,6 +512,29 @@ def test_read_learned_equals_slicing(tmp_path, executor):
         assert reader._mostly_gil_free(d.id.read_direct_chunk((0, 0, 0)))  # "auto" decodes these in threads
 
 
+def test_read_thread_pool_is_kept_and_released(tmp_path):
+    """executor="thread" reuses its decoder threads between reads (their ONNX buffers stay warm);
+    shutdown_pool / runtime.clear_cache release them, and the next read starts a new pool."""
+    from necoda_filter import reader
+    from necoda_filter.models import runtime
+
+    rng = np.random.default_rng(4)
+    a = rng.poisson(30, (64, 20, 16)).astype(np.uint16)
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        f.create_dataset("d", data=a, chunks=(8, 20, 16), compression=Necoda(mode="lossless"))
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        reader.shutdown_pool()
+        assert np.array_equal(read(f["d"], executor="thread", workers=2), a)
+        pool = reader._tpool
+        assert pool is not None
+        assert np.array_equal(read(f["d"], np.s_[3:50:3], executor="thread", workers=2), a[3:50:3])
+        assert reader._tpool is pool
+        runtime.clear_cache()
+        assert reader._tpool is None
+        assert np.array_equal(read(f["d"], executor="thread", workers=2), a)
+        assert reader._tpool is not None and reader._tpool is not pool
+
+
 def test_read_on_compressed_nwb(small):
     src, out, movie, x = small
     with h5py.File(out, "r") as f:

@@ -5,6 +5,12 @@ CUDAExecutionProvider is used when ``onnxruntime-gpu`` is installed and reports 
 Parallel decoders (``necoda_filter.read``) run one chunk per worker; they ask for single-threaded
 sessions with :func:`worker_threads` so that ``workers`` decoders never fight over the same cores with
 ``workers`` × ORT's default thread pool (oversubscription costs ~25 % on two cores).
+ORT's intra-op threads do not spin-wait between operators (``NECODA_ORT_SPIN=1`` turns spinning back on):
+the HDF5 filter path decodes with ORT's default pool in whatever process reads, and spinning threads
+steal the cores that other reader processes (multiprocessing, Dask, MPI ranks) and the caller's own
+finishing work need. Measured on two cores (512 frames of ``bench_read.py``'s 512×512 learned movie,
+whole h5py reads, median of 3 runs × 3 reads): two reader processes side by side 3.2 → 2.7 s per read;
+one process alone 1.47 vs 1.56 s, within run-to-run spread.
 Float outputs never drive entropy coding (latents are integers coded with forward-adaptive pcodec
 blocks), so provider and thread differences can only move the lossy reconstruction by float rounding.
 """
@@ -71,7 +77,7 @@ def session(model_id: str, graph: str, blob: bytes, threads: int | None = None):
     if threads is None:
         threads = _default_threads()
     prov = tuple(providers())
-    key = (model_id, graph, threads, prov)
+    key = (model_id, graph, threads, prov, os.environ.get("NECODA_ORT_SPIN", "0") == "1")
     with _lock:
         s = _sessions.get(key)
         if s is None:
@@ -79,6 +85,8 @@ def session(model_id: str, graph: str, blob: bytes, threads: int | None = None):
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            spin = "1" if os.environ.get("NECODA_ORT_SPIN", "0") == "1" else "0"
+            so.add_session_config_entry("session.intra_op.allow_spinning", spin)
             s = ort.InferenceSession(blob, sess_options=so, providers=list(prov))
             _sessions[key] = s
         return s
@@ -164,8 +172,12 @@ def run_into(model_id: str, graph: str, blob: bytes, feeds: dict, outs: list[np.
 
 
 def clear_cache() -> None:
-    """Drop the cached ONNX sessions, this thread's decoder buffer and the learned mode's cached decoder
-    contexts (they are rebuilt on the next decode)."""
+    """Drop the cached ONNX sessions, this thread's decoder buffer, the learned mode's cached decoder
+    contexts and ``read``'s decoder threads and processes with their buffers (all are rebuilt on the next
+    decode)."""
+    from .. import reader
+
+    reader.shutdown_pool()
     with _lock:
         _sessions.clear()
     _local.scratch = None
