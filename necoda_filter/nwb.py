@@ -48,7 +48,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import chunk, modes, options, provenance
+from . import chunk, cpus, modes, options, provenance
 from .constants import CD_USER_SLOTS, FILTER_ID, FORMAT_VERSION
 from .dtypes import UnsupportedDtype, code_of
 from .filters import Necoda
@@ -509,19 +509,12 @@ class _Inline:
 
 
 def make_executor(workers: int | None):
-    workers = default_workers() if workers is None else int(workers)
+    workers = cpus.available() if workers is None else int(workers)
     if workers <= 1:
         return _Inline(), 1
     from .reader import _new_process_pool
 
     return _new_process_pool(workers), workers
-
-
-def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 def _progress(total, desc, enabled):

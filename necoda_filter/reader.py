@@ -36,7 +36,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
 
 import numpy as np
 
-from . import chunk, modes
+from . import chunk, cpus, modes
 from .constants import FILTER_ID
 
 LEARNED_MODE_ID = modes.MODE_IDS["learned"]
@@ -57,13 +57,6 @@ _tpool_workers = 0
 
 class _Fallback(Exception):
     pass
-
-
-def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -389,7 +382,7 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
         lsel = tuple(ls for (_, _, _, ls) in combo)
         plan.append((off, dsl, lsel))
 
-    workers = _default_workers() if workers is None else max(1, int(workers))
+    workers = cpus.available() if workers is None else max(1, int(workers))
     dsid = dataset.id
     chunk_dtype = np.dtype(dtype)
 

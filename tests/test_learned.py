@@ -366,3 +366,21 @@ def test_ort_threads_do_not_spin_unless_asked(monkeypatch):
     assert on.get_session_options().get_session_config_entry(key) == "1"
     monkeypatch.delenv("NECODA_ORT_SPIN")
     assert runtime.session(pkg.id, "decoder", pkg.decoder, 2) is off
+
+
+def test_default_ort_threads_follow_the_affinity_mask(monkeypatch):
+    """Without NECODA_THREADS, sessions get as many intra-op threads as the process may use CPUs
+    (cpus.available, the affinity mask), not ORT's count of the machine's cores."""
+    from necoda_filter import cpus
+    from necoda_filter.models import registry, runtime
+
+    pkg = registry.resolve(None)
+    monkeypatch.delenv("NECODA_THREADS", raising=False)
+    monkeypatch.setattr(cpus, "available", lambda: 3)
+    assert runtime._default_threads() == 3
+    s = runtime.session(pkg.id, "decoder", pkg.decoder)
+    assert s.get_session_options().intra_op_num_threads == 3
+    monkeypatch.setenv("NECODA_THREADS", "1")
+    assert runtime._default_threads() == 1
+    with runtime.worker_threads(2):
+        assert runtime._default_threads() == 2

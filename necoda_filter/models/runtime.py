@@ -1,7 +1,9 @@
 """ONNX Runtime sessions for the learned codec: one cached session per (model, graph, threads).
 
 CUDAExecutionProvider is used when ``onnxruntime-gpu`` is installed and reports it (set
-``NECODA_PROVIDER=cpu`` to force the CPU). Thread count: ``NECODA_THREADS`` or ORT's default.
+``NECODA_PROVIDER=cpu`` to force the CPU). Thread count: ``NECODA_THREADS``, or the CPUs this process
+may use (its affinity mask: ORT's own default counts every core of the machine, so under ``taskset`` or a
+SLURM/container cpuset it would start more threads than the process has cores).
 Parallel decoders (``necoda_filter.read``) run one chunk per worker; they ask for single-threaded
 sessions with :func:`worker_threads` so that ``workers`` decoders never fight over the same cores with
 ``workers`` × ORT's default thread pool (oversubscription costs ~25 % on two cores).
@@ -58,6 +60,10 @@ def _default_threads() -> int:
     if n is None:
         env = os.environ.get("NECODA_THREADS")
         n = int(env) if env else 0
+    if int(n) <= 0:  # ORT's own default counts the machine's cores, ignoring taskset / cgroup cpusets
+        from .. import cpus
+
+        n = cpus.available()
     return int(n)
 
 
@@ -74,7 +80,7 @@ def providers() -> list[str]:
 def session(model_id: str, graph: str, blob: bytes, threads: int | None = None):
     import onnxruntime as ort
 
-    if threads is None:
+    if threads is None or int(threads) <= 0:
         threads = _default_threads()
     prov = tuple(providers())
     key = (model_id, graph, threads, prov, os.environ.get("NECODA_ORT_SPIN", "0") == "1")
