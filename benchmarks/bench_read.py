@@ -11,8 +11,9 @@ would be with idle cores.
 
 Data: a simulated two-photon movie (``necoda_filter.simulate.simulate_imaging`` on a 256 x 256 field of
 view, tiled to ``size`` x ``size``), written with ``compression=Necoda(mode)`` and the chunking
-``necoda compress`` uses (64 frames x full frame). Each timing reads the whole dataset (and a strided
-sub-selection, one frame) with HDF5's chunk cache off; every result is checked equal to h5py's.
+``necoda compress`` uses (64 frames x full frame). Each timing reads, with HDF5's chunk cache off, the whole
+dataset, a strided sub-selection, one frame, a 64 x 64-pixel region over every frame (trace extraction)
+and a 16-frame window; every result is checked equal to h5py's. "auto" is ``read``'s default executor.
 """
 from __future__ import annotations
 
@@ -102,11 +103,16 @@ def main(argv=None) -> int:
                    "chunks": list(chunks), "raw_mb": a.frames * a.size * a.size * 2 / 1e6,
                    "file_mb": stored / 1e6, "write_s": t_write, "cpus": os.cpu_count(),
                    "workers": a.workers, "loadavg": os.getloadavg(), "cases": {}}
-        cases = {"whole": np.s_[...], "strided": np.s_[10:500:2, 50:450, ::3], "one_frame": np.s_[100]}
-        methods = ("h5py", "process", "thread", "serial")
-        # warm the process pool once (it is persistent across calls)
+        r0, c0 = a.size * 2 // 5, a.size * 3 // 5
+        cases = {"whole": np.s_[...], "strided": np.s_[10:500:2, 50:450, ::3], "one_frame": np.s_[100],
+                 # 64 x 64 pixels (a few cells) over every frame: what trace extraction reads
+                 "roi_64px": np.s_[:, r0:r0 + 64, c0:c0 + 64],
+                 "window_16": np.s_[100:116]}
+        methods = ("h5py", "auto", "process", "thread", "serial")
+        # warm the pools, sessions and buffers once (they are kept across calls)
         with h5py.File(path, "r") as f:
-            read(f["movie"], np.s_[0:128], workers=a.workers)
+            for m in methods[1:]:
+                read(f["movie"], np.s_[0:128], workers=a.workers, executor=m)
         pids = _worker_pids()
         for name, sel in cases.items():
             runs = {m: [] for m in methods}
@@ -119,7 +125,7 @@ def main(argv=None) -> int:
                             r = measure(lambda: d[sel])
                         else:
                             r = measure(lambda: read(d, sel, workers=a.workers, executor=m),
-                                        pids if m == "process" else ())
+                                        pids if m in ("process", "auto") else ())
                         if m != "h5py" and (r[3].shape != ref.shape or not np.array_equal(r[3], ref)):
                             print(f"MISMATCH: read(executor={m}) differs from h5py for {name}", file=sys.stderr)
                             return 1

@@ -384,3 +384,62 @@ def test_default_ort_threads_follow_the_affinity_mask(monkeypatch):
     assert runtime._default_threads() == 1
     with runtime.worker_threads(2):
         assert runtime._default_threads() == 2
+
+
+@pytest.mark.parametrize("shape", [(40, 50, 37), (64, 96, 80), (300, 48, 40), (16, 600, 520)])
+def test_box_decode_from_cropped_latents_is_exact(shape, monkeypatch):
+    """decode_box runs the decoder on the latents around a small box only (box + receptive field); the
+    result is bit for bit the box of the whole-chunk decode: single tiles, tiles in time (300 frames)
+    and in space (600 x 520), 1 to 3 ONNX threads. Large boxes take the whole-chunk path."""
+    from necoda_filter.models import runtime
+    from necoda_filter.modes import learned
+
+    T, H, W = shape
+    x, _ = _movie(T, H, W, seed=3)
+    taken = []
+    real = learned._box_crops
+
+    def spy(*a, **k):
+        got = real(*a, **k)
+        taken.append(got is not None)
+        return got
+
+    monkeypatch.setattr(learned, "_box_crops", spy)
+    rng = np.random.default_rng(sum(shape))
+    for q in (2, 7):
+        buf = chunk.encode(x, mode="learned", quality=q)
+        full = chunk.decode(buf)
+        boxes = [((0, 0, 0), shape), ((T // 3, 0, 0), (1, H, W)), ((0, H // 2, W // 3), (T, 9, 11))]
+        for _ in range(12):
+            a = [int(rng.integers(0, s)) for s in shape]
+            b = [int(rng.integers(lo + 1, min(s, lo + 1 + int(rng.choice([1, 3, 17, 600]))) + 1))
+                 for lo, s in zip(a, shape)]
+            boxes.append((tuple(a), tuple(hi - lo for lo, hi in zip(a, b))))
+        for i, (start, size) in enumerate(boxes):
+            out = np.zeros(size, full.dtype)
+            taken.clear()
+            with runtime.worker_threads(1 + i % 3):
+                chunk.decode_box(buf, out, start)
+            ref = full[tuple(slice(s, s + n) for s, n in zip(start, size))]
+            assert np.array_equal(out, ref), (q, start, size, taken)
+            if i == 0 and shape != (16, 600, 520):
+                assert taken == [False]  # the whole chunk: no crop (600 x 520 is padded to 3 x 3 tiles
+                #                          of 256: the crop skips most of the padding tiles' work)
+            if i in (1, 2):
+                assert taken == [True]   # one frame, a small ROI over all frames: cropped
+        assert full.any()
+
+
+def test_box_crop_can_be_turned_off(monkeypatch):
+    from necoda_filter.modes import learned
+
+    split = {"input": "ctx", "zs_shape_only": True}
+    args = ((64, 512, 512), (1, 1), 1, (10, 0, 0), (1, 512, 512), split, (8, 4, 4))
+    assert learned._box_crops(*args) == [(0, (0, 3), (0, 128), (0, 128))]
+    assert learned._box_crops((64, 512, 512), (1, 1), 1, (0, 0, 0), (64, 512, 512), split, (8, 4, 4)) is None
+    monkeypatch.setenv("NECODA_READ_CROP", "0")
+    assert learned._box_crops(*args) is None
+    monkeypatch.delenv("NECODA_READ_CROP")
+    monkeypatch.setattr(learned, "CROP_MAX_FRACTION", 0)
+    assert learned._box_crops(*args) is None
+    assert learned._box_crops(*args[:5], {"input": "ctx"}, args[6]) is None  # context may depend on zs

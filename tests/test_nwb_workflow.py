@@ -502,7 +502,8 @@ def test_read_learned_equals_slicing(tmp_path, executor):
     with h5py.File(tmp_path / "l.h5", "r") as f:  # reopened: HDF5's chunk cache would hold the written data
         d, e = f["d"], f["e"]
         for ds in (d, e):  # e: partial edge chunks
-            for s in (np.s_[...], np.s_[3:47:5, 7:40, ::3], np.s_[5:41, 3:40, 2:35], np.s_[17]):
+            for s in (np.s_[...], np.s_[3:47:5, 7:40, ::3], np.s_[5:41, 3:40, 2:35], np.s_[17],
+                      np.s_[:, 10:19, 4:15]):  # one frame, an ROI: decoded from cropped latents
                 ref = ds[s]
                 got = read(ds, s, executor=executor, workers=2)
                 assert np.array_equal(got, ref), (ds.name, s)

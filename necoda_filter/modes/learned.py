@@ -17,6 +17,7 @@ Decode = pcodec ints → ints / gain → ONNX decoder → + baseline → inverse
 """
 from __future__ import annotations
 
+import os
 import struct
 import threading
 import zlib
@@ -120,6 +121,51 @@ def _finish(y, dtype):
         np.clip(y, max(lim[0], -3.0e38), min(lim[1], 3.0e38), out=y)
         return y.astype(dtype)
     return y.astype(dtype)
+
+
+#: decode a box of a chunk from the latents around it (box + receptive field) when that is at most this
+#: fraction of the chunk's decoder work; 0 (or ``NECODA_READ_CROP=0``) turns cropping off
+CROP_MAX_FRACTION = 0.75
+#: receptive field of the split packed decoder's main graph in latent units: one latent frame each side
+#: (its 3x3x3 conv is the only temporal mixing), two latent pixels each side (that conv and a 3x3 conv)
+CROP_HALO_T, CROP_HALO_S = 1, 2
+
+
+def _box_crops(tile, grid, n, window, box, split, down):
+    """Latent crops that decode the box of a chunk starting at ``window`` with shape ``box``:
+    ``[(tile index, (t0, t1), (y0, y1), (x0, x1)), ...]`` in the tile's latent grid, or None when a crop
+    does not pay (or does not apply: unsplit decoders, a GPU provider).
+
+    Exactness: every voxel written lies at least the receptive field away from a crop edge that is not
+    the tile's own edge, so it sees exactly the latents, context and baseline the whole-tile decode
+    gives it; ONNX Runtime's CPU convolutions sum each output over its taps in the same order whatever
+    the input's extent (checked bit for bit against whole-chunk decodes: tests/test_learned.py)."""
+    from ..models import runtime
+
+    if not CROP_MAX_FRACTION or os.environ.get("NECODA_READ_CROP", "1") == "0" or not split \
+            or not split.get("zs_shape_only") or runtime.providers() != ["CPUExecutionProvider"]:
+        return None
+    tt, th, tw = tile
+    gh, gw = grid
+    lt_n, ly_n, lx_n = tt // down[0], th // down[1], tw // down[2]
+    crops, work = [], 0
+    for k in range(n):
+        o = (k // (gh * gw) * tt, (k // gw) % gh * th, k % gw * tw)
+        rng = []
+        for ax, (org, size, step, halo, lat) in enumerate(zip(o, (tt, th, tw), down,
+                                                               (CROP_HALO_T, CROP_HALO_S, CROP_HALO_S),
+                                                               (lt_n, ly_n, lx_n))):
+            lo = max(window[ax], org) - org
+            hi = min(window[ax] + box[ax], org + size) - org
+            if hi <= lo:
+                break
+            rng.append((max(0, lo // step - halo), min(lat, -(-hi // step) + halo)))
+        else:
+            crops.append((k, *rng))
+            work += int(np.prod([b - a for a, b in rng]))
+    if work > CROP_MAX_FRACTION * n * lt_n * ly_n * lx_n:
+        return None
+    return crops
 
 
 #: bytes of decoder context tensors kept per process (split decoders, all-zero zt: one per tile geometry)
@@ -315,6 +361,21 @@ class LearnedMode:
             a = np.float32(0.25 * float(params["g"]))  # inverse VST: a * max(v, 0)**2 + b, as prep.inverse_vst
             b = np.float32(float(params["o"]) - 0.375 * float(params["g"]))
             bqc = np.ascontiguousarray(bq, dtype=np.float32)
+            down = tuple(int(v) for v in tab["latents"]["zs"]["down"])  # latent step: frames, pixels
+            crops = _box_crops(tile, (gh, gw), n, window, res.shape, split, down) if direct else None
+            if crops is not None:  # a small box: run the decoder on the latents around it only
+                pt, ps = down[0] // 2, down[1]  # output frame pairs per latent frame, pixels per latent pixel
+                for k, lt, ly, lx in crops:
+                    ctx = _context(pkg, zs[k:k + 1], zt[k:k + 1], not qt[k:k + 1].any(), threads)
+                    feeds = {"zs": zs[k:k + 1, :, lt[0]:lt[1], ly[0]:ly[1], lx[0]:lx[1]],
+                             "base": base_feed[k % (gh * gw)][None, ..., ps * ly[0]:ps * ly[1], ps * lx[0]:ps * lx[1]],
+                             split["input"]: ctx[:, pt * lt[0]:pt * lt[1], :, ly[0]:ly[1], lx[0]:lx[1]]}
+                    pp = runtime.scratch((pt * (lt[1] - lt[0]), 32, ly[1] - ly[0], lx[1] - lx[0]))
+                    pp = runtime.run_into(pkg.id, "decoder", pkg.decoder, feeds, [pp], threads)[0]
+                    origin = (k // (gh * gw) * tt + down[0] * lt[0], (k // gw) % gh * th + ps * ly[0],
+                              k % gw * tw + ps * lx[0])
+                    _kernels.learned_finish(pp, origin, bqc, a, b, res, window)
+                return None
             for lo, hi, pp in decoded():
                 pp = pp.reshape(hi - lo, tt // 2, 32, th // 4, tw // 4)
                 for k in range(lo, hi):
