@@ -80,6 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", default=None)
+    p.add_argument("--cases", default=None,
+                   help="comma-separated subset of: whole, strided, one_frame, roi_64px, window_16")
     p.add_argument("--dir", default=None, help="folder for the temporary HDF5 file")
     a = p.parse_args(argv)
 
@@ -108,6 +110,11 @@ def main(argv=None) -> int:
                  # 64 x 64 pixels (a few cells) over every frame: what trace extraction reads
                  "roi_64px": np.s_[:, r0:r0 + 64, c0:c0 + 64],
                  "window_16": np.s_[100:116]}
+        if a.cases:
+            unknown = set(a.cases.split(",")) - set(cases)
+            if unknown:
+                p.error(f"unknown case(s) {sorted(unknown)}; choose from {sorted(cases)}")
+            cases = {k: v for k, v in cases.items() if k in a.cases.split(",")}
         methods = ("h5py", "auto", "process", "thread", "serial")
         # warm the pools, sessions and buffers once (they are kept across calls)
         with h5py.File(path, "r") as f:
@@ -119,8 +126,11 @@ def main(argv=None) -> int:
             with h5py.File(path, "r", rdcc_nbytes=0) as f:
                 d = f["movie"]
                 ref = d[sel]
-                for _ in range(a.repeat):  # interleaved, so every method sees the same machine load
-                    for m in methods:
+                for i in range(a.repeat):
+                    # interleaved, so every method sees the same machine load, and rotated, so none always
+                    # runs right after the same neighbour (each read allocates its output afresh; on this
+                    # VM, freshly faulted memory costs vary a lot with what ran before)
+                    for m in methods[i % len(methods):] + methods[:i % len(methods)]:
                         if m == "h5py":
                             r = measure(lambda: d[sel])
                         else:
@@ -130,6 +140,7 @@ def main(argv=None) -> int:
                             print(f"MISMATCH: read(executor={m}) differs from h5py for {name}", file=sys.stderr)
                             return 1
                         runs[m].append(r[:3])
+                        del r  # free this result before the next read allocates its own
             row = {"mb": ref.nbytes / 1e6}
             base = statistics.median(w for w, _, _ in runs["h5py"])
             base_cpu = statistics.median(c for _, c, _ in runs["h5py"])

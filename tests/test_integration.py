@@ -307,3 +307,28 @@ def test_filter_decodes_every_layout_through_h5py(tmp_path, dtype):
         if "raw_fallback" in f:
             got = f["raw_fallback"][0:8]
             np.testing.assert_array_equal(got, nan[0:8])  # NaN included: raw chunk, exact
+
+
+def test_decoded_chunk_buffers_ask_for_huge_pages_over_their_aligned_part():
+    """decode_owned advises MADV_HUGEPAGE over the 2 MiB-aligned part of large buffers only."""
+    from necoda_filter import _bridge
+
+    calls = []
+
+    class Lib:
+        def madvise(self, addr, n, advice):
+            calls.append((addr, n, advice))
+            return 0
+
+    M = _bridge.HUGE
+    _bridge._advise_huge(Lib(), 3 * M + 16, 32 << 20)
+    if sys.platform.startswith("linux"):
+        assert calls == [(4 * M, 15 * M, _bridge.MADV_HUGEPAGE)]
+    else:
+        assert calls == []
+    calls.clear()
+    _bridge._advise_huge(Lib(), 3 * M + 16, 1 << 20)  # small: left alone
+    assert calls == []
+    _bridge._advise_huge(Lib(), 16, _bridge.HUGE_MIN_BYTES)  # 4 MiB from 16: one aligned 2 MiB inside
+    if sys.platform.startswith("linux"):
+        assert calls == [(M, M, _bridge.MADV_HUGEPAGE)]
