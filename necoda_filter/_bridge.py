@@ -60,7 +60,8 @@ HUGE_MIN_BYTES = 4 << 20
 def _advise_huge(lib, addr: int, n: int) -> None:
     """Ask for transparent huge pages over the 2 MiB-aligned part of a fresh buffer: a 32 MB chunk is
     first touched as 16 page faults instead of 8192 (numpy does the same for its large arrays). Measured
-    through h5py, whole reads of 512 frames of bench_read.py's learned movie: 1.55 → 1.38 s (median of 8).
+    through h5py, whole reads of 512 frames of bench_read.py's learned movie: 1.58 → 1.42 s (median of 8
+    reads in 2 processes run alternately with the old code).
     Advice only: ignored where THP is off, and a no-op off Linux."""
     if n < HUGE_MIN_BYTES or not sys.platform.startswith("linux"):
         return
