@@ -387,15 +387,18 @@ def test_default_ort_threads_follow_the_affinity_mask(monkeypatch):
 
 
 @pytest.mark.parametrize("shape", [(40, 50, 37), (64, 96, 80), (300, 48, 40), (16, 600, 520)])
-def test_box_decode_from_cropped_latents_is_exact(shape, monkeypatch):
-    """decode_box runs the decoder on the latents around a small box only (box + receptive field); the
-    result is bit for bit the box of the whole-chunk decode: single tiles, tiles in time (300 frames)
-    and in space (600 x 520), 1 to 3 ONNX threads. Large boxes take the whole-chunk path."""
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_box_decode_from_cropped_latents_is_exact(shape, dtype, monkeypatch):
+    """decode_box runs the decoder on the tiles and latent frames around a small box only; the result is
+    bit for bit the box of the whole-chunk decode — float32 included, where a last-bit difference would
+    show (cropping in space fails this) — for single tiles, tiles in time (300 frames) and in space
+    (600 x 520), 1 to 3 ONNX threads. Boxes spanning most of a chunk's time take the whole-chunk path."""
     from necoda_filter.models import runtime
     from necoda_filter.modes import learned
 
     T, H, W = shape
     x, _ = _movie(T, H, W, seed=3)
+    x = x.astype(dtype)
     taken = []
     real = learned._box_crops
 
@@ -410,7 +413,7 @@ def test_box_decode_from_cropped_latents_is_exact(shape, monkeypatch):
         buf = chunk.encode(x, mode="learned", quality=q)
         full = chunk.decode(buf)
         boxes = [((0, 0, 0), shape), ((T // 3, 0, 0), (1, H, W)), ((0, H // 2, W // 3), (T, 9, 11))]
-        for _ in range(12):
+        for _ in range(14):
             a = [int(rng.integers(0, s)) for s in shape]
             b = [int(rng.integers(lo + 1, min(s, lo + 1 + int(rng.choice([1, 3, 17, 600]))) + 1))
                  for lo, s in zip(a, shape)]
@@ -422,11 +425,12 @@ def test_box_decode_from_cropped_latents_is_exact(shape, monkeypatch):
                 chunk.decode_box(buf, out, start)
             ref = full[tuple(slice(s, s + n) for s, n in zip(start, size))]
             assert np.array_equal(out, ref), (q, start, size, taken)
-            if i == 0 and shape != (16, 600, 520):
-                assert taken == [False]  # the whole chunk: no crop (600 x 520 is padded to 3 x 3 tiles
-                #                          of 256: the crop skips most of the padding tiles' work)
-            if i in (1, 2):
-                assert taken == [True]   # one frame, a small ROI over all frames: cropped
+            if i == 0:
+                assert taken == [False]  # the whole chunk
+            if i == 1:  # one frame: its latent frames only (16 frames are only 2 latent frames: no gain)
+                assert taken == [shape != (16, 600, 520)]
+            if i == 2:  # every frame of a small region: only the tiles it touches (600 x 520: 1 of 9)
+                assert taken == [shape == (16, 600, 520)]
         assert full.any()
 
 
