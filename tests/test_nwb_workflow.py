@@ -499,11 +499,12 @@ def test_read_learned_equals_slicing(tmp_path, executor):
     with h5py.File(tmp_path / "l.h5", "w") as f:
         f.create_dataset("d", data=m, chunks=(16, 48, 40), compression=Necoda(mode="learned", quality=3))
         f.create_dataset("e", data=m[:45, :43, :37], chunks=(16, 32, 24), compression=Necoda(mode="learned"))
+        f.create_dataset("g", data=m, chunks=(48, 48, 40), compression=Necoda(mode="learned", quality=3))
     with h5py.File(tmp_path / "l.h5", "r") as f:  # reopened: HDF5's chunk cache would hold the written data
         d, e = f["d"], f["e"]
-        for ds in (d, e):  # e: partial edge chunks
+        for ds in (d, e, f["g"]):  # e: partial edge chunks; g: 6 latent frames per chunk, a few are cropped
             for s in (np.s_[...], np.s_[3:47:5, 7:40, ::3], np.s_[5:41, 3:40, 2:35], np.s_[17],
-                      np.s_[:, 10:19, 4:15]):  # one frame, an ROI: decoded from cropped latents
+                      np.s_[:, 10:19, 4:15], np.s_[20:23]):  # a region; a few frames: cropped latents
                 ref = ds[s]
                 got = read(ds, s, executor=executor, workers=2)
                 assert np.array_equal(got, ref), (ds.name, s)
