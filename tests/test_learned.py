@@ -439,7 +439,7 @@ def test_box_crop_can_be_turned_off(monkeypatch):
 
     split = {"input": "ctx", "zs_shape_only": True}
     args = ((64, 512, 512), (1, 1), 1, (10, 0, 0), (1, 512, 512), split, (8, 4, 4))
-    assert learned._box_crops(*args) == [(0, (0, 3), (0, 128), (0, 128))]
+    assert learned._box_crops(*args) == [(0, (0, 3))]  # tile 0, latent frames 0..2 (frame 10 ± 8 frames)
     assert learned._box_crops((64, 512, 512), (1, 1), 1, (0, 0, 0), (64, 512, 512), split, (8, 4, 4)) is None
     monkeypatch.setenv("NECODA_READ_CROP", "0")
     assert learned._box_crops(*args) is None

@@ -83,7 +83,8 @@ def session(model_id: str, graph: str, blob: bytes, threads: int | None = None):
     if threads is None or int(threads) <= 0:
         threads = _default_threads()
     prov = tuple(providers())
-    key = (model_id, graph, threads, prov, os.environ.get("NECODA_ORT_SPIN", "0") == "1")
+    spin = os.environ.get("NECODA_ORT_SPIN", "0") == "1"
+    key = (model_id, graph, threads, prov, spin)
     with _lock:
         s = _sessions.get(key)
         if s is None:
@@ -91,8 +92,7 @@ def session(model_id: str, graph: str, blob: bytes, threads: int | None = None):
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            spin = "1" if os.environ.get("NECODA_ORT_SPIN", "0") == "1" else "0"
-            so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
             s = ort.InferenceSession(blob, sess_options=so, providers=list(prov))
             _sessions[key] = s
         return s

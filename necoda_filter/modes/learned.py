@@ -75,6 +75,13 @@ def _from_tiles(b, tile, padded):
     return b.reshape(Tp, Hp, Wp)
 
 
+def _tile_origin(k, tile, grid):
+    """First voxel (t, y, x) in the padded chunk of tile ``k`` (C order of the (time, row, column) grid)."""
+    tt, th, tw = tile
+    gh, gw = grid
+    return (k // (gh * gw) * tt, (k // gw) % gh * th, k % gw * tw)
+
+
 def _as3(shape):
     if len(shape) == 1:
         raise ValueError("learned mode needs image data (at least 2-D)")
@@ -133,8 +140,8 @@ CROP_HALO_T = 1
 
 def _box_crops(tile, grid, n, window, box, split, down):
     """The tiles and latent frames that decode the box of a chunk starting at ``window`` with shape
-    ``box``: ``[(tile index, (t0, t1), (0, h4), (0, w4)), ...]`` (latent ranges in the tile), or None
-    when that does not pay (or does not apply: unsplit decoders, a GPU provider).
+    ``box``: ``[(tile index, (t0, t1)), ...]`` (latent frames of the tile; always its full height and
+    width), or None when that does not pay (or does not apply: unsplit decoders, a GPU provider).
 
     Exactness: tiles are decoded independently anyway, and in time every frame written lies at least
     the receptive field away from a crop edge that is not the tile's own edge, so it sees exactly the
@@ -150,18 +157,16 @@ def _box_crops(tile, grid, n, window, box, split, down):
     if not CROP_MAX_FRACTION or os.environ.get("NECODA_READ_CROP", "1") == "0" or not split \
             or not split.get("zs_shape_only") or runtime.providers() != ["CPUExecutionProvider"]:
         return None
-    tt, th, tw = tile
-    gh, gw = grid
-    lt_n, ly_n, lx_n = tt // down[0], th // down[1], tw // down[2]
+    lt_n = tile[0] // down[0]
     crops, work = [], 0
     for k in range(n):
-        o = (k // (gh * gw) * tt, (k // gw) % gh * th, k % gw * tw)
+        o = _tile_origin(k, tile, grid)
         lo = [max(w, org) - org for w, org in zip(window, o)]
-        hi = [min(w + b, org + size) - org for w, b, org, size in zip(window, box, o, (tt, th, tw))]
+        hi = [min(w + b, org + size) - org for w, b, org, size in zip(window, box, o, tile)]
         if any(h <= l for l, h in zip(lo, hi)):
             continue  # the box misses this tile
         lt = (max(0, lo[0] // down[0] - CROP_HALO_T), min(lt_n, -(-hi[0] // down[0]) + CROP_HALO_T))
-        crops.append((k, lt, (0, ly_n), (0, lx_n)))
+        crops.append((k, lt))
         work += lt[1] - lt[0]
     if work > CROP_MAX_FRACTION * n * lt_n:
         return None
@@ -335,18 +340,28 @@ class LearnedMode:
         packed = tab.get("decoder_output", "dense") == "packed"
         split = tab.get("decoder_split")
 
+        down = tuple(int(v) for v in tab["latents"]["zs"]["down"])  # latent step: frames, pixels
+        pairs = down[0] // 2  # packed output frame pairs per latent frame
+
+        def run_decoder(lo, hi, lt=None):
+            """Decoder output for tiles lo..hi-1, on their latent frames ``lt`` (a split decoder's main
+            graph only; all frames when None)."""
+            t = slice(None) if lt is None else slice(*lt)
+            feeds = {"zs": zs[lo:hi, :, t], "base": base_feed[np.arange(lo, hi) % (gh * gw)]}
+            if split:
+                ctx = _context(pkg, zs[lo:hi], zt[lo:hi], not qt[lo:hi].any(), threads)
+                feeds[split["input"]] = ctx if lt is None else ctx[:, pairs * lt[0]:pairs * lt[1]]
+            else:
+                feeds["zt"] = zt[lo:hi]
+            if packed:  # consumed before the next call: decode into this thread's reusable buffer
+                nt = tt // 2 if lt is None else pairs * (lt[1] - lt[0])
+                pp = runtime.scratch(((hi - lo) * nt, 32, th // 4, tw // 4))
+                return runtime.run_into(pkg.id, "decoder", pkg.decoder, feeds, [pp], threads)[0]
+            return runtime.run(pkg.id, "decoder", pkg.decoder, feeds, threads)[0]
+
         def decoded():  # (first tile, last tile + 1, decoder output) per ONNX Runtime call
             for lo, hi in batches:
-                feeds = {"zs": zs[lo:hi], "base": base_feed[np.arange(lo, hi) % (gh * gw)]}
-                if split:
-                    feeds[split["input"]] = _context(pkg, zs[lo:hi], zt[lo:hi], not qt[lo:hi].any(), threads)
-                else:
-                    feeds["zt"] = zt[lo:hi]
-                if packed:  # consumed before the next call: decode into this thread's reusable buffer
-                    pp = runtime.scratch(((hi - lo) * (tt // 2), 32, th // 4, tw // 4))
-                    yield lo, hi, runtime.run_into(pkg.id, "decoder", pkg.decoder, feeds, [pp], threads)[0]
-                else:
-                    yield lo, hi, runtime.run(pkg.id, "decoder", pkg.decoder, feeds, threads)[0]
+                yield lo, hi, run_decoder(lo, hi)
 
         if packed:
             from .. import _kernels
@@ -361,26 +376,17 @@ class LearnedMode:
             a = np.float32(0.25 * float(params["g"]))  # inverse VST: a * max(v, 0)**2 + b, as prep.inverse_vst
             b = np.float32(float(params["o"]) - 0.375 * float(params["g"]))
             bqc = np.ascontiguousarray(bq, dtype=np.float32)
-            down = tuple(int(v) for v in tab["latents"]["zs"]["down"])  # latent step: frames, pixels
             crops = _box_crops(tile, (gh, gw), n, window, res.shape, split, down) if direct else None
-            if crops is not None:  # a small box: run the decoder on the latents around it only
-                pt, ps = down[0] // 2, down[1]  # output frame pairs per latent frame, pixels per latent pixel
-                for k, lt, ly, lx in crops:
-                    ctx = _context(pkg, zs[k:k + 1], zt[k:k + 1], not qt[k:k + 1].any(), threads)
-                    feeds = {"zs": zs[k:k + 1, :, lt[0]:lt[1], ly[0]:ly[1], lx[0]:lx[1]],
-                             "base": base_feed[k % (gh * gw)][None, ..., ps * ly[0]:ps * ly[1], ps * lx[0]:ps * lx[1]],
-                             split["input"]: ctx[:, pt * lt[0]:pt * lt[1], :, ly[0]:ly[1], lx[0]:lx[1]]}
-                    pp = runtime.scratch((pt * (lt[1] - lt[0]), 32, ly[1] - ly[0], lx[1] - lx[0]))
-                    pp = runtime.run_into(pkg.id, "decoder", pkg.decoder, feeds, [pp], threads)[0]
-                    origin = (k // (gh * gw) * tt + down[0] * lt[0], (k // gw) % gh * th + ps * ly[0],
-                              k % gw * tw + ps * lx[0])
-                    _kernels.learned_finish(pp, origin, bqc, a, b, res, window)
+            if crops is not None:  # a box of few frames: run the decoder on the latent frames around it only
+                for k, lt in crops:
+                    t0, y0, x0 = _tile_origin(k, tile, (gh, gw))
+                    _kernels.learned_finish(run_decoder(k, k + 1, lt), (t0 + down[0] * lt[0], y0, x0), bqc, a, b,
+                                            res, window)
                 return None
             for lo, hi, pp in decoded():
                 pp = pp.reshape(hi - lo, tt // 2, 32, th // 4, tw // 4)
                 for k in range(lo, hi):
-                    origin = (k // (gh * gw) * tt, (k // gw) % gh * th, k % gw * tw)
-                    _kernels.learned_finish(pp[k - lo], origin, bqc, a, b, res, window)
+                    _kernels.learned_finish(pp[k - lo], _tile_origin(k, tile, (gh, gw)), bqc, a, b, res, window)
             if direct:
                 return None
             return res if fused else _finish(res, dtype)
