@@ -71,9 +71,55 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _worker_init(parent: int | None = None):
+def _open_hdf5_files() -> frozenset:
+    """(st_dev, st_ino) of the files HDF5 has open in this process (those on disk)."""
+    import h5py
+
+    keys = set()
+    for fid in h5py.h5f.get_obj_ids(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE):
+        try:
+            st = os.stat(fid.name)
+        except (OSError, TypeError, ValueError):  # in memory, a Python file object, ...
+            continue
+        keys.add((st.st_dev, st.st_ino))
+    return frozenset(keys)
+
+
+def _close_inherited_files(keys) -> None:
+    """Close a forked worker's copies of the parent's HDF5 file descriptors.
+
+    HDF5 locks files with flock(), whose lock belongs to the open file description that a forked
+    child shares: a persistent worker holding a copy would keep the file locked after the user closed it
+    (``h5py.File(path, "a")`` fails with "unable to lock file" until :func:`shutdown_pool`). Workers never
+    use these descriptors."""
+    import stat
+
+    if not keys:
+        return
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        try:
+            names = os.listdir(folder)
+            break
+        except OSError:
+            continue
+    else:
+        return
+    for name in names:
+        fd = int(name)
+        if fd < 3:
+            continue
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in keys:
+            os.close(fd)
+
+
+def _worker_init(parent: int | None = None, hdf5_files=frozenset()):
     import signal
 
+    _close_inherited_files(hdf5_files)
     import necoda_filter  # noqa: F401 — registers the codecs
     from .models import runtime
 
@@ -95,13 +141,13 @@ def _new_process_pool(workers: int) -> ProcessPoolExecutor:
     script in each worker (a script without an ``if __name__ == "__main__"`` guard would run again).
     The workers are forked at once (one warm-up task each) so they are created before the caller
     starts threads of its own (progress bars), and they only decode/encode bytes — they never touch
-    HDF5 objects inherited from the parent.
+    HDF5 objects inherited from the parent, and close their copies of its HDF5 files' descriptors.
     """
     import multiprocessing as mp
 
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), initializer=_worker_init,
-                               initargs=(os.getpid(),))
+                               initargs=(os.getpid(), _open_hdf5_files() if method == "fork" else frozenset()))
     for f in [pool.submit(_noop) for _ in range(workers)]:
         f.result()
     return pool
@@ -344,6 +390,18 @@ def _mostly_gil_free(got) -> bool:
         return False
 
 
+def _missing_chunk_value(dataset):
+    """What ``dataset[...]`` holds where no chunk was written: h5py reads into a zeroed array and HDF5
+    writes the fill value over it, unless the fill value is undefined or the fill time is "never"."""
+    import h5py
+
+    plist = dataset.id.get_create_plist()
+    if (plist.get_fill_time() == h5py.h5d.FILL_TIME_NEVER
+            or plist.fill_value_defined() == h5py.h5d.FILL_VALUE_UNDEFINED):
+        return 0
+    return dataset.fillvalue
+
+
 def _is_plain_necoda(dataset) -> bool:
     if dataset.chunks is None:
         return False
@@ -362,6 +420,8 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
     """
     if executor not in ("auto", "process", "thread", "serial"):
         raise ValueError(f"executor must be auto, process, thread or serial, not {executor!r}")
+    if not dataset.id.valid:  # what dataset[...] raises, with a message saying why
+        raise RuntimeError("cannot read a closed dataset (its file was closed)")
     if not _is_plain_necoda(dataset) or dataset.dtype.fields is not None:
         return dataset[selection]
     try:
@@ -387,12 +447,24 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
     workers = cpus.available() if workers is None else max(1, int(workers))
     dsid = dataset.id
     chunk_dtype = np.dtype(dtype)
+    fill = []  # the value of chunks never written, looked up when the first one is met
+
+    def missing():
+        if not fill:
+            fill.append(_missing_chunk_value(dataset))
+        return fill[0]
 
     def fetch(off):
         try:
             return dsid.read_direct_chunk(off)
         except (RuntimeError, OSError, ValueError):
             return None  # not allocated: fill value
+        except MemoryError:
+            # no chunk written yet, so no chunk index: H5Dget_chunk_storage_size leaves the size h5py
+            # allocates its buffer with unset (an arbitrary value), instead of failing
+            if dsid.get_storage_size() == 0:
+                return None
+            raise
 
     mode = executor
     if mode == "auto":
@@ -408,7 +480,7 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
         for off, dsl, lsel in plan:
             got = fetch(off)
             if got is None:
-                out[dsl] = dataset.fillvalue
+                out[dsl] = missing()
             else:
                 _decode_place(out, dsl, got[1], got[0], chunks, chunk_dtype, lsel)
         return out[final]
@@ -422,7 +494,7 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
             off, dsl, lsel = item
             got = fetch(off)
             if got is None:
-                out[dsl] = dataset.fillvalue
+                out[dsl] = missing()
             else:
                 with runtime.worker_threads(ort_threads):
                     _decode_place(out, dsl, got[1], got[0], chunks, chunk_dtype, lsel)
@@ -453,7 +525,7 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
         for off, dsl, lsel in plan:
             got = fetch(off)
             if got is None:
-                out[dsl] = dataset.fillvalue
+                out[dsl] = missing()
                 continue
             batch.append((got[1], got[0], dsl, lsel))
             batch_bytes += len(got[1])
