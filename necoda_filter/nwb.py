@@ -22,7 +22,7 @@ How a dataset is recompressed:
   does not round-trip exactly aborts the run.
 
 Files are written atomically: to a temporary ``.<OUT>.necoda-tmp-<pid>`` in OUT's directory, fsync'ed and
-renamed over OUT only when complete; the temporary is removed on any error, Ctrl-C or SIGTERM, and stale
+renamed over OUT only when complete; the temporary is removed on any error, Ctrl-C, SIGTERM or SIGHUP, and stale
 temporaries of dead processes (SIGKILL) are removed by the next run for the same OUT.
 """
 from __future__ import annotations
@@ -68,6 +68,7 @@ IMAGING_FRAMES = 64          # frames per imaging chunk
 IMAGING_TILE = 512           # max tile height/width
 IMAGING_MAX_CHUNK = 64 << 20  # cap on the bytes of one imaging chunk (fewer frames if needed)
 EPHYS_MAX_CHUNK = 4 << 20    # cap on the bytes of one ephys chunk (~1 s x all channels otherwise)
+EPHYS_MIN_CHUNK = 16 << 10   # floor on the bytes of one ephys chunk (low sampling rates)
 SLAB_MAX = 64 << 20          # read a whole row of chunks at once when it is at most this large
 SOURCE_CACHE_MAX = 64 << 20  # chunk cache for a source whose chunks straddle our chunk rows
 NOISE_SAMPLE_MAX = 32 << 20  # at most this many bytes of data are used to estimate the noise level
@@ -123,12 +124,14 @@ def sampling_rate(group: h5py.Group) -> float:
     return DEFAULT_FS
 
 
-def plan_chunks(kind: str, shape: tuple, itemsize: int, fs: float = DEFAULT_FS) -> tuple:
+def plan_chunks(kind: str, shape: tuple, itemsize: int, fs: float | None = DEFAULT_FS) -> tuple:
     """Chunk shape for a recompressed dataset.
 
     imaging (T, H, W, ...): 64 frames x full frame when H, W <= 512, else tiles of at most 512 x 512
     (equal-sized tiles covering the frame); trailing axes whole; fewer frames if a chunk would exceed
-    64 MB. ephys (T, C, ...): about one second (``fs`` samples) x all channels, capped at 4 MB.
+    64 MB. ephys (T, C, ...): about one second (``fs`` samples) x all channels, at least 16 KiB (low
+    rates) and at most 4 MB; ``fs=None`` when rows are not time samples (SpikeEventSeries: one event
+    per row): as many rows as 4 MB holds.
     """
     shape = tuple(int(s) for s in shape)
     if not shape:
@@ -145,8 +148,9 @@ def plan_chunks(kind: str, shape: tuple, itemsize: int, fs: float = DEFAULT_FS) 
         return tuple(c)
     if kind == "ephys":
         per_row = int(np.prod(dims[1:], dtype=np.int64)) * itemsize
-        rows = max(1, int(round(fs)))
-        rows = min(rows, max(1, EPHYS_MAX_CHUNK // max(per_row, 1)))
+        cap = max(1, EPHYS_MAX_CHUNK // max(per_row, 1))
+        rows = cap if fs is None else max(1, int(round(fs)), -(-EPHYS_MIN_CHUNK // max(per_row, 1)))
+        rows = min(rows, cap)
         if rows >= 1024:
             rows -= rows % 256
         return (max(1, min(dims[0], rows)), *dims[1:])
@@ -202,8 +206,12 @@ def clean_stale_temps(out: Path) -> list[Path]:
 def check_paths(src, dst, overwrite: bool = False) -> tuple[Path, Path]:
     src = Path(src)
     dst = Path(dst)
-    if not src.is_file():
+    if not src.exists():
         raise FileNotFoundError(f"input file {src} does not exist")
+    if not src.is_file():
+        raise ValueError(f"input {src} is not a file")
+    if not h5py.is_hdf5(src):
+        raise ValueError(f"input file {src} is not an HDF5/NWB file")
     if os.path.realpath(src) == os.path.realpath(dst) or (dst.exists() and os.path.samefile(src, dst)):
         raise ValueError(f"refusing to overwrite the input file {src} (input and output are the same file)")
     if dst.exists() and not overwrite:
@@ -221,7 +229,8 @@ class _Terminated(SystemExit):
 
 @contextlib.contextmanager
 def _sigterm_as_exit():
-    """Turn SIGTERM into an exception (so cleanup runs) while the block runs in the main thread."""
+    """Turn SIGTERM and SIGHUP (terminal or ssh session closed) into an exception (so cleanup runs)
+    while the block runs in the main thread; a signal already ignored (``nohup``) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -229,11 +238,15 @@ def _sigterm_as_exit():
     def handler(signum, frame):
         raise _Terminated(128 + signum)
 
-    old = signal.signal(signal.SIGTERM, handler)
+    old = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+            old[sig] = signal.signal(sig, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 @contextlib.contextmanager
@@ -271,11 +284,20 @@ def atomic_output(dst: Path):
 # object-by-object copy with re-pointed references
 # --------------------------------------------------------------------------------------------------
 
+def _vlen_base(dt: np.dtype) -> np.dtype | None:
+    """Element dtype of a variable-length sequence type (not of a vlen string), else None."""
+    base = h5py.check_vlen_dtype(dt)
+    return base if isinstance(base, np.dtype) else None
+
+
 def _has_ref(dt: np.dtype) -> bool:
     if dt.fields:
         return any(_has_ref(f[0]) for f in dt.fields.values())
     if dt.subdtype is not None:
         return _has_ref(dt.subdtype[0])
+    base = _vlen_base(dt)  # e.g. DIMENSION_LIST of dimension scales: vlen sequences of references
+    if base is not None:
+        return _has_ref(base)
     return h5py.check_ref_dtype(dt) is not None
 
 
@@ -314,9 +336,12 @@ class Copier:
         self._group(self.src, self.dst)
         self._fix_refs()
 
-    def copy_attrs(self, s, d) -> None:
-        """Copy every attribute of ``s`` onto ``d`` with its exact type and shape (refs deferred)."""
+    def copy_attrs(self, s, d, skip=None) -> None:
+        """Copy every attribute of ``s`` (but those ``skip(name)`` is true for) onto ``d`` with its exact
+        type and shape (refs deferred)."""
         for name in s.attrs:
+            if skip is not None and skip(name):
+                continue
             aid = s.attrs.get_id(name)
             dt = aid.dtype
             if _has_ref(dt):
@@ -343,7 +368,7 @@ class Copier:
                 dg[name] = h5py.SoftLink(link.path)
                 continue
             if isinstance(link, h5py.ExternalLink):
-                dg[name] = h5py.ExternalLink(link.filename, link.path)
+                dg[name] = h5py.ExternalLink(self._link_file(link.filename, posixpath.join(dg.name, name)), link.path)
                 continue
             obj = sg[name]
             key = self._key(obj)
@@ -364,6 +389,21 @@ class Copier:
             else:  # committed datatype
                 sg.copy(obj, dg, name)
                 self._note_refs(obj, dg[name])
+
+    def _link_file(self, fn: str, where: str) -> str:
+        """File name for an external link in OUT. HDF5 looks for a relative name in the linking file's
+        folder: when OUT is written to another folder and the file exists next to IN, the name is
+        re-based on OUT's folder so that the link still resolves (otherwise it is kept as it was)."""
+        if os.path.isabs(fn):
+            return fn
+        sdir = os.path.dirname(os.path.abspath(self.src.filename))
+        ddir = os.path.dirname(os.path.abspath(self.dst.filename))
+        target = os.path.join(sdir, fn)
+        if os.path.realpath(sdir) == os.path.realpath(ddir) or not os.path.exists(target):
+            return fn
+        new = os.path.relpath(target, ddir)
+        log.warning("necoda: external link %s: file %r written as %r (relative to the output's folder)", where, fn, new)
+        return new
 
     def _map_ref(self, ref):
         if not ref:
@@ -403,6 +443,14 @@ class Copier:
                 if _has_ref(fdt):
                     out[f] = self.remap(arr[f], fdt)
             return out if arr.ndim else out[()]
+        base = _vlen_base(arr.dtype)
+        if base is not None:
+            if not _has_ref(base):
+                return val
+            out = np.empty(arr.shape, dtype=arr.dtype)
+            for idx in np.ndindex(arr.shape):
+                out[idx] = self.remap(np.asarray(arr[idx], dtype=base), base)
+            return out if arr.ndim else out[()]
         kind = h5py.check_ref_dtype(arr.dtype)
         if kind is None:
             return val
@@ -427,6 +475,10 @@ class Copier:
             d = self.dst[dpath]
             if s.shape is None or s.size == 0:
                 continue
+            if _vlen_base(s.dtype) is not None and s.ndim:
+                # h5py's __setitem__ cannot convert vlen sequences of references; the low-level write can
+                d.id.write(h5py.h5s.ALL, h5py.h5s.ALL, self.remap(s[...], s.dtype))
+                continue
             d[...] = self.remap(s[...], s.dtype)
 
 
@@ -447,6 +499,22 @@ def _copy_userblock(src_path: Path, dst_path: Path, size: int) -> None:
 # workers (module level: run in worker processes)
 # --------------------------------------------------------------------------------------------------
 
+def finite_pair(o: np.ndarray, d: np.ndarray):
+    """``(o, d, mismatch, lo, hi)`` for error statistics of decoded ``d`` against original ``o``.
+
+    NaN/inf would turn every statistic into NaN (which ``max()`` then silently drops): samples not
+    finite on both sides are set to 0 in both (no error), ``mismatch`` says whether one of them was not
+    returned as itself (an infinite error), ``lo``/``hi`` are the finite extremes of ``o`` (inf/-inf
+    when it has none)."""
+    if o.dtype.kind != "f" or (np.isfinite(o).all() and np.isfinite(d).all()):
+        return o, d, False, float(o.min()), float(o.max())
+    both = np.isfinite(o) & np.isfinite(d)
+    mismatch = bool((~both & (o != d) & ~(np.isnan(o) & np.isnan(d))).any())
+    fin_o = o[np.isfinite(o)]
+    lo, hi = (float(fin_o.min()), float(fin_o.max())) if fin_o.size else (math.inf, -math.inf)
+    return np.where(both, o, 0).astype(o.dtype), np.where(both, d, 0).astype(d.dtype), mismatch, lo, hi
+
+
 def _encode_chunk(arr: np.ndarray, mode: str, opts: dict, valid: tuple, sigma) -> tuple[bytes, dict]:
     """Encode one full (padded) chunk as the filter would, decode it again and measure the error on
     the valid (unpadded) region. Runs in a worker process."""
@@ -462,18 +530,21 @@ def _encode_chunk(arr: np.ndarray, mode: str, opts: dict, valid: tuple, sigma) -
     d = dec[sl]
     n = int(o.size)
     st = {"n": n, "mode_id": h.mode_id, "model_id": h.model_id, "stored": len(enc)}
+    lossy = modes.get(h.mode_id).lossy
+    if not lossy:  # bit for bit (NaN payloads and -0.0 included), whatever the values
+        u = np.dtype(f"u{o.dtype.itemsize}")
+        if not np.array_equal(o.view(u), d.view(u)):
+            raise RuntimeError(f"necoda {modes.MODE_NAMES[h.mode_id]} chunk did not round-trip exactly: "
+                               "refusing to write it")
+    o, d, mismatch, lo, hi = finite_pair(o, d)
     es = metrics.error_stats(o, d)
-    st["sse"] = es["rmse"] ** 2 * n
-    st["max_abs"] = es["max_abs"]
-    st["lo"] = float(o.min())
-    st["hi"] = float(o.max())
+    st["sse"] = math.inf if mismatch else es["rmse"] ** 2 * n
+    st["max_abs"] = math.inf if mismatch else es["max_abs"]
+    st["lo"] = lo
+    st["hi"] = hi
     if sigma is not None:
         nr = metrics.noise_rmse(o, d, sigma)
-        st["noise_sse"] = nr * nr * n
-    lossy = modes.get(h.mode_id).lossy
-    if not lossy and es["max_abs"] != 0:
-        raise RuntimeError(f"necoda {modes.MODE_NAMES[h.mode_id]} chunk did not round-trip exactly "
-                           f"(max error {es['max_abs']}): refusing to write it")
+        st["noise_sse"] = math.inf if mismatch else nr * nr * n
     return enc, st
 
 
@@ -621,7 +692,8 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
 
     t0 = time.perf_counter()
     fs = sampling_rate(src.parent) if kind == "ephys" else DEFAULT_FS
-    chunks = plan_chunks(kind, src.shape, src.dtype.itemsize, fs)
+    events = _attr_str(src.parent, "neurodata_type") == "SpikeEventSeries"  # rows are events, not samples
+    chunks = plan_chunks(kind, src.shape, src.dtype.itemsize, None if events else fs)
     filt = settings.filter_for(kind)
     maxshape = src.maxshape
     fill = src.fillvalue
@@ -699,8 +771,8 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
 
     n = max(acc["n"], 1)
     rmse = math.sqrt(acc["sse"] / n)
-    rng = acc["hi"] - acc["lo"]
-    psnr = math.inf if rmse == 0 else (20 * math.log10(rng / rmse) if rng > 0 else math.nan)
+    rng = acc["hi"] - acc["lo"] if acc["hi"] >= acc["lo"] else math.nan  # NaN: no finite sample
+    psnr = math.inf if rmse == 0 else (20 * math.log10(rng / rmse) if rng > 0 and math.isfinite(rmse) else math.nan)
     noise_rmse = math.sqrt(acc["noise_sse"] / n) if sigma is not None else math.nan
     mode_name = modes.resolve(fmode) if fmode != "auto" else "auto"
     lossy = any(modes.get(m).lossy for m in acc["modes"] if m in modes.MODE_IDS)
@@ -756,26 +828,55 @@ def _rewrite_file(src_path, dst_path, overwrite, workers, handler) -> None:
         executor.shutdown(wait=True, cancel_futures=True)
 
 
+def _resolve_only(src_path, paths) -> set:
+    """Object addresses of the series data named by ``paths`` (see :func:`recompress_file`)."""
+    with h5py.File(src_path, "r") as f:
+        targets = set()
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and target_kind(obj) is not None:
+                targets.add(Copier._key(obj)[1])
+
+        f.visititems(visit)
+        keys = set()
+        for p in paths:
+            try:
+                obj = f.get("/" + str(p).strip("/"))
+            except (KeyError, OSError):  # e.g. a dangling external link
+                obj = None
+            if isinstance(obj, h5py.Group) and isinstance(obj.get("data"), h5py.Dataset):
+                obj = obj["data"]
+            key = Copier._key(obj)[1] if isinstance(obj, h5py.Dataset) and obj.file == f else None
+            if key not in targets:
+                raise ValueError(f"--only {p}: not the data of a {'/'.join(TARGET_TYPES)} in {src_path}")
+            keys.add(key)
+    return keys
+
+
 def recompress_file(src_path, dst_path, settings: Settings | None = None, workers: int | None = None,
                     overwrite: bool = False, progress: bool = True, only: list[str] | None = None) -> list[DatasetReport]:
     """Copy the NWB/HDF5 file ``src_path`` to ``dst_path`` recompressing its neural datasets.
 
     Returns one :class:`DatasetReport` per recompressed dataset. ``only``: restrict recompression to
-    these dataset paths (others are copied unchanged)."""
+    these series (paths of their ``data``, of the series group, or links to either; the leading "/" is
+    optional); a path that names no recompressible series data is an error."""
     settings = settings or Settings()
     # validate the settings (and that the modes are available) before touching the disk
     for kind in ("imaging", "ephys"):
         f = settings.filter_for(kind)
         modes.get(f.mode)
+    check_paths(src_path, dst_path, overwrite)
+    only_keys = None if only is None else _resolve_only(src_path, only)
     reports: list[DatasetReport] = []
     source_name = Path(src_path).name
 
     def handler(sds, dg, name, copier, executor, nworkers):
         kind = target_kind(sds)
-        if kind is None or (only is not None and sds.name not in only):
+        if kind is None or (only_keys is not None and Copier._key(sds)[1] not in only_keys):
             return False
         rep = recompress_dataset(sds, dg, name, kind, settings, executor, nworkers, progress, source_name)
-        copier.copy_attrs(sds, dg[name])
+        # provenance of an earlier necoda run (e.g. necoda_decompressed_by) does not describe this one
+        copier.copy_attrs(sds, dg[name], skip=lambda n: n.startswith(provenance.PREFIX))
         provenance.write(dg[name], rep.provenance)
         if rep.provenance["lossy"]:
             provenance.append_comment(dg, provenance.comment_text(rep.provenance, sds.name))

@@ -22,7 +22,8 @@ def add_arguments(p) -> None:
                    help="parallel encoder processes (default: CPUs available; 1 = no pool)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never IN)")
     p.add_argument("--only", action="append", default=None, metavar="PATH",
-                   help="recompress only this dataset path (repeatable); other data is copied unchanged")
+                   help="recompress only this series (path of its data or of the series group; repeatable); "
+                        "other data is copied unchanged. A path that names no series data is an error")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

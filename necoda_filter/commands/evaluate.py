@@ -74,13 +74,41 @@ def _pairs(orig, comp):
             return
         path = "/" + name
         o = orig.get(path)
-        if isinstance(o, h5py.Dataset) and o.shape == obj.shape:
+        if isinstance(o, h5py.Dataset) and o.shape == obj.shape and o.dtype == obj.dtype:
             out.append(path)
         else:
-            print(f"necoda evaluate: {path}: no dataset of the same shape in the original; skipped", file=sys.stderr)
+            print(f"necoda evaluate: {path}: no dataset of the same shape and dtype in the original; skipped",
+                  file=sys.stderr)
 
     comp.visititems(visit)
     return out
+
+
+def _necoda_paths(f) -> list[str]:
+    import h5py
+
+    from ..nwb import necoda_filter_info
+
+    found = []
+    f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) and obj.chunks is not None
+                 and necoda_filter_info(obj)[0] else None)
+    return found
+
+
+def _check_source(res: dict, c, original) -> None:
+    """Compare the measured max error with the one recorded at write time (against the real source):
+    a larger one means ORIGINAL is not (or no longer) the data COMPRESSED was made from."""
+    from .. import provenance
+
+    rec = (provenance.read(c) or {}).get("max_abs_error")
+    mx = res.get("max_abs")
+    if rec is None or mx is None or not math.isfinite(rec) or not math.isfinite(mx):
+        return
+    res["recorded_max_abs"] = rec
+    res["source_mismatch"] = bool(mx > rec * (1 + 1e-6) + 1e-9)
+    if res["source_mismatch"]:
+        print(f"necoda evaluate: warning: {c.name}: max error {mx:.6g} here but {rec:.6g} measured when it was "
+              f"compressed: {original} is not the file it was compressed from (or was modified)", file=sys.stderr)
 
 
 def _kind(o, c) -> str:
@@ -117,7 +145,7 @@ def _clean(v):
 def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, window_seconds=5.0,
                      window_mb=256.0, figures=True) -> dict:
     from .. import metrics, provenance
-    from ..nwb import sampling_rate
+    from ..nwb import finite_pair, sampling_rate
     from ..reader import read
 
     res: dict = {"path": o.name, "kind": kind, "shape": list(o.shape), "dtype": str(o.dtype)}
@@ -176,24 +204,26 @@ def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, win
         inside = t1 <= wrows  # block already read for the fidelity window
         ob = ow[t:t1] if inside else o[t:t1]
         db = dw[t:t1] if inside else read(c, np.s_[t:t1])
+        ob, db, mismatch, blo, bhi = finite_pair(ob, db)  # NaN/inf: compared as themselves, not as NaN errors
         es = metrics.error_stats(ob, db)
         k = ob.size
         n += k
-        sse += es["rmse"] ** 2 * k
+        sse += math.inf if mismatch else es["rmse"] ** 2 * k
         s1 += es["mean_error"] * k
-        mx = max(mx, es["max_abs"])
-        lo = min(lo, float(ob.min()))
-        hi = max(hi, float(ob.max()))
+        mx = max(mx, math.inf if mismatch else es["max_abs"])
+        lo = min(lo, blo)
+        hi = max(hi, bhi)
         if sigma is not None:
             nr = metrics.noise_rmse(ob, db, sigma)
-            nsse += nr * nr * k
+            nsse += math.inf if mismatch else nr * nr * k
     rmse = math.sqrt(sse / n)
-    rng = hi - lo
+    rng = hi - lo if hi >= lo else math.nan
     res["max_abs"] = mx
     res["rmse"] = rmse
     res["mean_error"] = s1 / n
     res["data_range"] = rng
-    res["psnr"] = math.inf if rmse == 0 else (20 * math.log10(rng / rmse) if rng > 0 else math.nan)
+    res["psnr"] = math.inf if rmse == 0 else (20 * math.log10(rng / rmse) if rng > 0 and math.isfinite(rmse)
+                                              else math.nan)
     res["rmse_noise"] = math.sqrt(nsse / n) if sigma is not None else math.nan
 
     figs = []
@@ -334,15 +364,28 @@ def evaluate_files(original, compressed, report_dir=None, figures=True, **window
     for p in (original, compressed):
         if not p.is_file():
             raise FileNotFoundError(f"{p} does not exist")
+        if not h5py.is_hdf5(p):
+            raise ValueError(f"{p} is not an HDF5/NWB file")
     report_dir = Path(report_dir) if report_dir else compressed.with_name(compressed.name + ".necoda-report")
-    report_dir.mkdir(parents=True, exist_ok=True)
     out = {"original": str(original), "compressed": str(compressed), "necoda_version": __version__,
            "original_file_bytes": original.stat().st_size, "compressed_file_bytes": compressed.stat().st_size,
            "datasets": []}
     with h5py.File(original, "r") as fo, h5py.File(compressed, "r") as fc:
-        for path in _pairs(fo, fc):
+        pairs = _pairs(fo, fc)
+        if not pairs:  # nothing to evaluate: mismatched or swapped files, not an empty success
+            n = len(_necoda_paths(fc))
+            if n == 0:
+                hint = (" (the first file has some: arguments swapped? ORIGINAL comes first)"
+                        if _necoda_paths(fo) else "")
+                raise ValueError(f"{compressed} has no necoda-compressed dataset to evaluate{hint}")
+            raise ValueError(f"none of the {n} necoda-compressed dataset(s) of {compressed} has a counterpart of "
+                             f"the same path, shape and dtype in {original}: is it the file it was compressed from?")
+        report_dir.mkdir(parents=True, exist_ok=True)
+        for path in pairs:
             o, c = fo[path], fc[path]
-            out["datasets"].append(evaluate_dataset(o, c, _kind(o, c), report_dir, figures=figures, **window))
+            res = evaluate_dataset(o, c, _kind(o, c), report_dir, figures=figures, **window)
+            _check_source(res, c, original)
+            out["datasets"].append(res)
     out["file_ratio"] = out["original_file_bytes"] / max(1, out["compressed_file_bytes"])
     (report_dir / "report.json").write_text(json.dumps(_clean(out), indent=2))
     (report_dir / "report.md").write_text(markdown(out))
@@ -372,6 +415,11 @@ def markdown(res: dict) -> str:
                      f"{_fmt(d['psnr'], '.2f')} | {_fmt(d['rmse_noise'])} | {fid} |")
     lines += ["", "Error statistics cover every sample; ROI/spike fidelity uses the first "
               "`window_rows` rows of each dataset (see report.json).", ""]
+    for d in res["datasets"]:
+        if d.get("source_mismatch"):
+            lines += [f"**Warning:** `{d['path']}`: max error {_fmt(d['max_abs'])} here but "
+                      f"{_fmt(d['recorded_max_abs'])} when it was compressed: the original is not the file it was "
+                      "compressed from (or was modified).", ""]
     for d in res["datasets"]:
         for f in d.get("figures", []):
             lines.append(f"![{d['path']}]({f})")

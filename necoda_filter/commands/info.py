@@ -96,8 +96,12 @@ def file_info(path, include_all=False, max_chunks=8) -> list[dict]:
 def run(args) -> int:
     import os
 
+    import h5py
+
     if not os.path.exists(args.file):
         raise FileNotFoundError(f"no such file: {args.file}")
+    if not os.path.isfile(args.file) or not h5py.is_hdf5(args.file):
+        raise ValueError(f"{args.file} is not an HDF5/NWB file")
     rows = file_info(args.file, args.all, args.chunks)
     if args.json:
         print(json.dumps(rows, indent=2))
