@@ -92,10 +92,14 @@ def _run(h, m, fn):
         return fn()
     except container.CorruptChunk:
         raise
-    except (LookupError, FileNotFoundError):
-        raise
     except Exception as e:  # noqa: BLE001 — anything a mode raises on bad bytes is a corrupt chunk
-        raise container.CorruptChunk(f"necoda {modes.MODE_NAMES[h.mode_id]} payload could not be decoded: {e}") from e
+        from .models.registry import ModelNotFound
+
+        if isinstance(e, (ModelNotFound, FileNotFoundError)):
+            raise  # the chunk names a model that is not installed here: not corruption
+        # KeyError / IndexError included: a parameter block or section table that lacks an entry
+        raise container.CorruptChunk(f"necoda {modes.MODE_NAMES[h.mode_id]} payload could not be decoded: "
+                                     f"{type(e).__name__}: {e}") from e
 
 
 def _check(arr, shape, dtype):
@@ -115,7 +119,11 @@ def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
         full[tuple(slice(0, c) for c in core)] = arr
         arr = full
     if out is not None:
-        np.copyto(out.reshape(h.shape) if out.size == arr.size else out, arr, casting="no")
+        # same number of samples, any shape and layout, filled in C order: never out.reshape(...), which
+        # returns a copy (and leaves ``out`` unwritten) when ``out`` is not contiguous in that order
+        if out.size != arr.size:
+            raise ValueError(f"output array has {out.size} elements, the chunk decodes to {arr.size} {h.shape}")
+        np.copyto(out, arr.reshape(out.shape), casting="no")
         return out
     return arr
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 from numcodecs.abc import Codec
-from numcodecs.compat import ensure_contiguous_ndarray, ensure_ndarray
+from numcodecs.compat import ensure_contiguous_ndarray, ensure_ndarray, ndarray_copy
 
 from . import chunk, options
 from .constants import FILTER_NAME
@@ -31,8 +31,10 @@ class NecodaCodec(Codec):
             out = ensure_ndarray(out)
             if out.nbytes != arr.nbytes:
                 raise ValueError(f"output buffer has {out.nbytes} bytes, the chunk decodes to {arr.nbytes}")
-            out.reshape(-1).view(arr.dtype)[:] = arr.reshape(-1)
-            return out
+            if not (out.flags.c_contiguous or out.flags.f_contiguous):
+                # reshape(-1) of such an array is a copy: the decoded chunk would never reach ``out``
+                raise ValueError("an output array with contiguous memory is required")
+            return ndarray_copy(arr, out)
         return arr
 
     @classmethod

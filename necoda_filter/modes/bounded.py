@@ -466,6 +466,8 @@ class BoundedMode:
                     raise ValueError("bad bounded parameters")
                 K.dequant_uniform(q, 2 * E + 1, hi - lo, lo, rec)
             return (rec if rec.dtype == dtype else rec.astype(dtype)).reshape(shape)
+        if params["k"] != "f" or dtype.kind != "f":
+            raise ValueError(f"bounded payload of kind {params['k']!r} for {dtype}")
         lo, step = float(params["lo"]), float(params["step"])
         rec = (lo + q.astype(np.float64) * step).astype(dtype)
         nx = int(params["nx"])
