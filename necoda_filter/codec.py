@@ -1,7 +1,10 @@
 """``NecodaCodec``: the numcodecs codec (entry point ``numcodecs.codecs: necoda``) over the same chunk codec.
 
 Chunks keep their shape when the caller passes an ndarray (zarr does); a flat buffer is coded as 1-D
-bytes of ``dtype`` (default uint8).
+uint8 bytes. As for every numcodecs codec, ``decode`` gives back the bytes ``encode`` was given, in memory
+order: an F-ordered chunk (zarr v2 ``order="F"``) is coded as its C-ordered transpose. Big-endian chunks are
+refused: chunks store little-endian samples, and a byte-level consumer (zarr v2 views the decoded bytes as
+the array's dtype) would read them byte-swapped; zarr v3 (:mod:`necoda_filter.zarr3`) handles byte order.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from numcodecs.compat import ensure_contiguous_ndarray, ensure_ndarray, ndarray_
 
 from . import chunk, options
 from .constants import FILTER_NAME
+from .dtypes import UnsupportedDtype
 
 
 class NecodaCodec(Codec):
@@ -23,6 +27,13 @@ class NecodaCodec(Codec):
 
     def encode(self, buf):
         arr = buf if isinstance(buf, np.ndarray) else ensure_ndarray(buf)
+        if arr.dtype.str[0] == ">":
+            raise UnsupportedDtype(
+                f"necoda (numcodecs) cannot code big-endian {arr.dtype.str} data: decode returns little-endian "
+                f"samples, which zarr v2 would read byte-swapped; use dtype {arr.dtype.newbyteorder('<').str!r} "
+                "(or a zarr v3 array with NecodaZarrCodec)")
+        if arr.flags.f_contiguous and not arr.flags.c_contiguous:
+            arr = arr.T  # same memory, C order: decode returns these bytes in this order (numcodecs convention)
         return chunk.encode(np.ascontiguousarray(arr), self.mode, **self.options)
 
     def decode(self, buf, out=None):

@@ -6,6 +6,7 @@ appends ``type class, type size, signed, byte order (0 LE, 1 BE), rank, chunk di
 from __future__ import annotations
 
 import math
+import numbers
 import struct
 
 import numpy as np
@@ -48,12 +49,14 @@ def check_options(mode: str, options: dict) -> dict:
         if v is None:
             continue
         kind = OPTION_SLOTS[k][1]
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"necoda option {k} must be a number, got {v!r}")
         if kind == "f64":
             v = float(v)
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"necoda option {k} must be a finite number >= 0, got {v}")
         else:
-            if int(v) != v or not 0 < int(v) < 2**32:
+            if not math.isfinite(v) or int(v) != v or not 0 < int(v) < 2**32:
                 raise ValueError(f"necoda option {k} must be a positive integer, got {v}")
             v = int(v)
         out[k] = v

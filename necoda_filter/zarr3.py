@@ -11,6 +11,8 @@ from zarr.abc.codec import ArrayBytesCodec
 
 from . import chunk, options
 from .constants import FILTER_NAME
+from .container import CorruptChunk
+from .dtypes import code_of
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,20 @@ class NecodaZarrCodec(ArrayBytesCodec):
     def __hash__(self):
         return hash((self.mode, tuple(sorted(self.config.items()))))
 
+    def validate(self, *, shape, dtype, chunk_grid):
+        code_of(dtype.to_native_dtype())  # refuse unsupported dtypes (bool, complex, ...) when the array is created
+
     async def _decode_single(self, chunk_bytes, chunk_spec):
         arr = chunk.decode(chunk_bytes.as_numpy_array())
         want = np.dtype(chunk_spec.dtype.to_native_dtype())
-        arr = arr.astype(want, copy=False).reshape(chunk_spec.shape)
+        shape = tuple(chunk_spec.shape)
+        # chunks store little-endian samples: the one legitimate cast is to a big-endian array dtype
+        if arr.dtype.newbyteorder("<") != want.newbyteorder("<"):
+            raise CorruptChunk(f"necoda chunk holds {arr.dtype} samples, the zarr array's dtype is {want}")
+        # chunk.encode stores a 0-d chunk as shape (1,)
+        if arr.shape != shape and not (shape == () and arr.shape == (1,)):
+            raise CorruptChunk(f"necoda chunk has shape {arr.shape}, the zarr array's chunks are {shape}")
+        arr = arr.astype(want, copy=False).reshape(shape)
         return chunk_spec.prototype.nd_buffer.from_numpy_array(arr)
 
     async def _encode_single(self, chunk_array, chunk_spec):

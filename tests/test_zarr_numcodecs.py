@@ -1,0 +1,229 @@
+"""numcodecs / zarr integration of the necoda codec: NecodaCodec (numcodecs, zarr v2 compressor or filter) and
+NecodaZarrCodec (zarr v3 array->bytes codec, alone, before a compressor, or inside sharding_indexed)."""
+import array
+import json
+import warnings
+
+import numcodecs
+import numpy as np
+import pytest
+
+zarr = pytest.importorskip("zarr")
+
+from conftest import run_fresh  # noqa: E402
+from necoda_filter import chunk, modes  # noqa: E402
+from necoda_filter.codec import NecodaCodec  # noqa: E402
+from necoda_filter.container import CorruptChunk  # noqa: E402
+from necoda_filter.zarr3 import NecodaZarrCodec  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",
+                                        "ignore::RuntimeWarning")
+
+needs_learned = pytest.mark.skipif(not modes.learned_available(), reason="learned mode not installed")
+
+
+def _data(shape, dtype, seed=0):
+    a = np.random.default_rng(seed).integers(0, 100, shape)
+    return np.cumsum(a, axis=-1).astype(dtype) if len(shape) else a.astype(dtype)
+
+
+def _movie(t=32, h=64, w=64):
+    from necoda_filter.simulate import simulate_imaging
+
+    return simulate_imaging(n_frames=t, height=h, width=w, n_cells=6, seed=3).movie
+
+
+def _v3(path_or_store, a, chunks, *, shards=None, compressors=None, fill_value=0, **codec):
+    return zarr.create_array(path_or_store, shape=a.shape, chunks=chunks, shards=shards, dtype=a.dtype,
+                             serializer=NecodaZarrCodec(**codec), compressors=compressors, fill_value=fill_value,
+                             zarr_format=3)
+
+
+# ------------------------------------------------------------------------------ fresh process (entry points)
+def test_fresh_process_reads_v2_v3_sharded_and_compressed_without_import(tmp_path):
+    a = _data((21, 13, 10), "<i2")
+    np.save(tmp_path / "a.npy", a)
+    z = zarr.create_array(str(tmp_path / "v2.zarr"), shape=a.shape, chunks=(8, 5, 10), dtype=a.dtype,
+                          compressors=NecodaCodec(mode="lossless"), zarr_format=2)
+    z[:] = a
+    _v3(str(tmp_path / "v3.zarr"), a, (8, 5, 4), compressors=[zarr.codecs.ZstdCodec()], mode="lossless")[:] = a
+    _v3(str(tmp_path / "v3s.zarr"), a, (4, 5, 5), shards=(8, 10, 10), mode="bounded", max_error=0.0)[:] = a
+    meta = json.loads((tmp_path / "v3s.zarr" / "zarr.json").read_text())
+    assert meta["codecs"][0]["name"] == "sharding_indexed"
+    assert meta["codecs"][0]["configuration"]["codecs"][0] == {
+        "name": "necoda", "configuration": {"mode": "bounded", "max_error": 0.0}}
+    r = run_fresh(f"""
+        import sys, warnings, numpy as np, zarr
+        warnings.simplefilter("ignore")
+        a = np.load({str(tmp_path / 'a.npy')!r})
+        for name in ("v2.zarr", "v3.zarr", "v3s.zarr"):
+            assert "necoda_filter" not in sys.modules or name != "v2.zarr"
+            z = zarr.open_array({str(tmp_path)!r} + "/" + name, mode="r")
+            assert z.dtype == a.dtype, (name, z.dtype)
+            assert np.array_equal(z[:], a), name
+            assert np.array_equal(z[3:19, 2:12, 7], a[3:19, 2:12, 7]), name
+        print("OK")
+    """)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+
+
+# ------------------------------------------------------------------------------ configs
+CONFIGS = [
+    {"mode": "lossless"}, {"mode": "lossless", "level": 3}, {"mode": "bounded", "max_error": 1},
+    {"mode": "bounded", "max_error_noise": 0.5}, {"mode": "raw"}, {"mode": "auto"}, {},
+    pytest.param({"mode": "learned", "quality": 3}, marks=needs_learned),
+    pytest.param({"mode": "learned", "quality": 4, "max_error": 2.5}, marks=needs_learned),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_config_json_round_trip_is_stable(cfg):
+    a = _movie(16, 32, 32)
+    c1 = numcodecs.get_codec({"id": "necoda", **cfg})
+    conf = c1.get_config()
+    c2 = numcodecs.get_codec(json.loads(json.dumps(conf)))
+    assert isinstance(c2, NecodaCodec) and c2 == c1 and c2.get_config() == conf
+    assert bytes(c1.encode(a)) == bytes(c2.encode(a))  # same config -> same bytes
+    z1 = NecodaZarrCodec(**cfg)
+    z2 = NecodaZarrCodec.from_dict(json.loads(json.dumps(z1.to_dict())))
+    assert z2 == z1 and hash(z2) == hash(z1) and z2.to_dict() == z1.to_dict()
+
+
+@pytest.mark.parametrize("opt, value", [
+    ("max_error", "abc"), ("max_error", [1]), ("max_error", True), ("max_error", "0.5"),
+    ("quality", "high"), ("quality", "3"), ("quality", True), ("level", [2]), ("max_error_noise", {"a": 1}),
+])
+def test_invalid_option_value_names_the_option(opt, value):
+    mode = {"quality": "learned", "level": "lossless"}.get(opt, "bounded")
+    with pytest.raises((TypeError, ValueError), match=f"necoda option {opt} "):
+        numcodecs.get_codec({"id": "necoda", "mode": mode, opt: value})
+    with pytest.raises((TypeError, ValueError), match=f"necoda option {opt} "):
+        NecodaZarrCodec.from_dict({"name": "necoda", "configuration": {"mode": mode, opt: value}})
+
+
+def test_unknown_option_and_mode_are_named():
+    with pytest.raises(TypeError, match="maxerror"):
+        numcodecs.get_codec({"id": "necoda", "mode": "bounded", "maxerror": 1})
+    with pytest.raises(TypeError, match="maxerror"):
+        NecodaZarrCodec.from_dict({"name": "necoda", "configuration": {"mode": "bounded", "maxerror": 1}})
+    with pytest.raises(ValueError, match="zip"):
+        numcodecs.get_codec({"id": "necoda", "mode": "zip"})
+
+
+# ------------------------------------------------------------------------------ zarr v3
+def test_zarr3_chunk_of_another_dtype_or_shape_is_an_error(tmp_path):
+    path = tmp_path / "a.zarr"
+    z = _v3(str(path), np.zeros((8, 5), "<u2"), (8, 5), mode="lossless")
+    z[:] = 7
+    chunk_file = path / "c" / "0" / "0"
+    chunk_file.write_bytes(chunk.encode(np.full((8, 5), -1, "<i2"), "lossless"))
+    with pytest.raises(CorruptChunk, match=r"int16.*uint16"):
+        zarr.open_array(str(path), mode="r")[:]
+    chunk_file.write_bytes(chunk.encode(np.full((8, 5), 2.5), "lossless"))
+    with pytest.raises(CorruptChunk, match=r"float64.*uint16"):
+        zarr.open_array(str(path), mode="r")[:]
+    chunk_file.write_bytes(chunk.encode(np.arange(40, dtype="<u2").reshape(5, 8), "lossless"))
+    with pytest.raises(CorruptChunk, match=r"\(5, 8\).*\(8, 5\)"):
+        zarr.open_array(str(path), mode="r")[:]
+    # byte order is not a mismatch: chunks hold little-endian samples, a big-endian array gets them cast
+    zb = zarr.open_array(str(path), mode="r")
+    chunk_file.write_bytes(chunk.encode(np.full((8, 5), 300, ">u2"), "lossless"))
+    assert (zb[:] == 300).all()
+
+
+def test_zarr3_unsupported_dtype_refused_at_create():
+    with pytest.raises(TypeError, match="bool"):
+        zarr.create_array(zarr.storage.MemoryStore(), shape=(4,), chunks=(2,), dtype=bool,
+                          serializer=NecodaZarrCodec(mode="lossless"), compressors=None)
+
+
+@pytest.mark.parametrize("dtype", ["<u1", "i1", "<u2", ">i2", "<u4", ">i4", "<u8", ">i8", "<f2", ">f4", "<f8", ">f8"])
+@pytest.mark.parametrize("layout", ["plain", "zstd", "sharded"])
+def test_zarr3_dtypes_ranks_edges_regions(dtype, layout):
+    kw = {"plain": {}, "zstd": {"compressors": [zarr.codecs.ZstdCodec()]}, "sharded": {"shards": None}}[layout]
+    for shape, chunks in [((), ()), ((37,), (8,)), ((13, 11), (4, 5)), ((5, 9, 7), (2, 4, 3)),
+                          ((3, 5, 6, 7), (2, 2, 4, 3))]:
+        a = _data(shape, dtype)
+        if "shards" in kw:
+            if not shape:
+                continue
+            kw["shards"] = tuple(2 * c for c in chunks)
+        z = _v3(zarr.storage.MemoryStore(), a, chunks, fill_value=3, mode="lossless", **kw)
+        z[...] = a
+        assert z.dtype == np.dtype(dtype) and np.array_equal(z[...], a)
+        if a.ndim:
+            region = tuple(slice(1, max(2, n - 1)) for n in shape)
+            a[region] = 5
+            z[region] = 5
+            sub = tuple(slice(n // 3, n) for n in shape)
+            assert np.array_equal(z[sub], a[sub])
+
+
+# ------------------------------------------------------------------------------ zarr v2
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("where", ["compressor", "filter"])
+def test_zarr2_orders_and_filter_position(order, where):
+    a = _data((13, 11, 6), "<i4")
+    kw = ({"compressors": NecodaCodec(mode="lossless")} if where == "compressor"
+          else {"filters": [NecodaCodec(mode="lossless")], "compressors": numcodecs.Zstd()})
+    z = zarr.create_array(zarr.storage.MemoryStore(), shape=a.shape, chunks=(4, 5, 6), dtype=a.dtype, order=order,
+                          zarr_format=2, **kw)
+    z[:] = a
+    assert np.array_equal(z[:], a)
+    assert np.array_equal(z[2:11, 3:10, 1:5], a[2:11, 3:10, 1:5])
+
+
+def test_zarr2_big_endian_is_refused_not_read_byte_swapped():
+    a = _data((12, 10), ">u2")
+    z = zarr.create_array(zarr.storage.MemoryStore(), shape=a.shape, chunks=(4, 5), dtype=a.dtype,
+                          compressors=NecodaCodec(mode="lossless"), zarr_format=2)
+    with pytest.raises(TypeError, match="big-endian >u2"):
+        z[:] = a
+    with pytest.raises(TypeError, match="big-endian >f8"):
+        NecodaCodec(mode="lossless").encode(np.ones(4, ">f8"))
+
+
+# ------------------------------------------------------------------------------ learned / bounded through zarr
+@needs_learned
+def test_learned_and_bounded_through_zarr_equal_chunk_decode():
+    a = _movie(32, 64, 64)
+    import asyncio
+
+    from zarr.core.buffer import default_buffer_prototype
+
+    for fmt, kw, bound in [(3, {"serializer": NecodaZarrCodec(mode="learned", quality=4), "compressors": None}, None),
+                           (2, {"compressors": NecodaCodec(mode="learned", quality=4)}, None),
+                           (3, {"serializer": NecodaZarrCodec(mode="learned", max_error=3.0), "compressors": None}, 3),
+                           (3, {"serializer": NecodaZarrCodec(mode="bounded", max_error=2.0),
+                                "compressors": [zarr.codecs.ZstdCodec()]}, 2)]:
+        store = zarr.storage.MemoryStore()
+        z = zarr.create_array(store, shape=a.shape, chunks=(16, 64, 64), dtype=a.dtype, zarr_format=fmt, **kw)
+        z[:] = a
+        full = z[:]
+        for i in range(2):
+            key = f"c/{i}/0/0" if fmt == 3 else f"{i}.0.0"
+            raw = asyncio.run(store.get(key, default_buffer_prototype())).to_bytes()
+            if fmt == 3 and kw["compressors"]:
+                raw = bytes(numcodecs.Zstd().decode(raw))
+            assert np.array_equal(full[16 * i:16 * (i + 1)], chunk.decode(raw)), (fmt, kw)
+        assert np.array_equal(z[20:30, 5:40, 7], full[20:30, 5:40, 7])
+        if bound is not None:
+            assert np.abs(full.astype(np.int64) - a).max() <= bound
+
+
+# ------------------------------------------------------------------------------ decode(buf, out)
+def test_decode_into_out_buffers_like_numcodecs():
+    a = _data((12, 20), "<i2")
+    outs = [lambda: bytearray(a.nbytes), lambda: memoryview(bytearray(a.nbytes)),
+            lambda: np.zeros(a.nbytes // 4, "<f4"), lambda: np.zeros((20, 12), "<i2"),
+            lambda: np.zeros((12, 20), "<i2", order="F"), lambda: memoryview(np.zeros(a.nbytes // 4, "<i4")),
+            lambda: array.array("h", bytes(a.nbytes))]
+    for codec in (numcodecs.Zstd(), NecodaCodec(mode="lossless"), NecodaCodec(mode="raw")):
+        enc = codec.encode(a)
+        for make in outs:
+            out = make()
+            codec.decode(enc, out=out)
+            got = np.asarray(out) if isinstance(out, np.ndarray) else np.frombuffer(out, np.uint8)
+            assert got.ravel(order="K").tobytes() == a.tobytes(), (codec, type(out))
+        with pytest.raises(ValueError):
+            codec.decode(enc, out=bytearray(a.nbytes - 2))
