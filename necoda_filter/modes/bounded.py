@@ -26,7 +26,7 @@ from pcodec import standalone
 from .. import _kernels as K
 from . import Encoded
 from .lossless import (DEFAULT_LEVEL, LPC_SHIFT, MAX_ORDER, MODE as LOSSLESS, _analysis_rows, _choose_lpc, _narrow,
-                       narrow_dtype, pack_sections, pco, unpack_sections, unpco)
+                       _offset, narrow_dtype, pack_sections, pco, unpack_sections, unpco)
 
 #: the integer range for which a per-level bin table is built (larger ranges use a uniform bound)
 MAX_TABLE_RANGE = 1 << 20
@@ -219,7 +219,7 @@ def _cl_try(arr, lo, R, E, cand, qd, fits=None):
     else:
         if fits is None or "Q" not in fits:
             rows = _analysis_rows(T)
-            xs = x2[rows].astype(np.int64) - lo - mu
+            xs = _offset(x2[rows], lo) - mu  # uint64 values above 2**63 do not fit int64 before the offset
             Q = _choose_lpc(xs, T, MAX_ORDER)
             if fits is not None:
                 fits["Q"] = Q

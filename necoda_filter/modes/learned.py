@@ -125,9 +125,32 @@ def _finish(y, dtype):
         if np.dtype(dtype).itemsize >= 4:
             y = y.astype(np.float64)
         np.rint(y, out=y)
-        np.clip(y, max(lim[0], -3.0e38), min(lim[1], 3.0e38), out=y)
+        # float(iinfo(int64/uint64).max) rounds up to 2**63 / 2**64, whose cast overflows (undefined: INT64_MIN
+        # on x86): clip to the largest float64 that is a valid value of the dtype
+        hi = lim[1] if lim[1] <= np.iinfo(dtype).max else float(np.nextafter(lim[1], 0.0))
+        np.clip(y, max(lim[0], -3.0e38), min(hi, 3.0e38), out=y)
         return y.astype(dtype)
     return y.astype(dtype)
+
+
+def _add_residual(rec: np.ndarray, resid: np.ndarray, dtype) -> np.ndarray:
+    """Safeguarded output: the reconstruction plus the decoded safeguard residual. Integers: exact integer
+    arithmetic, clipped to the dtype's range (64-bit types in wrapping arithmetic with the overflow detected
+    and saturated; float64 would round them). Floats: summed in float64, rounded once to the dtype."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iu":
+        return (rec.astype(np.float64) + np.asarray(resid, np.float64)).astype(dtype)
+    r = np.asarray(resid)
+    if dtype.itemsize < 8:
+        ii = np.iinfo(dtype)
+        return np.clip(rec.astype(np.int64) + r.astype(np.int64, copy=False), int(ii.min), int(ii.max)).astype(dtype)
+    r = r.astype(np.int64, copy=False)
+    rec = np.ascontiguousarray(rec, dtype=dtype)
+    s = rec + r.astype(dtype)  # modulo 2**64
+    ii = np.iinfo(dtype)
+    s[(r > 0) & (s < rec)] = ii.max
+    s[(r < 0) & (s > rec)] = ii.min
+    return s
 
 
 #: decode a box of a chunk from the frames of latents around it (box + receptive field in time) when that
@@ -295,19 +318,42 @@ class LearnedMode:
             me = me if max_error is None else min(me, float(max_error))
         else:
             me = float(max_error)
-        rec = self._reconstruct(qs, qt, bq, x.shape, params, pkg, arr.dtype, threads)
+        rec = self._reconstruct(qs, qt, bq, x.shape, params, pkg, arr.dtype, threads).reshape(x.shape)
         if np.issubdtype(arr.dtype, np.integer):
             # the decoder may differ from this reconstruction by float rounding (other provider/threads):
             # keep one raw unit of margin so the bound holds wherever the chunk is decoded
             eff = np.floor(me) - 1.0
             if eff < 0:
                 raise ValueError(f"learned safeguard needs max_error >= 1 raw unit for integers (got {me:g})")
-            resid = x.astype(np.int64) - rec.reshape(x.shape).astype(np.int64)
-            resid = resid.astype(np.int32)
+            if x.dtype.itemsize < 8:
+                resid = x.astype(np.int64) - rec.astype(np.int64)  # exact
+            else:  # exact modulo 2**64, so exact when |x - rec| < 2**63 (checked in float64)
+                if not np.abs(x.astype(np.float64) - rec.astype(np.float64)).max(initial=0.0) < 2.0 ** 62:
+                    raise ValueError("learned safeguard residual exceeds the 64-bit range")
+                resid = np.ascontiguousarray(x).view(np.int64) - np.ascontiguousarray(rec).view(np.int64)
+            if resid.size and -(1 << 31) <= int(resid.min()) and int(resid.max()) < 1 << 31:
+                resid = resid.astype(np.int32)
         else:
-            eff = me * 0.999
-            resid = (x.astype(np.float64) - rec.reshape(x.shape).astype(np.float64)).astype(np.float32)
+            # the residual in float64 (exact for float16/32 data); the final rounding to the dtype adds up to
+            # half its spacing s at the sample: with an error e on the residual the output is within
+            # |e| + s/2 of x when s <= me, and is x itself when s > me and |e| < s/2. So |e| <= eff with
+            # eff = max(0.999 me - s_max / 2, 0.999 me / 2) keeps every sample within 0.999 me.
+            s_max = float(np.spacing(np.abs(x).max(initial=0).astype(x.dtype))) if x.size else 0.0
+            eff = max(me * 0.999 - s_max / 2, me * 0.999 / 2)
+            resid = x.astype(np.float64) - rec.astype(np.float64)
         enc = bounded.encode(resid, max_error=float(eff))
+        # check the chunk as the decoder will rebuild it (with this reconstruction): a network output that
+        # no residual can repair (NaN/inf, out of range) must not be stored as if the bound held
+        dec = bounded.decode(enc.payload, resid.shape, resid.dtype, enc.params, enc.model_id)
+        y = _add_residual(rec, dec, x.dtype)
+        if x.dtype.kind in "iu":
+            u = np.dtype(f"u{x.dtype.itemsize}")  # |x - y| without overflow: the difference modulo 2**bits
+            dist = np.maximum(x, y).astype(u) - np.minimum(x, y).astype(u)
+            ok = bool(np.all(dist <= min(int(np.floor(me)), int(np.iinfo(u).max))))
+        else:
+            ok = bool(np.all(np.abs(y.astype(np.float64) - x.astype(np.float64)) <= me))
+        if not ok:
+            raise ValueError("learned safeguard could not bring the reconstruction within the bound")
         return enc.payload, {"me": me, "eff": float(eff), "dt": resid.dtype.str, "p": enc.params, "m": enc.model_id}
 
     # ------------------------------------------------------------------ decode
@@ -465,12 +511,7 @@ class LearnedMode:
 
             sgp = params["sg"]
             resid = get("bounded").decode(sg, shape3, np.dtype(sgp["dt"]), sgp["p"], sgp.get("m", ""))
-            lim = _dtype_limits(np.dtype(dtype))
-            if lim is not None:
-                y = rec.astype(np.int64) + np.asarray(resid).astype(np.int64)
-                rec = np.clip(y, lim[0], lim[1]).astype(dtype)
-            else:
-                rec = (rec.astype(np.float64) + np.asarray(resid, np.float64)).astype(dtype)
+            rec = _add_residual(rec.reshape(shape3), resid, dtype)
         elif len(sg):
             raise ValueError("learned payload carries a safeguard block but the params do not describe it")
         return rec.reshape(tuple(shape))

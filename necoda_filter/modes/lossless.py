@@ -446,6 +446,10 @@ class LosslessMode:
         n = int(np.prod(shape, dtype=np.int64))
         scheme = params.get("s", "pc")
         if scheme == "pc":
+            if n == 0:  # an empty chunk codes to an empty stream (bounded mode codes empty index arrays)
+                if len(payload):
+                    raise ValueError("lossless payload has bytes for an empty chunk")
+                return np.zeros(shape, dtype)
             out = unpco(payload, n)
             if dtype == np.float16:
                 out = out.view(np.float16)
