@@ -7,6 +7,7 @@ import numpy as np
 
 from . import container, modes
 from .dtypes import code_of
+from .options import BOUNDED_NEEDS_A_BOUND, check_bound
 
 log = logging.getLogger("necoda_filter")
 
@@ -22,6 +23,8 @@ def _zero_padded_core(arr: np.ndarray) -> tuple | None:
     The padding is restored exactly on decode."""
     if arr.ndim == 0 or arr.size == 0:
         return None
+    if arr.dtype.kind == "f":  # padding is +0.0: test the bits, or -0.0 planes would be cut (+0.0 on decode)
+        arr = arr.view(f"u{arr.dtype.itemsize}")
     core = list(arr.shape)
     for ax in range(arr.ndim):
         if not np.any(np.take(arr, -1, axis=ax)):  # cheap test on the last hyperplane first
@@ -46,6 +49,12 @@ def encode(arr: np.ndarray, mode: str = "auto", **options) -> bytes:
     if arr.dtype.itemsize > 1 and arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     name = modes.resolve(mode, arr.shape, arr.dtype)
+    # a bad bound is the caller's mistake, not a chunk the mode cannot handle: an error, not a raw chunk
+    for k in ("max_error", "max_error_noise"):
+        if options.get(k) is not None:
+            options[k] = check_bound(k, options[k])
+    if name == "bounded" and options.get("max_error") is None and options.get("max_error_noise") is None:
+        raise ValueError(BOUNDED_NEEDS_A_BOUND)
     m = modes.get(name)
     raw_size = arr.nbytes
     enc = None

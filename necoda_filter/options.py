@@ -38,6 +38,19 @@ def _learned_levels() -> int | None:
         return None
 
 
+BOUNDED_NEEDS_A_BOUND = "mode='bounded' needs max_error= (raw units) or max_error_noise= (noise units)"
+
+
+def check_bound(name: str, v) -> float:
+    """``max_error`` / ``max_error_noise`` as a float; a clear error unless a finite number >= 0."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"necoda option {name} must be a number, got {v!r}")
+    v = float(v)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"necoda option {name} must be a finite number >= 0, got {v}")
+    return v
+
+
 def check_options(mode: str, options: dict) -> dict:
     """Validate user options; returns the options that are set (not None)."""
     if mode not in modes.MODE_CHOICES:
@@ -49,13 +62,11 @@ def check_options(mode: str, options: dict) -> dict:
         if v is None:
             continue
         kind = OPTION_SLOTS[k][1]
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise TypeError(f"necoda option {k} must be a number, got {v!r}")
         if kind == "f64":
-            v = float(v)
-            if not math.isfinite(v) or v < 0:
-                raise ValueError(f"necoda option {k} must be a finite number >= 0, got {v}")
+            v = check_bound(k, v)
         else:
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"necoda option {k} must be a number, got {v!r}")
             if not math.isfinite(v) or int(v) != v or not 0 < int(v) < 2**32:
                 raise ValueError(f"necoda option {k} must be a positive integer, got {v}")
             v = int(v)
@@ -68,7 +79,7 @@ def check_options(mode: str, options: dict) -> dict:
             raise ValueError(f"necoda option quality must be 1..{nq} (levels of the built-in learned model), "
                              f"got {out['quality']}")
     if mode == "bounded" and not ({"max_error", "max_error_noise"} & set(out)):
-        raise ValueError("mode='bounded' needs max_error= (raw units) or max_error_noise= (noise units)")
+        raise ValueError(BOUNDED_NEEDS_A_BOUND)
     return out
 
 

@@ -125,9 +125,6 @@ def test_lossless_floats_bit_exact_nan_payloads_signed_zero_denormals(dt):
             assert np.array_equal(_bits(d), _bits(v.reshape(d.shape))), (dt, i)
 
 
-@pytest.mark.xfail(strict=True, reason="chunk._zero_padded_core tests trailing hyperplanes with np.any, which treats "
-                                       "-0.0 as zero: they are cut as padding and decode as +0.0 (fix belongs in "
-                                       "chunk.py: test float chunks on their bits)")
 def test_lossless_keeps_negative_zero_in_trailing_planes():
     rng = np.random.default_rng(250)
     for dt in FLOATS:
@@ -269,11 +266,19 @@ def test_bounded_invalid_bound_is_a_clear_value_error(bad):
         options.check_options("bounded", bad)
 
 
-@pytest.mark.xfail(strict=True, reason="chunk.encode turns every mode exception, invalid options included, "
-                                       "into a raw chunk (fix belongs in chunk.py: validate options first)")
-def test_chunk_encode_rejects_invalid_bound():
-    with pytest.raises(ValueError):
-        chunk.encode(np.arange(300, dtype=np.int16), mode="bounded", max_error=-1)
+@pytest.mark.parametrize("mode", ["bounded", "learned"])
+@pytest.mark.parametrize("bad", [{"max_error": -1}, {"max_error": float("nan")}, {"max_error": float("inf")},
+                                 {"max_error_noise": -0.5}, {"max_error_noise": float("nan")}])
+def test_chunk_encode_rejects_invalid_bound(mode, bad):
+    """A bad bound is an error naming it, never a chunk stored raw (the caller asked for a guarantee)."""
+    a = np.arange(16 * 32 * 32, dtype=np.int16).reshape(16, 32, 32)
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        chunk.encode(a, mode=mode, **bad)
+
+
+def test_chunk_encode_bounded_needs_a_bound():
+    with pytest.raises(ValueError, match="max_error"):
+        chunk.encode(np.arange(300, dtype=np.int16), mode="bounded")
 
 
 # =============================================================================================== learned

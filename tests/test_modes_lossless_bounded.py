@@ -145,9 +145,8 @@ def test_bounded_float_smooth_compresses():
 
 def test_bounded_requires_a_bound():
     x = np.arange(100, dtype=np.int16)
-    out, buf = _rt(x, "bounded")  # the mode raises; the container stores the chunk raw (exact)
-    _exact(out, x)
-    assert chunk.info(buf).mode_id == 0
+    with pytest.raises(ValueError, match="needs max_error"):  # the caller's mistake: not a raw chunk
+        chunk.encode(x, "bounded")
 
 
 def _poisson_movie(T, gain, offset, rng, size=32):
