@@ -373,8 +373,13 @@ def test_learned_safeguard_wide_int32_residual_kept_in_learned_mode(dt):
     rng = np.random.default_rng(12)
     info = np.iinfo(dt)
     a = rng.integers(info.min, info.max, (8, 16, 16), dtype=dt, endpoint=True)
+    # full-range 32-bit values: the bound must leave room for the decoder's float32 drift elsewhere
+    # (2**31 * SAFEGUARD_DRIFT = 2048 units), so a bound of 3 is stored raw (exact) ...
     mode, err = _learned_check(a, max_error=3)
-    assert mode == LEARNED and err <= 3
+    assert mode == RAW and err == 0
+    # ... and a wider one stays learned, its residual (beyond the int32 range) kept exactly
+    mode, err = _learned_check(a, max_error=5000)
+    assert mode == LEARNED and err <= 5000
 
 
 @needs_ort
@@ -476,3 +481,32 @@ def test_lossless_payload_not_smaller_than_raw_is_stored_raw(monkeypatch):
     monkeypatch.setattr(m, "encode", lambda arr, **kw: type(real(arr))(b"\0" * (arr.nbytes + 1), {"s": "pc"}))
     _exact_raw(a, "lossless")
 
+
+
+@needs_ort
+@pytest.mark.parametrize("dt, offset, expect_extra", [("u2", 1000, 0), ("u2", 60000, 0), ("i4", 5_000_000, 4)])
+def test_learned_safeguard_margin_grows_with_the_values(dt, offset, expect_extra):
+    """The residual bound keeps room for decoders elsewhere rounding differently: one raw unit, plus
+    floor(max|x| * SAFEGUARD_DRIFT) for large integers (none for 16-bit data)."""
+    from necoda_filter.modes import learned
+
+    rng = np.random.default_rng(7)
+    a = (offset + rng.poisson(20.0, (16, 32, 32)) * 8).astype(dt)
+    buf = chunk.encode(a, mode="learned", max_error=40)
+    h = chunk.info(buf)
+    assert h.mode_id == LEARNED
+    extra = int(np.floor(float(np.abs(a).max()) * learned.SAFEGUARD_DRIFT))
+    assert extra == expect_extra
+    assert h.params["sg"]["eff"] == 40 - 1 - extra
+    assert _int_err(a, chunk.decode(buf)) <= 40
+
+
+def test_cuda_sessions_get_deterministic_full_precision_options():
+    """TF32 and the timing-based cuDNN algorithm search would make GPU-decoded values drift between
+    machines and runs; the CPU provider takes no options."""
+    from necoda_filter.models import runtime
+
+    cfg = runtime.provider_config(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert cfg[0] == ("CUDAExecutionProvider", {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"})
+    assert cfg[1] == "CPUExecutionProvider"
+    assert runtime.provider_config(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]

@@ -77,6 +77,19 @@ def providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+#: CUDA execution provider settings. ORT's defaults would let the decoded values drift between machines and
+#: between runs: TF32 tensor-core convolutions (10-bit mantissa, on by default on Ampere and later GPUs) and
+#: an exhaustive, timing-based cuDNN algorithm search (the chosen kernel, hence the rounding, can change
+#: from run to run). Full float32 math and cuDNN's heuristic choice (fixed for a GPU, shape and version) keep
+#: the GPU within the float-rounding margin the learned safeguard allows for (modes/learned.py).
+CUDA_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
+
+
+def provider_config(names) -> list:
+    """ONNX Runtime ``providers=`` argument for the provider ``names`` (with their options)."""
+    return [(n, dict(CUDA_OPTIONS)) if n == "CUDAExecutionProvider" else n for n in names]
+
+
 def session(model_id: str, graph: str, blob: bytes, threads: int | None = None):
     import onnxruntime as ort
 
@@ -93,7 +106,7 @@ def session(model_id: str, graph: str, blob: bytes, threads: int | None = None):
             so.inter_op_num_threads = 1
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-            s = ort.InferenceSession(blob, sess_options=so, providers=list(prov))
+            s = ort.InferenceSession(blob, sess_options=so, providers=provider_config(prov))
             _sessions[key] = s
         return s
 

@@ -153,6 +153,13 @@ def _add_residual(rec: np.ndarray, resid: np.ndarray, dtype) -> np.ndarray:
     return s
 
 
+#: relative difference allowed between reconstructions of the same chunk on different machines/providers:
+#: 2**-20 is 8 float32 ulps of the largest value (the decoder's output is float32). The safeguard keeps that
+#: much margin below max_error; for 16-bit integers it is under one raw unit (no change). An estimate: only
+#: CPU kernels could be compared here (1-3 threads: identical); GPUs run with TF32 off (models/runtime.py).
+SAFEGUARD_DRIFT = 2.0 ** -20
+
+
 #: decode a box of a chunk from the frames of latents around it (box + receptive field in time) when that
 #: is at most this fraction of the chunk's decoder work; 0 (or ``NECODA_READ_CROP=0``) turns cropping off
 CROP_MAX_FRACTION = 0.75
@@ -319,12 +326,15 @@ class LearnedMode:
         else:
             me = float(max_error)
         rec = self._reconstruct(qs, qt, bq, x.shape, params, pkg, arr.dtype, threads).reshape(x.shape)
+        # the decoder elsewhere (another CPU's kernels, a GPU) may differ from this reconstruction by float
+        # rounding, which grows with the magnitude of the values: keep that much margin (see SAFEGUARD_DRIFT)
+        drift = float(np.abs(x).max(initial=0)) * SAFEGUARD_DRIFT if x.size else 0.0
         if np.issubdtype(arr.dtype, np.integer):
-            # the decoder may differ from this reconstruction by float rounding (other provider/threads):
-            # keep one raw unit of margin so the bound holds wherever the chunk is decoded
-            eff = np.floor(me) - 1.0
+            # rounding to integers turns a drift d into at most floor(d) + 1 raw units
+            eff = np.floor(me) - 1.0 - np.floor(drift)
             if eff < 0:
-                raise ValueError(f"learned safeguard needs max_error >= 1 raw unit for integers (got {me:g})")
+                raise ValueError(f"learned safeguard needs max_error >= {1 + np.floor(drift):g} raw units for "
+                                 f"these integers (got {me:g})")
             if x.dtype.itemsize < 8:
                 resid = x.astype(np.int64) - rec.astype(np.int64)  # exact
             else:  # exact modulo 2**64, so exact when |x - rec| < 2**63 (checked in float64)
@@ -339,7 +349,10 @@ class LearnedMode:
             # |e| + s/2 of x when s <= me, and is x itself when s > me and |e| < s/2. So |e| <= eff with
             # eff = max(0.999 me - s_max / 2, 0.999 me / 2) keeps every sample within 0.999 me.
             s_max = float(np.spacing(np.abs(x).max(initial=0).astype(x.dtype))) if x.size else 0.0
-            eff = max(me * 0.999 - s_max / 2, me * 0.999 / 2)
+            eff = max(me * 0.999 - s_max / 2, me * 0.999 / 2) - drift
+            if eff <= 0:
+                raise ValueError(f"learned safeguard: max_error {me:g} is below the float rounding the decoder "
+                                 f"may add at these magnitudes ({drift:g})")
             resid = x.astype(np.float64) - rec.astype(np.float64)
         enc = bounded.encode(resid, max_error=float(eff))
         # check the chunk as the decoder will rebuild it (with this reconstruction): a network output that
