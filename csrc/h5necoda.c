@@ -21,7 +21,9 @@
 #include <dlfcn.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,6 +107,10 @@ typedef struct {
     PyObject *(*Object_Str)(PyObject *);
     const char *(*Unicode_AsUTF8)(PyObject *);
     void (*Err_Clear)(void);
+    int (*Err_GivenExceptionMatches)(PyObject *, PyObject *);
+    void (*Err_Restore)(PyObject *, PyObject *, PyObject *);
+    int (*AddPendingCall)(int (*)(void *), void *);
+    PyObject **Exc_Exception; /* the address of the variable PyExc_Exception */
     int ready;
 } python_api;
 static python_api PY;
@@ -161,6 +167,10 @@ static int resolve_python(void) {
     RESOLVE(a.Object_Str, h, "PyObject_Str");
     RESOLVE(a.Unicode_AsUTF8, h, "PyUnicode_AsUTF8");
     RESOLVE(a.Err_Clear, h, "PyErr_Clear");
+    RESOLVE(a.Err_GivenExceptionMatches, h, "PyErr_GivenExceptionMatches");
+    RESOLVE(a.Err_Restore, h, "PyErr_Restore");
+    RESOLVE(a.AddPendingCall, h, "Py_AddPendingCall");
+    RESOLVE(a.Exc_Exception, h, "PyExc_Exception");
     void **p = (void **)&a;
     for (size_t i = 0; i < offsetof(python_api, ready) / sizeof(void *); i++)
         if (!p[i]) return -1;
@@ -276,12 +286,45 @@ static herr_t necoda_set_local(hid_t dcpl, hid_t type, hid_t space) {
     return H5.Pmodify_filter(dcpl, NECODA_FILTER_ID, flags & ~H5Z_FLAG_OPTIONAL, n, values);
 }
 
+/* A KeyboardInterrupt (Ctrl-C) or SystemExit (a signal handler calling sys.exit) raised while the filter
+ * ran Python code in the main thread. The chunk fails, so HDF5 makes h5py raise its own OSError and the
+ * interrupt was lost: it is raised again, as itself, by a pending call that the interpreter runs as soon
+ * as the main thread executes Python code outside the filter (where h5py turns HDF5's error into an
+ * exception). Guarded by the GIL. */
+static PyObject *interrupt_exc[3];
+
+static int raise_interrupt(void *arg) {
+    (void)arg;
+    if (!interrupt_exc[0]) return 0;
+    PY.Err_Restore(interrupt_exc[0], interrupt_exc[1], interrupt_exc[2]);
+    interrupt_exc[0] = interrupt_exc[1] = interrupt_exc[2] = NULL;
+    return -1;
+}
+
+/* Signal handlers run in the interpreter's main thread, which on Linux is the process's first thread
+ * (also in a child forked from another thread: the forking thread becomes both). */
+static int in_main_thread(void) {
+#ifdef SYS_gettid
+    return (pid_t)syscall(SYS_gettid) == getpid();
+#else
+    return 0;
+#endif
+}
+
 /* Move the Python exception's text onto HDF5's error stack (h5py then raises its own OSError for the
  * failed read; necoda_filter._bridge has already logged the exception with its full message). */
 static void python_error(const char *func) {
     char msg[1024];
     PyObject *t = NULL, *v = NULL, *tb = NULL;
     PY.Err_Fetch(&t, &v, &tb);
+    if (t && !PY.Err_GivenExceptionMatches(t, *PY.Exc_Exception) && !interrupt_exc[0] && in_main_thread() &&
+        PY.AddPendingCall(raise_interrupt, NULL) == 0) {
+        interrupt_exc[0] = t; /* the references move to raise_interrupt */
+        interrupt_exc[1] = v;
+        interrupt_exc[2] = tb;
+        report(func, "necoda: interrupted", 0);
+        return;
+    }
     const char *text = NULL;
     PyObject *s = v ? PY.Object_Str(v) : NULL;
     if (s) text = PY.Unicode_AsUTF8(s);
@@ -305,6 +348,13 @@ static size_t necoda_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_
     size_t result = 0;
     int gil = PY.GILState_Ensure();
     PyObject *mod = NULL, *fn = NULL, *args = NULL, *out = NULL;
+    if (interrupt_exc[0] && in_main_thread()) {
+        /* interrupted, and HDF5 goes on with the next chunks of the same call (writes flush several):
+         * fail them without running Python code, where the pending interrupt would fire and fail them
+         * one by one, and be lost if the last of them ran in a destructor */
+        report(func, "necoda: interrupted", 0);
+        goto done;
+    }
     mod = PY.Import_ImportModule("necoda_filter._bridge");
     if (!mod) goto fail;
     /* decode: _bridge.decode_owned returns (address, size) of a malloc'd buffer holding the decoded chunk

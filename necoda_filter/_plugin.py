@@ -4,6 +4,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import sys
+import threading
+import time
 
 from .constants import FILTER_ID, FILTER_NAME
 
@@ -35,13 +38,60 @@ def is_registered() -> bool:
 def register() -> None:
     """Register the filter with the HDF5 library h5py uses (idempotent) and the name "necoda"."""
     import h5py
+    from h5py._objects import phil
 
-    if not is_registered():
-        lib = ctypes.CDLL(library_path())
-        rc = lib.necoda_h5_init(h5py.h5z.__file__.encode())
-        if rc != 0 or not is_registered():
-            raise FilterUnavailable(f"registering the necoda HDF5 filter failed (code {rc})")
+    path = library_path()
+    if not _lock_h5py(phil):
+        threading.Thread(target=_register_later, args=(phil,), name="necoda-register", daemon=True).start()
+        _teach_h5py_the_name()
+        return
+    try:  # under h5py's lock: HDF5 must not run in another thread meanwhile
+        if not is_registered():
+            lib = ctypes.CDLL(path)
+            rc = lib.necoda_h5_init(h5py.h5z.__file__.encode())
+            if rc != 0 or not is_registered():
+                raise FilterUnavailable(f"registering the necoda HDF5 filter failed (code {rc})")
+    finally:
+        phil.release()
     _teach_h5py_the_name()
+
+
+def _lock_h5py(phil) -> bool:
+    """Acquire h5py's lock to register the filter, or return False where waiting for it would never end.
+
+    ``import necoda_filter`` registers the filter last. Another thread may hold h5py's lock inside HDF5,
+    running this filter loaded through HDF5_PLUGIN_PATH: its first call imports ``necoda_filter._bridge``,
+    which waits for the package's import to finish — while the import waited for the lock, so both threads
+    hung forever. The import then leaves the registration to a thread of its own (:func:`_register_later`);
+    the filter that thread's HDF5 runs is the plugin, already registered."""
+    if phil.acquire(False):
+        return True
+    spec = getattr(sys.modules.get(__package__), "__spec__", None)
+    if not getattr(spec, "_initializing", False):  # not importing the package: nothing waits for us
+        phil.acquire()
+        return True
+    while not phil.acquire(False):
+        if _import_awaited():
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def _import_awaited() -> bool:
+    """Whether a thread waits for this package's import to finish (on importlib's module lock)."""
+    try:
+        from importlib import _bootstrap
+
+        ref = _bootstrap._module_locks.get(__package__)
+        lock = ref() if ref is not None else None
+        return bool(lock is not None and lock.waiters)
+    except Exception:  # noqa: BLE001 — importlib internals of another Python version
+        return False
+
+
+def _register_later(phil) -> None:
+    with phil:  # held by the thread whose filter call waits for the import, until that call returns
+        register()
 
 
 def _teach_h5py_the_name() -> None:

@@ -28,13 +28,14 @@ pipeline is not exactly the necoda filter, fall back to plain ``dataset[selectio
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import mmap
 import os
 import tempfile
 import threading
 import uuid
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -48,13 +49,32 @@ __all__ = ["read"]
 #: "auto" decodes in parallel only when the chunks touched hold at least this many decoded bytes
 PARALLEL_MIN_BYTES = 8 << 20
 
-_pool_lock = threading.Lock()
+_pool_lock = threading.RLock()
 _pool: ProcessPoolExecutor | None = None
 _pool_workers = 0
 #: decoder threads of executor="thread", kept between reads like the processes: each keeps its ONNX
 #: output buffer (``runtime.scratch``) warm, so a read does not re-fault ~64 MB per thread
 _tpool: ThreadPoolExecutor | None = None
 _tpool_workers = 0
+#: reads running on each pool. A pool that :func:`shutdown_pool` releases, or that a read with another
+#: worker count replaces, while reads in other threads use it is stopped by the last of them: stopping it
+#: under their feet cancelled their queued chunks (the reads failed, or in threads waited forever).
+_users: dict = {}
+_retired: set = set()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (``os.fork``, multiprocessing) has no copy of the pools' threads and processes:
+    it starts its own pools (a read on the inherited ones waited forever) with a fresh lock."""
+    global _pool_lock, _pool, _tpool
+    _pool_lock = threading.RLock()
+    _pool = _tpool = None
+    _users.clear()
+    _retired.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Fallback(Exception):
@@ -153,14 +173,23 @@ def _new_process_pool(workers: int) -> ProcessPoolExecutor:
     return pool
 
 
+def _retire(pool, wait: bool) -> None:
+    """Stop ``pool`` now when no read uses it, else when the last read using it ends (under _pool_lock)."""
+    if _users.get(pool):
+        _retired.add(pool)
+    else:
+        pool.shutdown(wait=wait, cancel_futures=True)
+
+
 def _process_pool(workers: int) -> ProcessPoolExecutor:
     global _pool, _pool_workers
     with _pool_lock:
         if _pool is None or _pool_workers != workers or getattr(_pool, "_broken", False):
             if _pool is not None:
-                _pool.shutdown(wait=False, cancel_futures=True)
+                _retire(_pool, wait=False)
             _pool = _new_process_pool(workers)
             _pool_workers = workers
+            _stop_at_multiprocessing_exit()
         return _pool
 
 
@@ -169,22 +198,76 @@ def _thread_pool(workers: int) -> ThreadPoolExecutor:
     with _pool_lock:
         if _tpool is None or _tpool_workers != workers:
             if _tpool is not None:
-                _tpool.shutdown(wait=False)
+                _retire(_tpool, wait=False)
             _tpool = ThreadPoolExecutor(workers, thread_name_prefix="necoda-read")
             _tpool_workers = workers
         return _tpool
 
 
+_exit_hook_pid = None
+
+
+def _stop_at_multiprocessing_exit() -> None:
+    """Stop the pools also when this process is a multiprocessing child that exits: it skips atexit
+    (``os._exit``) and first waits for its own child processes, such as our workers, which then never
+    exited (the child hung when its target returned)."""
+    global _exit_hook_pid
+    if _exit_hook_pid != os.getpid():
+        from multiprocessing import util
+
+        util.Finalize(None, shutdown_pool, exitpriority=100)  # before the queues' own finalizers (10)
+        _exit_hook_pid = os.getpid()
+
+
+@contextlib.contextmanager
+def _using(get_pool, workers: int):
+    """The current pool (``_process_pool`` / ``_thread_pool``), kept running while the block runs."""
+    with _pool_lock:
+        pool = get_pool(workers)
+        _users[pool] = _users.get(pool, 0) + 1
+    try:
+        yield pool
+    finally:
+        with _pool_lock:
+            _users[pool] -= 1
+            if not _users[pool]:
+                del _users[pool]
+                if pool in _retired:
+                    _retired.discard(pool)
+                    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _submit(pool, fn, *args) -> Future:
+    """``pool.submit(fn, *args)``, or ``fn(*args)`` run in this thread when the pool takes no more work:
+    at interpreter exit concurrent.futures refuses new tasks before it waits for non-daemon threads, so a
+    read running in one of them failed with "cannot schedule new futures after shutdown". (A daemon
+    thread still gets that error: it must not go on using HDF5 while the interpreter finalizes.)"""
+    try:
+        return pool.submit(fn, *args)
+    except BrokenExecutor:
+        raise
+    except RuntimeError:
+        if threading.current_thread().daemon:
+            raise
+        f = Future()
+        try:
+            f.set_result(fn(*args))
+        except Exception as e:  # noqa: BLE001 — raised by f.result(), like a pool's task
+            f.set_exception(e)
+        return f
+
+
 def shutdown_pool() -> None:
     """Stop the worker processes and threads of :func:`read` (started on first use and reused); their
-    ONNX sessions, arenas and buffers go with them."""
+    ONNX sessions, arenas and buffers go with them. A pool that reads running in other threads still use
+    stops when they end (the next read starts a new one)."""
     global _pool, _tpool
     with _pool_lock:
         if _pool is not None:
-            _pool.shutdown(wait=True, cancel_futures=True)
+            _retire(_pool, wait=True)
             _pool = None
         if _tpool is not None:
-            _tpool.shutdown(wait=True, cancel_futures=True)
+            _retire(_tpool, wait=True)
             _tpool = None
 
 
@@ -458,6 +541,8 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
         try:
             return dsid.read_direct_chunk(off)
         except (RuntimeError, OSError, ValueError):
+            if not dsid.valid:  # its file was closed meanwhile (by another thread): not a missing chunk
+                raise RuntimeError("cannot read a closed dataset (its file was closed)") from None
             return None  # not allocated: fill value
         except MemoryError:
             # no chunk written yet, so no chunk index: H5Dget_chunk_storage_size leaves the size h5py
@@ -501,48 +586,49 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
 
         # one decoder per core, no nested ORT thread pools; fewer chunks than workers: cores go to ORT
         ort_threads = max(1, workers // min(workers, len(plan)))
-        futures = [_thread_pool(workers).submit(job, it) for it in plan]
-        try:
-            for f in futures:
-                f.result()
-        finally:  # an error: do not leave decoders writing into ``out`` behind the caller's back
-            for f in futures:
-                f.cancel()
-            wait(futures)
+        with _using(_thread_pool, workers) as pool:
+            futures = [_submit(pool, job, it) for it in plan]
+            try:
+                for f in futures:
+                    f.result()
+            finally:  # an error: do not leave decoders writing into ``out`` behind the caller's back
+                for f in futures:
+                    f.cancel()
+                wait(futures)
         return out[final]
 
     # process pool writing into shared memory; the calling thread fetches the stored bytes
     path, nbytes, out = _shared_output(shape, dtype)
     try:
-        pool = _process_pool(workers)
-        # batches of chunks per task: enough tasks to balance the workers, few enough to keep the
-        # per-task overhead (pickling, opening the shared file) small
-        target = max(1, min(16, len(plan) // (4 * workers)))
-        futures = []
-        batch = []
-        batch_bytes = 0
-        inflight_limit = 4 * workers
-        for off, dsl, lsel in plan:
-            got = fetch(off)
-            if got is None:
-                out[dsl] = missing()
-                continue
-            batch.append((got[1], got[0], dsl, lsel))
-            batch_bytes += len(got[1])
-            if len(batch) >= target or batch_bytes >= (64 << 20):
-                futures.append(pool.submit(_process_task, path, nbytes, shape, dtype.str, batch, chunks,
-                                           chunk_dtype.str))
-                batch, batch_bytes = [], 0
-                if len(futures) >= inflight_limit:  # bound the compressed bytes held in queues
-                    done, pending = wait(futures, return_when="FIRST_COMPLETED")
-                    for f in done:
-                        f.result()
-                    futures = list(pending)
-        if batch:
-            futures.append(pool.submit(_process_task, path, nbytes, shape, dtype.str, batch, chunks,
+        with _using(_process_pool, workers) as pool:
+            # batches of chunks per task: enough tasks to balance the workers, few enough to keep the
+            # per-task overhead (pickling, opening the shared file) small
+            target = max(1, min(16, len(plan) // (4 * workers)))
+            futures = []
+            batch = []
+            batch_bytes = 0
+            inflight_limit = 4 * workers
+            for off, dsl, lsel in plan:
+                got = fetch(off)
+                if got is None:
+                    out[dsl] = missing()
+                    continue
+                batch.append((got[1], got[0], dsl, lsel))
+                batch_bytes += len(got[1])
+                if len(batch) >= target or batch_bytes >= (64 << 20):
+                    futures.append(_submit(pool, _process_task, path, nbytes, shape, dtype.str, batch,
+                                           chunks, chunk_dtype.str))
+                    batch, batch_bytes = [], 0
+                    if len(futures) >= inflight_limit:  # bound the compressed bytes held in queues
+                        done, pending = wait(futures, return_when="FIRST_COMPLETED")
+                        for f in done:
+                            f.result()
+                        futures = list(pending)
+            if batch:
+                futures.append(_submit(pool, _process_task, path, nbytes, shape, dtype.str, batch, chunks,
                                        chunk_dtype.str))
-        for f in futures:
-            f.result()
+            for f in futures:
+                f.result()
     finally:
         os.unlink(path)
     return out[final]

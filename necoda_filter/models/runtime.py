@@ -18,7 +18,9 @@ blocks), so provider and thread differences can only move the lossy reconstructi
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import threading
 
 import numpy as np
@@ -28,6 +30,27 @@ _sessions: dict[tuple, object] = {}
 _local = threading.local()
 #: ORT threads for sessions created in worker processes of ``read`` (set by :func:`set_process_threads`)
 _process_threads: int | None = None
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must not use or destroy its copies of the parent's sessions: their intra-op thread
+    pools' threads stayed in the parent, and destroying one waits for them forever (a child that exits
+    normally, or calls :func:`clear_cache`, hung at exit). They are kept alive and never used; the child
+    builds its own. ``_lock`` may have been held by another thread of the parent (creating a session) at
+    fork time: the child gets a fresh one, and so does the learned mode's context cache."""
+    global _lock
+    _lock = threading.Lock()
+    if _sessions:
+        for s in _sessions.values():
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(s))  # never freed, even at interpreter exit
+        _sessions.clear()
+    learned = sys.modules.get(__name__.rsplit(".", 2)[0] + ".modes.learned")
+    if learned is not None and hasattr(learned, "_context_lock"):
+        learned._context_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class worker_threads:

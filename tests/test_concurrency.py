@@ -1,0 +1,505 @@
+"""Concurrency: threads, fork, interpreter exit, Ctrl-C and pool teardown around the HDF5 filter and
+``necoda_filter.read``. Every scenario runs in a fresh interpreter with a timeout, and arms
+``faulthandler.dump_traceback_later`` there, so a deadlock fails the test with the stacks of the hung
+process instead of hanging the test run. Children that must hang-check themselves are joined with a
+timeout by their parent, which reports "HANG"."""
+import subprocess
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import run_fresh
+
+TIMEOUT = 120
+
+_HEADER = """\
+import faulthandler, os, signal, sys, threading, time
+faulthandler.dump_traceback_later({deadline}, exit=True)
+import h5py, numpy as np
+"""
+
+
+def _run(code: str, env: dict | None = None, timeout: float = TIMEOUT) -> str:
+    """Run ``code`` (after _HEADER) in a new interpreter; fail on a non-zero exit or a timeout."""
+    script = _HEADER.format(deadline=timeout - 20) + textwrap.dedent(code)
+    try:
+        p = run_fresh(script, env_extra=env, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"timed out (deadlock?)\nstdout:\n{e.stdout}\nstderr:\n{e.stderr}")
+    assert p.returncode == 0, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    return p.stdout
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from necoda_filter import Necoda
+    from necoda_filter.simulate import simulate_imaging
+
+    path = tmp_path_factory.mktemp("concurrency") / "d.h5"
+    movie = simulate_imaging(n_frames=32, height=64, width=64, seed=1).movie
+    rng = np.random.default_rng(0)
+    ll = (rng.integers(0, 200, (64, 64, 64)).cumsum(0) % 4000).astype(np.int16)
+    long = (rng.integers(0, 200, (6000, 16, 16)).cumsum(0) % 4000).astype(np.int16)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("learned", data=movie, chunks=(16, 64, 64), compression=Necoda(mode="learned"))
+        f.create_dataset("lossless", data=ll, chunks=(8, 64, 64), compression=Necoda(mode="lossless"))
+        f.create_dataset("long", data=long, chunks=(2, 16, 16), compression=Necoda(mode="lossless"))
+        # the first chunk never written: read() fills it with the fill value 7
+        p = f.create_dataset("partial", shape=ll.shape, dtype=ll.dtype, chunks=(8, 64, 64), fillvalue=7,
+                             compression=Necoda(mode="lossless"))
+        p[8:] = ll[8:]
+        f["movie"] = movie  # the originals, uncompressed
+        f["ll"] = ll
+    return str(path)
+
+
+def test_threads_read_and_write_through_h5py_while_read_runs(data, tmp_path):
+    """Regression: threads reading through h5py (one shared File and their own Files, lossless and learned)
+    and threads writing (one shared File, their own files) at the same time as read() with the thread and
+    the process executors: every result equals the single-threaded one."""
+    out = _run(f"""
+        import necoda_filter
+        from necoda_filter import Necoda, reader
+        P, OUT = {data!r}, {str(tmp_path)!r}
+        with h5py.File(P) as f:
+            ref = {{k: f[k][:] for k in ("learned", "lossless")}}
+            movie, ll = f["movie"][:], f["ll"][:]
+        errors = []
+
+        def guard(fn, *args):
+            def run():
+                try:
+                    fn(*args)
+                except BaseException as e:
+                    errors.append(f"{{fn.__name__}}{{args[1:]}}: {{type(e).__name__}}: {{e}}")
+            return threading.Thread(target=run)
+
+        def shared(f, k):
+            for _ in range(4):
+                assert np.array_equal(f[k][:], ref[k]), k
+                assert np.array_equal(f[k][3:20, 5:40], ref[k][3:20, 5:40]), k
+
+        def own(_, k):
+            for _ in range(3):
+                with h5py.File(P) as g:
+                    assert np.array_equal(g[k][:], ref[k]), k
+
+        def parallel(_, k, ex):
+            with h5py.File(P) as g:
+                for _ in range(3):
+                    assert np.array_equal(reader.read(g[k], executor=ex), ref[k]), (k, ex)
+
+        def write(g, i):
+            g.create_dataset(f"L{{i}}", data=movie, chunks=(16, 64, 64), compression=Necoda(mode="learned"))
+            g.create_dataset(f"S{{i}}", data=ll, chunks=(8, 64, 64), compression=Necoda(mode="lossless"))
+
+        def write_own(_, i):
+            with h5py.File(f"{{OUT}}/w{{i}}.h5", "w") as g:
+                write(g, i)
+
+        f = h5py.File(P)
+        w = h5py.File(f"{{OUT}}/shared.h5", "w")
+        ts = [guard(shared, f, k) for k in ("learned", "lossless", "learned")]
+        ts += [guard(own, None, k) for k in ("learned", "lossless")]
+        ts += [guard(parallel, None, k, ex) for k in ("learned", "lossless") for ex in ("thread", "process")]
+        ts += [guard(write, w, i) for i in range(2)] + [guard(write_own, None, i) for i in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        w.close()
+        assert not errors, errors
+        with h5py.File(f"{{OUT}}/shared.h5") as w:
+            for i in range(2):  # encoding is deterministic: same bytes as the file written single-threaded
+                assert np.array_equal(w[f"L{{i}}"][:], ref["learned"]) and np.array_equal(w[f"S{{i}}"][:], ll)
+        for i in range(2):
+            with h5py.File(f"{{OUT}}/w{{i}}.h5") as g:
+                assert np.array_equal(g[f"L{{i}}"][:], ref["learned"]) and np.array_equal(g[f"S{{i}}"][:], ll)
+        print("ok")
+    """)
+    assert "ok" in out
+
+
+def test_necoda_threads_do_not_change_bytes_or_values(data, tmp_path):
+    """Regression: NECODA_THREADS=1 and the default (one ORT thread per core) encode the same bytes and
+    decode the same values, through h5py and read()."""
+    code = f"""
+        import hashlib, necoda_filter
+        from necoda_filter import Necoda, reader
+        with h5py.File({data!r}) as f:
+            movie = f["movie"][:]
+            got = [f["learned"][:], reader.read(f["learned"], executor="thread"),
+                   reader.read(f["learned"], executor="process")]
+        assert all(np.array_equal(g, got[0]) for g in got)
+        with h5py.File(os.path.join({str(tmp_path)!r}, f"t{{os.getpid()}}.h5"), "w") as g:
+            d = g.create_dataset("L", data=movie, chunks=(16, 64, 64), compression=Necoda(mode="learned"))
+            g.flush()
+            raw = b"".join(d.id.read_direct_chunk((t, 0, 0))[1] for t in (0, 16))
+        print(hashlib.sha1(got[0].tobytes()).hexdigest(), hashlib.sha1(raw).hexdigest())
+    """
+    one = _run(code, env={"NECODA_THREADS": "1"}).split()
+    default = _run(code).split()
+    assert one == default
+
+
+def test_fork_after_the_filter_and_read_were_used(data):
+    """A fork child (multiprocessing "fork", and os.fork from a thread while other threads decode) reads
+    through h5py and read() with both executors. read()'s thread and process pools inherited from the
+    parent have no threads/processes in the child: reads on them waited forever."""
+    out = _run(f"""
+        import multiprocessing as mp
+        import necoda_filter
+        from necoda_filter import reader
+        P = {data!r}
+        with h5py.File(P) as f:
+            ref, lref = f["learned"][:], f["lossless"][:]
+            assert np.array_equal(reader.read(f["learned"], executor="thread"), ref)
+            assert np.array_equal(reader.read(f["lossless"], executor="process"), lref)
+
+        def child_reads():
+            with h5py.File(P) as g:
+                ok = np.array_equal(g["learned"][:], ref)
+                ok = ok and np.array_equal(reader.read(g["learned"], executor="thread"), ref)
+                ok = ok and np.array_equal(reader.read(g["lossless"], executor="process"), lref)
+            return ok
+
+        def target(q):
+            q.put(child_reads())
+
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=target, args=(q,))
+        p.start()
+        p.join(40)
+        assert not p.is_alive(), "multiprocessing fork child HANG"
+        assert p.exitcode == 0 and q.get(timeout=5) is True
+
+        stop = threading.Event()
+        def busy():
+            with h5py.File(P) as g:
+                while not stop.is_set():
+                    g["learned"][:]
+                    reader.read(g["learned"], executor="thread")
+        b = threading.Thread(target=busy)
+        b.start()
+        status = []
+        def forker():
+            pid = os.fork()
+            if pid == 0:
+                ok = False
+                try:
+                    ok = child_reads()
+                    reader.shutdown_pool()
+                finally:
+                    os._exit(0 if ok else 1)
+            for _ in range(400):
+                got, st = os.waitpid(pid, os.WNOHANG)
+                if got:
+                    status.append(os.waitstatus_to_exitcode(st))
+                    return
+                time.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            status.append("HANG")
+        t = threading.Thread(target=forker)
+        t.start()
+        t.join()
+        stop.set()
+        b.join()
+        assert status == [0], status
+        print("ok")
+    """)
+    assert "ok" in out
+
+
+def test_fork_while_another_thread_holds_the_session_lock(data):
+    """read()'s worker processes are forked while another thread holds runtime's session lock (it creates
+    an ONNX session meanwhile): the workers inherited the lock held and waited for it forever. A fork
+    child also destroyed its copies of the parent's sessions in clear_cache(), waiting forever for their
+    thread pools' threads, which stayed in the parent."""
+    out = _run(f"""
+        import multiprocessing as mp
+        import necoda_filter
+        from necoda_filter import reader
+        from necoda_filter.models import runtime
+        f = h5py.File({data!r})
+        ref = f["learned"][:]  # sessions with the default thread count, cached in this process
+        held = threading.Event()
+        def hold():
+            with runtime._lock:
+                held.set()
+                time.sleep(1.0)
+        threading.Thread(target=hold).start()
+        held.wait()
+        reader.shutdown_pool()
+        assert np.array_equal(reader.read(f["learned"], executor="process", workers=2), ref)
+
+        def target(q):
+            runtime.clear_cache()
+            q.put(np.array_equal(f["learned"][:], ref))
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=target, args=(q,))
+        p.start()
+        p.join(40)
+        assert not p.is_alive(), "fork child HANG in clear_cache"
+        assert p.exitcode == 0 and q.get(timeout=5) is True
+        print("ok")
+    """)
+    assert "ok" in out
+
+
+def test_multiprocessing_child_using_the_process_pool_exits(data):
+    """A multiprocessing child that reads with executor="process" exits when its target returns: it skips
+    atexit and waits for its own children first, so read()'s workers kept it alive forever."""
+    out = _run(f"""
+        import multiprocessing as mp
+        import necoda_filter
+        from necoda_filter import reader
+        def target(q):
+            with h5py.File({data!r}) as f:
+                q.put(np.array_equal(reader.read(f["long"], executor="process", workers=2), f["long"][:]))
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=target, args=(q,))
+        p.start()
+        ok = q.get(timeout=60)
+        p.join(30)
+        assert not p.is_alive(), "child HANG at exit"
+        assert ok and p.exitcode == 0
+        print("ok")
+    """)
+    assert "ok" in out
+
+
+def test_shutdown_pool_and_clear_cache_while_other_threads_read(data):
+    """runtime.clear_cache() / reader.shutdown_pool() and reads with another worker count (which replace
+    the pools) while other threads read with both executors. Stopping a pool under a running read
+    cancelled its queued chunks: read() raised CancelledError / "cannot schedule new futures after
+    shutdown", or with executor="thread" waited forever for the cancelled chunks. No worker process is left
+    after the last shutdown_pool()."""
+    out = _run(f"""
+        import necoda_filter
+        from necoda_filter import reader
+        from necoda_filter.models import runtime
+        P = {data!r}
+        with h5py.File(P) as f:
+            ref = {{k: f[k][:] for k in ("learned", "lossless")}}
+        errors, counts = [], []
+        stop = threading.Event()
+        def loop(k, ex, workers):
+            n = 0
+            try:
+                with h5py.File(P) as g:
+                    while not stop.is_set():
+                        assert np.array_equal(reader.read(g[k], executor=ex, workers=workers), ref[k])
+                        n += 1
+            except BaseException as e:
+                errors.append(f"{{k}} {{ex}} {{workers}}: {{type(e).__name__}}: {{e}}")
+            counts.append(n)
+        args = [(k, ex, 2) for k in ("learned", "lossless") for ex in ("thread", "process")]
+        args += [("learned", "thread", 1), ("lossless", "process", 3)]
+        ts = [threading.Thread(target=loop, args=a) for a in args]
+        for t in ts:
+            t.start()
+        t0 = time.time()
+        while time.time() - t0 < 3:
+            runtime.clear_cache()
+            time.sleep(0.03)
+            reader.shutdown_pool()
+            time.sleep(0.03)
+        stop.set()
+        for t in ts:
+            t.join()
+        assert not errors, errors
+        assert min(counts) > 0, counts
+        reader.shutdown_pool()
+        me = os.getpid()
+        for _ in range(50):
+            left = open(f"/proc/{{me}}/task/{{me}}/children").read().split()
+            if not left:
+                break
+            time.sleep(0.1)
+        assert not left, f"worker processes left: {{left}}"
+        print("ok", counts)
+    """)
+    assert "ok" in out
+
+
+def test_ctrl_c_during_an_h5py_read_raises_keyboardinterrupt(data):
+    """SIGINT while HDF5 runs the filter: the filter failed the chunk and h5py raised OSError ("filter
+    returned failure"); the KeyboardInterrupt was lost. Now it is raised, and the file stays usable. Same
+    for a write."""
+    out = _run(f"""
+        import necoda_filter
+        from necoda_filter import Necoda, _bridge
+        f = h5py.File({data!r})
+        ref = f["long"][:]
+        original, calls = _bridge.decode_owned, [0]
+        def decode_owned(*args):  # Ctrl-C arrives during the 50th chunk's decode
+            calls[0] += 1
+            if calls[0] == 50:
+                os.kill(os.getpid(), signal.SIGINT)
+            return original(*args)
+        _bridge.decode_owned = decode_owned
+        try:
+            f["long"][:]
+        except KeyboardInterrupt:
+            pass
+        else:
+            raise AssertionError("no KeyboardInterrupt")
+        assert calls[0] < 100, calls  # promptly
+        _bridge.decode_owned = original
+        assert np.array_equal(f["long"][:], ref)
+
+        original_filter, calls[0] = _bridge.filter, 0
+        def encode(*args):
+            calls[0] += 1
+            if calls[0] == 50:
+                os.kill(os.getpid(), signal.SIGINT)
+            return original_filter(*args)
+        _bridge.filter = encode
+        # no chunk cache: chunks are encoded during the write, not when the dataset is closed (a failure
+        # there happens in h5py's destructor, which can only print it)
+        with h5py.File(os.path.join(os.path.dirname({data!r}), "w.h5"), "w", rdcc_nbytes=0) as g:
+            try:
+                g.create_dataset("x", data=ref, chunks=(2, 16, 16), compression=Necoda(mode="lossless"))
+            except KeyboardInterrupt:
+                pass
+            else:
+                raise AssertionError("no KeyboardInterrupt while writing")
+            _bridge.filter = original_filter
+            g.create_dataset("y", data=ref[:100], chunks=(2, 16, 16), compression=Necoda(mode="lossless"))
+            assert np.array_equal(g["y"][:], ref[:100])
+        print("ok")
+    """)
+    assert "ok" in out
+
+
+def test_ctrl_c_during_read(data):
+    """Regression: SIGINT during read() raises KeyboardInterrupt promptly with every executor; the next
+    read works and, after shutdown_pool(), no worker process is left."""
+    out = _run(f"""
+        import necoda_filter
+        from necoda_filter import reader
+        f = h5py.File({data!r})
+        ds = f["long"]
+        ref = ds[:]
+        for ex in ("serial", "thread", "process"):
+            reader.read(ds, np.s_[:10], executor=ex)  # pools started
+            threading.Timer(0.08, os.kill, (os.getpid(), signal.SIGINT)).start()
+            t = time.time()
+            try:
+                reader.read(ds, executor=ex)
+            except KeyboardInterrupt:
+                took = time.time() - t
+            else:
+                raise AssertionError(f"{{ex}}: no KeyboardInterrupt")
+            assert took < 2, (ex, took)
+            assert np.array_equal(reader.read(ds, executor=ex), ref), ex
+        reader.shutdown_pool()
+        me = os.getpid()
+        assert not open(f"/proc/{{me}}/task/{{me}}/children").read().split()
+        print("ok")
+    """)
+    assert "ok" in out
+
+
+def test_import_while_a_thread_reads_through_the_plugin_path(data, tmp_path):
+    """HDF5_PLUGIN_PATH only: a thread reads necoda data through h5py (the filter's first call imports
+    necoda_filter._bridge, holding h5py's lock) while the main thread imports necoda_filter, whose
+    registration waited for that lock: both waited forever. The filter ends up registered."""
+    import necoda_filter
+
+    out = _run(f"""
+        started = threading.Event()
+        def reads():
+            with h5py.File({data!r}) as f:
+                started.set()
+                for _ in range(20):
+                    f["lossless"][:]
+        t = threading.Thread(target=reads)
+        t.start()
+        started.wait()
+        import necoda_filter
+        t.join()
+        for th in threading.enumerate():
+            if th.name == "necoda-register":
+                th.join(30)
+        assert necoda_filter._plugin.is_registered()
+        with h5py.File(os.path.join({str(tmp_path)!r}, "x.h5"), "w") as g:
+            g.create_dataset("x", data=np.arange(1000, dtype=np.int32).reshape(10, 100), chunks=(5, 100),
+                             compression="necoda")
+            assert g["x"][:].sum() == 499500
+        print("ok")
+    """, env={"HDF5_PLUGIN_PATH": necoda_filter.PLUGIN_PATH})
+    assert "ok" in out
+
+
+def test_read_raises_when_the_file_is_closed_during_the_read(data):
+    """Another thread closes the file while read() fetches chunks: read() raises instead of returning the
+    fill value for every chunk it had not fetched yet (a dataset with an unwritten chunk, so the fill value
+    was known)."""
+    out = _run(f"""
+        import necoda_filter
+        from necoda_filter import reader
+        with h5py.File({data!r}) as f:
+            ref = f["partial"][:]
+        assert (ref[:8] == 7).all()
+
+        class Id:  # the dataset's id; another thread closes the file during the third chunk fetch
+            def __init__(self, f):
+                self.f, self.real, self.n = f, f["partial"].id, 0
+            def read_direct_chunk(self, off):
+                self.n += 1
+                if self.n == 3:
+                    t = threading.Thread(target=self.f.close)
+                    t.start()
+                    t.join()
+                return self.real.read_direct_chunk(off)
+            def __getattr__(self, name):
+                return getattr(self.real, name)
+
+        class Dataset:
+            def __init__(self, f):
+                self.real, self.id = f["partial"], Id(f)
+            def __getattr__(self, name):
+                return getattr(self.real, name)
+            def __getitem__(self, sel):
+                return self.real[sel]
+
+        for ex in ("serial", "thread", "process"):
+            try:
+                got = reader.read(Dataset(h5py.File({data!r})), executor=ex, workers=2)
+            except (RuntimeError, ValueError):
+                pass
+            else:
+                assert np.array_equal(got, ref), f"{{ex}}: wrong data, fill value where the file was closed"
+        print("ok")
+    """)
+    assert "ok" in out
+
+
+def test_read_in_a_non_daemon_thread_when_the_main_thread_ends(data, tmp_path):
+    """A non-daemon thread still reading when the main thread finishes: concurrent.futures refuses new work
+    at interpreter exit before Python waits for that thread, so read() raised "cannot schedule new futures
+    after shutdown". It now finishes the read in that thread; the interpreter exits normally."""
+    result = tmp_path / "result.txt"
+    out = _run(f"""
+        import necoda_filter
+        from necoda_filter import reader
+        f = h5py.File({data!r})
+        ref = f["long"][:]
+        reader.read(f["long"], executor="process", workers=2)
+        def late():
+            time.sleep(0.3)  # the main thread has ended
+            ok = all(np.array_equal(reader.read(f["long"], executor=ex, workers=2), ref)
+                     for ex in ("process", "thread"))
+            open({str(result)!r}, "w").write(str(ok))
+        threading.Thread(target=late).start()
+        print("main done")
+    """)
+    assert "main done" in out
+    assert result.read_text() == "True"
