@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import numbers
 import os
 import sys
 import threading
@@ -98,8 +99,10 @@ def _teach_h5py_the_name() -> None:
     """Make ``compression="necoda"`` work in h5py (and hence hdmf's H5DataIO), narrowly.
 
     h5py only accepts its built-in filter names. We add "necoda" to its encode/decode tuples, map it
-    to the filter id and cd_values in ``fill_dcpl`` (``compression_opts`` may be a dict of Necoda options)
-    and name the id in ``get_filter_name`` (so ``Dataset.compression == "necoda"``).
+    to the filter id and cd_values in ``fill_dcpl`` (``compression_opts`` may be a dict of Necoda options;
+    ``compression=FILTER_ID`` gets the same defaults and checks, :func:`_cd_values`) and name the id in
+    ``get_filter_name`` (so ``"necoda" in Dataset._filters``; h5py's ``Dataset.compression`` stays
+    ``"unknown"``, as for every plugin filter).
     Guarded by h5py's major version; tests check the patch still works on the pinned version.
     """
     import h5py
@@ -121,17 +124,8 @@ def _teach_h5py_the_name() -> None:
             from .dtypes import code_of
 
             code_of(dtype)  # refuse e.g. strings or compounds here, with a clear error
-        if compression == FILTER_NAME:
-            from .filters import Necoda
-
-            if compression_opts is None:
-                f = Necoda()
-            elif isinstance(compression_opts, dict):
-                f = Necoda(**compression_opts)
-            else:
-                f = None
-                compression_opts = tuple(compression_opts)
-            compression, compression_opts = FILTER_ID, (f.filter_options if f else compression_opts)
+        if compression == FILTER_NAME or (compression == FILTER_ID and not isinstance(compression, bool)):
+            compression, compression_opts = FILTER_ID, _cd_values(compression_opts)
         return original(plist, shape, dtype, chunks, compression, compression_opts, *args, **kwargs)
 
     fill_dcpl._necoda = True
@@ -144,3 +138,35 @@ def _teach_h5py_the_name() -> None:
         return FILTER_NAME if code == FILTER_ID else original_name(code)
 
     hf.get_filter_name = get_filter_name
+
+
+def _cd_values(compression_opts) -> tuple:
+    """cd_values for ``compression="necoda"`` / ``compression=FILTER_ID`` from ``compression_opts``:
+    None or () (defaults, as ``Necoda()``), a dict of :class:`Necoda` options, or the cd_values of a
+    ``Necoda(...).filter_options``. Anything else is a clear error here, never a file whose chunks the
+    filter stores raw: the C shim's defaults for empty cd_values mean ``max_error=0``, so imaging in mode
+    "auto" (learned) would be stored uncompressed, and short tuples were padded with zeros likewise."""
+    from collections.abc import Iterable, Mapping
+
+    from . import options
+    from .filters import Necoda
+
+    if compression_opts is None:
+        return Necoda().filter_options
+    if isinstance(compression_opts, Mapping):
+        return Necoda(**compression_opts).filter_options
+    if isinstance(compression_opts, (str, bytes)) or not isinstance(compression_opts, Iterable):
+        raise TypeError(f"necoda compression_opts must be a dict of Necoda options (e.g. {{'mode': 'lossless'}}) "
+                        f"or Necoda(...).filter_options, got {compression_opts!r}")
+    cd = tuple(compression_opts)
+    if not cd:
+        return Necoda().filter_options
+    if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and 0 <= c < 2**32 for c in cd):
+        raise TypeError(f"necoda compression_opts must be unsigned 32-bit integers (Necoda(...).filter_options), got {cd!r}")
+    try:
+        mode, opts = options.user_options(cd)
+        options.check_options(mode, opts)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"invalid necoda compression_opts {cd!r}: {e}; use a dict of Necoda options "
+                         "or Necoda(...).filter_options") from None
+    return cd
