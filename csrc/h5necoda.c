@@ -257,9 +257,14 @@ static herr_t necoda_set_local(hid_t dcpl, hid_t type, hid_t space) {
     unsigned user[NECODA_CD_USER_SLOTS];
     memset(user, 0, sizeof user);
     if (H5.Pget_filter_by_id2(dcpl, NECODA_FILTER_ID, &flags, &nelmts, user, 0, NULL, NULL) < 0) return -1;
-    if (nelmts == 0) { /* compression="necoda" with no options: defaults */
+    if (nelmts == 0) { /* the filter id with no options: the cd_values of necoda_filter.Necoda() (a test
+                        * compares them). Slots 2-3 and 4-5 hold max_error and max_error_noise as doubles,
+                        * low word first: unset is NaN (all zero would mean a bound of 0, and mode "auto"
+                        * would then store every movie chunk raw) */
         user[0] = NECODA_CD_LAYOUT_VERSION;
         user[1] = NECODA_MODE_AUTO;
+        user[2] = 0u; user[3] = 0x7FF80000u;
+        user[4] = 0u; user[5] = 0x7FF80000u;
     } else if (user[0] != NECODA_CD_LAYOUT_VERSION) {
         report("necoda_set_local", "unknown necoda cd_values layout version (create the filter with necoda_filter.Necoda)", 1);
         return -1;

@@ -332,3 +332,31 @@ def test_decoded_chunk_buffers_ask_for_huge_pages_over_their_aligned_part():
     _bridge._advise_huge(Lib(), 16, _bridge.HUGE_MIN_BYTES)  # 4 MiB from 16: one aligned 2 MiB inside
     if sys.platform.startswith("linux"):
         assert calls == [(M, M, _bridge.MADV_HUGEPAGE)]
+
+
+def test_shim_defaults_for_the_bare_filter_id_are_those_of_necoda(tmp_path):
+    """HDF5 code that adds filter 311 with no cd_values (any tool using only HDF5_PLUGIN_PATH) gets the
+    options of ``Necoda()``: mode auto and no bound (were max_error=0: every movie chunk stored raw)."""
+    p = tmp_path / "bare.h5"
+    m = movie(t=32, h=32, w=32)
+    np.save(tmp_path / "m.npy", m)
+    r = run_fresh(f"""
+        import h5py, numpy as np
+        m = np.load({str(tmp_path / "m.npy")!r})
+        with h5py.File({str(p)!r}, "w") as f:
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_chunk(m.shape)
+            dcpl.set_filter({necoda_filter.FILTER_ID}, h5py.h5z.FLAG_OPTIONAL, ())
+            sid = h5py.h5s.create_simple(m.shape)
+            dsid = h5py.h5d.create(f.id, b"m", h5py.h5t.NATIVE_UINT16, sid, dcpl=dcpl)
+            dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, m)
+            cd = dsid.get_create_plist().get_filter_by_id({necoda_filter.FILTER_ID})[1]
+            print(list(cd))
+    """, PLUGIN_ENV)
+    assert r.returncode == 0, r.stderr
+    cd = json.loads(r.stdout.strip().splitlines()[-1])
+    assert tuple(cd[:8]) == necoda_filter.options.to_cd_values("auto")
+    with h5py.File(p, "r") as f:
+        ds = f["m"]
+        info = necoda_filter.chunk.info(ds.id.read_direct_chunk((0, 0, 0))[1])
+        assert necoda_filter.modes.MODE_NAMES[info.mode_id] == "learned"  # "auto" on a movie; not raw
