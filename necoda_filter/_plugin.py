@@ -144,8 +144,8 @@ def _cd_values(compression_opts) -> tuple:
     """cd_values for ``compression="necoda"`` / ``compression=FILTER_ID`` from ``compression_opts``:
     None or () (defaults, as ``Necoda()``), a dict of :class:`Necoda` options, or the cd_values of a
     ``Necoda(...).filter_options``. Anything else is a clear error here, never a file whose chunks the
-    filter stores raw: the C shim's defaults for empty cd_values mean ``max_error=0``, so imaging in mode
-    "auto" (learned) would be stored uncompressed, and short tuples were padded with zeros likewise."""
+    filter stores raw: short tuples were padded with zeros (``max_error=0``: imaging in mode "auto" was then
+    stored uncompressed); empty cd_values get the same defaults in the C shim too."""
     from collections.abc import Iterable, Mapping
 
     from . import options
