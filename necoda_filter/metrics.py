@@ -34,6 +34,18 @@ def _rows_per_block(a: np.ndarray, target: int = 1 << 22) -> int:
     return max(1, target // max(per_row, 1))
 
 
+def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """b - a in float64. Integer pairs are subtracted exactly before the conversion (64-bit values
+    above 2**53 would otherwise lose up to 2**10 units each; the exact difference is rounded once)."""
+    if a.dtype.kind in "iub" and b.dtype.kind in "iub":
+        if a.dtype.itemsize <= 4 and b.dtype.itemsize <= 4:
+            return (b.astype(np.int64) - a.astype(np.int64)).astype(np.float64)
+        if a.dtype == b.dtype:
+            ua, ub = a.astype(np.uint64), b.astype(np.uint64)  # modular: (ub - ua) mod 2**64 is exact
+            return np.where(b >= a, (ub - ua).astype(np.float64), -(ua - ub).astype(np.float64))
+    return b.astype(np.float64) - a.astype(np.float64)
+
+
 def error_stats(orig, dec, data_range=None) -> dict:
     """Pointwise error statistics of ``dec`` against ``orig``.
 
@@ -42,8 +54,12 @@ def error_stats(orig, dec, data_range=None) -> dict:
     - ``max_abs`` = max |e|
     - ``rmse``    = sqrt(sum e^2 / n)
     - ``psnr``    = 20 log10(R / rmse) dB with R = ``data_range`` or orig.max() - orig.min();
-                    +inf when rmse == 0 (and NaN when R == 0 < rmse)
+                    +inf when rmse == 0 (and NaN when R == 0 < rmse; -inf when rmse is inf)
     - also ``mean_error`` (= mean e, the bias) and ``data_range`` (R).
+
+    Integer inputs are subtracted exactly (no wraparound, no float64 rounding of 64-bit values).
+    NaN/inf are not skipped: a NaN in either array makes ``max_abs``, ``rmse`` and ``psnr`` NaN
+    (never a finite figure that hides it); mask such samples first if they should not count.
     """
     orig = np.asarray(orig)
     dec = np.asarray(dec)
@@ -54,23 +70,27 @@ def error_stats(orig, dec, data_range=None) -> dict:
         raise ValueError("empty arrays")
     a = orig.reshape(orig.shape[0], -1) if orig.ndim > 1 else orig.reshape(-1, 1)
     b = dec.reshape(a.shape)
-    mx = 0.0
+    mxs, los, his = [], [], []  # per-block extremes; np.max/np.min of them propagate NaN
     s2 = 0.0
     s1 = 0.0
-    lo, hi = np.inf, -np.inf
     for sl in _blocks(a.shape[0], _rows_per_block(a)):
-        e = b[sl].astype(np.float64) - a[sl].astype(np.float64)
-        mx = max(mx, float(np.max(np.abs(e))))
+        e = _diff(a[sl], b[sl])
+        mxs.append(float(np.max(np.abs(e))))
         s2 += float(np.dot(e.ravel(), e.ravel()))
         s1 += float(e.sum())
-        lo = min(lo, float(a[sl].min()))
-        hi = max(hi, float(a[sl].max()))
+        los.append(float(a[sl].min()))
+        his.append(float(a[sl].max()))
+    mx = float(np.max(mxs))
+    lo, hi = float(np.min(los)), float(np.max(his))
     rmse = float(np.sqrt(s2 / n))
-    R = float(hi - lo) if data_range is None else float(data_range)
+    with np.errstate(invalid="ignore", over="ignore"):
+        R = float(hi - lo) if data_range is None else float(data_range)
     if rmse == 0.0:
         psnr = float("inf")
-    elif R <= 0:
+    elif not (R > 0) or np.isnan(rmse):
         psnr = float("nan")
+    elif np.isinf(rmse):
+        psnr = float("-inf")
     else:
         psnr = float(20.0 * np.log10(R / rmse))
     return {"max_abs": mx, "rmse": rmse, "psnr": psnr, "mean_error": s1 / n, "data_range": R}
@@ -87,6 +107,8 @@ def noise_rmse(orig, dec, sigma) -> float:
     dec = np.asarray(dec)
     if orig.shape != dec.shape:
         raise ValueError(f"shape mismatch: {orig.shape} vs {dec.shape}")
+    if orig.size == 0:
+        raise ValueError("empty arrays")
     sig = np.asarray(sigma, dtype=np.float64)
     a = orig.reshape(orig.shape[0], -1) if orig.ndim > 1 else orig.reshape(-1, 1)
     b = dec.reshape(a.shape)
@@ -100,7 +122,7 @@ def noise_rmse(orig, dec, sigma) -> float:
             inv2 = np.where(s > 0, 1.0 / np.where(s > 0, s, 1.0) ** 2, np.inf)
     tot = 0.0
     for sl in _blocks(a.shape[0], _rows_per_block(a)):
-        e2 = (b[sl].astype(np.float64) - a[sl].astype(np.float64)) ** 2
+        e2 = _diff(a[sl], b[sl]) ** 2
         if inv2 is None:
             tot += float(e2.sum())
         else:
@@ -563,6 +585,18 @@ def trace_correlations(a, b) -> np.ndarray:
     return np.clip(r, -1.0, 1.0)
 
 
+def _r_vs_reference(ref, x) -> np.ndarray:
+    """:func:`trace_correlations` of ``x`` against reference rows ``ref``, where a reference row that
+    is finite and not constant counts r = 0 when its correlation is undefined (``x`` row constant,
+    e.g. zeroed, or not finite): the signal was lost, and a NaN would be dropped from the summaries."""
+    ref = np.atleast_2d(np.asarray(ref, dtype=np.float64))
+    r = trace_correlations(ref, x)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(ref).all(axis=1) & (np.ptp(ref, axis=1) > 0) if ref.shape[1] else np.zeros(ref.shape[0], bool)
+    r[ok & np.isnan(r)] = 0.0
+    return r
+
+
 def _nan_stat(v: np.ndarray, fn, *a) -> float:
     v = v[np.isfinite(v)]
     return float(fn(v, *a)) if v.size else float("nan")
@@ -577,7 +611,9 @@ def imaging_fidelity(orig, dec, masks=None, true_traces=None, footprints=None, n
     (:func:`roi_traces`). Returns
 
     - ``roi_r_median``, ``roi_r_p05``: median and 5th percentile over ROIs of Pearson r between
-      original and decoded ROI traces (NaN rows excluded);
+      original and decoded ROI traces (rows whose original trace is constant or not finite are
+      excluded; a decoded trace that is constant or not finite where the original varies counts
+      r = 0, so destroyed ROIs lower the figures instead of vanishing from them);
     - ``n_rois`` and ``roi_source`` ('masks' | 'footprints' | 'detected');
     - with ``true_traces`` (N, T) and ROIs that correspond to them (footprints, or N masks):
       ``true_r_median_orig`` / ``true_r_median_dec`` (median r of original / decoded ROI traces
@@ -606,7 +642,7 @@ def imaging_fidelity(orig, dec, masks=None, true_traces=None, footprints=None, n
     if m.shape[0]:
         to = roi_traces(orig, m)
         td = roi_traces(dec, m)
-        r = trace_correlations(to, td)
+        r = _r_vs_reference(to, td)
         out["roi_r_median"] = _nan_stat(r, np.median)
         out["roi_r_p05"] = _nan_stat(r, np.percentile, 5)
     else:
@@ -615,8 +651,8 @@ def imaging_fidelity(orig, dec, masks=None, true_traces=None, footprints=None, n
     if true_traces is not None:
         tt = np.atleast_2d(np.asarray(true_traces, dtype=np.float64))
         if to is not None and src != "detected" and tt.shape == to.shape:
-            ro = trace_correlations(to, tt)
-            rd = trace_correlations(td, tt)
+            ro = _r_vs_reference(tt, to)
+            rd = _r_vs_reference(tt, td)
             out["true_r_median_orig"] = _nan_stat(ro, np.median)
             out["true_r_median_dec"] = _nan_stat(rd, np.median)
             out["true_r_p05_dec"] = _nan_stat(rd, np.percentile, 5)
@@ -724,7 +760,8 @@ def ephys_fidelity(orig, dec, fs: float, threshold: float = 5.0, lo: float = 300
     - ``spike_precision`` = M / N_dec, ``spike_recall`` = M / N_orig;
     - ``waveform_r_median``: median over original detections (at most ``max_snippets``, evenly
       spaced) of Pearson r between the original and decoded filtered snippets, +-``snippet_ms``
-      around the peak on the detection channel;
+      around the peak on the detection channel (a constant or non-finite decoded snippet counts
+      r = 0);
     - ``n_spikes`` = N_orig, ``n_spikes_dec`` = N_dec, ``sigma`` (per-channel, list).
     """
     dec = np.asarray(dec)
@@ -756,7 +793,7 @@ def ephys_fidelity(orig, dec, fs: float, threshold: float = 5.0, lo: float = 300
         ts, cs = ts[sel], cs[sel]
     if ts.size:
         idx = ts[:, None] + np.arange(-h, h + 1)[None, :]
-        r = trace_correlations(yo[idx, cs[:, None]], yd[idx, cs[:, None]])
+        r = _r_vs_reference(yo[idx, cs[:, None]], yd[idx, cs[:, None]])
         out["waveform_r_median"] = _nan_stat(r, np.median)
     else:
         out["waveform_r_median"] = float("nan")
