@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 EPILOG = """\
@@ -42,16 +45,68 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+OUTPUT_NAMES = ("results.json", "results.md", "rate_distortion.png")
+
+
+def _check_args(args) -> None:
+    """Reject bad values with one clear line before any work."""
+    import numpy as np
+    for name, v, ok, what in (("--max-frames", args.max_frames, args.max_frames is None or args.max_frames >= 1, ">= 1"),
+                              ("--chunk-frames", args.chunk_frames, args.chunk_frames is None or args.chunk_frames >= 1,
+                               ">= 1"),
+                              ("--channels", args.channels, args.channels is None or args.channels >= 1, ">= 1"),
+                              ("--fs", args.fs, args.fs is None or (args.fs > 0 and args.fs != float("inf")), "> 0")):
+        if not ok:
+            raise ValueError(f"{name} must be {what}, got {v}")
+    if args.dtype is not None:
+        try:
+            np.dtype(args.dtype)
+        except TypeError:
+            raise ValueError(f"--dtype: unknown data type {args.dtype!r}") from None
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise FileExistsError(f"--out {args.out} exists and is not a folder")
+
+
+def _check_not_input(bench, spec: str, out: Path) -> None:
+    """The outputs must never replace the input file."""
+    h5 = bench._split_h5(spec)
+    src = Path(h5[0] if h5 else spec)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output folder {out} exists and is not a folder")
+    for n in OUTPUT_NAMES:
+        if src.is_file() and (out / n).exists() and os.path.samefile(src, out / n):
+            raise ValueError(f"output {out / n} is the input {spec}; choose another --out")
+
+
+def _write_atomic(bench, res, out: Path, plots: bool) -> None:
+    """Write OUT/results.* via a temporary folder inside OUT, each file renamed into place when complete."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".necoda-bench-", dir=out))
+    try:
+        for p in bench.write_outputs(res, tmp, plots=plots):
+            os.replace(p, out / p.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run(args) -> int:
     from .. import bench
     logging.basicConfig(level=logging.WARNING, format="necoda bench: %(message)s")
-    data = bench.load_data(args.data, key=args.key, dtype=args.dtype, channels=args.channels, fs=args.fs,
-                           max_frames=args.max_frames)
+    _check_args(args)
+    try:
+        data = bench.load_data(args.data, key=args.key, dtype=args.dtype, channels=args.channels, fs=args.fs,
+                               max_frames=args.max_frames)
+    except TypeError as e:  # sim:imaging:bogus=1 -> unexpected keyword argument
+        if not args.data.startswith("sim:"):
+            raise
+        raise ValueError(f"bad simulation parameter in {args.data!r}: {e}") from None
     out = Path(args.out) if args.out else Path(f"necoda-bench-{data.name}")
+    _check_not_input(bench, args.data, out)
     print(f"necoda bench: {data.kind} {data.array.shape} {data.array.dtype} from {data.source} -> {out}/",
           file=sys.stderr)
-    res = bench.run_bench(data, args.codecs, chunk=args.chunk_frames, out_dir=out,
+    res = bench.run_bench(data, args.codecs, chunk=args.chunk_frames, out_dir=None,
                           progress=not args.no_progress, plots=not args.no_plots)
+    _write_atomic(bench, res, out, plots=not args.no_plots)
     print(bench.describe(res))
     print()
     print(bench.format_table(res))

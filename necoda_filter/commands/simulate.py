@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,24 +66,45 @@ def run(args) -> int:
     out = Path(args.out)
     if out.suffix not in (".npz", ".npy"):
         raise ValueError(f"OUT must end with .npz or .npy, got {out.name!r}")
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a folder")
     if out.exists() and not args.force:
         raise FileExistsError(f"{out} exists (use --force to overwrite)")
+    if args.dtype is not None:
+        try:
+            np.dtype(args.dtype)
+        except TypeError:
+            raise ValueError(f"--dtype: unknown data type {args.dtype!r}") from None
+    if args.kind == "imaging" and not args.fps > 0:
+        raise ValueError(f"--fps must be > 0, got {args.fps}")
     t0 = time.perf_counter()
     res = _simulate(args)
     dt = time.perf_counter() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
     main = res.movie if args.kind == "imaging" else res.data
-    if out.suffix == ".npy":
-        np.save(out, main)
-    else:
-        fields = {}
-        for f in dataclasses.fields(res):
-            v = getattr(res, f.name)
-            if f.name == "params":
-                fields["params_json"] = np.array(json.dumps(v, default=float))
-            elif v is not None:
-                fields[f.name] = np.asarray(v)
-        np.savez(out, **fields)
+    # atomic: write a temporary file next to OUT, then rename it over OUT (never a half-written OUT)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if out.suffix == ".npy":
+                np.save(fh, main)
+            else:
+                fields = {}
+                for f in dataclasses.fields(res):
+                    v = getattr(res, f.name)
+                    if f.name == "params":
+                        fields["params_json"] = np.array(json.dumps(v, default=float))
+                    elif v is not None:
+                        fields[f.name] = np.asarray(v)
+                np.savez(fh, **fields)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give OUT the usual permissions
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     p = res.params
     if args.kind == "imaging":
         what = (f"movie {main.shape} {main.dtype}, {p['n_cells']} cells, {int(res.spikes.sum())} spikes, "

@@ -22,10 +22,57 @@ def add_arguments(p):
                    help="weight of the soma-trace error in the loss (simulations; default 3, 0 = off)")
 
 
+def _check_args(args):
+    """Reject bad values with one clear line (ValueError/FileNotFoundError) before anything is written."""
+    import importlib
+    import os
+
+    for name, v, ok, what in (("--minutes", args.minutes, args.minutes > 0, "> 0"),
+                              ("--steps", args.steps, args.steps >= 1, ">= 1"),
+                              ("--sims", args.sims, args.sims >= 0, ">= 0"),
+                              ("--threads", args.threads, args.threads >= 1, ">= 1"),
+                              ("--width", args.width, args.width >= 1, ">= 1"),
+                              ("--lr", args.lr, args.lr > 0, "> 0"),
+                              ("--trace-weight", args.trace_weight,
+                               args.trace_weight is None or args.trace_weight >= 0, ">= 0")):
+        if not ok or v != v:  # v != v: NaN
+            raise ValueError(f"{name} must be {what}, got {v}")
+    if args.sims == 0 and not args.recordings:
+        raise ValueError("nothing to train on: --sims 0 and no recordings")
+    try:
+        patch = tuple(int(v) for v in args.patch.split(","))
+    except ValueError:
+        patch = ()
+    if len(patch) != 3 or min(patch) < 1 or patch[0] % 8 or patch[1] % 16 or patch[2] % 16:
+        raise ValueError(f"--patch must be T,H,W with T a multiple of 8 and H, W of 16, got {args.patch!r}")
+    lambdas = None
+    if args.lambdas:
+        try:
+            lambdas = [float(v) for v in args.lambdas.split(",")]
+        except ValueError:
+            raise ValueError(f"--lambdas must be comma-separated numbers, got {args.lambdas!r}") from None
+        if any(not (v >= 0) for v in lambdas):
+            raise ValueError(f"--lambdas must be >= 0, got {args.lambdas!r}")
+    mod, sep, fn = args.simulator.partition(":")
+    try:
+        if not (mod and sep and fn) or not callable(getattr(importlib.import_module(mod), fn, None)):
+            raise ImportError
+    except ImportError:
+        raise ValueError(f"--simulator must name an importable module:function, got {args.simulator!r}") from None
+    for r in list(args.recordings) + ([args.init] if args.init else []):
+        f = r.partition("::")[0]
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"no such file: {f}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise FileExistsError(f"--out {args.out} exists and is not a folder")
+    return patch, lambdas
+
+
 def run(args) -> int:
     import sys
     from pathlib import Path
 
+    patch, lambdas = _check_args(args)
     try:
         from ..train.train import train
     except ImportError as e:  # torch missing
@@ -43,8 +90,7 @@ def run(args) -> int:
     log("necoda train " + " ".join(sys.argv[1:]))
     mid = train(out, simulator=args.simulator, n_sims=args.sims, recordings=args.recordings, minutes=args.minutes,
                 max_steps=args.steps, threads=args.threads, seed=args.seed, width=args.width, lr=args.lr, init=args.init,
-                lambdas=[float(v) for v in args.lambdas.split(",")] if args.lambdas else None,
-                patch=tuple(int(v) for v in args.patch.split(",")),
+                lambdas=lambdas, patch=patch,
                 **({} if args.trace_weight is None else {"trace_weight": args.trace_weight}), log=log)
     log(f"model id {mid}")
     return 0
