@@ -202,3 +202,40 @@ def test_train_without_torch_says_so(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", "--out", str(tmp_path / "m"), "--sims", "1", "--steps", "1"]) == 1
     assert "needs the [train] extra" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_train_refuses_an_existing_model_folder_without_force(tmp_path, capsys):
+    m = tmp_path / "m"
+    m.mkdir()
+    (m / "weights.pt").write_text("keep")
+    msg = _err(capsys, ["train", "--out", str(m), "--sims", "1", "--steps", "1"])
+    assert "--force" in msg
+    assert (m / "weights.pt").read_text() == "keep"
+
+
+def test_train_writes_the_package_atomically(tmp_path, monkeypatch):
+    """A failing run leaves neither a package nor a temporary folder, and keeps the old package (--force);
+    a run that finishes replaces it whole."""
+    pytest.importorskip("torch")
+    import necoda_filter.train.train as tt
+
+    m = tmp_path / "m"
+    m.mkdir()
+    (m / "weights.pt").write_text("old")
+
+    def failing(out, **kw):
+        (out / "weights.pt").write_text("half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(tt, "train", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        cli.main(["train", "--out", str(m), "--force", "--sims", "1", "--steps", "1"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert (m / "weights.pt").read_text() == "old"
+    monkeypatch.undo()
+    assert cli.main(["train", "--out", str(m), "--force", "--sims", "1", "--steps", "2", "--minutes", "0.2",
+                     "--patch", "8,16,16"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    names = {p.name for p in m.iterdir()}
+    assert {"encoder.onnx", "decoder.onnx", "tables.json", "weights.pt", "train_log.txt"} <= names
+    assert (m / "weights.pt").read_bytes() != b"old"

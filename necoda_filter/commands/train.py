@@ -4,7 +4,9 @@ from __future__ import annotations
 
 def add_arguments(p):
     p.add_argument("recordings", nargs="*", help="extra recordings to train on (.npz key 'data', .npy, file.h5::dataset)")
-    p.add_argument("--out", default="necoda_model", help="output package folder (default ./necoda_model)")
+    p.add_argument("--out", default="necoda_model", help="output package folder (default ./necoda_model); written "
+                                                         "complete or not at all (a temporary folder renamed at the end)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.add_argument("--simulator", default="necoda_filter.simulate:simulate_imaging", help="module:function of the simulator")
     p.add_argument("--sims", type=int, default=10, help="number of simulated movies (default 10)")
     p.add_argument("--minutes", type=float, default=20.0, help="training time budget in minutes (default 20)")
@@ -65,6 +67,8 @@ def _check_args(args):
             raise FileNotFoundError(f"no such file: {f}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise FileExistsError(f"--out {args.out} exists and is not a folder")
+    if os.path.isdir(args.out) and os.listdir(args.out) and not getattr(args, "force", False):
+        raise FileExistsError(f"--out {args.out} exists and is not empty (--force replaces it)")
     return patch, lambdas
 
 
@@ -78,19 +82,37 @@ def run(args) -> int:
     except ImportError as e:  # torch missing
         print(f"necoda train needs the [train] extra (torch, onnx): {e}", file=sys.stderr)
         return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    logf = open(out / "train_log.txt", "w")
+    import os
+    import shutil
 
-    def log(msg):
-        print(msg, flush=True)
-        logf.write(msg + "\n")
-        logf.flush()
+    out = Path(args.out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # the package is built in a temporary folder next to --out and renamed at the end: an interrupted or
+    # failed run leaves no half-written model (and an existing one, with --force, stays until then)
+    tmp = out.parent / f".{out.name}.necoda-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with open(tmp / "train_log.txt", "w") as logf:
+            def log(msg):
+                print(msg, flush=True)
+                logf.write(msg + "\n")
+                logf.flush()
 
-    log("necoda train " + " ".join(sys.argv[1:]))
-    mid = train(out, simulator=args.simulator, n_sims=args.sims, recordings=args.recordings, minutes=args.minutes,
-                max_steps=args.steps, threads=args.threads, seed=args.seed, width=args.width, lr=args.lr, init=args.init,
-                lambdas=lambdas, patch=patch,
-                **({} if args.trace_weight is None else {"trace_weight": args.trace_weight}), log=log)
-    log(f"model id {mid}")
+            log("necoda " + " ".join(sys.argv[1:]))
+            mid = train(tmp, simulator=args.simulator, n_sims=args.sims, recordings=args.recordings,
+                        minutes=args.minutes, max_steps=args.steps, threads=args.threads, seed=args.seed,
+                        width=args.width, lr=args.lr, init=args.init, lambdas=lambdas, patch=patch,
+                        **({} if args.trace_weight is None else {"trace_weight": args.trace_weight}), log=log)
+            log(f"model id {mid}, package {out}")
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.necoda-old-{os.getpid()}"
+            os.rename(out, old)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return 0
