@@ -9,6 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import check_dtype
+
 EPILOG = """\
 DATA is one of
   movie.npy | movie.npz (--key K) | movie.tif       T x H x W = imaging, T x C = ephys (channels last)
@@ -50,7 +52,6 @@ OUTPUT_NAMES = ("results.json", "results.md", "rate_distortion.png")
 
 def _check_args(args) -> None:
     """Reject bad values with one clear line before any work."""
-    import numpy as np
     for name, v, ok, what in (("--max-frames", args.max_frames, args.max_frames is None or args.max_frames >= 1, ">= 1"),
                               ("--chunk-frames", args.chunk_frames, args.chunk_frames is None or args.chunk_frames >= 1,
                                ">= 1"),
@@ -58,11 +59,7 @@ def _check_args(args) -> None:
                               ("--fs", args.fs, args.fs is None or (args.fs > 0 and args.fs != float("inf")), "> 0")):
         if not ok:
             raise ValueError(f"{name} must be {what}, got {v}")
-    if args.dtype is not None:
-        try:
-            np.dtype(args.dtype)
-        except TypeError:
-            raise ValueError(f"--dtype: unknown data type {args.dtype!r}") from None
+    check_dtype(args.dtype)
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         raise FileExistsError(f"--out {args.out} exists and is not a folder")
 

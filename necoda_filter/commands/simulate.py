@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import check_dtype
+
 import numpy as np
 
 
@@ -70,11 +72,7 @@ def run(args) -> int:
         raise IsADirectoryError(f"{out} is a folder")
     if out.exists() and not args.force:
         raise FileExistsError(f"{out} exists (use --force to overwrite)")
-    if args.dtype is not None:
-        try:
-            np.dtype(args.dtype)
-        except TypeError:
-            raise ValueError(f"--dtype: unknown data type {args.dtype!r}") from None
+    check_dtype(args.dtype)
     if args.kind == "imaging" and not args.fps > 0:
         raise ValueError(f"--fps must be > 0, got {args.fps}")
     t0 = time.perf_counter()
