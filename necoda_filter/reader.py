@@ -111,9 +111,11 @@ def _close_inherited_files(keys) -> None:
     HDF5 locks files with flock(), whose lock belongs to the open file description that a forked
     child shares: a persistent worker holding a copy would keep the file locked after the user closed it
     (``h5py.File(path, "a")`` fails with "unable to lock file" until :func:`shutdown_pool`). Workers never
-    use these descriptors."""
+    use these descriptors. ``keys`` are the files HDF5 had open when the pool was made; a file another
+    thread opened while the workers were being forked is found by its flock() in ``/proc/locks``."""
     import stat
 
+    keys = set(keys) | _flocked_files()
     if not keys:
         return
     for folder in ("/proc/self/fd", "/dev/fd"):
@@ -134,6 +136,26 @@ def _close_inherited_files(keys) -> None:
             continue
         if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) in keys:
             os.close(fd)
+
+
+def _flocked_files() -> set:
+    """(st_dev, st_ino) of the files with a flock() lock, from ``/proc/locks`` (Linux; else empty)."""
+    keys = set()
+    try:
+        with open("/proc/locks") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return keys
+    for line in lines:
+        f = line.split()
+        if len(f) < 6 or f[1] != "FLOCK":
+            continue
+        try:  # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF": major:minor in hex, then the inode
+            major, minor, ino = f[5].split(":")
+            keys.add((os.makedev(int(major, 16), int(minor, 16)), int(ino)))
+        except ValueError:
+            continue
+    return keys
 
 
 def _worker_init(parent: int | None = None, hdf5_files=frozenset()):

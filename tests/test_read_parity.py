@@ -2,6 +2,7 @@
 shape and type (0-d results are numpy scalars), or the same kind of error — for every executor, for
 necoda datasets of each mode and for datasets read through plain slicing (gzip, contiguous, compact, ...)."""
 import ctypes
+import os
 import io
 
 import h5py
@@ -206,5 +207,25 @@ def test_process_workers_do_not_keep_the_file_locked(tmp_path):
             f["d"][0, 0, 0] = 1
         with h5py.File(path, "r") as f:  # the workers still decode
             assert read(f["d"], np.s_[:2, 0, 0], executor="process", workers=2).tolist() == [1, a[1, 0, 0]]
+    finally:
+        reader.shutdown_pool()
+
+
+
+def test_workers_release_a_file_opened_while_they_were_forked(tmp_path, monkeypatch):
+    """A file another thread opens while the pool's workers are being forked is not in the list made
+    before the fork: the workers find its lock in /proc/locks and close their copies anyway (seen as a
+    flaky 'unable to lock file' when threads wrote files while read() started its pool)."""
+    if not os.path.exists("/proc/locks"):
+        pytest.skip("no /proc/locks")
+    path = tmp_path / "w.h5"
+    reader.shutdown_pool()
+    monkeypatch.setattr(reader, "_open_hdf5_files", lambda: frozenset())  # the file opened "meanwhile"
+    try:
+        with h5py.File(path, "w") as f:
+            f["x"] = np.arange(5)
+            reader._process_pool(2)  # forks the workers with the file open
+        with h5py.File(path, "a") as f:  # "unable to lock file" while a worker holds the descriptor
+            f["x"][0] = 7
     finally:
         reader.shutdown_pool()
