@@ -259,32 +259,13 @@ def _using(get_pool, workers: int):
                     pool.shutdown(wait=False, cancel_futures=True)
 
 
-@contextlib.contextmanager
-def _sigint_deferred():
-    """Hold Ctrl-C (SIGINT) back while the block runs, in the main thread: a KeyboardInterrupt raised inside
-    ``pool.submit`` could land between a lock's acquire and release in concurrent.futures / threading (a
-    CPython limitation), leaving the persistent pool's lock held, so the next read hung. The signal is
-    delivered, and KeyboardInterrupt raised, as soon as the block ends (microseconds later)."""
-    import signal
-
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def _submit(pool, fn, *args) -> Future:
     """``pool.submit(fn, *args)``, or ``fn(*args)`` run in this thread when the pool takes no more work:
     at interpreter exit concurrent.futures refuses new tasks before it waits for non-daemon threads, so a
     read running in one of them failed with "cannot schedule new futures after shutdown". (A daemon
     thread still gets that error: it must not go on using HDF5 while the interpreter finalizes.)"""
     try:
-        with _sigint_deferred():
-            return pool.submit(fn, *args)
+        return pool.submit(fn, *args)
     except BrokenExecutor:
         raise
     except RuntimeError:
