@@ -18,6 +18,19 @@ _HEADER = """\
 import faulthandler, os, signal, sys, threading, time
 faulthandler.dump_traceback_later({deadline}, exit=True)
 import h5py, numpy as np
+
+
+def fork_child_ok(fn, what):
+    # run fn() in a multiprocessing fork child: it must finish (not hang) and return True
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=lambda: q.put(fn()))
+    p.start()
+    p.join(40)
+    assert not p.is_alive(), what + " HANG"
+    assert p.exitcode == 0 and q.get(timeout=5) is True, what
 """
 
 
@@ -179,16 +192,7 @@ def test_fork_after_the_filter_and_read_were_used(data):
                 ok = ok and np.array_equal(reader.read(g["lossless"], executor="process"), lref)
             return ok
 
-        def target(q):
-            q.put(child_reads())
-
-        ctx = mp.get_context("fork")
-        q = ctx.Queue()
-        p = ctx.Process(target=target, args=(q,))
-        p.start()
-        p.join(40)
-        assert not p.is_alive(), "multiprocessing fork child HANG"
-        assert p.exitcode == 0 and q.get(timeout=5) is True
+        fork_child_ok(child_reads, "multiprocessing fork child")
 
         stop = threading.Event()
         def busy():
@@ -250,16 +254,11 @@ def test_fork_while_another_thread_holds_the_session_lock(data):
         reader.shutdown_pool()
         assert np.array_equal(reader.read(f["learned"], executor="process", workers=2), ref)
 
-        def target(q):
+        def clears_and_reads():
             runtime.clear_cache()
-            q.put(np.array_equal(f["learned"][:], ref))
-        ctx = mp.get_context("fork")
-        q = ctx.Queue()
-        p = ctx.Process(target=target, args=(q,))
-        p.start()
-        p.join(40)
-        assert not p.is_alive(), "fork child HANG in clear_cache"
-        assert p.exitcode == 0 and q.get(timeout=5) is True
+            return np.array_equal(f["learned"][:], ref)
+
+        fork_child_ok(clears_and_reads, "fork child in clear_cache")
         print("ok")
     """)
     assert "ok" in out
