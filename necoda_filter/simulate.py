@@ -32,15 +32,63 @@ __all__ = ["ImagingSim", "EphysSim", "simulate_imaging", "simulate_ephys", "neur
 # helpers
 # --------------------------------------------------------------------------------------------------
 
-def _gauss_field(rng: np.random.Generator, h: int, w: int, sigma_px: float) -> np.ndarray:
-    """White noise low-passed by a Gaussian of ``sigma_px`` (FFT, periodic), normalised to sd 1."""
-    z = rng.standard_normal((h, w))
+def _smooth_noise(z: np.ndarray, sigma_px: float, zero_mean: bool = False) -> np.ndarray:
+    """White noise ``z`` (h, w) low-passed by a Gaussian of ``sigma_px`` (FFT, periodic); with
+    ``zero_mean`` the mean (DC) term is dropped."""
+    h, w = z.shape
     fy = np.fft.fftfreq(h)[:, None]
     fx = np.fft.rfftfreq(w)[None, :]
     tf = np.exp(-2.0 * (np.pi * sigma_px) ** 2 * (fy**2 + fx**2))
-    f = np.fft.irfft2(np.fft.rfft2(z) * tf, s=(h, w))
+    spec = np.fft.rfft2(z) * tf
+    if zero_mean:
+        spec[0, 0] = 0.0
+    return np.fft.irfft2(spec, s=(h, w))
+
+
+def _gauss_field_zero_mean(z: np.ndarray, sigma_px: float) -> np.ndarray:
+    """The smooth zero-mean part of the white noise ``z`` (:func:`_smooth_noise`) normalised to sd 1;
+    zeros if the filter leaves nothing of it (a field of view of a few pixels)."""
+    f = _smooth_noise(z, sigma_px, zero_mean=True)
+    m = float(np.abs(f).max())
+    if not m > 0.0:
+        return np.zeros_like(f)
+    f /= m  # O(1) values: the sd below is exact even when the smooth part is ~1e-200
     sd = f.std()
-    return f / sd if sd > 0 else f
+    return f / sd if sd > 0 else np.zeros_like(f)
+
+
+def _lognormal_field(z: np.ndarray, sigma_px: float, log_sd: float, weight: np.ndarray | None = None,
+                     mean: float | None = None, *, _stable: bool = False) -> np.ndarray:
+    """``weight * exp(log_sd * g)`` rescaled to mean ``mean`` (1 when None), ``g`` the white noise ``z``
+    low-passed by a Gaussian of ``sigma_px`` (FFT, periodic) and normalised to sd 1.
+
+    The original computation (first branch) keeps the mean of ``z`` in ``g``: it passes the filter
+    unattenuated and is divided by the sd of the smooth part like the rest. That constant cancels in
+    the rescaling, but on a field of view small compared with ``sigma_px`` (height and width below
+    ~30 px for sigma 20 px; 1 x 32 at some seeds) the sd is ~1e-7 .. 1e-15, ``g`` ~ 1e6 .. 1e14 and
+    ``exp`` overflows to inf or underflows to all zeros (nan / divide by zero, then numpy's "lam value
+    too large" in the Poisson draw). Whenever that computation hits a floating-point error it is
+    redone from the zero-mean field, the same quantity in exact arithmetic; everywhere else it is
+    kept, bit for bit (the simulated data of tests and benchmarks must not change)."""
+    if not _stable:
+        try:
+            with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):
+                f = _smooth_noise(z, sigma_px)
+                sd = f.std()
+                f = np.exp(log_sd * (f / sd if sd > 0 else f))
+                if weight is not None:
+                    f = weight * f
+                if mean is None:
+                    f /= f.mean()
+                else:
+                    f *= mean / f.mean()
+                return f
+        except FloatingPointError:
+            pass
+    f = np.exp(log_sd * _gauss_field_zero_mean(z, sigma_px))  # |exponent| <= log_sd * sqrt(h * w)
+    if weight is not None:
+        f = weight * f
+    return f * ((1.0 if mean is None else mean) / f.mean())
 
 
 def _slow_process(rng: np.random.Generator, n: int, tau: float, k: int = 1) -> np.ndarray:
@@ -205,7 +253,8 @@ def simulate_imaging(
     temporal activity follows the population; ``"1p"`` additionally has a heavy, smooth
     out-of-focus background (default 15 * photons_baseline) with vignetting, slow fluctuations and
     blurred out-of-focus cells. Both are multiplied by an exponential bleaching of
-    ``bleach_fraction`` over the movie.
+    ``bleach_fraction`` over the movie. Any field of view from 1 x 1 pixel works, including ones
+    smaller than the smoothing scales of these fields (8 and 20 µm).
 
     Motion: ``motion_px > 0`` adds rigid sub-pixel jitter (sd ``motion_px`` per axis, mildly
     smoothed in time) applied to the whole scene (Fourier shift on a padded canvas).
@@ -217,8 +266,9 @@ def simulate_imaging(
     if background not in ("2p", "1p"):
         raise ValueError(f"background must be '2p' or '1p', got {background!r}")
     T, H, W, N = int(n_frames), int(height), int(width), int(n_cells)
-    if T < 1 or H < 1 or W < 1 or N < 0:
-        raise ValueError("n_frames, height, width must be >= 1 and n_cells >= 0")
+    for name, v, v_min in (("n_frames", T, 1), ("height", H, 1), ("width", W, 1), ("n_cells", N, 0)):
+        if v < v_min:
+            raise ValueError(f"{name} must be >= {v_min}, got {v}")
     dt = np.dtype(dtype)
     if dt.kind not in "iu":
         raise ValueError(f"dtype must be an integer type, got {dt}")
@@ -273,16 +323,14 @@ def simulate_imaging(
     traces = (F0[:, None] * (1.0 + dff) * bleach[None, :]).astype(np.float32)
 
     # ---- background and neuropil
-    np_field = np.exp(0.3 * _gauss_field(rng, Hc, Wc, 8.0 / pixel_um))
-    np_field /= np_field.mean()
+    np_field = _lognormal_field(rng.standard_normal((Hc, Wc)), 8.0 / pixel_um, 0.3)
     mean_dff = dff.mean(axis=0) if N else np.zeros(T)
     np_t = 1.0 + 0.25 * mean_dff / max(float(np.abs(mean_dff).max()), 1e-9) \
         + 0.05 * _slow_process(rng, T, tau=2.0 * fps)[0]
     yy, xx = np.mgrid[0:Hc, 0:Wc]
     rr = ((yy - (Hc - 1) / 2) ** 2 + (xx - (Wc - 1) / 2) ** 2) / (0.5 * (Hc**2 + Wc**2) / 4.0)
     vignette = 1.0 - 0.3 * rr
-    bg_field = vignette * np.exp(0.1 * _gauss_field(rng, Hc, Wc, 20.0 / pixel_um))
-    bg_field *= background_photons / bg_field.mean()
+    bg_field = _lognormal_field(rng.standard_normal((Hc, Wc)), 20.0 / pixel_um, 0.1, vignette, background_photons)
     bg_t = 1.0 + 0.03 * _slow_process(rng, T, tau=3.0 * fps)[0]
 
     lam = (bleach * bg_t)[:, None, None] * bg_field[None].astype(np.float32)
@@ -446,8 +494,13 @@ def simulate_ephys(
     T = int(round(duration_s * fs))
     C = int(n_channels)
     U = int(n_units)
-    if T < 1 or C < 1 or U < 0:
-        raise ValueError("duration_s*fs and n_channels must be >= 1, n_units >= 0")
+    if not T >= 1:
+        raise ValueError(f"duration_s * fs must give at least 1 sample, got duration_s={duration_s!r} "
+                         f"and fs={fs!r} ({T} samples)")
+    if C < 1:
+        raise ValueError(f"n_channels must be >= 1, got {C}")
+    if U < 0:
+        raise ValueError(f"n_units must be >= 0, got {U}")
     dt = np.dtype(dtype)
     rng = np.random.default_rng(seed)
     pos = neuropixels_positions(C)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -123,6 +124,88 @@ def test_imaging_default_is_fast():
     assert dt < 15.0, f"default imaging simulation took {dt:.1f} s"
 
 
+def _assert_imaging_ok(s, T, H, W, N):
+    assert s.movie.shape == (T, H, W) and s.movie.dtype == np.uint16
+    assert s.clean.shape == (T, H, W) and s.clean.dtype == np.float32
+    assert s.footprints.shape == (N, H, W) and s.footprints.dtype == np.float32
+    assert s.traces.shape == (N, T) and s.spikes.shape == (N, T) and s.shifts.shape == (T, 2)
+    for a in (s.clean, s.footprints, s.traces, s.shifts):
+        assert np.all(np.isfinite(a))
+    # background + neuropil: positive, of the requested brightness, and no wild pixels
+    rest = (s.clean - s.params["offset"]) / s.params["gain"] - np.einsum("nhw,nt->thw", s.footprints, s.traces)
+    if s.params["motion_px"] == 0:
+        level = s.params["background_photons"] + s.params["neuropil_photons"]
+        assert rest.min() > 0 and 0.5 * level < rest.mean() < 2 * level and rest.max() < 5 * rest.mean()
+
+
+# Fields of view small compared with the smoothing scale of the background (sigma 20 / pixel_um px)
+# and neuropil (8 / pixel_um px) fields: 6x6 .. 30x30 raised "lam value too large" after
+# overflow / divide-by-zero RuntimeWarnings, whatever the seed; 3x3, 5x5 and 1x32 for some seeds.
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (3, 3), (5, 5), (8, 8), (16, 16), (24, 24), (30, 30),
+                                (1, 32), (32, 1), (8, 64), (64, 8), (3, 17)])
+@pytest.mark.parametrize("n_cells", [0, 3])
+def test_imaging_tiny_field_of_view(hw, n_cells):
+    H, W = hw
+    kw = dict(n_frames=12, height=H, width=W, n_cells=n_cells)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for seed in range(6):
+            s = simulate_imaging(seed=seed, **kw)
+            _assert_imaging_ok(s, 12, H, W, n_cells)
+        again = simulate_imaging(seed=5, **kw)
+    assert np.array_equal(s.movie, again.movie) and np.array_equal(s.clean, again.clean)
+    assert np.array_equal(s.footprints, again.footprints) and np.array_equal(s.traces, again.traces)
+
+
+@pytest.mark.parametrize("kw", [dict(background="1p"), dict(motion_px=1.0), dict(pixel_um=0.5),
+                                dict(pixel_um=0.25, height=48, width=48)])
+def test_imaging_tiny_field_of_view_variants(kw):
+    """1p background, motion and fine pixels (a larger smoothing scale in pixels) on small fields."""
+    args = dict(n_frames=10, height=16, width=16, n_cells=3, seed=1)
+    args.update(kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = simulate_imaging(**args)
+    _assert_imaging_ok(s, 10, args["height"], args["width"], 3)
+
+
+def test_imaging_small_field_background_matches_stable_formula():
+    """The small-field path computes the same log-normal field as the original formula, which is kept
+    (bit for bit) wherever it is numerically sound."""
+    from necoda_filter.simulate import _lognormal_field
+    z = np.random.default_rng(0).standard_normal((64, 48))
+    w = np.linspace(0.7, 1.0, 64 * 48).reshape(64, 48)
+    for sigma, log_sd, weight, mean in ((8.0, 0.3, None, None), (20.0, 0.1, w, 0.3), (3.0, 0.5, None, 2.0)):
+        a = _lognormal_field(z, sigma, log_sd, weight, mean)
+        b = _lognormal_field(z, sigma, log_sd, weight, mean, _stable=True)
+        assert np.allclose(a, b, rtol=1e-9, atol=0)
+        assert a.mean() == pytest.approx(1.0 if mean is None else mean)
+    # fields of view much smaller than sigma: finite and positive, mean as asked
+    for seed in range(20):
+        for hw in ((6, 6), (9, 9), (16, 16), (24, 24), (1, 32)):
+            z = np.random.default_rng(seed).standard_normal(hw)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                f = _lognormal_field(z, 20.0, 0.1, None, 0.3)
+            assert np.all(np.isfinite(f)) and f.min() > 0 and f.mean() == pytest.approx(0.3)
+            # the (tiny) smooth variation is scaled to log-sd 0.1, as on large fields
+            g = _lognormal_field(z, 20.0, 0.1, _stable=True)
+            assert np.log(g).std() == pytest.approx(0.1, rel=1e-6)
+    # 2 x 2 at sigma 20: the filter leaves exactly nothing but the mean -> a flat field
+    assert np.array_equal(_lognormal_field(np.ones((2, 2)) + np.eye(2), 20.0, 0.1, _stable=True), np.ones((2, 2)))
+
+
+@pytest.mark.parametrize("bad, match", [(dict(height=0), r"height must be >= 1, got 0"),
+                                        (dict(width=-3), r"width must be >= 1, got -3"),
+                                        (dict(n_frames=0), r"n_frames must be >= 1, got 0"),
+                                        (dict(n_cells=-1), r"n_cells must be >= 0, got -1")])
+def test_imaging_rejects_empty_sizes_by_name(bad, match):
+    kw = dict(n_frames=5, height=8, width=8, n_cells=1)
+    kw.update(bad)
+    with pytest.raises(ValueError, match=match):
+        simulate_imaging(**kw)
+
+
 # ------------------------------------------------------------------ ephys
 
 def test_ephys_shapes_and_ground_truth(ep):
@@ -186,6 +269,35 @@ def test_ephys_deterministic_and_fast():
     dt = time.perf_counter() - t0
     assert s.data.shape == (60000, 384)
     assert dt < 15.0, f"default ephys simulation took {dt:.1f} s"
+
+
+@pytest.mark.parametrize("n_samples", [1, 2, 5, 60, 3000])
+@pytest.mark.parametrize("n_channels", [1, 2, 3])
+def test_ephys_tiny_recordings(n_samples, n_channels):
+    """A few samples (fewer than one spike template) and one to three channels: finite, no warnings."""
+    kw = dict(duration_s=n_samples / 30000.0, n_channels=n_channels, n_units=3, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = simulate_ephys(**kw)
+        b = simulate_ephys(**kw)
+    assert a.data.shape == (n_samples, n_channels) and a.data.dtype == np.int16
+    assert a.clean.shape == (n_samples, n_channels) and np.all(np.isfinite(a.clean))
+    assert a.templates.shape[0] == 3 and a.templates.shape[2] == n_channels and np.all(np.isfinite(a.templates))
+    assert a.channel_positions.shape == (n_channels, 2)
+    nb, na = a.params["n_before"], a.params["n_after"]
+    assert np.all((a.spike_times >= nb) & (a.spike_times < n_samples - na))  # whole spikes only
+    assert np.array_equal(a.data, b.data) and np.array_equal(a.spike_times, b.spike_times)
+
+
+@pytest.mark.parametrize("bad, match", [(dict(n_channels=0), r"n_channels must be >= 1, got 0"),
+                                        (dict(n_units=-1), r"n_units must be >= 0, got -1"),
+                                        (dict(duration_s=0.0), r"duration_s \* fs .*at least 1 sample"),
+                                        (dict(duration_s=1e-5), r"duration_s \* fs .*at least 1 sample")])
+def test_ephys_rejects_empty_sizes_by_name(bad, match):
+    kw = dict(duration_s=0.01, n_channels=4, n_units=1)
+    kw.update(bad)
+    with pytest.raises(ValueError, match=match):
+        simulate_ephys(**kw)
 
 
 # ------------------------------------------------------------------ CLI
