@@ -28,6 +28,7 @@ pipeline is not exactly the necoda filter, fall back to plain ``dataset[selectio
 from __future__ import annotations
 
 import atexit
+import queue
 import contextlib
 import itertools
 import mmap
@@ -36,6 +37,7 @@ import tempfile
 import threading
 import uuid
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 
@@ -66,9 +68,10 @@ _retired: set = set()
 def _after_fork_in_child() -> None:
     """A forked child (``os.fork``, multiprocessing) has no copy of the pools' threads and processes:
     it starts its own pools (a read on the inherited ones waited forever) with a fresh lock."""
-    global _pool_lock, _pool, _tpool
+    global _pool_lock, _pool, _tpool, _dispatch_thread, _dispatch_queue
     _pool_lock = threading.RLock()
     _pool = _tpool = None
+    _dispatch_thread = _dispatch_queue = None
     _users.clear()
     _retired.clear()
 
@@ -259,17 +262,18 @@ def _using(get_pool, workers: int):
                     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _submit(pool, fn, *args) -> Future:
+def _submit(pool, fn, *args, inline_ok: bool | None = None) -> Future:
     """``pool.submit(fn, *args)``, or ``fn(*args)`` run in this thread when the pool takes no more work:
     at interpreter exit concurrent.futures refuses new tasks before it waits for non-daemon threads, so a
     read running in one of them failed with "cannot schedule new futures after shutdown". (A daemon
-    thread still gets that error: it must not go on using HDF5 while the interpreter finalizes.)"""
+    thread still gets that error: it must not go on using HDF5 while the interpreter finalizes.)
+    ``inline_ok``: whether the reading thread may run the task itself (default: it is not a daemon)."""
     try:
         return pool.submit(fn, *args)
     except BrokenExecutor:
         raise
     except RuntimeError:
-        if threading.current_thread().daemon:
+        if not (not threading.current_thread().daemon if inline_ok is None else inline_ok):
             raise
         f = Future()
         try:
@@ -277,6 +281,94 @@ def _submit(pool, fn, *args) -> Future:
         except Exception as e:  # noqa: BLE001 — raised by f.result(), like a pool's task
             f.set_exception(e)
         return f
+
+
+class _Stopped(Exception):
+    """The caller of an :func:`_off_main_thread` read was interrupted: stop submitting and waiting."""
+
+
+def _result(f: Future, stop):
+    """``f.result()``; with a ``stop`` flag (``[bool]``) polled every 0.1 s, raising _Stopped once set."""
+    if stop is None:
+        return f.result()
+    while True:
+        try:
+            return f.result(timeout=0.1)
+        except FutureTimeout:
+            if stop[0]:
+                raise _Stopped from None
+
+
+_dispatch_thread: threading.Thread | None = None
+_dispatch_queue: queue.SimpleQueue | None = None
+
+
+def _dispatcher(q: queue.SimpleQueue) -> None:
+    while True:
+        job = q.get()
+        if job is None:
+            return
+        job()
+
+
+def _dispatch(job) -> None:
+    """Run ``job()`` in the main thread's dispatcher thread (started on first use; main thread only, so
+    jobs run one after the other, like the main thread's reads). The queue is a C ``SimpleQueue``: its
+    ``put`` takes no Python-level lock an interrupt could leave held."""
+    global _dispatch_thread, _dispatch_queue
+    if _dispatch_thread is None or not _dispatch_thread.is_alive():
+        _dispatch_queue = queue.SimpleQueue()
+        _dispatch_thread = threading.Thread(target=_dispatcher, args=(_dispatch_queue,), daemon=True,
+                                            name="necoda-read-dispatch")
+        _dispatch_thread.start()
+    _dispatch_queue.put(job)
+
+
+def _off_main_thread(fn):
+    """``fn(stop)`` for a read that submits to and waits on a pool, run so that Ctrl-C never lands inside
+    concurrent.futures' locking.
+
+    A KeyboardInterrupt raised between a lock's acquire and the start of its ``with`` block leaves the
+    lock held, and concurrent.futures takes Python-level locks (its idle-worker semaphore, each future's
+    condition, queue.Queue) on every submit and result: after a Ctrl-C there the persistent pool's next
+    submit, or its workers, waited forever (reproduced: 1 hang in ~100 interrupted thread-executor
+    reads of 3000 tiny chunks). Python delivers signals to the main thread only, so there ``fn`` runs in
+    a helper thread started with ``_thread`` (``threading.Thread.start`` itself waits on a Condition)
+    while the main thread waits on a bare lock, whose acquire an interrupt aborts without side effects.
+    On an interrupt the helper is told to stop (``stop[0] = True``: it cancels what it queued and waits
+    for the chunks being decoded, so nothing writes into the output after the caller regains control)
+    and waited for; a second Ctrl-C during that wait returns at once. Other threads run ``fn`` directly
+    (``stop`` is None)."""
+    if threading.current_thread() is not threading.main_thread():
+        return fn(None)
+    stop, finished, box = [False], [False], {}
+    done = threading.Lock()  # a bare _thread.lock
+    done.acquire()
+
+    def helper():
+        try:
+            box["value"] = fn(stop)
+        except BaseException as e:  # noqa: BLE001 — re-raised in the caller
+            box["error"] = e
+        finally:
+            finished[0] = True
+            done.release()
+
+    _dispatch(helper)
+    try:
+        done.acquire()
+    except BaseException:
+        stop[0] = True
+        while not finished[0]:  # (an interrupt just after the acquire succeeded: finished already)
+            done.acquire(timeout=0.1)
+        raise
+    err = box.get("error")
+    if err is not None:
+        try:
+            raise err
+        finally:
+            del err, box["error"]
+    return box["value"]
 
 
 def shutdown_pool() -> None:
@@ -608,49 +700,73 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
 
         # one decoder per core, no nested ORT thread pools; fewer chunks than workers: cores go to ORT
         ort_threads = max(1, workers // min(workers, len(plan)))
-        with _using(_thread_pool, workers) as pool:
-            futures = [_submit(pool, job, it) for it in plan]
-            try:
-                for f in futures:
-                    f.result()
-            finally:  # an error: do not leave decoders writing into ``out`` behind the caller's back
-                for f in futures:
-                    f.cancel()
-                wait(futures)
+        inline_ok = not threading.current_thread().daemon
+
+        def run_threads(stop):
+            with _using(_thread_pool, workers) as pool:
+                futures = []
+                try:
+                    for it in plan:
+                        if stop is not None and stop[0]:
+                            raise _Stopped
+                        futures.append(_submit(pool, job, it, inline_ok=inline_ok))
+                    for f in futures:
+                        _result(f, stop)
+                finally:  # an error: do not leave decoders writing into ``out`` behind the caller's back
+                    for f in futures:
+                        f.cancel()
+                    wait(futures)
+            return out[final]
+
+        return _off_main_thread(run_threads)
+
+    # process pool writing into shared memory; the reading thread fetches the stored bytes
+    inline_ok = not threading.current_thread().daemon
+
+    def run_processes(stop):
+        path, nbytes, out = _shared_output(shape, dtype)
+        try:
+            with _using(_process_pool, workers) as pool:
+                # batches of chunks per task: enough tasks to balance the workers, few enough to keep the
+                # per-task overhead (pickling, opening the shared file) small
+                target = max(1, min(16, len(plan) // (4 * workers)))
+                futures = []
+                try:
+                    batch = []
+                    batch_bytes = 0
+                    inflight_limit = 4 * workers
+                    for off, dsl, lsel in plan:
+                        if stop is not None and stop[0]:
+                            raise _Stopped
+                        got = fetch(off)
+                        if got is None:
+                            out[dsl] = missing()
+                            continue
+                        batch.append((got[1], got[0], dsl, lsel))
+                        batch_bytes += len(got[1])
+                        if len(batch) >= target or batch_bytes >= (64 << 20):
+                            futures.append(_submit(pool, _process_task, path, nbytes, shape, dtype.str, batch,
+                                                   chunks, chunk_dtype.str, inline_ok=inline_ok))
+                            batch, batch_bytes = [], 0
+                            while len(futures) >= inflight_limit:  # bound the compressed bytes in queues
+                                done, pending = wait(futures, timeout=None if stop is None else 0.1,
+                                                     return_when="FIRST_COMPLETED")
+                                for f in done:
+                                    f.result()
+                                futures = list(pending)
+                                if stop is not None and stop[0]:
+                                    raise _Stopped
+                    if batch:
+                        futures.append(_submit(pool, _process_task, path, nbytes, shape, dtype.str, batch,
+                                               chunks, chunk_dtype.str, inline_ok=inline_ok))
+                    for f in futures:
+                        _result(f, stop)
+                finally:  # an error or an interrupt: no task left to write into the output
+                    for f in futures:
+                        f.cancel()
+                    wait(futures)
+        finally:
+            os.unlink(path)
         return out[final]
 
-    # process pool writing into shared memory; the calling thread fetches the stored bytes
-    path, nbytes, out = _shared_output(shape, dtype)
-    try:
-        with _using(_process_pool, workers) as pool:
-            # batches of chunks per task: enough tasks to balance the workers, few enough to keep the
-            # per-task overhead (pickling, opening the shared file) small
-            target = max(1, min(16, len(plan) // (4 * workers)))
-            futures = []
-            batch = []
-            batch_bytes = 0
-            inflight_limit = 4 * workers
-            for off, dsl, lsel in plan:
-                got = fetch(off)
-                if got is None:
-                    out[dsl] = missing()
-                    continue
-                batch.append((got[1], got[0], dsl, lsel))
-                batch_bytes += len(got[1])
-                if len(batch) >= target or batch_bytes >= (64 << 20):
-                    futures.append(_submit(pool, _process_task, path, nbytes, shape, dtype.str, batch,
-                                           chunks, chunk_dtype.str))
-                    batch, batch_bytes = [], 0
-                    if len(futures) >= inflight_limit:  # bound the compressed bytes held in queues
-                        done, pending = wait(futures, return_when="FIRST_COMPLETED")
-                        for f in done:
-                            f.result()
-                        futures = list(pending)
-            if batch:
-                futures.append(_submit(pool, _process_task, path, nbytes, shape, dtype.str, batch, chunks,
-                                       chunk_dtype.str))
-            for f in futures:
-                f.result()
-    finally:
-        os.unlink(path)
-    return out[final]
+    return _off_main_thread(run_processes)
