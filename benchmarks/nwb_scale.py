@@ -16,7 +16,12 @@
 3. Opens OUT.nwb with pynwb in a fresh interpreter whose only link to the filter is
    ``HDF5_PLUGIN_PATH`` and compares frames and ephys samples with IN (exact for lossless datasets).
 4. Runs nwbinspector on OUT.nwb (in a fresh interpreter with only HDF5_PLUGIN_PATH) and counts
-   CRITICAL/ERROR-level messages; runs ``dandi validate`` when the dandi client is installed.
+   CRITICAL/ERROR-level messages; runs ``dandi validate`` when the dandi client is installed (on PATH,
+   or named by ``--dandi``: e.g. a separate environment's client, which needs necoda-filter installed in
+   that environment to read the data). The file is validated as it would be uploaded: linked into a
+   temporary Dandiset folder (``dandiset.yaml``, ``sub-<id>/sub-<id>_ses-<id>_ecephys+ophys.nwb``), as
+   ``dandi validate`` reports a lone file outside a Dandiset as an error. Its exit status and "No errors
+   found" count in the verdict when it ran.
 5. ``necoda decompress OUT.nwb PLAIN.nwb`` and a full comparison of PLAIN against IN: every object and
    attribute, and the data of every lossless dataset bit for bit.
 Big files are deleted at the end unless ``--keep``.
@@ -84,7 +89,7 @@ def write_input(path: Path, frames: int, size: int, ephys_seconds: float, seed: 
     ch = OpticalChannel(name="green", description="green", emission_lambda=520.0)
     plane = nwbf.create_imaging_plane(name="plane", optical_channel=ch, description="simulated plane",
                                       device=scope, excitation_lambda=920.0, imaging_rate=30.0,
-                                      indicator="GCaMP6f", location="V1")
+                                      indicator="GCaMP6f", location="VISp")
     it = DataChunkIterator(data=frames_iter(), maxshape=(frames, size, size), dtype=np.dtype("uint16"),
                            buffer_size=64)
     nwbf.add_acquisition(TwoPhotonSeries(name="TwoPhotonSeries", imaging_plane=plane, rate=30.0, unit="n.a.",
@@ -182,6 +187,26 @@ def plugin_env() -> dict:
     return env
 
 
+def dandi_validate(dandi: str, nwb_file: Path, workdir) -> dict:
+    """``dandi validate`` on ``nwb_file`` as part of a minimal Dandiset (a temporary folder holding
+    ``dandiset.yaml`` and a link to the file under a DANDI-style name)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="dandiset-") as d:
+        sub = Path(d) / "sub-sim1"
+        sub.mkdir()
+        (Path(d) / "dandiset.yaml").write_text("identifier: DANDI:000000\nname: necoda nwb_scale\n"
+                                               "description: necoda-filter acceptance run\n")
+        link = sub / "sub-sim1_ses-1_ecephys+ophys.nwb"
+        try:
+            os.link(nwb_file, link)
+        except OSError:
+            link.symlink_to(Path(nwb_file).resolve())
+        dv = subprocess.run([dandi, "validate", d], env=plugin_env(), capture_output=True, text=True)
+    out = dv.stdout + dv.stderr
+    return {"rc": dv.returncode, "no_errors": dv.returncode == 0 and "No errors found" in out, "output": out[-3000:]}
+
+
 FRESH_READ = r"""
 import sys, json, numpy as np, h5py
 assert "necoda_filter" not in sys.modules
@@ -225,6 +250,8 @@ def main(argv=None) -> int:
     p.add_argument("--keep", action="store_true")
     p.add_argument("--reuse-input", action="store_true", help="keep an existing IN.nwb")
     p.add_argument("--json", default=None)
+    p.add_argument("--dandi", default=None,
+                   help="dandi executable for `dandi validate` (default: `dandi` on PATH, skipped when absent)")
     a = p.parse_args(argv)
 
     d = Path(a.dir)
@@ -281,9 +308,12 @@ def main(argv=None) -> int:
         else:
             results["nwbinspector"] = {"error": ins.stderr[-3000:]}
         log(f"nwbinspector: {({k: v for k, v in results['nwbinspector'].items() if k != 'messages'})}")
-        if shutil.which("dandi"):
-            dv = subprocess.run(["dandi", "validate", str(out)], env=plugin_env(), capture_output=True, text=True)
-            results["dandi_validate"] = {"rc": dv.returncode, "output": (dv.stdout + dv.stderr)[-3000:]}
+        dandi = a.dandi or shutil.which("dandi")
+        if dandi:
+            results["dandi_validate"] = dandi_validate(dandi, out, a.dir)
+            dv = results["dandi_validate"]
+            errs = [ln for ln in dv["output"].splitlines() if ln.startswith("[") and "INFO]" not in ln]
+            log(f"dandi validate: rc={dv['rc']}, no errors found: {dv['no_errors']}; other messages: {errs[:5]}")
         else:
             results["dandi_validate"] = "dandi client not installed"
 
@@ -323,7 +353,8 @@ def main(argv=None) -> int:
     fresh_ok = ("error" not in fresh and (fresh["imaging_frames_equal"] or a.imaging != "lossless")
                 and (fresh["ephys_equal"] or a.ephys != "lossless"))
     ok = (results["compress"]["peak_tree_rss_mb"] < 2000 and not results["roundtrip_diffs"]
-          and results.get("nwbinspector", {}).get("n_errors", 1) == 0 and fresh_ok and results["input_unchanged"])
+          and results.get("nwbinspector", {}).get("n_errors", 1) == 0 and fresh_ok and results["input_unchanged"]
+          and (not isinstance(results["dandi_validate"], dict) or results["dandi_validate"]["no_errors"]))
     log("ACCEPTANCE " + ("PASSED" if ok else "FAILED"))
     return 0 if ok else 1
 

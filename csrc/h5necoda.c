@@ -316,9 +316,17 @@ static int in_main_thread(void) {
 #endif
 }
 
+/* Whether the "cannot import necoda_filter" explanation has been printed (once per process). */
+static int import_error_said = 0;
+#define IMPORT_HINT "the HDF5 plugin found the necoda filter but this Python cannot import the necoda_filter " \
+    "package, which runs its codecs: install necoda-filter in the environment that reads the file " \
+    "(pip install necoda-filter), or convert the file for readers without it with `necoda decompress`"
+
 /* Move the Python exception's text onto HDF5's error stack (h5py then raises its own OSError for the
- * failed read; necoda_filter._bridge has already logged the exception with its full message). */
-static void python_error(const char *func) {
+ * failed read; necoda_filter._bridge has already logged the exception with its full message). With
+ * ``importing``, the exception came from importing necoda_filter._bridge: nothing has logged it, and h5py
+ * would only say "filter returned failure", so the reason and the remedy also go to stderr (once). */
+static void python_error(const char *func, int importing) {
     char msg[1024];
     PyObject *t = NULL, *v = NULL, *tb = NULL;
     PY.Err_Fetch(&t, &v, &tb);
@@ -333,13 +341,17 @@ static void python_error(const char *func) {
     const char *text = NULL;
     PyObject *s = v ? PY.Object_Str(v) : NULL;
     if (s) text = PY.Unicode_AsUTF8(s);
-    snprintf(msg, sizeof msg, "necoda: %s", text ? text : "Python error in necoda_filter._bridge");
+    if (importing)
+        snprintf(msg, sizeof msg, "necoda: %s (%s)", IMPORT_HINT, text ? text : "import failed");
+    else
+        snprintf(msg, sizeof msg, "necoda: %s", text ? text : "Python error in necoda_filter._bridge");
     if (!text) PY.Err_Clear();
     if (s) PY.DecRef(s);
     if (t) PY.DecRef(t);
     if (v) PY.DecRef(v);
     if (tb) PY.DecRef(tb);
-    report(func, msg, 0); /* necoda_filter._bridge has logged it with the full message */
+    report(func, msg, importing && !import_error_said); /* else _bridge has logged it in full */
+    if (importing) import_error_said = 1;
 }
 
 static size_t necoda_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_values[], size_t nbytes,
@@ -361,7 +373,11 @@ static size_t necoda_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_
         goto done;
     }
     mod = PY.Import_ImportModule("necoda_filter._bridge");
-    if (!mod) goto fail;
+    if (!mod) {
+        if (PY.Err_Occurred()) python_error(func, 1);
+        else report(func, "necoda: " IMPORT_HINT, 1);
+        goto done;
+    }
     /* decode: _bridge.decode_owned returns (address, size) of a malloc'd buffer holding the decoded chunk
        (decoded straight into it, no copies), which the filter hands to HDF5; encode: bytes, copied */
     const int owned = (flags & H5Z_FLAG_REVERSE) != 0;
@@ -405,7 +421,7 @@ static size_t necoda_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_
     result = (size_t)len;
     goto done;
 fail:
-    if (PY.Err_Occurred()) python_error(func);
+    if (PY.Err_Occurred()) python_error(func, 0);
     else report(func, "necoda_filter._bridge.filter failed", 1);
 done:
     if (out) PY.DecRef(out);

@@ -67,6 +67,39 @@ def test_fresh_process_without_plugin_path_cannot_read(tmp_path):
     assert r.returncode == 0 and "REFUSED" in r.stdout, r.stdout + r.stderr
 
 
+def test_plugin_in_a_python_without_necoda_filter_says_what_to_install(tmp_path):
+    """HDF5_PLUGIN_PATH set in an environment where necoda_filter is not installed (e.g. a separate
+    environment for the dandi client): h5py only said "filter returned failure during read". The shim
+    now says on stderr, once, that necoda_filter cannot be imported and what to do; the read still raises
+    OSError and the file stays usable."""
+    p = tmp_path / "m.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("m", data=movie(), chunks=(16, 24, 20), compression=necoda_filter.Necoda(mode="lossless"))
+    r = run_fresh(f"""
+        import sys
+
+        class NoNecoda:  # as if necoda-filter were not installed in this environment
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "necoda_filter":
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+                return None
+
+        sys.meta_path.insert(0, NoNecoda())
+        import h5py
+        with h5py.File({str(p)!r}) as f:
+            for _ in range(2):
+                try:
+                    f["m"][()]
+                except OSError as e:
+                    print("REFUSED", e)
+            print("attrs ok", dict(f["m"].attrs) == {{}})
+    """, PLUGIN_ENV)
+    assert r.returncode == 0 and r.stdout.count("REFUSED") == 2 and "attrs ok True" in r.stdout, r.stdout + r.stderr
+    assert r.stderr.count("cannot import the necoda_filter") == 1, r.stderr
+    assert "pip install necoda-filter" in r.stderr and "necoda decompress" in r.stderr, r.stderr
+    assert "No module named 'necoda_filter" in r.stderr, r.stderr
+
+
 def test_corrupt_chunk_raises_and_others_read(tmp_path):
     a = movie(t=48)
     p = tmp_path / "c.h5"

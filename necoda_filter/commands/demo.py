@@ -67,7 +67,7 @@ def write_nwb(path, movie, ephys, fs, imaging_mode="auto", ephys_mode="auto"):
     dev = nwb.create_device(name="simulated microscope and probe")
     plane = nwb.create_imaging_plane(
         name="plane", optical_channel=OpticalChannel(name="green", description="GCaMP", emission_lambda=520.0),
-        description="simulated L2/3", device=dev, excitation_lambda=920.0, indicator="GCaMP6s", location="V1",
+        description="simulated L2/3", device=dev, excitation_lambda=920.0, indicator="GCaMP6s", location="VISp",
         imaging_rate=30.0)
     t_chunk = min(64, movie.shape[0])
     nwb.add_acquisition(TwoPhotonSeries(
