@@ -37,9 +37,11 @@ def fork_child_ok(fn, what):
 def _run(code: str, env: dict | None = None, timeout: float = TIMEOUT) -> str:
     """Run ``code`` (after _HEADER) in a new interpreter; fail on a non-zero exit or a timeout.
 
-    A hang is retried once, with a warning carrying the hung process's stacks: in about 1 of 8 runs of
-    this file one scenario (not yet identified; session-5 note) hung, while the bugs these tests guard
-    against hung every time. Two hangs in a row fail the test."""
+    A hang is retried once, with a warning carrying the hung process's stacks; two hangs in a row fail
+    the test. (About 1 in 8 runs of this file used to hang once: a Ctrl-C landing inside
+    concurrent.futures' locking, fixed in read() and guarded by test_ctrl_c_cannot_land_inside_a_pool_lock;
+    14 runs since without a hang. The retry stays so that a rare hang elsewhere shows as a warning with its
+    stacks rather than failing CI outright.)"""
     import warnings
 
     script = _HEADER.format(deadline=timeout - 20) + textwrap.dedent(code)
