@@ -324,6 +324,29 @@ def _dispatch(job) -> None:
     _dispatch_queue.put(job)
 
 
+def _bound_in_flight(futures: list, limit: int, stop) -> list:
+    """Wait until fewer than ``limit`` of ``futures`` are pending (bounds the compressed bytes queued);
+    returns the pending ones, raising the error of any that failed (and _Stopped once ``stop`` is set)."""
+    while len(futures) >= limit:
+        done, pending = wait(futures, timeout=None if stop is None else 0.1, return_when="FIRST_COMPLETED")
+        for f in done:
+            f.result()
+        futures = list(pending)
+        if stop is not None and stop[0]:
+            raise _Stopped
+    return futures
+
+
+def _holds_h5py_lock() -> bool:
+    """Whether this thread holds h5py's global lock (inside a ``visititems`` callback, for one)."""
+    try:
+        from h5py import _objects
+
+        return bool(_objects.phil._is_owned())
+    except Exception:  # noqa: BLE001 — another h5py: assume not
+        return False
+
+
 def _off_main_thread(fn):
     """``fn(stop)`` for a read that submits to and waits on a pool, run so that Ctrl-C never lands inside
     concurrent.futures' locking.
@@ -339,8 +362,8 @@ def _off_main_thread(fn):
     for the chunks being decoded, so nothing writes into the output after the caller regains control)
     and waited for; a second Ctrl-C during that wait returns at once. Other threads run ``fn`` directly
     (``stop`` is None)."""
-    if threading.current_thread() is not threading.main_thread():
-        return fn(None)
+    if threading.current_thread() is not threading.main_thread() or _holds_h5py_lock():
+        return fn(None)  # (holding h5py's lock, the dispatcher could not fetch a chunk: fn runs here)
     stop, finished, box = [False], [False], {}
     done = threading.Lock()  # a bare _thread.lock
     done.acquire()
@@ -689,27 +712,29 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
 
         from .models import runtime
 
-        def job(item):
-            off, dsl, lsel = item
-            got = fetch(off)
-            if got is None:
-                out[dsl] = missing()
-            else:
-                with runtime.worker_threads(ort_threads):
-                    _decode_place(out, dsl, got[1], got[0], chunks, chunk_dtype, lsel)
+        def job(buf, mask, dsl, lsel):
+            with runtime.worker_threads(ort_threads):
+                _decode_place(out, dsl, buf, mask, chunks, chunk_dtype, lsel)
 
         # one decoder per core, no nested ORT thread pools; fewer chunks than workers: cores go to ORT
         ort_threads = max(1, workers // min(workers, len(plan)))
         inline_ok = not threading.current_thread().daemon
 
         def run_threads(stop):
+            # the stored bytes are fetched here, in the thread driving the pool, not in the decoders: a
+            # caller holding h5py's lock (a visititems callback) would otherwise block them forever
             with _using(_thread_pool, workers) as pool:
                 futures = []
                 try:
-                    for it in plan:
+                    for off, dsl, lsel in plan:
                         if stop is not None and stop[0]:
                             raise _Stopped
-                        futures.append(_submit(pool, job, it, inline_ok=inline_ok))
+                        got = fetch(off)
+                        if got is None:
+                            out[dsl] = missing()
+                            continue
+                        futures.append(_submit(pool, job, got[1], got[0], dsl, lsel, inline_ok=inline_ok))
+                        futures = _bound_in_flight(futures, 4 * workers, stop)
                     for f in futures:
                         _result(f, stop)
                 finally:  # an error: do not leave decoders writing into ``out`` behind the caller's back
@@ -748,14 +773,7 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
                             futures.append(_submit(pool, _process_task, path, nbytes, shape, dtype.str, batch,
                                                    chunks, chunk_dtype.str, inline_ok=inline_ok))
                             batch, batch_bytes = [], 0
-                            while len(futures) >= inflight_limit:  # bound the compressed bytes in queues
-                                done, pending = wait(futures, timeout=None if stop is None else 0.1,
-                                                     return_when="FIRST_COMPLETED")
-                                for f in done:
-                                    f.result()
-                                futures = list(pending)
-                                if stop is not None and stop[0]:
-                                    raise _Stopped
+                            futures = _bound_in_flight(futures, inflight_limit, stop)
                     if batch:
                         futures.append(_submit(pool, _process_task, path, nbytes, shape, dtype.str, batch,
                                                chunks, chunk_dtype.str, inline_ok=inline_ok))

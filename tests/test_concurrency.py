@@ -466,6 +466,28 @@ def test_ctrl_c_cannot_land_inside_a_pool_lock(data):
     assert "ok" in out
 
 
+def test_read_inside_an_h5py_callback(data):
+    """read() in a visititems callback, where the caller holds h5py's lock: the thread executor's
+    decoders fetched chunks themselves and waited for that lock forever (the process executor too, once
+    the pools were driven from a dispatcher thread). Every executor now returns h5py's values."""
+    out = _run(f"""
+        from necoda_filter import reader
+        f = h5py.File({data!r})
+        names = ("learned", "lossless", "long", "partial")
+        ref = {{k: f[k][:] for k in names}}
+        for ex in ("serial", "thread", "process", "auto"):
+            got = {{}}
+            def visit(name, obj):
+                if name in names:
+                    got[name] = reader.read(obj, executor=ex, workers=2)
+            f.visititems(visit)
+            assert sorted(got) == sorted(names), (ex, sorted(got))
+            assert all(np.array_equal(got[k], ref[k]) for k in names), ex
+        print("ok")
+    """)
+    assert "ok" in out
+
+
 def test_import_while_a_thread_reads_through_the_plugin_path(data, tmp_path):
     """HDF5_PLUGIN_PATH only: a thread reads necoda data through h5py (the filter's first call imports
     necoda_filter._bridge, holding h5py's lock) while the main thread imports necoda_filter, whose
