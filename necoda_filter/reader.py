@@ -324,6 +324,27 @@ def _dispatch(job) -> None:
     _dispatch_queue.put(job)
 
 
+def _stored_chunks(plan, fetch, fill_missing, stop):
+    """``(stored bytes, filter mask, out slices, local selection)`` of each chunk of ``plan`` that is
+    stored, in order, fetched in the calling thread; a chunk never written gets ``fill_missing(out slices)``.
+    Raises _Stopped once ``stop`` is set."""
+    for off, dsl, lsel in plan:
+        if stop is not None and stop[0]:
+            raise _Stopped
+        got = fetch(off)
+        if got is None:
+            fill_missing(dsl)
+        else:
+            yield got[1], got[0], dsl, lsel
+
+
+def _cancel_and_wait(futures) -> None:
+    """Cancel the queued ``futures`` and wait for the running ones."""
+    for f in futures:
+        f.cancel()
+    wait(futures)
+
+
 def _bound_in_flight(futures: list, limit: int, stop) -> list:
     """Wait until fewer than ``limit`` of ``futures`` are pending (bounds the compressed bytes queued);
     returns the pending ones, raising the error of any that failed (and _Stopped once ``stop`` is set)."""
@@ -716,6 +737,9 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
             with runtime.worker_threads(ort_threads):
                 _decode_place(out, dsl, buf, mask, chunks, chunk_dtype, lsel)
 
+        def fill_missing(dsl):
+            out[dsl] = missing()
+
         # one decoder per core, no nested ORT thread pools; fewer chunks than workers: cores go to ORT
         ort_threads = max(1, workers // min(workers, len(plan)))
         inline_ok = not threading.current_thread().daemon
@@ -726,21 +750,13 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
             with _using(_thread_pool, workers) as pool:
                 futures = []
                 try:
-                    for off, dsl, lsel in plan:
-                        if stop is not None and stop[0]:
-                            raise _Stopped
-                        got = fetch(off)
-                        if got is None:
-                            out[dsl] = missing()
-                            continue
-                        futures.append(_submit(pool, job, got[1], got[0], dsl, lsel, inline_ok=inline_ok))
+                    for item in _stored_chunks(plan, fetch, fill_missing, stop):
+                        futures.append(_submit(pool, job, *item, inline_ok=inline_ok))
                         futures = _bound_in_flight(futures, 4 * workers, stop)
                     for f in futures:
                         _result(f, stop)
                 finally:  # an error: do not leave decoders writing into ``out`` behind the caller's back
-                    for f in futures:
-                        f.cancel()
-                    wait(futures)
+                    _cancel_and_wait(futures)
             return out[final]
 
         return _off_main_thread(run_threads)
@@ -760,15 +776,13 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
                     batch = []
                     batch_bytes = 0
                     inflight_limit = 4 * workers
-                    for off, dsl, lsel in plan:
-                        if stop is not None and stop[0]:
-                            raise _Stopped
-                        got = fetch(off)
-                        if got is None:
-                            out[dsl] = missing()
-                            continue
-                        batch.append((got[1], got[0], dsl, lsel))
-                        batch_bytes += len(got[1])
+
+                    def fill_missing(dsl):
+                        out[dsl] = missing()
+
+                    for item in _stored_chunks(plan, fetch, fill_missing, stop):
+                        batch.append(item)
+                        batch_bytes += len(item[0])
                         if len(batch) >= target or batch_bytes >= (64 << 20):
                             futures.append(_submit(pool, _process_task, path, nbytes, shape, dtype.str, batch,
                                                    chunks, chunk_dtype.str, inline_ok=inline_ok))
@@ -780,9 +794,7 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
                     for f in futures:
                         _result(f, stop)
                 finally:  # an error or an interrupt: no task left to write into the output
-                    for f in futures:
-                        f.cancel()
-                    wait(futures)
+                    _cancel_and_wait(futures)
         finally:
             os.unlink(path)
         return out[final]
