@@ -161,8 +161,15 @@ def _flocked_files() -> set:
     return keys
 
 
-def _worker_init(parent: int | None = None, hdf5_files=frozenset()):
+#: (worker process) the barrier its warm-up task waits on (see :func:`_new_process_pool`)
+_warmup_barrier = None
+
+
+def _worker_init(parent: int | None = None, hdf5_files=frozenset(), warmup_barrier=None):
+    global _warmup_barrier
     import signal
+
+    _warmup_barrier = warmup_barrier
 
     _close_inherited_files(hdf5_files)
     import necoda_filter  # noqa: F401 — registers the codecs
@@ -176,6 +183,13 @@ def _worker_init(parent: int | None = None, hdf5_files=frozenset()):
 
 
 def _noop():
+    """Warm-up task: waits until every worker runs one, so each worker has run its initializer (closed
+    its copies of the parent's HDF5 files) when the pool is handed out."""
+    if _warmup_barrier is not None:
+        try:
+            _warmup_barrier.wait(timeout=60)
+        except threading.BrokenBarrierError:
+            pass
     return os.getpid()
 
 
@@ -191,8 +205,13 @@ def _new_process_pool(workers: int) -> ProcessPoolExecutor:
     import multiprocessing as mp
 
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), initializer=_worker_init,
-                               initargs=(os.getpid(), _open_hdf5_files() if method == "fork" else frozenset()))
+    ctx = mp.get_context(method)
+    # one warm-up task per worker, held at a barrier until all have started: otherwise one worker could
+    # run several while another had not yet closed the parent's HDF5 files (another process or thread
+    # then failed to open one of them for writing: "unable to lock file")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(os.getpid(), _open_hdf5_files() if method == "fork" else frozenset(),
+                                         ctx.Barrier(workers)))
     for f in [pool.submit(_noop) for _ in range(workers)]:
         f.result()
     return pool

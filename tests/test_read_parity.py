@@ -2,8 +2,9 @@
 shape and type (0-d results are numpy scalars), or the same kind of error — for every executor, for
 necoda datasets of each mode and for datasets read through plain slicing (gzip, contiguous, compact, ...)."""
 import ctypes
-import os
 import io
+import os
+import time
 
 import h5py
 import numpy as np
@@ -210,6 +211,37 @@ def test_process_workers_do_not_keep_the_file_locked(tmp_path):
     finally:
         reader.shutdown_pool()
 
+
+
+def test_process_pool_is_handed_out_after_every_worker_closed_the_files(tmp_path, monkeypatch):
+    """The pool's warm-up tasks could all run on the first worker to start, so _process_pool returned
+    while a slower worker had not yet run its initializer and still held the parent's HDF5 files: a
+    write to one of them then failed with "unable to lock file" (seen once in CI, under load). Here the
+    second worker's initializer is made slow; the pool must not be handed out before it finishes."""
+    import multiprocessing as mp
+
+    path = tmp_path / "w.h5"
+    reader.shutdown_pool()
+    started = mp.get_context("fork").Value("i", 0)  # inherited by the forked workers
+    original = reader._close_inherited_files
+
+    def slow_second(keys):
+        with started.get_lock():
+            started.value += 1
+            second = started.value == 2
+        if second:
+            time.sleep(1.5)
+        original(keys)
+
+    monkeypatch.setattr(reader, "_close_inherited_files", slow_second)
+    try:
+        with h5py.File(path, "w") as f:
+            f["x"] = np.arange(5)
+            reader._process_pool(2)
+        with h5py.File(path, "a") as f:
+            f["x"][0] = 7
+    finally:
+        reader.shutdown_pool()
 
 
 def test_workers_release_a_file_opened_while_they_were_forked(tmp_path, monkeypatch):
