@@ -2,7 +2,8 @@
 
 Reading a whole movie through h5py decodes its chunks one after the other in the filter, inside HDF5.
 :func:`read` instead fetches the stored chunk bytes with ``read_direct_chunk`` (under h5py's lock, in the
-calling thread), decodes them in parallel with :func:`necoda_filter.chunk.decode` and places each decoded
+thread that drives the decoders: the caller, or for the main thread a dispatcher thread, so that Ctrl-C
+cannot land inside the pools' locking), decodes them in parallel with :func:`necoda_filter.chunk.decode` and places each decoded
 chunk's selected part into the output array — a box of a learned chunk is decoded straight into it, with
 no chunk-sized temporary, and a box spanning few frames from the latent frames around it only
 (``chunk.decode_box``; one frame reads about 2× faster than through h5py, which decodes every touched
@@ -396,8 +397,9 @@ def _off_main_thread(fn):
     condition, queue.Queue) on every submit and result: after a Ctrl-C there the persistent pool's next
     submit, or its workers, waited forever (reproduced: 1 hang in ~100 interrupted thread-executor
     reads of 3000 tiny chunks). Python delivers signals to the main thread only, so there ``fn`` runs in
-    a helper thread started with ``_thread`` (``threading.Thread.start`` itself waits on a Condition)
-    while the main thread waits on a bare lock, whose acquire an interrupt aborts without side effects.
+    a persistent dispatcher thread (:func:`_dispatch`) while the main thread waits on a bare lock, whose
+    acquire an interrupt aborts without side effects (except when the main thread holds h5py's lock, in
+    an h5py callback: the dispatcher could not read the file, so ``fn`` runs in the caller as before).
     On an interrupt the helper is told to stop (``stop[0] = True``: it cancels what it queued and waits
     for the chunks being decoded, so nothing writes into the output after the caller regains control)
     and waited for; a second Ctrl-C during that wait returns at once. Other threads run ``fn`` directly
