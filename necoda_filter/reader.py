@@ -4,10 +4,10 @@ Reading a whole movie through h5py decodes its chunks one after the other in the
 :func:`read` instead fetches the stored chunk bytes with ``read_direct_chunk`` (under h5py's lock, in the
 thread that drives the decoders: the caller, or for the main thread a dispatcher thread, so that Ctrl-C
 cannot land inside the pools' locking), decodes them in parallel with :func:`necoda_filter.chunk.decode`
-and places each decoded chunk's selected part into the output array — a box of a learned chunk is decoded straight into it, with
-no chunk-sized temporary, and a box spanning few frames from the latent frames around it only
-(``chunk.decode_box``; one frame reads about 2× faster than through h5py, which decodes every touched
-chunk whole). Values are identical to ``dataset[selection]``.
+and places each decoded chunk's selected part into the output array — a box of a learned chunk is
+decoded straight into it, with no chunk-sized temporary, and a box spanning few frames from the latent
+frames around it only (``chunk.decode_box``; one frame reads about 2× faster than through h5py, which
+decodes every touched chunk whole). Values are identical to ``dataset[selection]``.
 
 Parallelism: about half of a lossless/bounded chunk decode runs in pcodec, which holds the GIL (the
 other half, the C prediction kernels called through ctypes, releases it), so threads alone scale to
