@@ -85,15 +85,19 @@ def error_stats(orig, dec, data_range=None) -> dict:
     rmse = float(np.sqrt(s2 / n))
     with np.errstate(invalid="ignore", over="ignore"):
         R = float(hi - lo) if data_range is None else float(data_range)
+    return {"max_abs": mx, "rmse": rmse, "psnr": psnr_db(R, rmse), "mean_error": s1 / n, "data_range": R}
+
+
+def psnr_db(data_range: float, rmse: float) -> float:
+    """20 log10(data_range / rmse) dB; +inf when rmse == 0, -inf when rmse is infinite (a NaN/inf sample
+    not returned as itself), NaN when data_range is not > 0 or rmse is NaN."""
     if rmse == 0.0:
-        psnr = float("inf")
-    elif not (R > 0) or np.isnan(rmse):
-        psnr = float("nan")
-    elif np.isinf(rmse):
-        psnr = float("-inf")
-    else:
-        psnr = float(20.0 * np.log10(R / rmse))
-    return {"max_abs": mx, "rmse": rmse, "psnr": psnr, "mean_error": s1 / n, "data_range": R}
+        return float("inf")
+    if not (data_range > 0) or np.isnan(rmse):
+        return float("nan")
+    if np.isinf(rmse):
+        return float("-inf")
+    return float(20.0 * np.log10(data_range / rmse))
 
 
 def noise_rmse(orig, dec, sigma) -> float:

@@ -772,12 +772,9 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
     n = max(acc["n"], 1)
     rmse = math.sqrt(acc["sse"] / n)
     rng = acc["hi"] - acc["lo"] if acc["hi"] >= acc["lo"] else math.nan  # NaN: no finite sample
-    if rmse == 0:
-        psnr = math.inf
-    elif math.isinf(rmse):  # a NaN/inf not returned as itself: an infinite error, as metrics.error_stats says
-        psnr = -math.inf
-    else:
-        psnr = 20 * math.log10(rng / rmse) if rng > 0 else math.nan
+    from . import metrics
+
+    psnr = metrics.psnr_db(rng, rmse)
     noise_rmse = math.sqrt(acc["noise_sse"] / n) if sigma is not None else math.nan
     mode_name = modes.resolve(fmode) if fmode != "auto" else "auto"
     lossy = any(modes.get(m).lossy for m in acc["modes"] if m in modes.MODE_IDS)
