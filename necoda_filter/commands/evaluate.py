@@ -327,8 +327,9 @@ def _ephys_figures(ow, dw, fs, out: Path, name: str) -> list[Path]:
     t0, t1 = max(0, t - h), min(ow.shape[0], t + h)
     chans = list(range(max(0, ch - 2), min(ow.shape[1], ch + 3)))
     ms = (np.arange(t0, t1) - t) / fs * 1000
-    fig, ax = plt.subplots(1, 3, figsize=(14, 5))
-    for k, (xo, xd, title) in enumerate([(ow, dw, "raw"), (yo, yd, "300-6000 Hz")]):
+    fig, ax = plt.subplots(1, 3, figsize=(14, 5.4))
+    labels = [f"ch {c}" for c in chans]
+    for k, (xo, xd, title) in enumerate([(ow, dw, "raw"), (yo, yd, "300-6000 Hz band")]):
         span = max(1.0, float(np.ptp(xo[t0:t1, chans])))
         for j, c in enumerate(chans):
             off = j * span
@@ -336,19 +337,22 @@ def _ephys_figures(ow, dw, fs, out: Path, name: str) -> list[Path]:
                        label="original" if j == 0 else None)
             ax[k].plot(ms, xd[t0:t1, c] - np.median(xo[t0:t1, c]) + off, color="tab:red", lw=0.9, ls="--",
                        label="decoded" if j == 0 else None)
-            ax[k].text(ms[0], off, f"ch {c}", fontsize=7, va="bottom")
-        ax[k].set_title(f"{title}, largest spike (ch {ch}, t={(t + s0) / fs:.3f} s)")
-        ax[k].set_xlabel("ms")
-        ax[k].legend(loc="upper right", fontsize=8)
+        ax[k].set_yticks([j * span for j in range(len(chans))], labels, fontsize=8)
+        ax[k].set_title(f"{title}\n(channels {span:.3g} raw units apart)", fontsize=10)
+        ax[k].set_xlabel("ms from the spike")
     err = dw[t0:t1, chans].astype(np.float64) - ow[t0:t1, chans].astype(np.float64)
-    step = 2.5 * max(1.0, float(np.abs(err).max()))
+    emax = float(np.abs(err).max())
+    step = 2.5 * max(1.0, emax)
     for j, c in enumerate(chans):
         ax[2].step(ms, err[:, j] + j * step, lw=0.8, where="mid")
-        ax[2].text(ms[0], j * step + 0.3 * step, f"ch {c}", fontsize=7)
-    ax[2].set_title(f"error (decoded - original), raw units, channels offset by {step:.3g}")
-    ax[2].set_xlabel("ms")
-    fig.suptitle(name)
-    fig.subplots_adjust(left=0.04, right=0.98, top=0.88, bottom=0.1, wspace=0.2)
+    ax[2].set_yticks([j * step for j in range(len(chans))], labels, fontsize=8)
+    ax[2].set_title(f"error (decoded - original), max |e| {emax:.3g}\n(channels {step:.3g} raw units apart)",
+                    fontsize=10)
+    ax[2].set_xlabel("ms from the spike")
+    handles, names = ax[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper right", ncol=2, fontsize=9, frameon=False)
+    fig.suptitle(f"{name}: largest spike of the original (ch {ch}, t = {(t + s0) / fs:.3f} s)")
+    fig.subplots_adjust(left=0.05, right=0.98, top=0.83, bottom=0.1, wspace=0.22)
     p = out / f"{_slug(name)}_snippet.png"
     fig.savefig(p, dpi=110)
     plt.close(fig)
