@@ -1,7 +1,7 @@
 """Benchmark ``necoda_filter.read`` against plain h5py slicing on a multi-chunk necoda dataset.
 
     python benchmarks/bench_read.py [--mode lossless|bounded|learned] [--frames 512] [--size 512]
-                                    [--workers N] [--repeat 3] [--json OUT.json]
+                                    [--workers N] [--repeat 3] [--into] [--json OUT.json]
 
 Each case runs h5py slicing and ``read`` with each executor in turn, ``repeat`` times (interleaved, so
 all see the same machine load), and reports median wall times and CPU seconds: of the calling process
@@ -14,6 +14,9 @@ view, tiled to ``size`` x ``size``), written with ``compression=Necoda(mode)`` a
 ``necoda compress`` uses (64 frames x full frame). Each timing reads, with HDF5's chunk cache off, the whole
 dataset, a strided sub-selection, one frame, a 64 x 64-pixel region over every frame (trace extraction)
 and a 16-frame window; every result is checked equal to h5py's. "auto" is ``read``'s default executor.
+``--into`` reads into one reused buffer per method instead (h5py's ``read_direct``, ``read(out=)``): on a
+VM whose freed memory goes back to the host (virtio-balloon free page reporting), first touching a fresh
+output array can cost more than decoding it, and differently from one read to the next.
 """
 from __future__ import annotations
 
@@ -83,6 +86,9 @@ def main(argv=None) -> int:
     p.add_argument("--cases", default=None,
                    help="comma-separated subset of: whole, strided, one_frame, roi_64px, window_16")
     p.add_argument("--dir", default=None, help="folder for the temporary HDF5 file")
+    p.add_argument("--into", action="store_true",
+                   help="read into one reused, already touched buffer per method (h5py: read_direct; read: "
+                        "out=) instead of a new array per read: the decode without allocation costs")
     a = p.parse_args(argv)
 
     opts = {}
@@ -126,17 +132,20 @@ def main(argv=None) -> int:
             with h5py.File(path, "r", rdcc_nbytes=0) as f:
                 d = f["movie"]
                 ref = d[sel]
+                bufs = {m: np.full(ref.shape, 7, ref.dtype) for m in methods} if a.into else {}
                 for i in range(a.repeat):
                     # interleaved, so every method sees the same machine load, and rotated, so none always
                     # runs right after the same neighbour (each read allocates its output afresh; on this
                     # VM, freshly faulted memory costs vary a lot with what ran before)
                     for m in methods[i % len(methods):] + methods[:i % len(methods)]:
-                        if m == "h5py":
+                        if m == "h5py" and a.into:
+                            r = measure(lambda: (d.read_direct(bufs[m], sel), bufs[m])[1])
+                        elif m == "h5py":
                             r = measure(lambda: d[sel])
                         else:
-                            r = measure(lambda: read(d, sel, workers=a.workers, executor=m),
+                            r = measure(lambda: read(d, sel, out=bufs.get(m), workers=a.workers, executor=m),
                                         pids if m in ("process", "auto") else ())
-                        if m != "h5py" and (r[3].shape != ref.shape or not np.array_equal(r[3], ref)):
+                        if (m != "h5py" or a.into) and (r[3].shape != ref.shape or not np.array_equal(r[3], ref)):
                             print(f"MISMATCH: read(executor={m}) differs from h5py for {name}", file=sys.stderr)
                             return 1
                         runs[m].append(r[:3])
@@ -162,7 +171,9 @@ def main(argv=None) -> int:
                      f"(x{row['process']['speedup_cpu_critical_path']:.2f} vs h5py CPU)"
                      if "cpu_critical_path_s" in row["process"] else ""))
         shutdown_pool()
-    print(f"mode={a.mode} raw {results['raw_mb']:.0f} MB, file {results['file_mb']:.0f} MB, "
+    results["into"] = a.into
+    print(("reads into reused buffers (h5py read_direct, read(out=)); " if a.into else "")
+          + f"mode={a.mode} raw {results['raw_mb']:.0f} MB, file {results['file_mb']:.0f} MB, "
           f"load average {results['loadavg'][0]:.2f}")
     if a.json:
         with open(a.json, "w") as fh:

@@ -474,6 +474,16 @@ LEARNED_FINISH_CODES = {np.dtype(np.int8): 1, np.dtype(np.uint8): 17, np.dtype(n
                         np.dtype(np.uint16): 18, np.dtype(np.float32): 36, np.dtype(np.float64): 40}
 
 
+def finish_layout_ok(out: np.ndarray) -> bool:
+    """True when :func:`learned_finish` can write into the 3-D array ``out``: contiguous rows and
+    non-overlapping, increasing strides (any C-ordered array and any box of one)."""
+    T, H, W = out.shape
+    item = out.dtype.itemsize
+    st, sy, sx = out.strides
+    return not ((W > 1 and sx != item) or st % item or sy % item or (H > 1 and sy < W * item)
+                or (T > 1 and st < (H - 1) * sy + W * item))
+
+
 def learned_finish(p: np.ndarray, origin, bq: np.ndarray, a: float, b: float, out: np.ndarray,
                    window=(0, 0, 0)) -> None:
     """Finish one tile of the learned decoder's packed output ``p`` (t2, 32, h4, w4), whose first voxel is
@@ -493,8 +503,7 @@ def learned_finish(p: np.ndarray, origin, bq: np.ndarray, a: float, b: float, ou
     T, H, W = out.shape
     item = out.dtype.itemsize
     st, sy, sx = out.strides
-    if (W > 1 and sx != item) or st % item or sy % item or (H > 1 and sy < W * item) \
-            or (T > 1 and st < (H - 1) * sy + W * item):
+    if not finish_layout_ok(out):
         raise TypeError("learned_finish: out must have contiguous rows and non-overlapping, increasing strides")
     wt, wy, wx = (int(v) for v in window)
     if not isinstance(bq, np.ndarray) or bq.dtype != np.float32 or bq.ndim != 2 or bq.strides[1] != 4 \

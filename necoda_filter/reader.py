@@ -671,32 +671,49 @@ def _is_plain_necoda(dataset) -> bool:
     return plist.get_nfilters() == 1 and plist.get_filter(0)[0] == FILTER_ID
 
 
-def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: str = "auto") -> np.ndarray:
+def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers: int | None = None,
+         executor: str = "auto") -> np.ndarray:
     """Read ``dataset[selection]`` decoding necoda chunks in parallel.
 
     :param dataset: an h5py.Dataset (any: non-necoda datasets are read with plain slicing).
     :param selection: what you would put in ``dataset[...]``; e.g. ``np.s_[0:1000, :, ::2]``.
+    :param out: an array to read into instead of a new one (like h5py's ``read_direct``): writeable, the
+        shape of ``dataset[selection]`` and exactly the dataset's dtype (no conversion). Reading block
+        after block of a movie into one buffer saves allocating and first touching a new array each time.
     :param workers: number of parallel decoders (default: CPUs available to this process).
     :param executor: "auto" (worker processes for multi-chunk reads), "process", "thread" or "serial".
-    :returns: a numpy array equal to ``dataset[selection]``.
+    :returns: a numpy array equal to ``dataset[selection]`` (``out`` when given).
     """
     if executor not in ("auto", "process", "thread", "serial"):
         raise ValueError(f"executor must be auto, process, thread or serial, not {executor!r}")
+    if out is not None:
+        _check_out_type(out, dataset.dtype)
     if not dataset.id.valid:  # what dataset[...] raises, with a message saying why
         raise RuntimeError("cannot read a closed dataset (its file was closed)")
     if not _is_plain_necoda(dataset) or dataset.dtype.fields is not None:
-        return dataset[selection]
+        return _plain(dataset, selection, out)
     try:
         axes = _normalize(selection, dataset.shape)
     except _Fallback:
-        return dataset[selection]
+        return _plain(dataset, selection, out)
 
     shape = tuple(a.count if a.idx is None else a.idx.size for a in axes)
     chunks = dataset.chunks
     dtype = dataset.dtype
     final = tuple(0 if a.drop else slice(None) for a in axes)
+    if out is not None:
+        _check_out_shape(out, tuple(n for n, a in zip(shape, axes) if not a.drop))
+        result = out
+        # the same memory with the dropped (integer-indexed) axes put back as length 1: always a view
+        out_full = np.expand_dims(out, tuple(k for k, a in enumerate(axes) if a.drop))
     if int(np.prod(shape, dtype=np.int64)) == 0:
-        return np.empty(shape, dtype)[final]
+        return result if out is not None else np.empty(shape, dtype)[final]
+
+    def new_output():
+        return out_full if out is not None else np.empty(shape, dtype)
+
+    def returned(arr):
+        return result if out is not None else arr[final]
 
     per_axis = [a.pieces(c) for a, c in zip(axes, chunks)]
     plan = []  # (offset, out slices, local selection)
@@ -740,26 +757,26 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
         mode = "serial"
 
     if mode == "serial":
-        out = np.empty(shape, dtype)
+        dst = new_output()
         for off, dsl, lsel in plan:
             got = fetch(off)
             if got is None:
-                out[dsl] = missing()
+                dst[dsl] = missing()
             else:
-                _decode_place(out, dsl, got[1], got[0], chunks, chunk_dtype, lsel)
-        return out[final]
+                _decode_place(dst, dsl, got[1], got[0], chunks, chunk_dtype, lsel)
+        return returned(dst)
 
     if mode == "thread":
-        out = np.empty(shape, dtype)
+        dst = new_output()
 
         from .models import runtime
 
         def job(buf, mask, dsl, lsel):
             with runtime.worker_threads(ort_threads):
-                _decode_place(out, dsl, buf, mask, chunks, chunk_dtype, lsel)
+                _decode_place(dst, dsl, buf, mask, chunks, chunk_dtype, lsel)
 
         def fill_missing(dsl):
-            out[dsl] = missing()
+            dst[dsl] = missing()
 
         # one decoder per core, no nested ORT thread pools; fewer chunks than workers: cores go to ORT
         ort_threads = max(1, workers // min(workers, len(plan)))
@@ -776,9 +793,9 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
                         futures = _bound_in_flight(futures, 4 * workers, stop)
                     for f in futures:
                         _result(f, stop)
-                finally:  # an error: do not leave decoders writing into ``out`` behind the caller's back
+                finally:  # an error: do not leave decoders writing into ``dst`` behind the caller's back
                     _cancel_and_wait(futures)
-            return out[final]
+            return returned(dst)
 
         return _off_main_thread(run_threads)
 
@@ -786,7 +803,7 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
     inline_ok = not threading.current_thread().daemon
 
     def run_processes(stop):
-        path, nbytes, out = _shared_output(shape, dtype)
+        path, nbytes, shm = _shared_output(shape, dtype)
         try:
             with _using(_process_pool, workers) as pool:
                 # batches of chunks per task: enough tasks to balance the workers, few enough to keep the
@@ -799,7 +816,7 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
                     inflight_limit = 4 * workers
 
                     def fill_missing(dsl):
-                        out[dsl] = missing()
+                        shm[dsl] = missing()
 
                     for item in _stored_chunks(plan, fetch, fill_missing, stop):
                         batch.append(item)
@@ -818,6 +835,32 @@ def read(dataset, selection=Ellipsis, *, workers: int | None = None, executor: s
                     _cancel_and_wait(futures)
         finally:
             os.unlink(path)
-        return out[final]
+        if out is not None:  # the workers wrote into shared memory: one copy into the caller's array
+            np.copyto(out_full, shm)
+        return returned(shm)
 
     return _off_main_thread(run_processes)
+
+
+def _check_out_type(out, dtype) -> None:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array, not {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"out has dtype {out.dtype} but the dataset's is {dtype} (read does not convert)")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+
+
+def _check_out_shape(out, shape) -> None:
+    if out.shape != tuple(shape):
+        raise ValueError(f"out has shape {out.shape} but the selection has shape {tuple(shape)}")
+
+
+def _plain(dataset, selection, out):
+    """``dataset[selection]`` through h5py, into ``out`` when given."""
+    got = dataset[selection]
+    if out is None:
+        return got
+    _check_out_shape(out, np.shape(got))
+    out[...] = got
+    return out

@@ -427,7 +427,9 @@ class LearnedMode:
 
             dt = np.dtype(dtype)
             fused = dt in _kernels.LEARNED_FINISH_CODES and dt.isnative
-            direct = into is not None and fused and into[0].dtype == dt
+            # straight into the caller's view when the kernel can write it (else: whole chunk, then a copy)
+            direct = (into is not None and fused and into[0].dtype == dt and into[0].flags.writeable
+                      and _kernels.finish_layout_ok(into[0]))
             if direct:
                 res, window = into
             else:  # the kernel writes the final dtype, or float32 for the numpy rounding of wider integers
