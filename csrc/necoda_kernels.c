@@ -20,6 +20,7 @@
  * Return values: 0 on success, negative on a bad argument (-1), failed allocation (-2) or a value out
  * of range in the input (-3).
  */
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -1052,7 +1053,7 @@ range:
     return NK_ERANGE;
 }
 
-int nk_version(void) { return 3; }
+int nk_version(void) { return 4; }
 
 /* ---------------------------------------------------------------------------------------------------
  * Learned mode: the decoder's tail for one tile. The ONNX decoder (tables "decoder_output": "packed")
@@ -1092,9 +1093,9 @@ NK_LF_ROW(lf_row_u16, uint16_t, NK_LF_INT(uint16_t))
 NK_LF_ROW(lf_row_f32, float, orow[k] = u)
 NK_LF_ROW(lf_row_f64, double, orow[k] = (double)u)
 
-int nk_learned_finish(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i64 x0, const float *bq, i64 bs,
-                      i64 wt, i64 wy, i64 wx, i64 T, i64 H, i64 W, float a, float b, int code, void *out, i64 ost,
-                      i64 osy) {
+static int lf_one(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i64 x0, const float *bq, i64 bs,
+                  i64 wt, i64 wy, i64 wx, i64 T, i64 H, i64 W, float a, float b, int code, void *out, i64 ost,
+                  i64 osy) {
     if (!p || !bq || !out || t2 < 1 || h4 < 1 || w4 < 1 || t0 < 0 || y0 < 0 || x0 < 0 || wt < 0 || wy < 0 ||
         wx < 0 || T < 1 || H < 1 || W < 1 || bs < wx + W || (H > 1 && osy < W) || (T > 1 && ost < (H - 1) * osy + W))
         return NK_EARG;
@@ -1158,4 +1159,51 @@ int nk_learned_finish(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i6
     }
     free(v);
     return NK_OK;
+}
+
+/* nk_learned_finish split over threads: frame pairs [lo, hi) of p per thread (each thread writes its own
+   frames, so the output is the same bytes whatever the thread count); nthreads <= 1 runs in the caller */
+typedef struct {
+    const float *p, *bq;
+    i64 t2, h4, w4, t0, y0, x0, bs, wt, wy, wx, T, H, W, ost, osy;
+    float a, b;
+    int code, rc;
+    void *out;
+} lf_job;
+
+static void *lf_run(void *arg) {
+    lf_job *j = (lf_job *)arg;
+    j->rc = lf_one(j->p, j->t2, j->h4, j->w4, j->t0, j->y0, j->x0, j->bq, j->bs, j->wt, j->wy, j->wx, j->T, j->H,
+                   j->W, j->a, j->b, j->code, j->out, j->ost, j->osy);
+    return NULL;
+}
+
+#define NK_LF_MAX_THREADS 64
+
+int nk_learned_finish(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i64 x0, const float *bq, i64 bs,
+                      i64 wt, i64 wy, i64 wx, i64 T, i64 H, i64 W, float a, float b, int code, void *out, i64 ost,
+                      i64 osy, int nthreads) {
+    i64 n = nthreads < 1 ? 1 : nthreads;
+    if (n > NK_LF_MAX_THREADS) n = NK_LF_MAX_THREADS;
+    if (n > t2) n = t2;
+    if (n <= 1 || !p || h4 < 1 || w4 < 1)
+        return lf_one(p, t2, h4, w4, t0, y0, x0, bq, bs, wt, wy, wx, T, H, W, a, b, code, out, ost, osy);
+    lf_job jobs[NK_LF_MAX_THREADS];
+    pthread_t tid[NK_LF_MAX_THREADS];
+    int started[NK_LF_MAX_THREADS];
+    for (i64 k = 0; k < n; k++) {
+        const i64 lo = t2 * k / n, hi = t2 * (k + 1) / n;
+        lf_job j = {p + lo * 32 * h4 * w4, bq, hi - lo, h4, w4, t0 + 2 * lo, y0, x0, bs, wt, wy, wx, T, H, W, ost,
+                    osy, a, b, code, NK_OK, out};
+        jobs[k] = j;
+    }
+    for (i64 k = 1; k < n; k++) started[k] = pthread_create(&tid[k], NULL, lf_run, &jobs[k]) == 0;
+    lf_run(&jobs[0]);
+    int rc = jobs[0].rc;
+    for (i64 k = 1; k < n; k++) {
+        if (started[k]) pthread_join(tid[k], NULL);
+        else lf_run(&jobs[k]); /* no thread to be had: this one runs here */
+        if (rc == NK_OK) rc = jobs[k].rc;
+    }
+    return rc;
 }

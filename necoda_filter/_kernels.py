@@ -17,7 +17,7 @@ import numpy as np
 from ._plugin import PLUGIN_PATH
 
 LIBRARY_NAME = "libnecoda_kernels.so"
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 _i64 = ctypes.c_int64
 _u64 = ctypes.c_uint64
@@ -74,7 +74,7 @@ def lib():
             "nk_cl_lorenzo": [_vp, _int, _i64, _i64, _i64, _u64, _i64, _i64, _vp, _int, _vp, _int, _int, _vp,
                               _int],
             "nk_learned_finish": [_vp, _i64, _i64, _i64, _i64, _i64, _i64, _vp, _i64, _i64, _i64, _i64, _i64,
-                                  _i64, _i64, ctypes.c_float, ctypes.c_float, _int, _vp, _i64, _i64],
+                                  _i64, _i64, ctypes.c_float, ctypes.c_float, _int, _vp, _i64, _i64, _int],
             "nk_cl_lpc": [_vp, _int, _i64, _i64, _u64, _i64, _i64, _vp, _vp, _i64, _vp, _int, _vp, _int, _int,
                           _vp, _int],
         }
@@ -485,13 +485,14 @@ def finish_layout_ok(out: np.ndarray) -> bool:
 
 
 def learned_finish(p: np.ndarray, origin, bq: np.ndarray, a: float, b: float, out: np.ndarray,
-                   window=(0, 0, 0)) -> None:
+                   window=(0, 0, 0), threads: int = 1) -> None:
     """Finish one tile of the learned decoder's packed output ``p`` (t2, 32, h4, w4), whose first voxel is
     at ``origin`` (t0, y0, x0) of the chunk: add the baseline ``bq`` (the chunk's (H, W) image), invert the
     VST ``a * max(v, 0)**2 + b`` (rounded and clipped for integer ``out``) and store the voxels that fall in
     the box of the chunk starting at ``window`` (wt, wy, wx) with ``out``'s shape, into ``out``. ``out``
     may be a view into a larger array (any positive strides, rows contiguous): a reader can decode a box
-    of a chunk straight into its own array. Padding beyond the box is dropped."""
+    of a chunk straight into its own array. Padding beyond the box is dropped. ``threads`` > 1 splits the
+    frame pairs over that many threads (the same bytes: each thread writes its own frames)."""
     if not isinstance(p, np.ndarray) or p.dtype != np.float32 or not p.flags.c_contiguous or p.ndim != 4 \
             or p.shape[1] != 32:
         raise TypeError("learned_finish: p must be a C-contiguous float32 (t2, 32, h4, w4) array")
@@ -512,4 +513,4 @@ def learned_finish(p: np.ndarray, origin, bq: np.ndarray, a: float, b: float, ou
     t0, y0, x0 = (int(v) for v in origin)
     _call("nk_learned_finish", p.ctypes.data, p.shape[0], p.shape[2], p.shape[3], t0, y0, x0, bq.ctypes.data,
           bq.strides[0] // 4, wt, wy, wx, T, H, W, float(np.float32(a)), float(np.float32(b)), c, out.ctypes.data,
-          max(st // item, 0) if T > 1 else H * W, sy // item if H > 1 else W)
+          max(st // item, 0) if T > 1 else H * W, sy // item if H > 1 else W, max(1, int(threads)))

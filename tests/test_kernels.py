@@ -523,8 +523,9 @@ def _learned_finish_ref(p, origin, bq, a, b, out_shape, dtype):
     return (slice(t0, t0 + tt), slice(y0, y0 + th), slice(x0, x0 + tw)), y.astype(dt)
 
 
+@pytest.mark.parametrize("threads", [1, 3, 7])  # 7 > the 4 frame pairs of a tile: clamped
 @pytest.mark.parametrize("dtype", ["u2", "i2", "u1", "i1", "f4", "f8"])
-def test_learned_finish_matches_numpy(dtype):
+def test_learned_finish_matches_numpy(dtype, threads):
     rng = np.random.default_rng(4)
     T, H, W = 13, 21, 30  # crops every axis of the 16 x 24 x 32 tiles
     bq = rng.normal(20, 8, (H, W)).astype(np.float32)
@@ -534,7 +535,7 @@ def test_learned_finish_matches_numpy(dtype):
         p = rng.normal(0, 6, (4, 32, 3, 4)).astype(np.float32)
         p.flat[::97] = 0.5 - bq.flat[0]  # exact halves after the inverse VST are rare; keep some ties nearby
         a, b = np.float32(25.0), np.float32(-375.0)  # gain 100, offset 0: negative values get clipped
-        K.learned_finish(p, origin, bq, a, b, out)
+        K.learned_finish(p, origin, bq, a, b, out, threads=threads)
         sl, r = _learned_finish_ref(p, origin, bq, a, b, out.shape, dtype)
         ref[sl] = r
     assert np.array_equal(out, ref)
@@ -542,8 +543,9 @@ def test_learned_finish_matches_numpy(dtype):
         assert out.max() == np.iinfo(out.dtype).max  # the clip to the type's range was exercised
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype", ["u2", "f4"])
-def test_learned_finish_window_into_a_view(dtype):
+def test_learned_finish_window_into_a_view(dtype, threads):
     """A box of the chunk written straight into a strided view of a larger array equals the box of the
     whole-chunk result, and nothing outside the view is touched."""
     rng = np.random.default_rng(5)
@@ -560,7 +562,7 @@ def test_learned_finish_window_into_a_view(dtype):
         big = np.full((T + 4, H + 6, W + 9), 7, dtype)
         view = big[2:2 + shape[0], 3:3 + shape[1], 5:5 + shape[2]]
         for origin, p in tiles:
-            K.learned_finish(p, origin, bq, a, b, view, window=start)
+            K.learned_finish(p, origin, bq, a, b, view, window=start, threads=threads)
         box = tuple(slice(s, s + n) for s, n in zip(start, shape))
         assert np.array_equal(view, full[box])
         mask = np.ones(big.shape, bool)

@@ -90,6 +90,12 @@ def _default_threads() -> int:
     return int(n)
 
 
+def threads_for(threads: int | None) -> int:
+    """The intra-op thread count a session run with ``threads`` uses (None: this thread's, process's or
+    environment's default): the same count for the C kernels that follow the network."""
+    return int(threads) if threads else _default_threads()
+
+
 def providers() -> list[str]:
     import onnxruntime as ort
 

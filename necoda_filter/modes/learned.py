@@ -40,6 +40,9 @@ TILE_T = 128
 TILE_T_THRESHOLD = 256
 #: voxels per ONNX Runtime call (bounds memory for large chunks)
 RUN_VOXELS = 1 << 23
+#: the C finishing pass of a tile uses the decoder's thread count when each thread gets at least this many
+#: packed values (smaller tiles: one thread; starting a thread costs about what 64 K values take)
+FINISH_VOXELS_PER_THREAD = 1 << 20
 MAX_LATENT = 1 << 20
 
 
@@ -444,10 +447,15 @@ class LearnedMode:
                     _kernels.learned_finish(run_decoder(k, k + 1, lt), (t0 + down[0] * lt[0], y0, x0), bqc, a, b,
                                             res, window)
                 return None
+            # the finishing pass is memory-bound and single-threaded per call: split large tiles over the
+            # cores ONNX Runtime had (h5py's filter path; read()'s decoders run one thread each)
+            fthreads = min(runtime.threads_for(threads), max(1, (tt // 2) * 32 * (th // 4) * (tw // 4)
+                                                             // FINISH_VOXELS_PER_THREAD))
             for lo, hi, pp in decoded():
                 pp = pp.reshape(hi - lo, tt // 2, 32, th // 4, tw // 4)
                 for k in range(lo, hi):
-                    _kernels.learned_finish(pp[k - lo], _tile_origin(k, tile, (gh, gw)), bqc, a, b, res, window)
+                    _kernels.learned_finish(pp[k - lo], _tile_origin(k, tile, (gh, gw)), bqc, a, b, res, window,
+                                            threads=fthreads)
             if direct:
                 return None
             return res if fused else _finish(res, dtype)
