@@ -530,6 +530,8 @@ def _encode_chunk(arr: np.ndarray, mode: str, opts: dict, valid: tuple, sigma) -
     d = dec[sl]
     n = int(o.size)
     st = {"n": n, "mode_id": h.mode_id, "model_id": h.model_id, "stored": len(enc)}
+    if h.mode_id == modes.MODE_IDS["learned"] and isinstance(h.params.get("q"), int):
+        st["quality"] = h.params["q"]  # the level actually coded (the model's default when none was asked)
     lossy = modes.get(h.mode_id).lossy
     if not lossy:  # bit for bit (NaN payloads and -0.0 included), whatever the values
         u = np.dtype(f"u{o.dtype.itemsize}")
@@ -715,7 +717,7 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
 
     shape = src.shape
     acc = {"n": 0, "sse": 0.0, "max_abs": 0.0, "lo": math.inf, "hi": -math.inf, "noise_sse": 0.0,
-           "stored": 0, "modes": {}, "models": set()}
+           "stored": 0, "modes": {}, "models": set(), "qualities": set()}
     window: deque = deque()
     depth = workers + 1  # chunks in flight: every worker busy, one queued; bounds memory
     raw_bytes = int(np.prod(shape, dtype=np.int64)) * src.dtype.itemsize
@@ -737,6 +739,8 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
             acc["modes"][mname] = acc["modes"].get(mname, 0) + 1
             if st["model_id"]:
                 acc["models"].add(st["model_id"])
+            if "quality" in st:
+                acc["qualities"].add(st["quality"])
             bar.update(vbytes)
 
     grid0 = range(0, shape[0], chunks[0])
@@ -790,6 +794,9 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
         "lossy": lossy,
         "model_id": ",".join(sorted(acc["models"])),
         "options": {k: v for k, v in filt.options.items()},
+        # learned chunks: the quality level they were coded at (a list if several: chunks of another model)
+        "quality": (min(acc["qualities"]) if len(acc["qualities"]) == 1 else sorted(acc["qualities"]))
+        if acc["qualities"] else None,
         "chunks": list(chunks),
         "chunk_modes": acc["modes"],
         "raw_bytes": raw_bytes,

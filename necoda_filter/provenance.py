@@ -42,6 +42,8 @@ FIELDS: dict[str, str] = {
     "lossy": "bool",
     "model_id": "str",           # content-addressed model id ("" when no model is used)
     "options": "json",           # the Necoda options: quality, max_error, max_error_noise, level
+    "quality": "json",           # learned: the level the chunks were coded at (the model's default unless
+                                 # asked; a sorted list if chunks differ)
     "chunks": "json",            # chunk shape used
     "chunk_modes": "json",       # mode actually stored -> number of chunks (e.g. raw fallbacks)
     "raw_bytes": "int",
@@ -117,7 +119,9 @@ def read(obj) -> dict[str, Any] | None:
 
 def comment_text(prov: dict[str, Any], path: str) -> str:
     """The sentence appended to the TimeSeries ``comments`` attribute for a lossy recompression."""
-    opts = prov.get("options") or {}
+    opts = dict(prov.get("options") or {})
+    if prov.get("quality") is not None:  # the level actually coded, also when the model's default was used
+        opts["quality"] = prov["quality"]
     bits = [f"{k}={v}" for k, v in sorted(opts.items())]
     if prov.get("model_id"):
         bits.append(f"model {prov['model_id']}")

@@ -228,6 +228,27 @@ def test_lossy_recompression_is_stated_in_comments(tmp_path):
     assert np.abs(got.astype(np.int64) - movie).max() == p["max_abs_error"]
 
 
+@pytest.mark.parametrize("quality", [None, 3])
+def test_learned_provenance_names_the_quality_coded(tmp_path, quality):
+    """The quality level is part of the provenance the issue asks for: with no --quality the options are
+    empty, so the level the chunks were actually coded at (the model's default) is recorded on its own."""
+    if not mode_available("learned"):
+        pytest.skip("learned mode not available")
+    from necoda_filter.models import registry
+
+    src = tmp_path / "in.nwb"
+    make_nwb(src, T=40, H=32, W=32, N=2000)
+    out = tmp_path / "out.nwb"
+    extra = [] if quality is None else ["--quality", quality]
+    assert cli(compress_cmd, src, out, "--imaging", "learned", *extra, "--workers", 1, "--quiet") == 0
+    with h5py.File(out, "r") as f:
+        p = provenance.read(f["acquisition/TwoPhotonSeries/data"])
+        expected = quality or int(registry.get(p["model_id"]).tables["default_quality"])
+        assert p["quality"] == expected
+        assert f"quality={expected}" in f["acquisition/TwoPhotonSeries"].attrs["comments"]
+        assert "quality" not in provenance.read(f["acquisition/ElectricalSeries/data"])
+
+
 def test_comment_appending_keeps_existing_text(tmp_path):
     with h5py.File(tmp_path / "c.h5", "w") as f:
         g = f.create_group("ts")
