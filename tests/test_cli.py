@@ -50,6 +50,26 @@ def test_info_reports_mode_and_ratio(tmp_path, capsys):
     assert "/plain" in out and "gzip" in out
 
 
+def test_info_shows_the_quality_learned_chunks_were_coded_at(tmp_path, capsys):
+    """Written straight through the filter (no provenance attributes): the level comes from the chunk
+    headers, also when no quality was asked (the model's default)."""
+    pytest.importorskip("onnxruntime")
+    from necoda_filter.models import registry
+    from necoda_filter.simulate import simulate_imaging
+
+    m = simulate_imaging(n_frames=32, height=32, width=32, n_cells=3, seed=1).movie
+    p = tmp_path / "q.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("d", data=m, chunks=(16, 32, 32), compression=necoda_filter.Necoda(mode="learned"))
+        f.create_dataset("q2", data=m, chunks=(16, 32, 32), compression=necoda_filter.Necoda(mode="learned", quality=2))
+    assert cli.main(["info", str(p), "--json"]) == 0
+    rows = {r["path"]: r for r in json.loads(capsys.readouterr().out)}
+    default = int(registry.get(rows["/d"]["models"][0]).tables["default_quality"])
+    assert rows["/d"]["qualities"] == [default] and rows["/q2"]["qualities"] == [2]
+    assert cli.main(["info", str(p)]) == 0
+    assert f"learned×2 (quality {default})" in capsys.readouterr().out
+
+
 def test_info_missing_file_is_an_error(capsys):
     assert cli.main(["info", "/nonexistent/file.nwb"]) == 1
     assert "no such file" in capsys.readouterr().err

@@ -40,7 +40,7 @@ def dataset_info(d, max_chunks: int = 8) -> dict:
             row["requested"] = {"error": str(e)}
         n = d.id.get_num_chunks()
         take = range(n) if max_chunks <= 0 or n <= max_chunks else sorted({int(i * (n - 1) / (max_chunks - 1)) for i in range(max_chunks)})
-        seen, models, bad = {}, set(), 0
+        seen, models, qualities, bad = {}, set(), set(), 0
         for i in take:
             info = d.id.get_chunk_info(i)
             try:
@@ -50,11 +50,15 @@ def dataset_info(d, max_chunks: int = 8) -> dict:
                 seen[name] = seen.get(name, 0) + 1
                 if h.model_id:
                     models.add(h.model_id)
+                if name == "learned" and isinstance(h.params.get("q"), int):
+                    qualities.add(h.params["q"])  # the level coded (the model's default when none was asked)
             except Exception:  # noqa: BLE001 — report, keep going
                 bad += 1
         row["chunk_modes"] = seen
         row["chunks_sampled"] = len(take)
         row["models"] = sorted(models)
+        if qualities:
+            row["qualities"] = sorted(qualities)
         if bad:
             row["unreadable_chunk_headers"] = bad
     from .. import provenance
@@ -113,6 +117,8 @@ def run(args) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         modes_ = ", ".join(f"{k}×{v}" for k, v in r.get("chunk_modes", {}).items()) or "-"
+        if r.get("qualities"):
+            modes_ += f" (quality {', '.join(map(str, r['qualities']))})"
         req = r.get("requested", {})
         opts = ", ".join(f"{k}={v}" for k, v in req.items() if k != "mode")
         mode_txt = f"{req.get('mode', '-')}{' (' + opts + ')' if opts else ''}: {modes_}"
