@@ -70,6 +70,24 @@ def test_info_shows_the_quality_learned_chunks_were_coded_at(tmp_path, capsys):
     assert f"learned×2 (quality {default})" in capsys.readouterr().out
 
 
+def test_describe_names_lossy_data_written_without_provenance(tmp_path):
+    """The sentence the nwbinspector check shows, for data written straight through the filter: the mode
+    and quality come from the chunk headers, and lossy data without write-time figures says so."""
+    from necoda_filter.commands.info import describe
+
+    p = tmp_path / "d.h5"
+    a = (np.arange(40 * 30 * 20) % 97).astype(np.uint16).reshape(40, 30, 20)
+    with h5py.File(p, "w") as f:
+        f.create_dataset("b", data=a, chunks=(20, 30, 20), compression=necoda_filter.Necoda(mode="bounded", max_error=2))
+        f.create_dataset("l", data=a, chunks=(20, 30, 20), compression=necoda_filter.Necoda(mode="lossless"))
+        f.create_dataset("g", data=a, chunks=(20, 30, 20), compression="gzip")
+    with h5py.File(p, "r") as f:
+        b = describe(f["b"])
+        assert "mode bounded (LOSSY)" in b and "no fidelity was recorded" in b and "necoda evaluate" in b
+        assert describe(f["l"]).startswith("data is necoda-compressed with mode lossless, ratio ")
+        assert describe(f["g"]) is None
+
+
 def test_info_missing_file_is_an_error(capsys):
     assert cli.main(["info", "/nonexistent/file.nwb"]) == 1
     assert "no such file" in capsys.readouterr().err

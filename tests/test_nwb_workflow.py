@@ -249,6 +249,39 @@ def test_learned_provenance_names_the_quality_coded(tmp_path, quality):
         assert "quality" not in provenance.read(f["acquisition/ElectricalSeries/data"])
 
 
+def test_nwbinspector_shows_the_provenance_with_our_module(tmp_path):
+    """``nwbinspector FILE --modules necoda_filter.inspector`` lists what necoda did to each series, as a
+    suggestion (never an error): mode, quality and write-time fidelity of a lossy series, bit-exactness of a
+    lossless one; a file without necoda data gets no such message. Run as the CLI in its own process (the
+    check registers itself with nwbinspector for the rest of the process)."""
+    pytest.importorskip("nwbinspector")
+    if not mode_available("learned"):
+        pytest.skip("learned mode not available")
+    exe = Path(sys.executable).parent / "nwbinspector"
+    if not exe.exists():
+        pytest.skip("no nwbinspector command next to this Python")
+    src = tmp_path / "in.nwb"
+    make_nwb(src, T=40, H=32, W=32, N=2000)
+    out = tmp_path / "out.nwb"
+    assert cli(compress_cmd, src, out, "--imaging", "learned", "--quality", 4, "--workers", 1, "--quiet") == 0
+
+    def ours(path):
+        report = tmp_path / f"{path.stem}.json"
+        subprocess.run([str(exe), str(path), "--modules", "necoda_filter.inspector", "--json-file-path",
+                        str(report), "--overwrite"], check=True, capture_output=True, timeout=300)
+        msgs = json.loads(report.read_text())["messages"]
+        return {m["location"]: m for m in msgs if m["check_function_name"] == "check_necoda_compression"}
+
+    got = ours(out)
+    assert sorted(got) == ["/acquisition/ElectricalSeries", "/acquisition/TwoPhotonSeries"]
+    assert all(m["importance"] == "BEST_PRACTICE_SUGGESTION" for m in got.values())
+    img = got["/acquisition/TwoPhotonSeries"]["message"]
+    assert "mode learned (LOSSY; quality 4, model necoda-" in img and "PSNR" in img and "noise sigma" in img
+    assert "mode lossless" in got["/acquisition/ElectricalSeries"]["message"]
+    assert "bit-exact" in got["/acquisition/ElectricalSeries"]["message"]
+    assert ours(src) == {}
+
+
 def test_comment_appending_keeps_existing_text(tmp_path):
     with h5py.File(tmp_path / "c.h5", "w") as f:
         g = f.create_group("ts")

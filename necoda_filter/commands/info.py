@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 
 def add_arguments(p):
@@ -67,6 +68,54 @@ def dataset_info(d, max_chunks: int = 8) -> dict:
     if prov:
         row["provenance"] = {k: _jsonable(v) for k, v in prov.items()}
     return row
+
+
+def _fmt(v, spec=".4g") -> str:
+    return format(v, spec) if isinstance(v, (int, float)) and math.isfinite(v) else str(v)
+
+
+def describe(dset: h5py.Dataset) -> str | None:
+    """One sentence on the necoda compression of ``dset``, or None when it is not necoda-compressed."""
+    row = dataset_info(dset, max_chunks=8)
+    if "necoda" not in row["filters"]:
+        return None
+    from .. import modes, provenance
+
+    prov = provenance.read(dset) or {}
+    modes_ = row.get("chunk_modes") or {}
+
+    lossy = prov.get("lossy")
+    if lossy is None:
+        lossy = any(modes.get(modes.MODE_IDS[m]).lossy for m in modes_ if m in modes.MODE_IDS)
+    mode = prov.get("mode") or ", ".join(sorted(modes_)) or "?"
+    bits = []
+    quality = prov.get("quality", row.get("qualities"))
+    if isinstance(quality, list) and len(quality) == 1:
+        quality = quality[0]
+    if quality not in (None, []):
+        bits.append(f"quality {quality}")
+    opts = {k: v for k, v in (prov.get("options") or {}).items() if k != "quality"}
+    bits += [f"{k}={v}" for k, v in sorted(opts.items())]
+    model = prov.get("model_id") or ", ".join(row.get("models") or [])
+    if model:
+        bits.append(f"model {model}")
+    ratio = prov.get("ratio", row.get("ratio"))
+    flags = (["LOSSY"] if lossy else [] if mode == "lossless" else ["lossless"]) + ([", ".join(bits)] if bits else [])
+    text = (f"data is necoda-compressed{' by necoda-filter ' + prov['version'] if prov.get('version') else ''}"
+            f" with mode {mode}{' (' + '; '.join(flags) + ')' if flags else ''}"
+            f", ratio {_fmt(ratio)}")
+    if prov and not lossy:
+        text += "; checked bit-exact at write time"
+    elif prov:
+        fid = [f"max abs error {_fmt(prov.get('max_abs_error'))}"]
+        if prov.get("psnr_db") is not None:
+            fid.append(f"PSNR {_fmt(prov['psnr_db'], '.2f')} dB")
+        if prov.get("noise_rmse") is not None and math.isfinite(prov["noise_rmse"]):
+            fid.append(f"RMS error {_fmt(prov['noise_rmse'], '.3f')} noise sigma")
+        text += "; measured at write time: " + ", ".join(fid)
+    elif lossy:
+        text += "; no fidelity was recorded when it was written (compare with the original: `necoda evaluate`)"
+    return text + "."
 
 
 def _jsonable(v):
