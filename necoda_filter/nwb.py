@@ -24,6 +24,10 @@ How a dataset is recompressed:
 Files are written atomically: to a temporary ``.<OUT>.necoda-tmp-<pid>`` in OUT's directory, fsync'ed and
 renamed over OUT only when complete; the temporary is removed on any error, Ctrl-C, SIGTERM or SIGHUP, and stale
 temporaries of dead processes (SIGKILL) are removed by the next run for the same OUT.
+
+Called from the main thread, the copy (h5py and the worker pool) runs in a helper thread while the main
+thread only waits (``reader._off_main_thread``): a Ctrl-C landing inside concurrent.futures' locking left
+a lock held, and the cleanup then waited for it forever (see :func:`_rewrite_file`).
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ from . import chunk, cpus, modes, options, provenance
 from .constants import CD_USER_SLOTS, FILTER_ID, FORMAT_VERSION
 from .dtypes import UnsupportedDtype, code_of
 from .filters import Necoda
+from .reader import _off_main_thread, _result, _Stopped
 
 log = logging.getLogger("necoda_filter")
 
@@ -314,12 +319,14 @@ class Copier:
     ``handler(src_dataset, dst_group, name) -> bool`` may create the dataset itself (return True); other
     datasets, and committed datatypes, are copied with H5Ocopy (filters, chunking, fill value and
     attributes unchanged). Object references in attributes and datasets are re-pointed afterwards.
+    ``stop``: a flag (``[bool]``) checked before each object; once set the copy raises ``_Stopped``.
     """
 
-    def __init__(self, src: h5py.File, dst: h5py.File, handler=None):
+    def __init__(self, src: h5py.File, dst: h5py.File, handler=None, stop=None):
         self.src = src
         self.dst = dst
         self.handler = handler
+        self.stop = stop
         self._seen: dict[tuple, str] = {}
         self._ref_attrs: list[tuple[str, str, str]] = []   # (src path, dst path, attribute name)
         self._ref_data: list[tuple[str, str]] = []         # (src path, dst path)
@@ -363,6 +370,7 @@ class Copier:
 
     def _group(self, sg: h5py.Group, dg: h5py.Group) -> None:
         for name in sg:
+            _check(self.stop)
             link = sg.get(name, getlink=True)
             if isinstance(link, h5py.SoftLink):
                 dg[name] = h5py.SoftLink(link.path)
@@ -462,6 +470,7 @@ class Copier:
 
     def _fix_refs(self) -> None:
         for spath, dpath, name in self._ref_attrs:
+            _check(self.stop)
             s = self.src[spath]
             d = self.dst[dpath]
             aid = s.attrs.get_id(name)
@@ -471,6 +480,7 @@ class Copier:
             else:
                 d.attrs.create(name, val, shape=aid.shape, dtype=aid.dtype)
         for spath, dpath in self._ref_data:
+            _check(self.stop)
             s = self.src[spath]
             d = self.dst[dpath]
             if s.shape is None or s.size == 0:
@@ -564,6 +574,12 @@ def _decode_chunk(buf: bytes, filter_mask: int, shape: tuple, dtype: str, gzip_l
     if gzip_level is not None:
         return zlib.compress(raw, gzip_level)
     return raw
+
+
+def _check(stop) -> None:
+    """Raise ``_Stopped`` once the ``stop`` flag (``[bool]`` or None) is set: the caller was interrupted."""
+    if stop is not None and stop[0]:
+        raise _Stopped
 
 
 class _Inline:
@@ -689,7 +705,8 @@ def _with_chunk_cache(src: h5py.Dataset, chunks: tuple, per_chunk: bool) -> h5py
 
 
 def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, settings: Settings,
-                       executor, workers: int, progress: bool = True, source_label: str = "") -> DatasetReport:
+                       executor, workers: int, progress: bool = True, source_label: str = "",
+                       stop=None) -> DatasetReport:
     from . import __version__
 
     t0 = time.perf_counter()
@@ -726,7 +743,7 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
     def drain(limit):
         while len(window) > limit:
             off, vbytes, fut = window.popleft()
-            enc, st = fut.result()
+            enc, st = _result(fut, stop)
             dst.id.write_direct_chunk(off, enc, filter_mask=0)
             acc["n"] += st["n"]
             acc["sse"] += st["sse"]
@@ -750,6 +767,7 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
             t1 = min(shape[0], t + chunks[0])
             slab = src[t:t1] if row_bytes <= SLAB_MAX else None
             for offs in itertools.product(*rest):
+                _check(stop)
                 off = (t, *offs)
                 sel = tuple(slice(o, min(s, o + c)) for o, s, c in zip(off, shape, chunks))
                 if slab is not None:
@@ -822,19 +840,36 @@ def _rewrite_file(src_path, dst_path, overwrite, workers, handler) -> None:
     """What compress and decompress share: check the paths, copy ``src_path`` object by object into a
     temporary file renamed to ``dst_path`` at the end (userblock included), with a worker pool.
     ``handler(sds, dg, name, copier, executor, nworkers) -> bool`` writes a dataset itself (True) or
-    leaves it to the plain copy (False)."""
+    leaves it to the plain copy (False).
+
+    From the main thread the copy runs in a helper thread, and the main thread only waits on a bare lock:
+    a KeyboardInterrupt raised between a lock's acquire and its ``with`` block leaves the lock held, and
+    concurrent.futures takes Python-level locks on every submit (the mutex of its ``queue.Queue`` of work
+    ids) and result (each future's condition) that its manager thread needs too, so the cleanup's
+    ``executor.shutdown(wait=True)`` waited forever for that thread (and a Ctrl-C while the pool started
+    left its workers running). On an interrupt (or SIGTERM/SIGHUP, whose handlers stay in the main
+    thread) the helper is told to stop: it raises at its next chunk, future or object, removes the
+    temporary, stops the workers, and the interrupt is re-raised; a second Ctrl-C returns at once (a
+    temporary left then is removed by the next run). A Ctrl-C after OUT was renamed leaves OUT complete."""
     src_path, dst_path = check_paths(src_path, dst_path, overwrite)
-    executor, nworkers = make_executor(workers)
-    try:
-        with atomic_output(dst_path) as tmp:
-            with h5py.File(src_path, "r") as src:
-                ub = src.userblock_size
-                with _create_file(tmp, src) as dst:
-                    copier = Copier(src, dst, lambda sds, dg, name: handler(sds, dg, name, copier, executor, nworkers))
-                    copier.run()
-            _copy_userblock(src_path, tmp, ub)
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+
+    def run(stop):
+        executor, nworkers = make_executor(workers)
+        try:
+            with atomic_output(dst_path) as tmp:
+                with h5py.File(src_path, "r") as src:
+                    ub = src.userblock_size
+                    with _create_file(tmp, src) as dst:
+                        copier = Copier(src, dst, lambda sds, dg, name: handler(sds, dg, name, copier, executor,
+                                                                                nworkers), stop=stop)
+                        copier.run()
+                _copy_userblock(src_path, tmp, ub)
+                _check(stop)  # interrupted meanwhile: no OUT
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    with _sigterm_as_exit():  # signal handlers can only be set in the main thread
+        _off_main_thread(run)
 
 
 def _resolve_only(src_path, paths) -> set:
@@ -883,7 +918,8 @@ def recompress_file(src_path, dst_path, settings: Settings | None = None, worker
         kind = target_kind(sds)
         if kind is None or (only_keys is not None and Copier._key(sds)[1] not in only_keys):
             return False
-        rep = recompress_dataset(sds, dg, name, kind, settings, executor, nworkers, progress, source_name)
+        rep = recompress_dataset(sds, dg, name, kind, settings, executor, nworkers, progress, source_name,
+                                 stop=copier.stop)
         # provenance of an earlier necoda run (e.g. necoda_decompressed_by) does not describe this one
         copier.copy_attrs(sds, dg[name], skip=lambda n: n.startswith(provenance.PREFIX))
         provenance.write(dg[name], rep.provenance)
@@ -918,7 +954,7 @@ def _allocated_chunks(dset: h5py.Dataset) -> list[tuple[tuple, int]]:
 
 
 def decompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, gzip_level: int | None, executor,
-                       workers: int, progress: bool = True) -> None:
+                       workers: int, progress: bool = True, stop=None) -> None:
     from . import __version__
 
     kw = {}
@@ -939,11 +975,12 @@ def decompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, gzip_level:
             def drain(limit):
                 while len(window) > limit:
                     off, nb, fut = window.popleft()
-                    dst.id.write_direct_chunk(off, fut.result(), filter_mask=0)
+                    dst.id.write_direct_chunk(off, _result(fut, stop), filter_mask=0)
                     bar.update(nb)
 
             try:
                 for off, mask in _allocated_chunks(src):
+                    _check(stop)
                     _, buf = src.id.read_direct_chunk(off)
                     nb = int(np.prod([min(c, s - o) for o, s, c in zip(off, src.shape, chunks)])) * src.dtype.itemsize
                     window.append((off, nb, executor.submit(_decode_chunk, buf, mask, chunks, file_dtype,
@@ -955,6 +992,7 @@ def decompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, gzip_level:
                     fut.cancel()
         else:  # necoda combined with other filters: let HDF5 run the whole pipeline
             for off in itertools.product(*_chunk_grid(src.shape, chunks)):
+                _check(stop)
                 sel = tuple(slice(o, min(s, o + c)) for o, s, c in zip(off, src.shape, chunks))
                 block = src[sel]
                 dst[sel] = block
@@ -976,7 +1014,7 @@ def decompress_file(src_path, dst_path, gzip_level: int | None = None, workers: 
         has, _, _ = necoda_filter_info(sds)
         if not has:
             return False
-        decompress_dataset(sds, dg, name, gzip_level, executor, nworkers, progress)
+        decompress_dataset(sds, dg, name, gzip_level, executor, nworkers, progress, stop=copier.stop)
         copier.copy_attrs(sds, dg[name])
         if provenance.attr_name("mode") in sds.attrs:
             provenance.write(dg[name], {"decompressed_by": f"necoda-filter {__version__}"})

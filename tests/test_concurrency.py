@@ -465,6 +465,107 @@ def test_ctrl_c_cannot_land_inside_a_pool_lock(data):
     """)
     assert "ok" in out
 
+def test_ctrl_c_in_compress_cannot_land_inside_a_pool_lock(tmp_path):
+    """Regression: ``recompress_file``/``decompress_file`` drove their worker pool from the main thread, so
+    a KeyboardInterrupt raised just after concurrent.futures took a lock (the work-id ``queue.Queue``'s
+    mutex in ``submit``, a future's condition in ``result``) left it held: the cleanup's
+    ``executor.shutdown(wait=True)`` then waited forever for the pool's manager thread, which needed that
+    lock (and an interrupt while the pool started left its workers running). Checked deterministically:
+    an interrupt is raised right after the n-th ``threading`` ``__enter__`` the main thread makes, for
+    every n until a run completes (only the first run's start of the helper thread is left): each
+    interrupted run raises KeyboardInterrupt promptly, with no OUT, no temporary, no worker process left
+    and IN unchanged. Then a real Ctrl-C in the middle of a run (workers encoding) does the same."""
+    out = _run(f"""
+        import hashlib, multiprocessing as mp
+        from pathlib import Path
+        from necoda_filter import nwb
+
+        D = Path({str(tmp_path)!r})
+        IN, C, OUT = D / "in.h5", D / "c.h5", D / "out.h5"
+        rng = np.random.default_rng(0)
+        movie = (rng.integers(0, 200, (64 * 6, 16, 16)).cumsum(0) % 4000).astype(np.int16)
+        with h5py.File(IN, "w") as f:
+            g = f.create_group("ts")
+            g.attrs["neurodata_type"] = "TwoPhotonSeries"
+            g.create_dataset("data", data=movie)
+        digest = hashlib.sha256(IN.read_bytes()).hexdigest()
+
+        def inside_the_lock(frame, event, arg):
+            if event == "return":
+                raise KeyboardInterrupt  # as if SIGINT arrived just after the lock was taken
+            return inside_the_lock
+
+        def check(what, src_digest, src, completed):
+            temps = [p.name for p in D.iterdir() if nwb.TMP_MARK in p.name]
+            assert temps == [], (what, temps)
+            assert OUT.exists() == completed, (what, completed)
+            assert hashlib.sha256(src.read_bytes()).hexdigest() == src_digest, what
+            assert mp.active_children() == [], (what, "worker processes left")
+
+        def interrupted_at(fn, src, src_digest):
+            n = 0
+            while True:
+                n += 1
+                entered = []
+
+                def trace(frame, event, arg):
+                    if event == "call" and frame.f_code.co_name == "__enter__" \\
+                            and os.path.basename(frame.f_code.co_filename) == "threading.py":
+                        entered.append(frame.f_code.co_qualname)
+                        if len(entered) == n:
+                            return inside_the_lock
+                    return None
+
+                t0 = time.monotonic()
+                sys.settrace(trace)
+                try:
+                    fn(src, OUT, workers=2, progress=False)
+                    completed = True
+                except KeyboardInterrupt:
+                    completed = False
+                finally:
+                    sys.settrace(None)
+                assert time.monotonic() - t0 < 20, (fn.__name__, n, "slow")
+                check((fn.__name__, n), src_digest, src, completed)
+                if completed:
+                    print(fn.__name__, "interrupted", n - 1, "times, then completed")
+                    return
+
+        interrupted_at(nwb.recompress_file, IN, digest)
+        OUT.rename(C)
+        interrupted_at(nwb.decompress_file, C, hashlib.sha256(C.read_bytes()).hexdigest())
+        with h5py.File(OUT) as f:
+            assert np.array_equal(f["ts/data"][:], movie)
+        OUT.unlink()
+
+        # a Ctrl-C while the workers encode (slowed down: 0.2 s a chunk)
+        real = nwb._encode_chunk
+
+        def slow(*a):
+            time.sleep(0.2)
+            return real(*a)
+
+        nwb._encode_chunk = slow
+
+        def interrupt_when_writing():
+            while not any(nwb.TMP_MARK in p.name for p in D.iterdir()):
+                time.sleep(0.01)
+            time.sleep(0.3)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # a real Ctrl-C
+
+        threading.Thread(target=interrupt_when_writing, daemon=True).start()
+        t0 = time.monotonic()
+        try:
+            nwb.recompress_file(IN, OUT, workers=2, progress=False)
+            raise AssertionError("not interrupted")
+        except KeyboardInterrupt:
+            pass
+        assert time.monotonic() - t0 < 10, "slow"
+        check("mid-run", digest, IN, False)
+        print("ok")
+    """, timeout=60)
+    assert "ok" in out
+
 
 def test_read_inside_an_h5py_callback(data):
     """read() in a visititems callback, where the caller holds h5py's lock: the thread executor's
