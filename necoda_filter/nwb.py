@@ -26,7 +26,7 @@ renamed over OUT only when complete; the temporary is removed on any error, Ctrl
 temporaries of dead processes (SIGKILL) are removed by the next run for the same OUT.
 
 Called from the main thread, the copy (h5py and the worker pool) runs in a helper thread while the main
-thread only waits (``reader._off_main_thread``): a Ctrl-C landing inside concurrent.futures' locking left
+thread only waits (``mainthread.off_main_thread``): a Ctrl-C landing inside concurrent.futures' locking left
 a lock held, and the cleanup then waited for it forever (see :func:`_rewrite_file`).
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ from . import chunk, cpus, modes, options, provenance
 from .constants import CD_USER_SLOTS, FILTER_ID, FORMAT_VERSION
 from .dtypes import UnsupportedDtype, code_of
 from .filters import Necoda
-from .reader import _off_main_thread, _result, _Stopped
+from .mainthread import Stopped, check, off_main_thread, result
 
 log = logging.getLogger("necoda_filter")
 
@@ -319,7 +319,7 @@ class Copier:
     ``handler(src_dataset, dst_group, name) -> bool`` may create the dataset itself (return True); other
     datasets, and committed datatypes, are copied with H5Ocopy (filters, chunking, fill value and
     attributes unchanged). Object references in attributes and datasets are re-pointed afterwards.
-    ``stop``: a flag (``[bool]``) checked before each object; once set the copy raises ``_Stopped``.
+    ``stop``: a flag (``[bool]``) checked before each object; once set the copy raises ``Stopped``.
     """
 
     def __init__(self, src: h5py.File, dst: h5py.File, handler=None, stop=None):
@@ -370,7 +370,7 @@ class Copier:
 
     def _group(self, sg: h5py.Group, dg: h5py.Group) -> None:
         for name in sg:
-            _check(self.stop)
+            check(self.stop)
             link = sg.get(name, getlink=True)
             if isinstance(link, h5py.SoftLink):
                 dg[name] = h5py.SoftLink(link.path)
@@ -470,7 +470,7 @@ class Copier:
 
     def _fix_refs(self) -> None:
         for spath, dpath, name in self._ref_attrs:
-            _check(self.stop)
+            check(self.stop)
             s = self.src[spath]
             d = self.dst[dpath]
             aid = s.attrs.get_id(name)
@@ -480,7 +480,7 @@ class Copier:
             else:
                 d.attrs.create(name, val, shape=aid.shape, dtype=aid.dtype)
         for spath, dpath in self._ref_data:
-            _check(self.stop)
+            check(self.stop)
             s = self.src[spath]
             d = self.dst[dpath]
             if s.shape is None or s.size == 0:
@@ -574,12 +574,6 @@ def _decode_chunk(buf: bytes, filter_mask: int, shape: tuple, dtype: str, gzip_l
     if gzip_level is not None:
         return zlib.compress(raw, gzip_level)
     return raw
-
-
-def _check(stop) -> None:
-    """Raise ``_Stopped`` once the ``stop`` flag (``[bool]`` or None) is set: the caller was interrupted."""
-    if stop is not None and stop[0]:
-        raise _Stopped
 
 
 class _Inline:
@@ -743,7 +737,7 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
     def drain(limit):
         while len(window) > limit:
             off, vbytes, fut = window.popleft()
-            enc, st = _result(fut, stop)
+            enc, st = result(fut, stop)
             dst.id.write_direct_chunk(off, enc, filter_mask=0)
             acc["n"] += st["n"]
             acc["sse"] += st["sse"]
@@ -767,7 +761,7 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
             t1 = min(shape[0], t + chunks[0])
             slab = src[t:t1] if row_bytes <= SLAB_MAX else None
             for offs in itertools.product(*rest):
-                _check(stop)
+                check(stop)
                 off = (t, *offs)
                 sel = tuple(slice(o, min(s, o + c)) for o, s, c in zip(off, shape, chunks))
                 if slab is not None:
@@ -864,12 +858,12 @@ def _rewrite_file(src_path, dst_path, overwrite, workers, handler) -> None:
                                                                                 nworkers), stop=stop)
                         copier.run()
                 _copy_userblock(src_path, tmp, ub)
-                _check(stop)  # interrupted meanwhile: no OUT
+                check(stop)  # interrupted meanwhile: no OUT
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
 
     with _sigterm_as_exit():  # signal handlers can only be set in the main thread
-        _off_main_thread(run)
+        off_main_thread(run)
 
 
 def _resolve_only(src_path, paths) -> set:
@@ -975,12 +969,12 @@ def decompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, gzip_level:
             def drain(limit):
                 while len(window) > limit:
                     off, nb, fut = window.popleft()
-                    dst.id.write_direct_chunk(off, _result(fut, stop), filter_mask=0)
+                    dst.id.write_direct_chunk(off, result(fut, stop), filter_mask=0)
                     bar.update(nb)
 
             try:
                 for off, mask in _allocated_chunks(src):
-                    _check(stop)
+                    check(stop)
                     _, buf = src.id.read_direct_chunk(off)
                     nb = int(np.prod([min(c, s - o) for o, s, c in zip(off, src.shape, chunks)])) * src.dtype.itemsize
                     window.append((off, nb, executor.submit(_decode_chunk, buf, mask, chunks, file_dtype,
@@ -992,7 +986,7 @@ def decompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, gzip_level:
                     fut.cancel()
         else:  # necoda combined with other filters: let HDF5 run the whole pipeline
             for off in itertools.product(*_chunk_grid(src.shape, chunks)):
-                _check(stop)
+                check(stop)
                 sel = tuple(slice(o, min(s, o + c)) for o, s, c in zip(off, src.shape, chunks))
                 block = src[sel]
                 dst[sel] = block

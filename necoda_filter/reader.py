@@ -29,7 +29,6 @@ pipeline is not exactly the necoda filter, fall back to plain ``dataset[selectio
 from __future__ import annotations
 
 import atexit
-import queue
 import contextlib
 import itertools
 import mmap
@@ -38,12 +37,14 @@ import tempfile
 import threading
 import uuid
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 
 from . import chunk, cpus, modes
 from .constants import FILTER_ID
+from .mainthread import Stopped as _Stopped
+from .mainthread import off_main_thread as _off_main_thread
+from .mainthread import result as _result
 
 LEARNED_MODE_ID = modes.MODE_IDS["learned"]
 
@@ -69,10 +70,9 @@ _retired: set = set()
 def _after_fork_in_child() -> None:
     """A forked child (``os.fork``, multiprocessing) has no copy of the pools' threads and processes:
     it starts its own pools (a read on the inherited ones waited forever) with a fresh lock."""
-    global _pool_lock, _pool, _tpool, _dispatch_thread, _dispatch_queue
+    global _pool_lock, _pool, _tpool
     _pool_lock = threading.RLock()
     _pool = _tpool = None
-    _dispatch_thread = _dispatch_queue = None
     _users.clear()
     _retired.clear()
 
@@ -303,47 +303,6 @@ def _submit(pool, fn, *args, inline_ok: bool | None = None) -> Future:
         return f
 
 
-class _Stopped(Exception):
-    """The caller of an :func:`_off_main_thread` read was interrupted: stop submitting and waiting."""
-
-
-def _result(f: Future, stop):
-    """``f.result()``; with a ``stop`` flag (``[bool]``) polled every 0.1 s, raising _Stopped once set."""
-    if stop is None:
-        return f.result()
-    while True:
-        try:
-            return f.result(timeout=0.1)
-        except FutureTimeout:
-            if stop[0]:
-                raise _Stopped from None
-
-
-_dispatch_thread: threading.Thread | None = None
-_dispatch_queue: queue.SimpleQueue | None = None
-
-
-def _dispatcher(q: queue.SimpleQueue) -> None:
-    while True:
-        job = q.get()
-        if job is None:
-            return
-        job()
-
-
-def _dispatch(job) -> None:
-    """Run ``job()`` in the main thread's dispatcher thread (started on first use; main thread only, so
-    jobs run one after the other, like the main thread's reads). The queue is a C ``SimpleQueue``: its
-    ``put`` takes no Python-level lock an interrupt could leave held."""
-    global _dispatch_thread, _dispatch_queue
-    if _dispatch_thread is None or not _dispatch_thread.is_alive():
-        _dispatch_queue = queue.SimpleQueue()
-        _dispatch_thread = threading.Thread(target=_dispatcher, args=(_dispatch_queue,), daemon=True,
-                                            name="necoda-read-dispatch")
-        _dispatch_thread.start()
-    _dispatch_queue.put(job)
-
-
 def _stored_chunks(plan, fetch, fill_missing, stop):
     """``(stored bytes, filter mask, out slices, local selection)`` of each chunk of ``plan`` that is
     stored, in order, fetched in the calling thread; a chunk never written gets ``fill_missing(out slices)``.
@@ -376,64 +335,6 @@ def _bound_in_flight(futures: list, limit: int, stop) -> list:
         if stop is not None and stop[0]:
             raise _Stopped
     return futures
-
-
-def _holds_h5py_lock() -> bool:
-    """Whether this thread holds h5py's global lock (inside a ``visititems`` callback, for one)."""
-    try:
-        from h5py import _objects
-
-        return bool(_objects.phil._is_owned())
-    except Exception:  # noqa: BLE001 — another h5py: assume not
-        return False
-
-
-def _off_main_thread(fn):
-    """``fn(stop)`` for a read that submits to and waits on a pool, run so that Ctrl-C never lands inside
-    concurrent.futures' locking.
-
-    A KeyboardInterrupt raised between a lock's acquire and the start of its ``with`` block leaves the
-    lock held, and concurrent.futures takes Python-level locks (its idle-worker semaphore, each future's
-    condition, queue.Queue) on every submit and result: after a Ctrl-C there the persistent pool's next
-    submit, or its workers, waited forever (reproduced: 1 hang in ~100 interrupted thread-executor
-    reads of 3000 tiny chunks). Python delivers signals to the main thread only, so there ``fn`` runs in
-    a persistent dispatcher thread (:func:`_dispatch`) while the main thread waits on a bare lock, whose
-    acquire an interrupt aborts without side effects (except when the main thread holds h5py's lock, in
-    an h5py callback: the dispatcher could not read the file, so ``fn`` runs in the caller as before).
-    On an interrupt the helper is told to stop (``stop[0] = True``: it cancels what it queued and waits
-    for the chunks being decoded, so nothing writes into the output after the caller regains control)
-    and waited for; a second Ctrl-C during that wait returns at once. Other threads run ``fn`` directly
-    (``stop`` is None)."""
-    if threading.current_thread() is not threading.main_thread() or _holds_h5py_lock():
-        return fn(None)  # (holding h5py's lock, the dispatcher could not fetch a chunk: fn runs here)
-    stop, finished, box = [False], [False], {}
-    done = threading.Lock()  # a bare _thread.lock
-    done.acquire()
-
-    def helper():
-        try:
-            box["value"] = fn(stop)
-        except BaseException as e:  # noqa: BLE001 — re-raised in the caller
-            box["error"] = e
-        finally:
-            finished[0] = True
-            done.release()
-
-    _dispatch(helper)
-    try:
-        done.acquire()
-    except BaseException:
-        stop[0] = True
-        while not finished[0]:  # (an interrupt just after the acquire succeeded: finished already)
-            done.acquire(timeout=0.1)
-        raise
-    err = box.get("error")
-    if err is not None:
-        try:
-            raise err
-        finally:
-            del err, box["error"]
-    return box["value"]
 
 
 def shutdown_pool() -> None:
