@@ -219,12 +219,14 @@ def check_paths(src, dst, overwrite: bool = False) -> tuple[Path, Path]:
         raise ValueError(f"input file {src} is not an HDF5/NWB file")
     if os.path.realpath(src) == os.path.realpath(dst) or (dst.exists() and os.path.samefile(src, dst)):
         raise ValueError(f"refusing to overwrite the input file {src} (input and output are the same file)")
+    if dst.is_dir():  # before the --overwrite advice: --overwrite never replaces a folder
+        raise IsADirectoryError(f"output {dst} is a directory (give the path of the file to write)")
     if dst.exists() and not overwrite:
         raise FileExistsError(f"output {dst} exists (use --overwrite to replace it)")
-    if dst.exists() and dst.is_dir():
-        raise IsADirectoryError(f"output {dst} is a directory")
     if not dst.parent.exists():
         raise FileNotFoundError(f"output folder {dst.parent} does not exist")
+    if not dst.parent.is_dir():
+        raise NotADirectoryError(f"output folder {dst.parent} is not a folder")
     return src, dst
 
 
@@ -313,6 +315,15 @@ def _track_order(group) -> bool:
         return False
 
 
+def _naming(e: Exception, where: str) -> Exception:
+    """``e`` with ``where`` (file:dataset) in front of its message, of the same class when possible."""
+    msg = f"{where}: {e}"
+    try:
+        return type(e)(msg)
+    except Exception:  # noqa: BLE001 — a class that wants other arguments
+        return (OSError if isinstance(e, OSError) else ValueError)(msg)
+
+
 class Copier:
     """Copy ``src`` (an open h5py.File) into ``dst`` object by object.
 
@@ -390,9 +401,12 @@ class Copier:
                 self.copy_attrs(obj, ng)
                 self._group(obj, ng)
             elif isinstance(obj, h5py.Dataset):
-                if self.handler is not None and self.handler(obj, dg, name):
-                    continue
-                sg.copy(obj, dg, name)
+                try:
+                    if self.handler is not None and self.handler(obj, dg, name):
+                        continue
+                    sg.copy(obj, dg, name)
+                except (OSError, ValueError) as e:  # e.g. a corrupt chunk: say which dataset of which file
+                    raise _naming(e, f"{self.src.filename}:{obj.name}") from e
                 self._note_refs(obj, dg[name])
             else:  # committed datatype
                 sg.copy(obj, dg, name)
@@ -525,6 +539,11 @@ def finite_pair(o: np.ndarray, d: np.ndarray):
     return np.where(both, o, 0).astype(o.dtype), np.where(both, d, 0).astype(d.dtype), mismatch, lo, hi
 
 
+def _native_order(a: np.ndarray) -> np.ndarray:
+    """``a`` in native byte order with the same values, bit for bit (NaN payloads included)."""
+    return a if a.dtype.isnative else a.byteswap().view(a.dtype.newbyteorder("="))
+
+
 def _encode_chunk(arr: np.ndarray, mode: str, opts: dict, valid: tuple, sigma) -> tuple[bytes, dict]:
     """Encode one full (padded) chunk as the filter would, decode it again and measure the error on
     the valid (unpadded) region. Runs in a worker process."""
@@ -536,8 +555,9 @@ def _encode_chunk(arr: np.ndarray, mode: str, opts: dict, valid: tuple, sigma) -
         h = chunk.info(enc)
         dec = chunk.decode(enc)
     sl = tuple(slice(0, v) for v in valid)
-    o = arr[sl]
-    d = dec[sl]
+    # a big-endian dataset (arr in file byte order) decodes to native order: compare in one order, bit for bit
+    o = _native_order(arr[sl])
+    d = _native_order(dec[sl])
     n = int(o.size)
     st = {"n": n, "mode_id": h.mode_id, "model_id": h.model_id, "stored": len(enc)}
     if h.mode_id == modes.MODE_IDS["learned"] and isinstance(h.params.get("q"), int):
@@ -1103,7 +1123,7 @@ def structure_diff(a_path, b_path, compare_data: bool = True, ignore_attrs=None)
                             rows = max(1, (32 << 20) // max(1, oa.dtype.itemsize * (oa.size // max(oa.shape[0], 1)))) if oa.ndim else 1
                             for i in range(0, oa.shape[0] if oa.ndim else 1, rows):
                                 sel = np.s_[i:i + rows] if oa.ndim else ()
-                                if not np.array_equal(oa[sel], ob[sel]):
+                                if not np.array_equal(oa[sel], ob[sel], equal_nan=oa.dtype.kind == "f"):
                                     diffs.append(f"{p}: values differ")
                                     break
                         elif norm(fa, oa[()]) != norm(fb, ob[()]):

@@ -4,7 +4,9 @@ Regression tests (references and links resolve in OUT, linked data, odd series s
 path safety) and one test per bug found by QA: vlen-of-reference attributes/datasets (dimension
 scales), NaN/inf in float data, stale provenance after decompress -> compress, tiny chunks for
 SpikeEventSeries and low-rate ElectricalSeries, ``--only`` paths, relative external links with OUT in
-another folder, SIGHUP, ``evaluate`` on mismatched files, a non-HDF5 input.
+another folder, SIGHUP, ``evaluate`` on mismatched files, a non-HDF5 input, big-endian series, errors
+that name the unreadable dataset, OUT a folder, options no chosen mode uses, ``evaluate`` of one frame
+and ``--report`` a file.
 """
 from __future__ import annotations
 
@@ -480,3 +482,124 @@ def test_input_that_is_not_hdf5(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "not an HDF5" in err or "not a file" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.nwb"]
+
+
+def test_big_endian_series_are_recompressed_and_decompressed(tmp_path):
+    """Bug: a big-endian series (h5py/MATLAB files written on big-endian hosts, or with an explicit '>i2')
+    aborted the whole run with "lossless chunk did not round-trip exactly": the check compared the
+    original's file-order bytes with the decoded (native-order) bytes of the same values. (And
+    ``structure_diff`` called float data with NaN "values differ" from an exact copy of itself.)"""
+    rng = np.random.default_rng(5)
+    m = rng.integers(0, 900, (20, 12, 10)).astype(">i2")
+    x = rng.normal(0, 1, (3000, 3)).astype(">f4")
+    x[5, 1] = np.nan
+    src = tmp_path / "in.h5"
+    series_file(src, {"ts": ("TwoPhotonSeries", m, 30.0), "es": ("ElectricalSeries", x, 30000.0)})
+    out, plain = tmp_path / "out.h5", tmp_path / "plain.h5"
+    assert cli.main(["compress", str(src), str(out), "--workers", "1", "--quiet"]) == 0
+    assert nwb.structure_diff(src, out, ignore_attrs=ignore_necoda) == []   # same dtype (byte order) and values
+    with h5py.File(out, "r") as f:
+        assert has_necoda(f["ts/data"]) and has_necoda(f["es/data"])
+        assert provenance.read(f["ts/data"])["max_abs_error"] == 0
+    assert cli.main(["decompress", str(out), str(plain), "--workers", "1", "--quiet"]) == 0
+    assert nwb.structure_diff(src, plain, ignore_attrs=ignore_necoda) == []
+    reps = nwb.recompress_file(src, tmp_path / "b.h5", nwb.Settings(imaging="bounded", max_error=2), workers=1,
+                               progress=False, only=["/ts"])
+    with h5py.File(tmp_path / "b.h5", "r") as f:
+        err = np.abs(f["ts/data"][...].astype(np.int32) - m.astype(np.int32)).max()
+    assert 0 < err <= 2 and reps[0].provenance["max_abs_error"] == err
+
+
+def test_unreadable_data_names_the_dataset(tmp_path, capsys):
+    """Bug: a corrupt chunk in IN (a crashed acquisition, a bad disk) stopped compress/decompress with
+    HDF5's bare "Can't synchronously read data (filter returned failure during read)" or the decoder's
+    reason, without saying which of the file's many series could not be read."""
+    rng = np.random.default_rng(6)
+    src = tmp_path / "in.h5"
+    with h5py.File(src, "w") as f:
+        g = f.create_group("acquisition/tps")
+        g.attrs["neurodata_type"] = "TwoPhotonSeries"
+        g.create_dataset("data", data=rng.integers(0, 900, (40, 20, 18)).astype("u2"), chunks=(10, 20, 18),
+                         compression="gzip")
+    with h5py.File(src, "r") as f:
+        info = f["acquisition/tps/data"].id.get_chunk_info(2)
+    raw = bytearray(src.read_bytes())
+    raw[info.byte_offset + 10:info.byte_offset + 40] = b"\xff" * 30
+    src.write_bytes(bytes(raw))
+    assert cli.main(["compress", str(src), str(tmp_path / "o.h5"), "--workers", "1", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "/acquisition/tps/data" in err and "in.h5" in err and "Traceback" not in err
+    # a corrupt necoda chunk, decompressed
+    good = tmp_path / "good.h5"
+    series_file(good, {"ts": ("TwoPhotonSeries", rng.integers(0, 900, (20, 12, 10)).astype("u2"), 30.0)})
+    comp = tmp_path / "comp.h5"
+    nwb.recompress_file(good, comp, workers=1, progress=False)
+    with h5py.File(comp, "r") as f:
+        info = f["ts/data"].id.get_chunk_info(0)
+    raw = bytearray(comp.read_bytes())
+    raw[info.byte_offset + 60:info.byte_offset + 90] = b"\x13" * 30
+    comp.write_bytes(bytes(raw))
+    assert cli.main(["decompress", str(comp), str(tmp_path / "d.h5"), "--workers", "1", "--quiet"]) == 1
+    assert "comp.h5:/ts/data" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["comp.h5", "good.h5", "in.h5"]
+
+
+def test_output_that_is_a_folder_or_inside_a_file(tmp_path, capsys):
+    """Bug: OUT naming an existing folder was answered "exists (use --overwrite to replace it)", and
+    --overwrite then said it is a directory; OUT inside a regular file gave HDF5's error about a
+    temporary file the user never named."""
+    src = tmp_path / "in.h5"
+    series_file(src, {"ts": ("TwoPhotonSeries", np.zeros((4, 6, 6), np.int16), 30.0)})
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_bytes(b"x")
+    for cmd in ("compress", "decompress"):
+        assert cli.main([cmd, str(src), str(tmp_path / "folder"), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert "is a directory" in err and "--overwrite" not in err
+        assert cli.main([cmd, str(src), str(tmp_path / "afile" / "o.h5"), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert "afile is not a folder" in err and nwb.TMP_MARK not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder", "in.h5"]
+    assert list((tmp_path / "folder").iterdir()) == []
+
+
+@pytest.mark.parametrize("argv,word", [
+    (["--max-error", "2"], "--max-error"),                                       # lossless everywhere: ignored
+    (["--max-error-noise", "0.5"], "--max-error-noise"),
+    (["--imaging", "bounded", "--max-error", "1", "--quality", "3"], "--quality"),  # quality: learned only
+    (["--quality", "3"], "--quality"),
+    (["--imaging", "learned", "--ephys", "bounded", "--max-error", "1", "--level", "5"], "--level"),
+])
+def test_options_no_chosen_mode_uses_are_refused(tmp_path, capsys, argv, word):
+    """Bug: an option that none of the chosen modes uses (``--max-error 2`` with the default lossless
+    modes, ``--quality`` without ``--imaging learned``) was silently ignored: the user believed the file
+    was compressed with a bound or a quality level it was never coded with."""
+    src = tmp_path / "in.h5"
+    series_file(src, {"ts": ("TwoPhotonSeries", np.zeros((4, 6, 6), np.int16), 30.0)})
+    out = tmp_path / "o.h5"
+    assert cli.main(["compress", str(src), str(out), "--quiet", *argv]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {word} applies to" in err
+    assert not out.exists()
+
+
+def test_evaluate_single_frame_and_report_path_that_is_a_file(tmp_path, capsys):
+    """Bugs: a one-frame TwoPhotonSeries (a reference image) got "RMSE (noise σ) inf" from evaluate (no
+    noise estimate from one frame, while compress records n/a for it); ``--report`` naming an existing
+    file failed with a bare "[Errno 17] File exists"."""
+    rng = np.random.default_rng(7)
+    src = tmp_path / "in.h5"
+    series_file(src, {"ref": ("TwoPhotonSeries", rng.integers(0, 900, (1, 20, 18)).astype("u2"), 30.0)})
+    out = tmp_path / "out.h5"
+    reps = nwb.recompress_file(src, out, nwb.Settings(imaging="bounded", max_error=3), workers=1, progress=False)
+    assert np.isnan(reps[0].provenance["noise_rmse"]) and reps[0].provenance["max_abs_error"] > 0
+    from necoda_filter.commands.evaluate import evaluate_files
+
+    ev = evaluate_files(src, out, tmp_path / "rep", figures=False)["datasets"][0]
+    assert ev["max_abs"] == reps[0].provenance["max_abs_error"]
+    assert np.isnan(ev["rmse_noise"])
+    (tmp_path / "rep.txt").write_text("keep")
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(tmp_path / "rep.txt"), "--no-figures"]) == 1
+    err = capsys.readouterr().err
+    assert "rep.txt" in err and "not a folder" in err
+    assert (tmp_path / "rep.txt").read_text() == "keep"

@@ -40,6 +40,17 @@ def _fmt(v, spec=".3g"):
 def run(args) -> int:
     from ..nwb import Settings, recompress_file
 
+    # an option no chosen mode uses would be ignored: the user expected it to change something
+    used = {args.imaging, args.ephys}
+    modes_now = f"--imaging {args.imaging} --ephys {args.ephys}"
+    if args.quality is not None and args.imaging != "learned":
+        raise ValueError(f"--quality applies to --imaging learned only (here: {modes_now})")
+    for opt, val in (("--max-error", args.max_error), ("--max-error-noise", args.max_error_noise)):
+        if val is not None and not used & {"bounded", "learned"}:
+            raise ValueError(f"{opt} applies to the bounded and learned modes only, and {modes_now} is lossless: "
+                             f"add --imaging bounded|learned or --ephys bounded")
+    if args.level is not None and "lossless" not in used:
+        raise ValueError(f"--level applies to the lossless mode only (here: {modes_now})")
     settings = Settings(imaging=args.imaging, ephys=args.ephys, quality=args.quality, max_error=args.max_error,
                         max_error_noise=args.max_error_noise, level=args.level)
     reports = recompress_file(args.input, args.output, settings, workers=args.workers,

@@ -183,6 +183,8 @@ def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, win
                 est = metrics.estimate_noise_imaging(ow)
                 sigma = float(est["sigma"])
                 res["noise"] = {"sigma": sigma, "ok": bool(est["ok"]), "gain": est["gain"], "offset": est["offset"]}
+                if not sigma > 0:  # no estimate (e.g. a single frame): n/a, as in the write-time record
+                    sigma = None
             elif kind == "ephys" and ow.ndim <= 2:
                 sigma = metrics.estimate_noise_ephys(ow, fs)
                 if ow.ndim == 1:
@@ -371,6 +373,8 @@ def evaluate_files(original, compressed, report_dir=None, figures=True, **window
         if not h5py.is_hdf5(p):
             raise ValueError(f"{p} is not an HDF5/NWB file")
     report_dir = Path(report_dir) if report_dir else compressed.with_name(compressed.name + ".necoda-report")
+    if report_dir.exists() and not report_dir.is_dir():
+        raise NotADirectoryError(f"report folder {report_dir} exists and is not a folder (--report names a folder)")
     out = {"original": str(original), "compressed": str(compressed), "necoda_version": __version__,
            "original_file_bytes": original.stat().st_size, "compressed_file_bytes": compressed.stat().st_size,
            "datasets": []}
