@@ -4,6 +4,7 @@ Zarr v2 arrays use :class:`necoda_filter.NecodaCodec` as their compressor direct
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,7 +40,15 @@ class NecodaZarrCodec(ArrayBytesCodec):
     def validate(self, *, shape, dtype, chunk_grid):
         code_of(dtype.to_native_dtype())  # refuse unsupported dtypes (bool, complex, ...) when the array is created
 
+    # CPU-bound coding runs in a worker thread, as zarr's own zstd/gzip/blosc codecs do: on the event loop's
+    # thread it would code the chunks of a read or write one after another and stall the store I/O meanwhile
     async def _decode_single(self, chunk_bytes, chunk_spec):
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+
+    async def _encode_single(self, chunk_array, chunk_spec):
+        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
+
+    def _decode_sync(self, chunk_bytes, chunk_spec):
         arr = chunk.decode(chunk_bytes.as_numpy_array())
         want = np.dtype(chunk_spec.dtype.to_native_dtype())
         shape = tuple(chunk_spec.shape)
@@ -52,7 +61,7 @@ class NecodaZarrCodec(ArrayBytesCodec):
         arr = arr.astype(want, copy=False).reshape(shape)
         return chunk_spec.prototype.nd_buffer.from_numpy_array(arr)
 
-    async def _encode_single(self, chunk_array, chunk_spec):
+    def _encode_sync(self, chunk_array, chunk_spec):
         arr = np.ascontiguousarray(chunk_array.as_numpy_array())
         return chunk_spec.prototype.buffer.from_bytes(chunk.encode(arr, self.mode, **self.config))
 

@@ -227,3 +227,33 @@ def test_decode_into_out_buffers_like_numcodecs():
             assert got.ravel(order="K").tobytes() == a.tobytes(), (codec, type(out))
         with pytest.raises(ValueError):
             codec.decode(enc, out=bytearray(a.nbytes - 2))
+
+
+# ------------------------------------------------------------------------------ zarr v3: off the event loop
+def test_zarr3_chunks_are_coded_concurrently_off_the_event_loop(monkeypatch):
+    """zarr's own CPU-bound codecs (zstd, gzip, blosc) run in ``asyncio.to_thread``. A codec that codes on
+    the event loop's thread stalls the loop: the chunks of one read or write are coded one after another
+    and no store I/O runs meanwhile. Here each chunk takes 0.25 s (a sleep, which releases the GIL as the
+    kernels and ONNX Runtime do): 6 chunks one after another take 1.5 s."""
+    import time
+
+    a = _data((12, 10), "<u2")
+    z = _v3(zarr.storage.MemoryStore(), a, (2, 10), mode="lossless")
+    real_encode, real_decode = chunk.encode, chunk.decode
+
+    def slow(fn):
+        def run(*args, **kwargs):
+            time.sleep(0.25)
+            return fn(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(chunk, "encode", slow(real_encode))
+    monkeypatch.setattr(chunk, "decode", slow(real_decode))
+    t = time.perf_counter()
+    z[:] = a
+    t_write = time.perf_counter() - t
+    t = time.perf_counter()
+    got = z[:]
+    t_read = time.perf_counter() - t
+    assert np.array_equal(got, a)
+    assert t_write < 1.0 and t_read < 1.0, (t_write, t_read)
