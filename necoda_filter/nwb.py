@@ -230,6 +230,18 @@ def check_paths(src, dst, overwrite: bool = False) -> tuple[Path, Path]:
     return src, dst
 
 
+def open_input(path) -> h5py.File:
+    """``h5py.File(path, "r")``; an error names the file, and a lock held by a writer says so."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        hint = ""
+        if "lock" in str(e).lower():
+            hint = (" (another program has it open for writing: close it there, or if you are sure nothing "
+                    "writes it any more, set HDF5_USE_FILE_LOCKING=FALSE)")
+        raise OSError(f"cannot open {path}{hint}: {e}") from e
+
+
 class _Terminated(SystemExit):
     pass
 
@@ -871,7 +883,7 @@ def _rewrite_file(src_path, dst_path, overwrite, workers, handler) -> None:
         executor, nworkers = make_executor(workers)
         try:
             with atomic_output(dst_path) as tmp:
-                with h5py.File(src_path, "r") as src:
+                with open_input(src_path) as src:
                     ub = src.userblock_size
                     with _create_file(tmp, src) as dst:
                         copier = Copier(src, dst, lambda sds, dg, name: handler(sds, dg, name, copier, executor,
@@ -888,7 +900,7 @@ def _rewrite_file(src_path, dst_path, overwrite, workers, handler) -> None:
 
 def _resolve_only(src_path, paths) -> set:
     """Object addresses of the series data named by ``paths`` (see :func:`recompress_file`)."""
-    with h5py.File(src_path, "r") as f:
+    with open_input(src_path) as f:
         targets = set()
 
         def visit(name, obj):

@@ -603,3 +603,31 @@ def test_evaluate_single_frame_and_report_path_that_is_a_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "rep.txt" in err and "not a folder" in err
     assert (tmp_path / "rep.txt").read_text() == "keep"
+
+
+def test_input_locked_by_a_writer_is_named(tmp_path, capsys):
+    """Bug: IN still open for writing elsewhere (the acquisition, a notebook with NWBHDF5IO(..., "a"))
+    failed with HDF5's bare "[Errno 11] Unable to synchronously open file (unable to lock file ...)":
+    neither which file (compress and evaluate open two) nor what to do."""
+    if os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE":
+        pytest.skip("file locking is disabled in this process")
+    src = tmp_path / "in.h5"
+    series_file(src, {"ts": ("TwoPhotonSeries", np.zeros((4, 6, 6), np.int16), 30.0)})
+    out = tmp_path / "out.h5"
+    nwb.recompress_file(src, out, workers=1, progress=False)
+    env = {k: v for k, v in os.environ.items() if k != "HDF5_USE_FILE_LOCKING"}
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys; f = h5py.File(sys.argv[1], 'a'); "
+                               "print('open', flush=True); sys.stdin.read()", str(src)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        for cmd in (["compress", str(src), str(tmp_path / "o2.h5"), "--quiet"],
+                    ["decompress", str(src), str(tmp_path / "o2.h5"), "--quiet"],
+                    ["evaluate", str(src), str(out), "--no-figures", "--report", str(tmp_path / "rep")]):
+            assert cli.main(cmd) == 1
+            err = capsys.readouterr().err
+            assert f"cannot open {src}" in err and "open for writing" in err, err
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5", "out.h5"]

@@ -378,7 +378,9 @@ def evaluate_files(original, compressed, report_dir=None, figures=True, **window
     out = {"original": str(original), "compressed": str(compressed), "necoda_version": __version__,
            "original_file_bytes": original.stat().st_size, "compressed_file_bytes": compressed.stat().st_size,
            "datasets": []}
-    with h5py.File(original, "r") as fo, h5py.File(compressed, "r") as fc:
+    from ..nwb import open_input
+
+    with open_input(original) as fo, open_input(compressed) as fc:
         pairs = _pairs(fo, fc)
         if not pairs:  # nothing to evaluate: mismatched or swapped files, not an empty success
             n = len(_necoda_paths(fc))
