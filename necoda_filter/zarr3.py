@@ -40,6 +40,11 @@ class NecodaZarrCodec(ArrayBytesCodec):
     def validate(self, *, shape, dtype, chunk_grid):
         code_of(dtype.to_native_dtype())  # refuse unsupported dtypes (bool, complex, ...) when the array is created
 
+    def evolve_from_array_spec(self, array_spec):
+        # sharding_indexed does not validate its inner codecs, but it evolves them when the array is created
+        code_of(array_spec.dtype.to_native_dtype())
+        return self
+
     # CPU-bound coding runs in a worker thread, as zarr's own zstd/gzip/blosc codecs do: on the event loop's
     # thread it would code the chunks of a read or write one after another and stall the store I/O meanwhile
     async def _decode_single(self, chunk_bytes, chunk_spec):
