@@ -631,3 +631,17 @@ def test_input_locked_by_a_writer_is_named(tmp_path, capsys):
         holder.stdin.close()
         holder.wait(timeout=30)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5", "out.h5"]
+
+
+@pytest.mark.parametrize("opt,val", [("--window-frames", "-5"), ("--window-frames", "0"), ("--window-seconds", "-1"),
+                                     ("--window-seconds", "nan"), ("--window-mb", "nan"), ("--window-mb", "0")])
+def test_evaluate_rejects_bad_windows(rich, tmp_path, capsys, opt, val):
+    """Bug: ``--window-frames -5`` evaluated ROI fidelity on all frames but the last five (``o[:-5]``) and
+    recorded window_rows -5; NaN for --window-seconds/--window-mb failed with "cannot convert float NaN
+    to integer"."""
+    src, out, _ = rich
+    rep = tmp_path / "rep"
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(rep), "--no-figures", opt, val]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {opt} must be" in err
+    assert not rep.exists()

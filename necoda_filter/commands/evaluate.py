@@ -437,6 +437,12 @@ def markdown(res: dict) -> str:
 
 
 def run(args) -> int:
+    # a negative window silently meant "all but the last frames" (o[:-n]); NaN failed deep inside
+    if args.window_frames < 1:
+        raise ValueError(f"--window-frames must be at least 1, got {args.window_frames}")
+    for opt, v in (("--window-seconds", args.window_seconds), ("--window-mb", args.window_mb)):
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{opt} must be a number > 0, got {v}")
     res = evaluate_files(args.original, args.compressed, args.report, figures=not args.no_figures,
                          window_frames=args.window_frames, window_seconds=args.window_seconds,
                          window_mb=args.window_mb)
