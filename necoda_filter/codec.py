@@ -40,6 +40,8 @@ class NecodaCodec(Codec):
         arr = chunk.decode(ensure_contiguous_ndarray(buf))
         if out is not None:
             out = ensure_ndarray(out)
+            if out.dtype == object:  # numcodecs: never decode into an object array (samples, not bytes)
+                raise TypeError("necoda cannot decode into an object array")
             if out.nbytes != arr.nbytes:
                 raise ValueError(f"output buffer has {out.nbytes} bytes, the chunk decodes to {arr.nbytes}")
             if not (out.flags.c_contiguous or out.flags.f_contiguous):

@@ -261,3 +261,15 @@ def test_zarr3_chunks_are_coded_concurrently_off_the_event_loop(monkeypatch):
     t_read = time.perf_counter() - t
     assert np.array_equal(got, a)
     assert t_write < 1.0 and t_read < 1.0, (t_write, t_read)
+
+
+def test_decode_into_an_object_array_is_a_type_error_like_numcodecs():
+    """numcodecs' own compliance check (``check_err_decode_object_buffer``): decoding into an object array
+    raises TypeError. NecodaCodec filled it with Python ints converted sample by sample (same nbytes)."""
+    a = np.arange(10, dtype="<i8")
+    for codec in (numcodecs.Zstd(), NecodaCodec(mode="lossless"), NecodaCodec(mode="raw")):
+        enc = codec.encode(a)
+        with pytest.raises(TypeError):
+            codec.decode(enc, out=np.empty(10, dtype=object))
+        with pytest.raises(TypeError):
+            codec.encode(np.array(["foo", "bar", "baz"], dtype=object))
