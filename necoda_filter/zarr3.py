@@ -34,6 +34,10 @@ class NecodaZarrCodec(ArrayBytesCodec):
     def to_dict(self):
         return {"name": FILTER_NAME, "configuration": {"mode": self.mode, **self.config}}
 
+    def __repr__(self):  # the constructor call (the dataclass repr showed a config= it does not take)
+        opts = "".join(f", {k}={v!r}" for k, v in self.config.items())
+        return f"NecodaZarrCodec(mode={self.mode!r}{opts})"
+
     def __hash__(self):
         return hash((self.mode, tuple(sorted(self.config.items()))))
 

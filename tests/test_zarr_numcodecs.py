@@ -87,6 +87,8 @@ def test_config_json_round_trip_is_stable(cfg):
     z1 = NecodaZarrCodec(**cfg)
     z2 = NecodaZarrCodec.from_dict(json.loads(json.dumps(z1.to_dict())))
     assert z2 == z1 and hash(z2) == hash(z1) and z2.to_dict() == z1.to_dict()
+    # reprs are the constructor calls (numcodecs' check_repr; zarr prints the serializer in Array.info)
+    assert eval(repr(c1)) == c1 and eval(repr(z1)) == z1, (repr(c1), repr(z1))
 
 
 @pytest.mark.parametrize("opt, value", [
