@@ -946,8 +946,12 @@ def recompress_file(src_path, dst_path, settings: Settings | None = None, worker
             return False
         rep = recompress_dataset(sds, dg, name, kind, settings, executor, nworkers, progress, source_name,
                                  stop=copier.stop)
-        # provenance of an earlier necoda run (e.g. necoda_decompressed_by) does not describe this one
+        # provenance of an earlier necoda run (e.g. necoda_decompressed_by) does not describe this one: it
+        # goes into this one's history (data decoded from a lossy run stays marked as such)
         copier.copy_attrs(sds, dg[name], skip=lambda n: n.startswith(provenance.PREFIX))
+        history = provenance.history_of(sds)
+        if history:
+            rep.provenance["history"] = history
         provenance.write(dg[name], rep.provenance)
         if rep.provenance["lossy"]:
             provenance.append_comment(dg, provenance.comment_text(rep.provenance, sds.name))

@@ -60,6 +60,8 @@ FIELDS: dict[str, str] = {
     "source": "str",             # original file name and dataset path
     "created": "str",            # ISO 8601 UTC time of recompression
     "decompressed_by": "str",    # set by `necoda decompress` (data no longer necoda-compressed)
+    "history": "json",           # earlier necoda runs on this data, oldest first (their records): data
+                                 # decoded from a lossy run and recompressed stays marked as such
 }
 
 
@@ -115,6 +117,22 @@ def read(obj) -> dict[str, Any] | None:
             v = str(v)
         out[key] = v
     return out or None
+
+
+def history_of(obj) -> list[dict[str, Any]]:
+    """The ``history`` a new record for ``obj``'s data carries: ``obj``'s own record (if any) after the
+    earlier ones it lists, oldest first."""
+    prev = read(obj)
+    if not prev:
+        return []
+    earlier = prev.pop("history", None)
+    return (list(earlier) if isinstance(earlier, list) else []) + [prev]
+
+
+def earlier_lossy(prov: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records of earlier lossy runs in ``prov``'s history."""
+    hist = prov.get("history")
+    return [h for h in hist if isinstance(h, dict) and h.get("lossy")] if isinstance(hist, list) else []
 
 
 def comment_text(prov: dict[str, Any], path: str) -> str:

@@ -282,6 +282,41 @@ def test_nwbinspector_shows_the_provenance_with_our_module(tmp_path):
     assert ours(src) == {}
 
 
+def test_recompressing_decoded_lossy_data_keeps_it_marked_lossy(tmp_path):
+    """learned -> lossless recompression, and learned -> decompress -> compress, write lossless records of
+    data that went through a lossy run: the earlier record travels in ``necoda_history``, and the
+    description nwbinspector shows names the lossy run (the new record alone said lossless)."""
+    if not mode_available("learned"):
+        pytest.skip("learned mode not available")
+    from necoda_filter.commands.info import describe
+
+    src = tmp_path / "in.nwb"
+    make_nwb(src, T=40, H=32, W=32, N=2000)
+    lossy = tmp_path / "l.nwb"
+    assert cli(compress_cmd, src, lossy, "--imaging", "learned", "--workers", 1, "--quiet") == 0
+    again = tmp_path / "l2.nwb"
+    assert cli(compress_cmd, lossy, again, "--workers", 1, "--quiet") == 0
+    plain = tmp_path / "plain.nwb"
+    assert cli(decompress_cmd, lossy, plain, "--workers", 1, "--quiet") == 0
+    via_plain = tmp_path / "l3.nwb"
+    assert cli(compress_cmd, plain, via_plain, "--workers", 1, "--quiet") == 0
+    with h5py.File(lossy) as f:
+        first = provenance.read(f["acquisition/TwoPhotonSeries/data"])
+    for path, n_hist in ((again, 1), (via_plain, 1)):
+        with h5py.File(path) as f:
+            d = f["acquisition/TwoPhotonSeries/data"]
+            p = provenance.read(d)
+            assert p["mode"] == "lossless" and p["lossy"] is False
+            assert len(p["history"]) == n_hist
+            h = p["history"][0]
+            assert h["lossy"] is True and h["mode"] == "learned" and h["psnr_db"] == first["psnr_db"]
+            assert ("decompressed_by" in h) == (path == via_plain)
+            text = describe(d)
+            assert "LOSSILY compressed before (mode learned, quality" in text, text
+            e = provenance.read(f["acquisition/ElectricalSeries/data"])  # lossless all along: no lossy past
+            assert not provenance.earlier_lossy(e) and "before" not in describe(f["acquisition/ElectricalSeries/data"])
+
+
 def test_comment_appending_keeps_existing_text(tmp_path):
     with h5py.File(tmp_path / "c.h5", "w") as f:
         g = f.create_group("ts")

@@ -106,6 +106,13 @@ def describe(dset: h5py.Dataset) -> str | None:
             f", ratio {_fmt(ratio)}")
     if prov and not lossy:
         text += "; checked bit-exact at write time"
+        for h in provenance.earlier_lossy(prov):  # a lossless copy of lossy data is still lossy data
+            fid = [f"PSNR {_fmt(h['psnr_db'], '.2f')} dB"] if h.get("psnr_db") is not None else []
+            fid += [f"max abs error {_fmt(h['max_abs_error'])}"] if h.get("max_abs_error") is not None else []
+            what = ", ".join([f"mode {h.get('mode', '?')}"] + ([f"quality {h['quality']}"] if h.get("quality") else [])
+                             + fid)
+            text += (f", but the data it holds was LOSSILY compressed before ({what}"
+                     f"{', by necoda-filter ' + h['version'] if h.get('version') else ''})")
     elif prov:
         fid = [f"max abs error {_fmt(prov.get('max_abs_error'))}"]
         if prov.get("psnr_db") is not None:
