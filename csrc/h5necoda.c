@@ -38,6 +38,7 @@
 #error "NECODA_CD_USER_SLOTS must be defined by the build"
 #endif
 #define NECODA_MODE_AUTO 255u
+#define H5Z_FILTER_SHUFFLE 2
 #define NECODA_MAX_RANK 8
 
 #define EXPORT __attribute__((visibility("default")))
@@ -77,6 +78,8 @@ typedef struct {
     int (*Pget_chunk)(hid_t, int, hsize_t[]);
     herr_t (*Pget_filter_by_id2)(hid_t, H5Z_filter_t, unsigned *, size_t *, unsigned[], size_t, char[], unsigned *);
     herr_t (*Pmodify_filter)(hid_t, H5Z_filter_t, unsigned, size_t, const unsigned[]);
+    int (*Pget_nfilters)(hid_t);
+    H5Z_filter_t (*Pget_filter2)(hid_t, unsigned, unsigned *, size_t *, unsigned[], size_t, char[], unsigned *);
     herr_t (*Zregister)(const void *);
     herr_t (*Epush2)(hid_t, const char *, const char *, unsigned, hid_t, hid_t, hid_t, const char *, ...);
     hid_t *E_ERR_CLS, *E_PLINE, *E_CALLBACK;
@@ -129,13 +132,15 @@ static int resolve_hdf5(void *handle) {
     RESOLVE(a.Pget_chunk, handle, "H5Pget_chunk");
     RESOLVE(a.Pget_filter_by_id2, handle, "H5Pget_filter_by_id2");
     RESOLVE(a.Pmodify_filter, handle, "H5Pmodify_filter");
+    RESOLVE(a.Pget_nfilters, handle, "H5Pget_nfilters");
+    RESOLVE(a.Pget_filter2, handle, "H5Pget_filter2");
     RESOLVE(a.Zregister, handle, "H5Zregister");
     RESOLVE(a.Epush2, handle, "H5Epush2");
     RESOLVE(a.E_ERR_CLS, handle, "H5E_ERR_CLS_g");
     RESOLVE(a.E_PLINE, handle, "H5E_PLINE_g");
     RESOLVE(a.E_CALLBACK, handle, "H5E_CALLBACK_g");
     if (!a.Tget_class || !a.Tget_size || !a.Tget_sign || !a.Tget_order || !a.Pget_chunk ||
-        !a.Pget_filter_by_id2 || !a.Pmodify_filter || !a.Zregister)
+        !a.Pget_filter_by_id2 || !a.Pmodify_filter || !a.Pget_nfilters || !a.Pget_filter2 || !a.Zregister)
         return -1;
     a.ready = 1;
     H5 = a;
@@ -267,6 +272,24 @@ static herr_t necoda_set_local(hid_t dcpl, hid_t type, hid_t space) {
         user[4] = 0u; user[5] = 0x7FF80000u;
     } else if (user[0] != NECODA_CD_LAYOUT_VERSION) {
         report("necoda_set_local", "unknown necoda cd_values layout version (create the filter with necoda_filter.Necoda)", 1);
+        return -1;
+    }
+    /* necoda codes the chunk as an array of the dataset's type, so it must see the chunk as the type's
+     * values: a filter before it that changes the size (scaleoffset, nbit, fletcher32, a compressor) made
+     * every chunk unreadable, and shuffle (bytes regrouped) broke bounded mode's error bound and the learned
+     * model; only the exact modes (raw, lossless) take shuffled bytes, bit for bit. */
+    int nf = H5.Pget_nfilters(dcpl);
+    for (int i = 0; i < nf; i++) {
+        unsigned fflags = 0;
+        size_t fn = 0;
+        H5Z_filter_t fid = H5.Pget_filter2(dcpl, (unsigned)i, &fflags, &fn, NULL, 0, NULL, NULL);
+        if (fid == NECODA_FILTER_ID) break;
+        if (fid == H5Z_FILTER_SHUFFLE && (user[1] == NECODA_MODE_RAW || user[1] == NECODA_MODE_LOSSLESS)) continue;
+        report("necoda_set_local", fid == H5Z_FILTER_SHUFFLE
+               ? "shuffle before necoda regroups the bytes a lossy or auto necoda mode codes (its error bound and "
+                 "model would apply to shuffled bytes): drop shuffle, necoda does its own prediction"
+               : "a filter before necoda in the pipeline changes the bytes it codes: necoda must come first "
+                 "(checksums such as fletcher32 after it)", 1);
         return -1;
     }
     hsize_t dims[NECODA_MAX_RANK];

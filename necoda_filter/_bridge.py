@@ -30,9 +30,12 @@ def filter(flags: int, cd_values: tuple, data: memoryview) -> bytes:
 def encode(cd_values, data) -> bytes:
     mode, opts = options.user_options(cd_values[: options.CD_USER_SLOTS])
     dtype, shape = options.chunk_layout(cd_values)
-    arr = np.frombuffer(data, dtype=dtype)
-    if arr.size == int(np.prod(shape, dtype=np.int64)):
-        arr = arr.reshape(shape)
+    want = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if len(data) != want:  # stored flat, such a chunk could never be read back as the dataset's chunk
+        raise ValueError(f"HDF5 handed necoda {len(data)} bytes for a {tuple(shape)} {np.dtype(dtype)} chunk "
+                         f"({want} bytes): a filter before necoda in the pipeline changed them; necoda must "
+                         "come first")
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     return chunk.encode(arr, mode, **opts)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import inspect
 import numbers
 import os
 import sys
@@ -126,7 +127,14 @@ def _teach_h5py_the_name() -> None:
             code_of(dtype)  # refuse e.g. strings or compounds here, with a clear error
         if compression == FILTER_NAME or (compression == FILTER_ID and not isinstance(compression, bool)):
             compression, compression_opts = FILTER_ID, _cd_values(compression_opts)
+        if compression == FILTER_ID or getattr(compression, "filter_id", None) == FILTER_ID:
+            bound = signature.bind_partial(plist, shape, dtype, chunks, compression, compression_opts, *args,
+                                           **kwargs).arguments
+            opts = compression_opts if compression == FILTER_ID else getattr(compression, "filter_options", ())
+            _check_pipeline(opts, bool(bound.get("shuffle")), bound.get("scaleoffset"))
         return original(plist, shape, dtype, chunks, compression, compression_opts, *args, **kwargs)
+
+    signature = inspect.signature(original)
 
     fill_dcpl._necoda = True
     hf.fill_dcpl = fill_dcpl
@@ -138,6 +146,24 @@ def _teach_h5py_the_name() -> None:
         return FILTER_NAME if code == FILTER_ID else original_name(code)
 
     hf.get_filter_name = get_filter_name
+
+
+def _check_pipeline(cd_values, shuffle: bool, scaleoffset) -> None:
+    """h5py puts scaleoffset and shuffle *before* the compression filter. necoda codes the chunk as an
+    array of the dataset's type: after scaleoffset it got a smaller buffer and every chunk written was
+    unreadable; after shuffle (regrouped bytes) bounded mode broke its error bound (max error 767 for
+    max_error=2) and the learned model saw noise. Refused here with a clear error (the C shim refuses the
+    same pipelines for other writers); lossless and raw take shuffled bytes exactly, so they keep working."""
+    from . import options
+
+    if scaleoffset is not None and scaleoffset is not False:
+        raise ValueError("necoda cannot follow HDF5's scaleoffset filter (it changes the bytes necoda codes): "
+                         "drop scaleoffset=; for a bounded lossy store use Necoda(mode='bounded', max_error=...)")
+    if shuffle:
+        mode, _ = options.user_options(tuple(cd_values or ())[: options.CD_USER_SLOTS])
+        if mode not in ("lossless", "raw"):
+            raise ValueError(f"shuffle=True regroups the bytes necoda mode {mode!r} codes (its error bound and model "
+                             "would apply to shuffled bytes): drop shuffle=True, necoda does its own prediction")
 
 
 def _cd_values(compression_opts) -> tuple:

@@ -393,3 +393,54 @@ def test_shim_defaults_for_the_bare_filter_id_are_those_of_necoda(tmp_path):
         ds = f["m"]
         info = necoda_filter.chunk.info(ds.id.read_direct_chunk((0, 0, 0))[1])
         assert necoda_filter.modes.MODE_NAMES[info.mode_id] == "learned"  # "auto" on a movie; not raw
+
+
+def test_filters_that_change_the_bytes_before_necoda_are_refused(tmp_path):
+    """h5py puts scaleoffset and shuffle before the compression filter. After scaleoffset necoda got a
+    smaller buffer and every chunk written was unreadable; after shuffle a bounded chunk broke its bound
+    (max error 767 for max_error=2). Such pipelines are refused when the dataset is created, through h5py
+    and hdmf's arguments (a clear ValueError) and through a hand-made property list (the shim's set_local);
+    the exact modes take shuffled bytes bit for bit, and fletcher32 (after necoda) keeps working."""
+    from necoda_filter import FILTER_ID, Necoda
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(0, 300, (4096, 8))).astype(np.int16)
+    bounded = Necoda(mode="bounded", max_error=2)
+    with h5py.File(tmp_path / "p.h5", "w") as f:
+        for kw in (dict(compression=bounded, shuffle=True),
+                   dict(compression="necoda", compression_opts={"mode": "bounded", "max_error": 2}, shuffle=True),
+                   dict(compression="necoda", shuffle=True)):  # mode "auto": lossy for movies
+            with pytest.raises(ValueError, match="shuffle=True regroups the bytes"):
+                f.create_dataset("s", data=x, chunks=(1024, 8), **kw)
+        with pytest.raises(ValueError, match="scaleoffset"):
+            f.create_dataset("o", data=x, chunks=(1024, 8), compression=Necoda(mode="lossless"), scaleoffset=0)
+        assert "s" not in f and "o" not in f
+        f.create_dataset("ls", data=x, chunks=(1024, 8), compression=Necoda(mode="lossless"), shuffle=True)
+        f.create_dataset("bf", data=x, chunks=(1024, 8), compression=bounded, fletcher32=True)
+        for filters, cd in (([("shuffle",)], bounded.filter_options),
+                            ([("scaleoffset", h5py.h5z.SO_INT, 0)], Necoda(mode="lossless").filter_options),
+                            ([("deflate", 4)], Necoda(mode="lossless").filter_options)):
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_chunk((1024, 8))
+            for name, *args in filters:
+                getattr(dcpl, f"set_{name}")(*args)
+            dcpl.set_filter(FILTER_ID, 0, cd)
+            space = h5py.h5s.create_simple(x.shape)
+            with pytest.raises(ValueError, match="before necoda"):  # set_local refuses: no dataset
+                h5py.h5d.create(f.id, b"low", h5py.h5t.NATIVE_INT16, space, dcpl=dcpl)
+            assert "low" not in f
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        assert np.array_equal(f["ls"][:], x)
+        assert np.abs(f["bf"][:].astype(np.int32) - x).max() <= 2
+
+
+def test_bridge_refuses_a_chunk_buffer_of_the_wrong_size():
+    """What the shim's encoder does when a filter before it changed the chunk's size: an error (the write
+    fails) instead of a flat chunk that no read could turn back into the dataset's chunk."""
+    from necoda_filter import Necoda, _bridge
+
+    cd = Necoda(mode="lossless").filter_options + (0, 2, 1, 0, 2, 16, 4)  # int16 (16, 4) chunk, little-endian
+    good = np.arange(64, dtype=np.int16).tobytes()
+    assert necoda_filter.chunk.decode(_bridge.encode(cd, memoryview(good))).shape == (16, 4)
+    with pytest.raises(ValueError, match="HDF5 handed necoda 100 bytes for a \\(16, 4\\) int16 chunk"):
+        _bridge.encode(cd, memoryview(good[:100]))
