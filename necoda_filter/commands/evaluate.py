@@ -267,11 +267,11 @@ def _imaging_figures(ow, dw, masks, out: Path, name: str) -> list[Path]:
     vmin, vmax = np.percentile(a, [0.5, 99.8])
     lim = max(1.0, float(np.percentile(np.abs(e), 99.9)))
     fig, ax = plt.subplots(1, 3, figsize=(13, 4.4))
-    for k, (img, title) in enumerate([(a, f"original, frame {t}"), (b, "decoded")]):
+    for k, (img, title) in enumerate([(a, f"original, frame {t}"), (b, "decoded (same grey scale)")]):
         im = ax[k].imshow(img, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax[k].set_title(title)
         ax[k].axis("off")
-    fig.colorbar(im, ax=ax[1], fraction=0.046, pad=0.03, label="raw units")
+        fig.colorbar(im, ax=ax[k], fraction=0.046, pad=0.03, label="raw units")  # equal panel sizes
     im = ax[2].imshow(e, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
     ax[2].set_title(f"error (decoded - original), max |e| {np.abs(e).max():.3g}")
     ax[2].axis("off")
