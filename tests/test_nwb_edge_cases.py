@@ -510,6 +510,15 @@ def test_big_endian_series_are_recompressed_and_decompressed(tmp_path):
     assert 0 < err <= 2 and reps[0].provenance["max_abs_error"] == err
 
 
+def _overwrite_in_chunk(path, dataset, index, offset, junk: bytes) -> None:
+    """Overwrite bytes ``offset`` onwards of stored chunk ``index`` of ``dataset`` in the file at ``path``."""
+    with h5py.File(path, "r") as f:
+        info = f[dataset].id.get_chunk_info(index)
+    raw = bytearray(path.read_bytes())
+    raw[info.byte_offset + offset:info.byte_offset + offset + len(junk)] = junk
+    path.write_bytes(bytes(raw))
+
+
 def test_unreadable_data_names_the_dataset(tmp_path, capsys):
     """Bug: a corrupt chunk in IN (a crashed acquisition, a bad disk) stopped compress/decompress with
     HDF5's bare "Can't synchronously read data (filter returned failure during read)" or the decoder's
@@ -521,11 +530,7 @@ def test_unreadable_data_names_the_dataset(tmp_path, capsys):
         g.attrs["neurodata_type"] = "TwoPhotonSeries"
         g.create_dataset("data", data=rng.integers(0, 900, (40, 20, 18)).astype("u2"), chunks=(10, 20, 18),
                          compression="gzip")
-    with h5py.File(src, "r") as f:
-        info = f["acquisition/tps/data"].id.get_chunk_info(2)
-    raw = bytearray(src.read_bytes())
-    raw[info.byte_offset + 10:info.byte_offset + 40] = b"\xff" * 30
-    src.write_bytes(bytes(raw))
+    _overwrite_in_chunk(src, "acquisition/tps/data", 2, 10, b"\xff" * 30)
     assert cli.main(["compress", str(src), str(tmp_path / "o.h5"), "--workers", "1", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "/acquisition/tps/data" in err and "in.h5" in err and "Traceback" not in err
@@ -534,11 +539,7 @@ def test_unreadable_data_names_the_dataset(tmp_path, capsys):
     series_file(good, {"ts": ("TwoPhotonSeries", rng.integers(0, 900, (20, 12, 10)).astype("u2"), 30.0)})
     comp = tmp_path / "comp.h5"
     nwb.recompress_file(good, comp, workers=1, progress=False)
-    with h5py.File(comp, "r") as f:
-        info = f["ts/data"].id.get_chunk_info(0)
-    raw = bytearray(comp.read_bytes())
-    raw[info.byte_offset + 60:info.byte_offset + 90] = b"\x13" * 30
-    comp.write_bytes(bytes(raw))
+    _overwrite_in_chunk(comp, "ts/data", 0, 60, b"\x13" * 30)
     assert cli.main(["decompress", str(comp), str(tmp_path / "d.h5"), "--workers", "1", "--quiet"]) == 1
     assert "comp.h5:/ts/data" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["comp.h5", "good.h5", "in.h5"]
