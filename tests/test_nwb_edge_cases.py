@@ -346,6 +346,10 @@ def test_spike_events_and_low_rate_ephys_get_reasonable_chunks(tmp_path):
     # the usual cases keep "about one second"
     assert nwb.plan_chunks("ephys", (100000, 32), 2, 30000.0) == (29952, 32)
     assert nwb.plan_chunks("ephys", (100000, 32), 2, 2.0)[0] == 256
+    # imaging: frames; a (T, X) line scan gets rows as untimed ephys (64 rows coded ~25x slower)
+    assert nwb.plan_chunks("imaging", (5000, 300, 200), 2) == (64, 300, 200)
+    assert nwb.plan_chunks("imaging", (100000, 512), 2) == (4096, 512)
+    assert nwb.plan_chunks("imaging", (100000,), 2) == (100000,)
 
 
 def test_only_paths_are_resolved_and_checked(tmp_path, capsys):
