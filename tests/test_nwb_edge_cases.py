@@ -650,3 +650,14 @@ def test_evaluate_rejects_bad_windows(rich, tmp_path, capsys, opt, val):
     err = capsys.readouterr().err
     assert f"error: {opt} must be" in err
     assert not rep.exists()
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress"])
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_workers_must_be_a_positive_count(tmp_path, capsys, command, value):
+    """Bug: ``--workers 0`` or ``-2`` was taken as 1 without a word."""
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, str(tmp_path / "in.nwb"), str(tmp_path / "out.nwb"), "--workers", value])
+    assert e.value.code == 2
+    assert "--workers" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

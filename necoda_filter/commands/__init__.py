@@ -12,3 +12,16 @@ def check_dtype(value, option: str = "--dtype") -> None:
         np.dtype(value)
     except TypeError:
         raise ValueError(f"{option}: unknown data type {value!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts such as ``--workers``: an integer of at least 1 (0 or -2 were taken as 1)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 import sys
 
+from . import positive_int
+
 
 def add_arguments(p) -> None:
     p.add_argument("input", metavar="IN.nwb", help="NWB (HDF5) file to read; never modified")
@@ -18,7 +20,7 @@ def add_arguments(p) -> None:
     p.add_argument("--max-error-noise", type=float, default=None,
                    help="bounded/learned: error bound in units of the estimated noise sigma")
     p.add_argument("--level", type=int, default=None, help="lossless: entropy-coder effort")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="parallel encoder processes (default: CPUs available; 1 = no pool)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never IN)")
     p.add_argument("--only", action="append", default=None, metavar="PATH",

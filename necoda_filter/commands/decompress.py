@@ -1,6 +1,8 @@
 """``necoda decompress IN.nwb OUT.nwb``: a plain NWB file readable by any HDF5 tool without the plugin."""
 from __future__ import annotations
 
+from . import positive_int
+
 
 def add_arguments(p) -> None:
     p.add_argument("input", metavar="IN.nwb", help="file with necoda-compressed datasets; never modified")
@@ -8,7 +10,7 @@ def add_arguments(p) -> None:
     p.add_argument("--gzip", nargs="?", type=int, const=4, default=None, metavar="LEVEL",
                    help="store the data with HDF5's standard gzip filter (level 0-9, default 4) instead of "
                         "uncompressed")
-    p.add_argument("--workers", type=int, default=None, help="parallel decoder processes")
+    p.add_argument("--workers", type=positive_int, default=None, help="parallel decoder processes")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never IN)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
