@@ -134,7 +134,8 @@ def plan_chunks(kind: str, shape: tuple, itemsize: int, fs: float | None = DEFAU
 
     imaging (T, H, W, ...): 64 frames x full frame when H, W <= 512, else tiles of at most 512 x 512
     (equal-sized tiles covering the frame); trailing axes whole; fewer frames if a chunk would exceed
-    64 MB. Imaging data of fewer than 3 axes (line scans) is chunked like untimed ephys rows. ephys (T, C, ...): about one second (``fs`` samples) x all channels, at least 16 KiB (low
+    64 MB; imaging data of fewer than 3 axes (line scans) is chunked like untimed ephys rows. ephys
+    (T, C, ...): about one second (``fs`` samples) x all channels, at least 16 KiB (low
     rates) and at most 4 MB; ``fs=None`` when rows are not time samples (SpikeEventSeries: one event
     per row): as many rows as 4 MB holds.
     """

@@ -135,14 +135,9 @@ def earlier_lossy(prov: dict[str, Any]) -> list[dict[str, Any]]:
     return [h for h in hist if isinstance(h, dict) and h.get("lossy")] if isinstance(hist, list) else []
 
 
-def comment_text(prov: dict[str, Any], path: str) -> str:
-    """The sentence appended to the TimeSeries ``comments`` attribute for a lossy recompression."""
-    opts = dict(prov.get("options") or {})
-    if prov.get("quality") is not None:  # the level actually coded, also when the model's default was used
-        opts["quality"] = prov["quality"]
-    bits = [f"{k}={v}" for k, v in sorted(opts.items())]
-    if prov.get("model_id"):
-        bits.append(f"model {prov['model_id']}")
+def fidelity_bits(prov: dict[str, Any]) -> list[str]:
+    """The write-time fidelity of a record, in words: max abs error, PSNR and noise-unit RMS error (the
+    ones it has, PSNR and RMS error when finite)."""
     fid = []
     if prov.get("max_abs_error") is not None:
         fid.append(f"max abs error {prov['max_abs_error']:.4g}")
@@ -151,6 +146,18 @@ def comment_text(prov: dict[str, Any], path: str) -> str:
     nr = prov.get("noise_rmse")
     if nr is not None and math.isfinite(nr):
         fid.append(f"RMS error {nr:.3f} noise sigma")
+    return fid
+
+
+def comment_text(prov: dict[str, Any], path: str) -> str:
+    """The sentence appended to the TimeSeries ``comments`` attribute for a lossy recompression."""
+    opts = dict(prov.get("options") or {})
+    if prov.get("quality") is not None:  # the level actually coded, also when the model's default was used
+        opts["quality"] = prov["quality"]
+    bits = [f"{k}={v}" for k, v in sorted(opts.items())]
+    if prov.get("model_id"):
+        bits.append(f"model {prov['model_id']}")
+    fid = fidelity_bits(prov)
     if prov.get("ratio") is not None:
         fid.append(f"ratio {prov['ratio']:.2f}")
     return (f"[necoda] {path} was LOSSILY recompressed by necoda-filter {prov.get('version', '?')} "

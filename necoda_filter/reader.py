@@ -42,7 +42,7 @@ import numpy as np
 
 from . import chunk, cpus, modes
 from .constants import FILTER_ID
-from .mainthread import Stopped as _Stopped
+from .mainthread import check as _check
 from .mainthread import off_main_thread as _off_main_thread
 from .mainthread import result as _result
 
@@ -282,18 +282,19 @@ def _using(get_pool, workers: int):
                     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _submit(pool, fn, *args, inline_ok: bool | None = None) -> Future:
+def _submit(pool, fn, *args, inline_ok: bool) -> Future:
     """``pool.submit(fn, *args)``, or ``fn(*args)`` run in this thread when the pool takes no more work:
     at interpreter exit concurrent.futures refuses new tasks before it waits for non-daemon threads, so a
     read running in one of them failed with "cannot schedule new futures after shutdown". (A daemon
     thread still gets that error: it must not go on using HDF5 while the interpreter finalizes.)
-    ``inline_ok``: whether the reading thread may run the task itself (default: it is not a daemon)."""
+    ``inline_ok``: whether the reading thread may run the task itself (the caller is not a daemon thread;
+    the dispatcher thread that drives the main thread's reads is one)."""
     try:
         return pool.submit(fn, *args)
     except BrokenExecutor:
         raise
     except RuntimeError:
-        if not (not threading.current_thread().daemon if inline_ok is None else inline_ok):
+        if not inline_ok:
             raise
         f = Future()
         try:
@@ -306,10 +307,9 @@ def _submit(pool, fn, *args, inline_ok: bool | None = None) -> Future:
 def _stored_chunks(plan, fetch, fill_missing, stop):
     """``(stored bytes, filter mask, out slices, local selection)`` of each chunk of ``plan`` that is
     stored, in order, fetched in the calling thread; a chunk never written gets ``fill_missing(out slices)``.
-    Raises _Stopped once ``stop`` is set."""
+    Raises Stopped once ``stop`` is set."""
     for off, dsl, lsel in plan:
-        if stop is not None and stop[0]:
-            raise _Stopped
+        _check(stop)
         got = fetch(off)
         if got is None:
             fill_missing(dsl)
@@ -326,14 +326,13 @@ def _cancel_and_wait(futures) -> None:
 
 def _bound_in_flight(futures: list, limit: int, stop) -> list:
     """Wait until fewer than ``limit`` of ``futures`` are pending (bounds the compressed bytes queued);
-    returns the pending ones, raising the error of any that failed (and _Stopped once ``stop`` is set)."""
+    returns the pending ones, raising the error of any that failed (and Stopped once ``stop`` is set)."""
     while len(futures) >= limit:
         done, pending = wait(futures, timeout=None if stop is None else 0.1, return_when="FIRST_COMPLETED")
         for f in done:
             f.result()
         futures = list(pending)
-        if stop is not None and stop[0]:
-            raise _Stopped
+        _check(stop)
     return futures
 
 
@@ -602,19 +601,20 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
     chunks = dataset.chunks
     dtype = dataset.dtype
     final = tuple(0 if a.drop else slice(None) for a in axes)
+    out_full = None
     if out is not None:
         _check_out_shape(out, tuple(n for n, a in zip(shape, axes) if not a.drop))
-        result = out
         # the same memory with the dropped (integer-indexed) axes put back as length 1: always a view
         out_full = np.expand_dims(out, tuple(k for k, a in enumerate(axes) if a.drop))
-    if int(np.prod(shape, dtype=np.int64)) == 0:
-        return result if out is not None else np.empty(shape, dtype)[final]
 
     def new_output():
         return out_full if out is not None else np.empty(shape, dtype)
 
     def returned(arr):
-        return result if out is not None else arr[final]
+        return out if out is not None else arr[final]
+
+    if int(np.prod(shape, dtype=np.int64)) == 0:
+        return returned(new_output())
 
     per_axis = [a.pieces(c) for a, c in zip(axes, chunks)]
     plan = []  # (offset, out slices, local selection)

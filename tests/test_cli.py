@@ -78,7 +78,8 @@ def test_describe_names_lossy_data_written_without_provenance(tmp_path):
     p = tmp_path / "d.h5"
     a = (np.arange(40 * 30 * 20) % 97).astype(np.uint16).reshape(40, 30, 20)
     with h5py.File(p, "w") as f:
-        f.create_dataset("b", data=a, chunks=(20, 30, 20), compression=necoda_filter.Necoda(mode="bounded", max_error=2))
+        f.create_dataset("b", data=a, chunks=(20, 30, 20),
+                         compression=necoda_filter.Necoda(mode="bounded", max_error=2))
         f.create_dataset("l", data=a, chunks=(20, 30, 20), compression=necoda_filter.Necoda(mode="lossless"))
         f.create_dataset("g", data=a, chunks=(20, 30, 20), compression="gzip")
     with h5py.File(p, "r") as f:

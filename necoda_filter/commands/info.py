@@ -107,19 +107,12 @@ def describe(dset: h5py.Dataset) -> str | None:
     if prov and not lossy:
         text += "; checked bit-exact at write time"
         for h in provenance.earlier_lossy(prov):  # a lossless copy of lossy data is still lossy data
-            fid = [f"PSNR {_fmt(h['psnr_db'], '.2f')} dB"] if h.get("psnr_db") is not None else []
-            fid += [f"max abs error {_fmt(h['max_abs_error'])}"] if h.get("max_abs_error") is not None else []
             what = ", ".join([f"mode {h.get('mode', '?')}"] + ([f"quality {h['quality']}"] if h.get("quality") else [])
-                             + fid)
+                             + provenance.fidelity_bits(h))
             text += (f", but the data it holds was LOSSILY compressed before ({what}"
                      f"{', by necoda-filter ' + h['version'] if h.get('version') else ''})")
     elif prov:
-        fid = [f"max abs error {_fmt(prov.get('max_abs_error'))}"]
-        if prov.get("psnr_db") is not None:
-            fid.append(f"PSNR {_fmt(prov['psnr_db'], '.2f')} dB")
-        if prov.get("noise_rmse") is not None and math.isfinite(prov["noise_rmse"]):
-            fid.append(f"RMS error {_fmt(prov['noise_rmse'], '.3f')} noise sigma")
-        text += "; measured at write time: " + ", ".join(fid)
+        text += "; measured at write time: " + (", ".join(provenance.fidelity_bits(prov)) or "n/a")
     elif lossy:
         text += "; no fidelity was recorded when it was written (compare with the original: `necoda evaluate`)"
     return text + "."
