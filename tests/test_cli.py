@@ -128,3 +128,30 @@ def test_info_shows_compress_provenance(tmp_path, capsys):
     assert prov["mode"] == "bounded" and prov["max_abs_error"] <= 3
     assert rows["TwoPhotonSeries"]["chunk_modes"].keys() == {"bounded"}
     assert rows["ElectricalSeries"]["provenance"]["mode"] == "lossless"
+    # the table shows the write-time fidelity per dataset; --provenance lists every stored attribute
+    assert cli.main(["info", str(out)]) == 0
+    lines = {ln.split("|")[1].strip().split("/")[-2]: ln for ln in capsys.readouterr().out.splitlines()
+             if ln.startswith("| /")}
+    imaging = lines["TwoPhotonSeries"].split("|")[-2]
+    assert "LOSSY" in imaging and f"max abs error {prov['max_abs_error']:.4g}" in imaging and "PSNR" in imaging
+    assert "bit-exact (checked)" in lines["ElectricalSeries"].split("|")[-2]
+    assert cli.main(["info", str(out), "--provenance"]) == 0
+    text = capsys.readouterr().out
+    assert f"  source: {src.name}:" in text and "  noise_model: " in text
+
+
+def test_info_fidelity_column_for_data_written_through_the_filter(tmp_path, capsys):
+    """Lossy chunks written with h5py (no `necoda compress`, so no figures) say the fidelity is not
+    recorded; lossless ones have nothing to report."""
+    from necoda_filter import Necoda
+
+    p = tmp_path / "f.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("b", data=np.arange(4096, dtype=np.int16).reshape(64, 64), chunks=(32, 64),
+                         **Necoda("bounded", max_error=2))
+        f.create_dataset("l", data=np.arange(4096, dtype=np.int16).reshape(64, 64), chunks=(32, 64),
+                         **Necoda("lossless"))
+    assert cli.main(["info", str(p)]) == 0
+    rows = {ln.split("|")[1].strip(): ln.split("|")[-2].strip() for ln in capsys.readouterr().out.splitlines()
+            if ln.startswith("| /")}
+    assert rows["/b"].startswith("not recorded") and rows["/l"] == "-"

@@ -9,6 +9,8 @@ def add_arguments(p):
     p.add_argument("file", help="HDF5 or NWB file")
     p.add_argument("--all", action="store_true", help="list every chunked dataset, not only necoda ones")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--provenance", action="store_true",
+                   help="also list every necoda_* attribute stored with each dataset (version, source, noise model...)")
     p.add_argument("--chunks", type=int, default=8, metavar="N",
                    help="chunk headers sampled per dataset to report modes (default 8; 0 = all)")
 
@@ -118,6 +120,24 @@ def describe(dset: h5py.Dataset) -> str | None:
     return text + "."
 
 
+def fidelity_text(row: dict) -> str:
+    """The write-time fidelity of an ``dataset_info`` row in a few words (table cell)."""
+    from .. import modes, provenance
+
+    prov = row.get("provenance")
+    if not prov:
+        lossy = any(modes.get(modes.MODE_IDS[m]).lossy for m in row.get("chunk_modes") or {} if m in modes.MODE_IDS)
+        return "not recorded (written without `necoda compress`)" if lossy else "-"
+    if prov.get("lossy"):
+        return "LOSSY: " + (", ".join(provenance.fidelity_bits(prov)) or "no figures")
+    text = "bit-exact (checked)"
+    earlier = provenance.earlier_lossy(prov)
+    if earlier:
+        text += "; LOSSY before: " + "; ".join(", ".join([f"mode {h.get('mode', '?')}"] + provenance.fidelity_bits(h))
+                                              for h in earlier)
+    return text
+
+
 def _jsonable(v):
     import numpy as np
 
@@ -162,17 +182,24 @@ def run(args) -> int:
     if not rows:
         print(f"{args.file}: no necoda-compressed datasets" + ("" if args.all else " (use --all to list others)"))
         return 0
-    print(f"| dataset | shape | dtype | chunks | filters | mode (chunks) | model | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| dataset | shape | dtype | chunks | filters | mode (chunks) | model | ratio | fidelity at write time |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         modes_ = ", ".join(f"{k}×{v}" for k, v in r.get("chunk_modes", {}).items()) or "-"
         if r.get("qualities"):
             modes_ += f" (quality {', '.join(map(str, r['qualities']))})"
         req = r.get("requested", {})
         opts = ", ".join(f"{k}={v}" for k, v in req.items() if k != "mode")
-        mode_txt = f"{req.get('mode', '-')}{' (' + opts + ')' if opts else ''}: {modes_}"
+        mode_txt = f"{req.get('mode', '-')}{' (' + opts + ')' if opts else ''}: {modes_}" if req else "-"
         print(f"| {r['path']} | {tuple(r['shape'])} | {r['dtype']} | {tuple(r['chunks'])} | {'+'.join(r['filters']) or '-'} "
-              f"| {mode_txt} | {', '.join(r.get('models', [])) or '-'} | {r['ratio'] if r['ratio'] else '-'}× |")
-        for k, v in r.get("provenance", {}).items():
-            print(f"|   ↳ {k} | {v} |||||||")
+              f"| {mode_txt} | {', '.join(r.get('models', [])) or '-'} | {_fmt(r['ratio']) + '×' if r['ratio'] else '-'} "
+              f"| {fidelity_text(r)} |")
+    if args.provenance:
+        for r in rows:
+            if r.get("provenance"):
+                print(f"\n{r['path']}:")
+                for k, v in r["provenance"].items():
+                    print(f"  {k}: {v}")
+    elif any(r.get("provenance") for r in rows):
+        print("\n(every stored necoda_* attribute: --provenance or --json)")
     return 0
