@@ -163,34 +163,69 @@ def _add_residual(rec: np.ndarray, resid: np.ndarray, dtype) -> np.ndarray:
 SAFEGUARD_DRIFT = 2.0 ** -20
 
 
-#: decode a box of a chunk from the frames of latents around it (box + receptive field in time) when that
-#: is at most this fraction of the chunk's decoder work; 0 (or ``NECODA_READ_CROP=0``) turns cropping off
+#: decode a box of a chunk from the latents around it (box + receptive field) when that is at most this
+#: fraction of the chunk's decoder work; 0 (or ``NECODA_READ_CROP=0``) turns cropping off
 CROP_MAX_FRACTION = 0.75
-#: temporal receptive field of the split packed decoder's main graph, in latent frames each side (its
-#: 3x3x3 convolution is the only operator that mixes time; everything after it works per frame pair)
-CROP_HALO_T = 1
+#: receptive field of the split packed decoder's main graph in latent units: one latent frame each side
+#: (its 3x3x3 convolution is the only operator that mixes time; everything after it works per frame
+#: pair) and two latent pixels each side (that convolution and the trunk's 3x3 one)
+CROP_HALO_T, CROP_HALO_S = 1, 2
+
+#: Output positions below which a convolution's sums may be rounded differently. ONNX Runtime's CPU
+#: convolutions (MLAS) sum an output over its K = channels x taps inputs in blocks of 128 — two partial
+#: sums for the decoder's 3x3x3 convolution (K = 216) — but in one block when the GEMM they run has at
+#: most 64 output positions (``MlasConvOperation``/``MlasSgemmOperation`` widen the K stride for narrow
+#: GEMMs). Which GEMM a position falls in depends on the call: a batch of several tiles runs each tile
+#: whole, a single tile is cut into one slice per thread. Measured before this rule: a 16x32x32 float32
+#: chunk decoded on 2 threads differed from 1 thread in 298 voxels, and time crops of 64x16x32 chunks
+#: differed from the whole-chunk decode. Keeping every such GEMM at or above this many positions (far
+#: from 64, so a change of those constants is covered too) makes the sums the same whatever the thread
+#: count, batch or crop (checked: 0 of 463 random space and time crops differed; tests/test_learned.py).
+MIN_GEMM_POSITIONS = 1024
+
+
+def _call_threads(threads, batch: int, positions: int) -> int:
+    """ONNX Runtime threads for a call on ``batch`` tiles whose 3-D convolution has ``positions`` output
+    positions per tile: several tiles are convolved one whole tile at a time (any thread count); a single
+    tile is sliced over the threads, so it gets them only when every slice keeps MIN_GEMM_POSITIONS
+    (MLAS rounds the slice length up to 16, so the last slice can be shorter by 16 per thread)."""
+    from ..models import runtime
+
+    t = runtime.threads_for(threads)
+    if batch >= 2 or t == 1 or positions >= t * (MIN_GEMM_POSITIONS + 16 * t):
+        return t
+    return 1
+
+
+def _crop_range(lo, hi, step, halo, n, minimum):
+    """Latent range [a, b) of a box [lo, hi) (pixels or frames of the tile) plus ``halo`` latent units each
+    side, clamped to [0, n) and widened evenly to at least ``minimum`` units (clamped to n)."""
+    a, b = max(0, lo // step - halo), min(n, -(-hi // step) + halo)
+    while b - a < min(minimum, n):
+        a, b = max(0, a - 1), min(n, b + 1)
+    return a, b
 
 
 def _box_crops(tile, grid, n, window, box, split, down):
-    """The tiles and latent frames that decode the box of a chunk starting at ``window`` with shape
-    ``box``: ``[(tile index, (t0, t1)), ...]`` (latent frames of the tile; always its full height and
-    width), or None when that does not pay (or does not apply: unsplit decoders, a GPU provider).
+    """The tiles and latent crops that decode the box of a chunk starting at ``window`` with shape
+    ``box``: ``[(tile index, (t0, t1), (y0, y1), (x0, x1)), ...]`` (latent ranges of the tile), or None
+    when that does not pay (or does not apply: unsplit decoders, a GPU provider, tiles too small).
 
-    Exactness: tiles are decoded independently anyway, and in time every frame written lies at least
-    the receptive field away from a crop edge that is not the tile's own edge, so it sees exactly the
-    latents and context the whole-tile decode gives it. Only time is cropped: the 2-D convolutions then
-    see the same image extent (a different batch of frame pairs), and ONNX Runtime's GEMM-based 3-D
-    convolution sums every output over its taps in the same order whatever the number of frames. Crops
-    in space are *not* exact — ORT's blocked 2-D convolution kernels round some pixels differently when
-    the image width or height changes (measured: 68 of 450 random float32 boxes differed in the last
-    bit; cropping time only: 0 of 450) — so the full tile width and height are always decoded. Checked
-    bit for bit against whole-chunk decodes, float32 included: tests/test_learned.py."""
+    Exactness: tiles are decoded independently anyway, and every voxel written lies at least the
+    receptive field away from a crop edge that is not the tile's own edge, so it sees exactly the
+    latents, context and baseline the whole-tile decode gives it; ONNX Runtime's CPU convolutions sum each
+    output over its taps in the same order whatever the input's extent as long as the GEMMs they run
+    keep MIN_GEMM_POSITIONS output positions (crops are widened to keep that many per frame and per 3-D
+    call; smaller tiles are never cropped). Checked bit for bit against whole-chunk decodes, float32
+    included: tests/test_learned.py."""
     from ..models import runtime
 
     if not CROP_MAX_FRACTION or os.environ.get("NECODA_READ_CROP", "1") == "0" or not split \
             or not split.get("zs_shape_only") or runtime.providers() != ["CPUExecutionProvider"]:
         return None
-    lt_n = tile[0] // down[0]
+    lt_n, ly_n, lx_n = (s // d for s, d in zip(tile, down))
+    if ly_n * lx_n < MIN_GEMM_POSITIONS:
+        return None  # the tile's own GEMMs are narrow: decode it whole
     crops, work = [], 0
     for k in range(n):
         o = _tile_origin(k, tile, grid)
@@ -198,10 +233,15 @@ def _box_crops(tile, grid, n, window, box, split, down):
         hi = [min(w + b, org + size) - org for w, b, org, size in zip(window, box, o, tile)]
         if any(h <= l for l, h in zip(lo, hi)):
             continue  # the box misses this tile
-        lt = (max(0, lo[0] // down[0] - CROP_HALO_T), min(lt_n, -(-hi[0] // down[0]) + CROP_HALO_T))
-        crops.append((k, lt))
-        work += lt[1] - lt[0]
-    if work > CROP_MAX_FRACTION * n * lt_n:
+        # widen the smaller side first so a thin box keeps a square-ish, cheap crop
+        side = int(np.ceil(np.sqrt(MIN_GEMM_POSITIONS)))
+        ly = _crop_range(lo[1], hi[1], down[1], CROP_HALO_S, ly_n, min(side, ly_n) if lx_n >= side else
+                         -(-MIN_GEMM_POSITIONS // lx_n))
+        lx = _crop_range(lo[2], hi[2], down[2], CROP_HALO_S, lx_n, -(-MIN_GEMM_POSITIONS // (ly[1] - ly[0])))
+        lt = _crop_range(lo[0], hi[0], down[0], CROP_HALO_T, lt_n, 1)
+        crops.append((k, lt, ly, lx))
+        work += (lt[1] - lt[0]) * (ly[1] - ly[0]) * (lx[1] - lx[0])
+    if work > CROP_MAX_FRACTION * n * lt_n * ly_n * lx_n:
         return None
     return crops
 
@@ -219,6 +259,7 @@ def _context(pkg, zs, zt, zt_is_zero: bool, threads):
     from ..models import runtime
 
     split = pkg.tables["decoder_split"]
+    threads = _call_threads(threads, zt.shape[0], int(np.prod(zt.shape[2:])))  # its 3-D convs run at zt's size
     if not (zt_is_zero and split.get("zs_shape_only")):
         return runtime.run(pkg.id, "context", pkg.context, {"zs": zs, "zt": zt}, threads)[0]
     key = (pkg.id, zs.shape, zt.shape)
@@ -405,21 +446,26 @@ class LearnedMode:
         down = tuple(int(v) for v in tab["latents"]["zs"]["down"])  # latent step: frames, pixels
         pairs = down[0] // 2  # packed output frame pairs per latent frame
 
-        def run_decoder(lo, hi, lt=None):
-            """Decoder output for tiles lo..hi-1, on their latent frames ``lt`` (a split decoder's main
-            graph only; all frames when None)."""
-            t = slice(None) if lt is None else slice(*lt)
-            feeds = {"zs": zs[lo:hi, :, t], "base": base_feed[np.arange(lo, hi) % (gh * gw)]}
+        def run_decoder(lo, hi, lt=None, ly=None, lx=None):
+            """Decoder output for tiles lo..hi-1, on their latent frames ``lt`` and latent rows and columns
+            ``ly``, ``lx`` (a split decoder's main graph only; the whole tile when None)."""
+            t, y, x = (slice(None) if r is None else slice(*r) for r in (lt, ly, lx))
+            py, px = (slice(None) if r is None else slice(d * r[0], d * r[1]) for r, d in ((ly, down[1]), (lx, down[2])))
+            feeds = {"zs": zs[lo:hi, :, t, y, x], "base": base_feed[np.arange(lo, hi) % (gh * gw)][..., py, px]}
+            zs_pos = int(np.prod(feeds["zs"].shape[2:]))
             if split:
                 ctx = _context(pkg, zs[lo:hi], zt[lo:hi], not qt[lo:hi].any(), threads)
-                feeds[split["input"]] = ctx if lt is None else ctx[:, pairs * lt[0]:pairs * lt[1]]
+                feeds[split["input"]] = ctx[:, slice(None) if lt is None else slice(pairs * lt[0], pairs * lt[1]),
+                                            :, y, x]
+                run_threads = _call_threads(threads, hi - lo, zs_pos)
             else:
                 feeds["zt"] = zt[lo:hi]
+                run_threads = _call_threads(threads, hi - lo, min(zs_pos, int(np.prod(zt.shape[2:]))))
             if packed:  # consumed before the next call: decode into this thread's reusable buffer
                 nt = tt // 2 if lt is None else pairs * (lt[1] - lt[0])
-                pp = runtime.scratch(((hi - lo) * nt, 32, th // 4, tw // 4))
-                return runtime.run_into(pkg.id, "decoder", pkg.decoder, feeds, [pp], threads)[0]
-            return runtime.run(pkg.id, "decoder", pkg.decoder, feeds, threads)[0]
+                pp = runtime.scratch(((hi - lo) * nt, 32) + feeds["zs"].shape[3:])
+                return runtime.run_into(pkg.id, "decoder", pkg.decoder, feeds, [pp], run_threads)[0]
+            return runtime.run(pkg.id, "decoder", pkg.decoder, feeds, run_threads)[0]
 
         def decoded():  # (first tile, last tile + 1, decoder output) per ONNX Runtime call
             for lo, hi in batches:
@@ -441,11 +487,12 @@ class LearnedMode:
             b = np.float32(float(params["o"]) - 0.375 * float(params["g"]))
             bqc = np.ascontiguousarray(bq, dtype=np.float32)
             crops = _box_crops(tile, (gh, gw), n, window, res.shape, split, down) if direct else None
-            if crops is not None:  # a box of few frames: run the decoder on the latent frames around it only
-                for k, lt in crops:
+            if crops is not None:  # a small box: run the decoder on the latents around it only
+                for k, lt, ly, lx in crops:
                     t0, y0, x0 = _tile_origin(k, tile, (gh, gw))
-                    _kernels.learned_finish(run_decoder(k, k + 1, lt), (t0 + down[0] * lt[0], y0, x0), bqc, a, b,
-                                            res, window)
+                    _kernels.learned_finish(run_decoder(k, k + 1, lt, ly, lx),
+                                            (t0 + down[0] * lt[0], y0 + down[1] * ly[0], x0 + down[2] * lx[0]),
+                                            bqc, a, b, res, window)
                 return None
             # the finishing pass is memory-bound and single-threaded per call: split large tiles over the
             # cores ONNX Runtime had (h5py's filter path; read()'s decoders run one thread each)
