@@ -575,7 +575,8 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
          executor: str = "auto") -> np.ndarray:
     """Read ``dataset[selection]`` decoding necoda chunks in parallel.
 
-    :param dataset: an h5py.Dataset (any: non-necoda datasets are read with plain slicing).
+    :param dataset: an h5py.Dataset (any: non-necoda datasets are read with plain slicing); zarr arrays
+        (hdmf-zarr) and numpy arrays are sliced as they are.
     :param selection: what you would put in ``dataset[...]``; e.g. ``np.s_[0:1000, :, ::2]``.
     :param out: an array to read into instead of a new one (like h5py's ``read_direct``): writeable, the
         shape of ``dataset[selection]`` and exactly the dataset's dtype (no conversion). Reading block
@@ -586,6 +587,17 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
     """
     if executor not in ("auto", "process", "thread", "serial"):
         raise ValueError(f"executor must be auto, process, thread or serial, not {executor!r}")
+    import h5py
+
+    if not isinstance(dataset, h5py.Dataset):
+        # what pynwb/hdmf hand out besides h5py datasets: zarr arrays (hdmf-zarr, which decode their chunks
+        # concurrently themselves) and in-memory numpy arrays; plain slicing gives the same values
+        if not all(hasattr(dataset, a) for a in ("__getitem__", "shape", "dtype")):
+            raise TypeError(f"read() takes an h5py.Dataset (or an array-like with shape, dtype and slicing), "
+                            f"not {type(dataset).__name__}")
+        if out is not None:
+            _check_out_type(out, dataset.dtype)
+        return _plain(dataset, selection, out)
     if out is not None:
         _check_out_type(out, dataset.dtype)
     if not dataset.id.valid:  # what dataset[...] raises, with a message saying why
@@ -758,7 +770,7 @@ def _check_out_shape(out, shape) -> None:
 
 
 def _plain(dataset, selection, out):
-    """``dataset[selection]`` through h5py, into ``out`` when given."""
+    """``dataset[selection]`` (h5py, zarr or numpy slicing), into ``out`` when given."""
     got = dataset[selection]
     if out is None:
         return got

@@ -181,6 +181,27 @@ def test_read_into_out_refuses_what_it_cannot_fill(parity_file):
             read(f["gzip"], out=np.empty((2, 2), ds.dtype))
 
 
+def test_read_takes_what_pynwb_hands_out_besides_h5py(tmp_path):
+    """hdmf-zarr gives zarr arrays, in-memory NWB objects numpy arrays: read() slices them as they are
+    (they used to fail with "'Array' object has no attribute 'id'"); anything else is a TypeError."""
+    import zarr
+
+    from necoda_filter.codec import NecodaCodec
+
+    a = (np.arange(6 * 20 * 24) % 251).astype(np.uint16).reshape(6, 20, 24)
+    z = zarr.open_array(str(tmp_path / "z.zarr"), mode="w", shape=a.shape, chunks=(3, 20, 24), dtype=a.dtype,
+                        compressor=NecodaCodec(mode="lossless"), zarr_format=2)
+    z[:] = a
+    for arr in (z, a):
+        assert np.array_equal(read(arr, np.s_[1:5, ::2, 3]), a[1:5, ::2, 3])
+        buf = np.empty((6, 20, 24), a.dtype)
+        assert read(arr, out=buf) is buf and np.array_equal(buf, a)
+        with pytest.raises(TypeError, match="dtype int32"):
+            read(arr, out=np.empty(a.shape, np.int32))
+    with pytest.raises(TypeError, match="h5py.Dataset .* not list"):
+        read([1, 2, 3])
+
+
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_read_through_other_drivers(parity_file, executor, monkeypatch):
     monkeypatch.setattr(reader, "PARALLEL_MIN_BYTES", 0)
