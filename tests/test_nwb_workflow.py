@@ -589,11 +589,15 @@ def test_read_learned_equals_slicing(tmp_path, executor):
         f.create_dataset("d", data=m, chunks=(16, 48, 40), compression=Necoda(mode="learned", quality=3))
         f.create_dataset("e", data=m[:45, :43, :37], chunks=(16, 32, 24), compression=Necoda(mode="learned"))
         f.create_dataset("g", data=m, chunks=(48, 48, 40), compression=Necoda(mode="learned", quality=3))
+        # frames of 160 x 144: tiles large enough to crop in space and time; float32 shows any last bit
+        big = np.tile(m, (1, 4, 4))[:, :160, :144].astype(np.float32)
+        f.create_dataset("h", data=big, chunks=(48, 160, 144), compression=Necoda(mode="learned", quality=3))
     with h5py.File(tmp_path / "l.h5", "r") as f:  # reopened: HDF5's chunk cache would hold the written data
         d, e = f["d"], f["e"]
-        for ds in (d, e, f["g"]):  # e: partial edge chunks; g: 6 latent frames per chunk, a few are cropped
+        for ds in (d, e, f["g"], f["h"]):  # e: partial edge chunks; g, h: a few latent frames are cropped
             for s in (np.s_[...], np.s_[3:47:5, 7:40, ::3], np.s_[5:41, 3:40, 2:35], np.s_[17],
-                      np.s_[:, 10:19, 4:15], np.s_[20:23]):  # a region; a few frames: cropped latents
+                      np.s_[:, 10:19, 4:15], np.s_[20:23], np.s_[:, 30], np.s_[2:40, -9:, 100:]):
+                ref = ds[s]  # a region, a few frames, a row, a corner: cropped latents for h
                 ref = ds[s]
                 got = read(ds, s, executor=executor, workers=2)
                 assert np.array_equal(got, ref), (ds.name, s)
