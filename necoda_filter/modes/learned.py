@@ -178,10 +178,10 @@ CROP_HALO_T, CROP_HALO_S = 1, 2
 #: GEMMs). Which GEMM a position falls in depends on the call: a batch of several tiles runs each tile
 #: whole, a single tile is cut into one slice per thread. Measured before this rule: a 16x32x32 float32
 #: chunk decoded on 2 threads differed from 1 thread in 298 voxels, and time crops of 64x16x32 chunks
-#: differed from the whole-chunk decode. Keeping every such GEMM at or above this many positions (far
-#: from 64, so a change of those constants is covered too) makes the sums the same whatever the thread
-#: count, batch or crop (checked: 0 of 463 random space and time crops differed; tests/test_learned.py).
-MIN_GEMM_POSITIONS = 1024
+#: differed from the whole-chunk decode. Keeping every such GEMM at or above this many positions (8 times
+#: 64, so a change of those constants is covered too) makes the sums the same whatever the thread count,
+#: batch or crop (checked: 0 of 463 random space and time crops differed; tests/test_learned.py).
+MIN_GEMM_POSITIONS = 512
 
 
 def _call_threads(threads, batch: int, positions: int) -> int:
