@@ -6,6 +6,7 @@ import logging
 import numpy as np
 
 from . import container, modes
+from .constants import ORDER_PARAM_SINCE
 from .dtypes import code_of
 from .options import BOUNDED_NEEDS_A_BOUND, check_bound
 
@@ -13,6 +14,14 @@ log = logging.getLogger("necoda_filter")
 
 #: container parameter naming the coded core of a chunk whose trailing hyperplanes are all zero
 CORE_KEY = "_core"
+#: container parameter of a chunk given in Fortran order (format version 2): it is coded in its own axis
+#: order, and decodes to a Fortran-ordered array, so a byte-level consumer gets back the bytes it gave
+ORDER_KEY = "_order"
+
+
+def _fortran_only(arr: np.ndarray) -> bool:
+    """An array laid out in Fortran order and not also in C order (zarr v2 ``order="F"`` chunks)."""
+    return arr.ndim >= 2 and arr.flags.f_contiguous and not arr.flags.c_contiguous
 
 
 def _zero_padded_core(arr: np.ndarray) -> tuple | None:
@@ -41,8 +50,12 @@ def encode(arr: np.ndarray, mode: str = "auto", **options) -> bytes:
 
     If the mode cannot handle the chunk (it raises), or a lossless mode does not beat raw size,
     the chunk is stored raw inside the container: data is never lost and never written unmarked.
+    A Fortran-ordered ``arr`` is coded in its own axis order (the network sees time as time) and decodes
+    to a Fortran-ordered array with the same values (format version 2).
     """
     arr = np.asarray(arr)
+    fortran = _fortran_only(arr)
+    arr = np.ascontiguousarray(arr)
     code_of(arr.dtype)  # clear error for unsupported dtypes
     if arr.ndim == 0:
         arr = arr.reshape(1)
@@ -75,16 +88,24 @@ def encode(arr: np.ndarray, mode: str = "auto", **options) -> bytes:
     if enc is None:
         m = modes.get("raw")
         enc = m.encode(arr)
-    return container.pack(m.mode_id, arr.dtype, arr.shape, enc.payload, enc.params, enc.model_id)
+    params, version = enc.params, 1
+    if fortran:
+        params, version = {**(params or {}), ORDER_KEY: "F"}, ORDER_PARAM_SINCE
+    return container.pack(m.mode_id, arr.dtype, arr.shape, enc.payload, params, enc.model_id, version)
 
 
 def _open(buf):
-    """(header, payload, mode, params without the core key, core shape or None) of a chunk."""
+    """(header, payload, mode, params without the container keys, core shape or None) of a chunk."""
     h, payload = container.unpack(buf)
     if h.mode_id not in modes.MODE_NAMES:
         raise container.CorruptChunk(f"necoda chunk uses unknown mode id {h.mode_id}")
     m = modes.get(h.mode_id)
     params, core = h.params, None
+    if ORDER_KEY in params:
+        if params[ORDER_KEY] != "F" or h.version < ORDER_PARAM_SINCE:
+            raise container.CorruptChunk(f"necoda chunk has an invalid {ORDER_KEY} parameter "
+                                         f"{params[ORDER_KEY]!r} (format version {h.version})")
+        params = {k: v for k, v in params.items() if k != ORDER_KEY}
     if CORE_KEY in params:
         params = {k: v for k, v in params.items() if k != CORE_KEY}
         params_core = h.params[CORE_KEY]
@@ -127,12 +148,15 @@ def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
         full = np.zeros(h.shape, dtype=h.dtype)
         full[tuple(slice(0, c) for c in core)] = arr
         arr = full
+    if ORDER_KEY in h.params:  # given in Fortran order: give it back so (same values, same bytes in memory)
+        arr = np.asfortranarray(arr)
     if out is not None:
-        # same number of samples, any shape and layout, filled in C order: never out.reshape(...), which
-        # returns a copy (and leaves ``out`` unwritten) when ``out`` is not contiguous in that order
+        # same number of samples, any shape and layout, filled in the chunk's memory order (C, or F for
+        # an F-ordered chunk): never out.reshape(...), which returns a copy (and leaves ``out`` unwritten)
+        # when ``out`` is not contiguous in that order
         if out.size != arr.size:
             raise ValueError(f"output array has {out.size} elements, the chunk decodes to {arr.size} {h.shape}")
-        np.copyto(out, arr.reshape(out.shape), casting="no")
+        np.copyto(out, arr if out.shape == arr.shape else arr.reshape(out.shape, order="A"), casting="no")
         return out
     return arr
 

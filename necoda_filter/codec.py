@@ -2,7 +2,8 @@
 
 Chunks keep their shape when the caller passes an ndarray (zarr does); a flat buffer is coded as 1-D
 uint8 bytes. As for every numcodecs codec, ``decode`` gives back the bytes ``encode`` was given, in memory
-order: an F-ordered chunk (zarr v2 ``order="F"``) is coded as its C-ordered transpose. Big-endian chunks are
+order: an F-ordered chunk (zarr v2 ``order="F"``) is coded in its own axis order (time stays time for the
+learned mode) and decodes to an F-ordered array (container format version 2). Big-endian chunks are
 refused: chunks store little-endian samples, and a byte-level consumer (zarr v2 views the decoded bytes as
 the array's dtype) would read them byte-swapped; zarr v3 (:mod:`necoda_filter.zarr3`) handles byte order.
 """
@@ -32,8 +33,6 @@ class NecodaCodec(Codec):
                 f"necoda (numcodecs) cannot code big-endian {arr.dtype.str} data: decode returns little-endian "
                 f"samples, which zarr v2 would read byte-swapped; use dtype {arr.dtype.newbyteorder('<').str!r} "
                 "(or a zarr v3 array with NecodaZarrCodec)")
-        if arr.flags.f_contiguous and not arr.flags.c_contiguous:
-            arr = arr.T  # same memory, C order: decode returns these bytes in this order (numcodecs convention)
         if self.mode == "bounded" and arr.ndim == 1 and arr.dtype == np.uint8 and not getattr(self, "_warned", False):
             # what zarr v2 hands a compressor after a byte-level filter (Shuffle, BitShuffle: 1-D bytes): the
             # bound would hold for those bytes, not for the array's samples (measured: max error 514 for
@@ -44,7 +43,9 @@ class NecodaCodec(Codec):
             warnings.warn("necoda bounded mode got 1-D uint8 bytes: if a byte-level filter (Shuffle, BitShuffle) "
                           "runs before it, its error bound applies to those bytes, not to your samples; remove "
                           "the filter (necoda does its own prediction)", UserWarning, stacklevel=2)
-        return chunk.encode(np.ascontiguousarray(arr), self.mode, **self.options)
+        # an F-ordered chunk (zarr v2 order="F") is coded in its own axis order and decodes to an F-ordered
+        # array: the same bytes in memory, as numcodecs requires (chunk.ORDER_KEY)
+        return chunk.encode(arr, self.mode, **self.options)
 
     def decode(self, buf, out=None):
         arr = chunk.decode(ensure_contiguous_ndarray(buf))

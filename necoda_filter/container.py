@@ -60,7 +60,11 @@ class Header:
         return n
 
 
-def pack(mode_id: int, dtype, shape, payload: bytes, params: dict | None = None, model_id: str = "") -> bytes:
+def pack(mode_id: int, dtype, shape, payload: bytes, params: dict | None = None, model_id: str = "",
+         version: int = 1) -> bytes:
+    """One container; ``version`` is the lowest format version that describes the chunk."""
+    if not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(f"necoda chunk format version must be 1..{FORMAT_VERSION}, not {version}")
     shape = tuple(int(s) for s in shape)
     if not 1 <= len(shape) <= MAX_NDIM:
         raise ValueError(f"necoda chunks have 1..{MAX_NDIM} dimensions, got {len(shape)}")
@@ -70,7 +74,7 @@ def pack(mode_id: int, dtype, shape, payload: bytes, params: dict | None = None,
         raise ValueError("necoda chunk parameters or model id too long")
     head = b"".join([
         MAGIC,
-        struct.pack("<BBBB", FORMAT_VERSION, mode_id, code_of(dtype), len(shape)),
+        struct.pack("<BBBB", version, mode_id, code_of(dtype), len(shape)),
         struct.pack(f"<{len(shape)}I", *shape),
         struct.pack("<H", len(pblob)), pblob,
         struct.pack("<B", len(mblob)), mblob,
@@ -93,10 +97,10 @@ def parse_header(buf) -> Header:
     if bytes(mv[:4]) != MAGIC:
         raise CorruptChunk(f"not a necoda chunk (magic {bytes(mv[:4])!r}, expected {MAGIC!r})")
     version, mode_id, dcode, ndim = struct.unpack_from("<BBBB", mv, 4)
-    if version != FORMAT_VERSION:
+    if not 1 <= version <= FORMAT_VERSION:
         raise CorruptChunk(
             f"necoda chunk format version {version} is not supported by this necoda-filter "
-            f"(it reads version {FORMAT_VERSION}); upgrade necoda-filter")
+            f"(it reads versions 1 to {FORMAT_VERSION}); upgrade necoda-filter")
     if not 1 <= ndim <= MAX_NDIM:
         raise CorruptChunk(f"necoda chunk header has invalid rank {ndim}")
     try:

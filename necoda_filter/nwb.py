@@ -53,7 +53,7 @@ import h5py
 import numpy as np
 
 from . import chunk, cpus, modes, options, provenance
-from .constants import CD_USER_SLOTS, FILTER_ID, FORMAT_VERSION
+from .constants import CD_USER_SLOTS, FILTER_ID
 from .dtypes import UnsupportedDtype, code_of
 from .filters import Necoda
 from .mainthread import Stopped, check, off_main_thread, result
@@ -577,7 +577,7 @@ def _encode_chunk(arr: np.ndarray, mode: str, opts: dict, valid: tuple, sigma) -
     o = _native_order(arr[sl])
     d = _native_order(dec[sl])
     n = int(o.size)
-    st = {"n": n, "mode_id": h.mode_id, "model_id": h.model_id, "stored": len(enc)}
+    st = {"n": n, "mode_id": h.mode_id, "model_id": h.model_id, "stored": len(enc), "version": h.version}
     if h.mode_id == modes.MODE_IDS["learned"] and isinstance(h.params.get("q"), int):
         st["quality"] = h.params["q"]  # the level actually coded (the model's default when none was asked)
     lossy = modes.get(h.mode_id).lossy
@@ -766,7 +766,7 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
 
     shape = src.shape
     acc = {"n": 0, "sse": 0.0, "max_abs": 0.0, "lo": math.inf, "hi": -math.inf, "noise_sse": 0.0,
-           "stored": 0, "modes": {}, "models": set(), "qualities": set()}
+           "stored": 0, "modes": {}, "models": set(), "qualities": set(), "version": 1}
     window: deque = deque()
     depth = workers + 1  # chunks in flight: every worker busy, one queued; bounds memory
     raw_bytes = int(np.prod(shape, dtype=np.int64)) * src.dtype.itemsize
@@ -784,6 +784,7 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
             acc["hi"] = max(acc["hi"], st["hi"])
             acc["noise_sse"] += st.get("noise_sse", 0.0)
             acc["stored"] += st["stored"]
+            acc["version"] = max(acc["version"], st["version"])
             mname = modes.MODE_NAMES.get(st["mode_id"], str(st["mode_id"]))
             acc["modes"][mname] = acc["modes"].get(mname, 0) + 1
             if st["model_id"]:
@@ -839,7 +840,7 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
         noise_sigma = float(np.median(sigma)) if np.ndim(sigma) else float(sigma)
     prov = {
         "version": __version__,
-        "format_version": FORMAT_VERSION,
+        "format_version": acc["version"],  # the newest container version among its chunks
         "mode": mode_name,
         "lossy": lossy,
         "model_id": ",".join(sorted(acc["models"])),

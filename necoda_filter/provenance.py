@@ -37,7 +37,7 @@ PREFIX = "necoda_"
 #: provenance key -> kind ("str", "float", "int", "bool", "json")
 FIELDS: dict[str, str] = {
     "version": "str",            # necoda-filter version that wrote the data
-    "format_version": "int",     # chunk container format version
+    "format_version": "int",     # newest chunk container format version among the chunks written
     "mode": "str",               # lossless | bounded | learned | raw | auto
     "lossy": "bool",
     "model_id": "str",           # content-addressed model id ("" when no model is used)

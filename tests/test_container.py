@@ -19,7 +19,7 @@ def good(shape=(4, 5), dtype="int16", mode="lossless"):
 def test_header_is_self_describing():
     a, b = good((6, 7, 8), "uint16")
     h = chunk.info(b)
-    assert h.version == FORMAT_VERSION and h.shape == (6, 7, 8) and h.dtype == np.uint16
+    assert h.version == 1 and h.shape == (6, 7, 8) and h.dtype == np.uint16  # the lowest that describes it
     assert h.payload_len == len(b) - h.header_len
 
 
@@ -35,6 +35,27 @@ def test_unknown_version_refused():
     bad[4] = FORMAT_VERSION + 1
     with pytest.raises(CorruptChunk, match="format version"):
         chunk.decode(bytes(bad))
+
+
+def test_fortran_order_needs_format_version_2():
+    """An F-ordered chunk is written as version 2 (older readers refuse it instead of returning its bytes
+    in the wrong order); the "_order" parameter in a version-1 chunk, or with another value, is corrupt."""
+    f = np.asfortranarray(np.arange(6 * 7 * 8, dtype=np.uint16).reshape(6, 7, 8))
+    b = chunk.encode(f, "lossless")
+    h = chunk.info(b)
+    assert h.version == 2 == FORMAT_VERSION and h.params["_order"] == "F" and h.shape == (6, 7, 8)
+    d = chunk.decode(b)
+    assert d.flags.f_contiguous and np.array_equal(d, f)
+    out = np.zeros(f.size, np.uint16)
+    chunk.decode(b, out=out)  # a flat buffer gets the chunk's bytes in its memory order
+    assert out.tobytes() == f.tobytes(order="F")
+    box = np.zeros((2, 3, 4), np.uint16)
+    assert np.array_equal(chunk.decode_box(b, box, (1, 2, 3)), f[1:3, 2:5, 3:7])
+    hh, payload = container.unpack(b)
+    for params, version in (({**hh.params}, 1), ({**hh.params, "_order": "C"}, 2)):
+        bad = container.pack(hh.mode_id, hh.dtype, hh.shape, bytes(payload), params, "", version)
+        with pytest.raises(CorruptChunk, match="_order"):
+            chunk.decode(bad)
 
 
 @pytest.mark.parametrize("cut", [0, 3, 7, 9, 20])

@@ -179,6 +179,28 @@ def test_zarr2_orders_and_filter_position(order, where):
     assert np.array_equal(z[2:11, 3:10, 1:5], a[2:11, 3:10, 1:5])
 
 
+@needs_learned
+def test_zarr2_fortran_order_codes_the_movie_in_its_own_axis_order():
+    """zarr v2 order="F" hands the compressor Fortran-ordered chunks. They used to be coded as their
+    C-ordered transpose, so the learned mode took the last axis (width) for time: 383x instead of 634x
+    on a simulated movie. Now the chunk is coded as it is (container format version 2) and decodes to
+    the same values as an order="C" array of the same data, at the same size."""
+    a = _movie(64, 64, 64)
+    zs = {}
+    for order in ("C", "F"):
+        zs[order] = zarr.create_array(zarr.storage.MemoryStore(), shape=a.shape, chunks=(32, 64, 64), dtype=a.dtype,
+                                      order=order, zarr_format=2, compressors=NecodaCodec(mode="learned"))
+        zs[order][:] = a
+    assert np.array_equal(zs["F"][:], zs["C"][:]) and np.array_equal(zs["F"][5:40, 3, ::2], zs["C"][5:40, 3, ::2])
+    stored = {k: z.nbytes_stored() for k, z in zs.items()}
+    assert stored["F"] <= stored["C"] + 2 * 16, stored  # the "_order" parameter: 13 bytes per chunk
+    c = NecodaCodec(mode="lossless")
+    f = np.asfortranarray(_data((6, 5, 4), "<u2"))
+    got = c.decode(c.encode(f))
+    assert got.flags.f_contiguous and np.array_equal(got, f)  # the same bytes in memory, as numcodecs asks
+    assert chunk.info(c.encode(f)).version == 2 and chunk.info(c.encode(np.ascontiguousarray(f))).version == 1
+
+
 def test_zarr2_big_endian_is_refused_not_read_byte_swapped():
     a = _data((12, 10), ">u2")
     z = zarr.create_array(zarr.storage.MemoryStore(), shape=a.shape, chunks=(4, 5), dtype=a.dtype,
