@@ -67,10 +67,19 @@ _users: dict = {}
 _retired: set = set()
 
 
+#: pools a forked child inherited: kept, never used or freed (see _after_fork_in_child)
+_inherited: list = []
+
+
 def _after_fork_in_child() -> None:
     """A forked child (``os.fork``, multiprocessing) has no copy of the pools' threads and processes:
-    it starts its own pools (a read on the inherited ones waited forever) with a fresh lock."""
+    it starts its own pools (a read on the inherited ones waited forever) with a fresh lock. The
+    inherited pool objects are kept, not dropped: freeing a ProcessPoolExecutor runs a callback that
+    takes its shutdown lock, which the parent's pool-manager thread may have held at the fork — the child
+    then hung in this handler (seen when a read replaced the pool: the new workers never started and
+    the read waited forever)."""
     global _pool_lock, _pool, _tpool
+    _inherited.extend(p for p in (_pool, _tpool, *_users, *_retired) if p is not None)
     _pool_lock = threading.RLock()
     _pool = _tpool = None
     _users.clear()

@@ -266,6 +266,40 @@ def test_fork_while_another_thread_holds_the_session_lock(data):
     assert "ok" in out
 
 
+def test_fork_while_the_old_pool_manager_holds_its_lock(data):
+    """A read with another worker count replaces the process pool: the old one is shut down without
+    waiting while the new workers are forked. A fork child that dropped its copy of the old pool ran
+    the pool's free callback, which takes the pool's shutdown lock — held at that instant by the parent's
+    pool-manager thread — and hung in the at-fork handler; the read waited forever for its workers (QA:
+    alternating workers=2/3 hung within 200 reads). Here the lock is held on purpose across a fork."""
+    out = _run(f"""
+        from necoda_filter import reader
+        f = h5py.File({data!r})
+        ref = f["ll"][:]
+        assert np.array_equal(reader.read(f["lossless"], executor="process", workers=2), ref)
+        lock = reader._pool._shutdown_lock  # no reference to the pool itself: the child must be free to drop it
+        with lock:  # what the old pool's manager thread holds while it shuts down
+            pid = os.fork()
+            if pid == 0:  # the at-fork handler has run; collect anything it let go, then leave
+                import gc
+                gc.collect()
+                os._exit(0)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise SystemExit("fork child HANG in the at-fork handler")
+        for i in range(6):  # replacing the pool back and forth still reads correctly
+            assert np.array_equal(reader.read(f["lossless"], executor="process", workers=2 + i % 2), ref)
+        print("ok")
+    """)
+    assert "ok" in out
+
+
 def test_multiprocessing_child_using_the_process_pool_exits(data):
     """A multiprocessing child that reads with executor="process" exits when its target returns: it skips
     atexit and waits for its own children first, so read()'s workers kept it alive forever."""
