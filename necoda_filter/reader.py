@@ -782,7 +782,8 @@ def _plain(dataset, selection, out):
     """``dataset[selection]`` (h5py, zarr or numpy slicing), into ``out`` when given."""
     got = dataset[selection]
     if out is None:
-        return got
+        # a new array, as from h5py: numpy slicing gives views, which writing to would change the input
+        return np.array(got) if isinstance(dataset, np.ndarray) else got
     _check_out_shape(out, np.shape(got))
     out[...] = got
     return out
