@@ -191,9 +191,10 @@ def run(args) -> int:
         req = r.get("requested", {})
         opts = ", ".join(f"{k}={v}" for k, v in req.items() if k != "mode")
         mode_txt = f"{req.get('mode', '-')}{' (' + opts + ')' if opts else ''}: {modes_}" if req else "-"
-        print(f"| {r['path']} | {tuple(r['shape'])} | {r['dtype']} | {tuple(r['chunks'])} | {'+'.join(r['filters']) or '-'} "
-              f"| {mode_txt} | {', '.join(r.get('models', [])) or '-'} | {_fmt(r['ratio']) + '×' if r['ratio'] else '-'} "
-              f"| {fidelity_text(r)} |")
+        ratio = _fmt(r["ratio"]) + "×" if r["ratio"] else "-"
+        cells = [r["path"], tuple(r["shape"]), r["dtype"], tuple(r["chunks"]), "+".join(r["filters"]) or "-", mode_txt,
+                 ", ".join(r.get("models", [])) or "-", ratio, fidelity_text(r)]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
     if args.provenance:
         for r in rows:
             if r.get("provenance"):

@@ -233,7 +233,8 @@ def _box_crops(tile, grid, n, window, box, split, down):
         hi = [min(w + b, org + size) - org for w, b, org, size in zip(window, box, o, tile)]
         if any(h <= l for l, h in zip(lo, hi)):
             continue  # the box misses this tile
-        # widen the smaller side first so a thin box keeps a square-ish, cheap crop
+        # rows: at least about sqrt(MIN_GEMM_POSITIONS) (more when the tile is narrow), then columns: what
+        # the rows leave to reach MIN_GEMM_POSITIONS per frame (a box that spans all rows keeps few columns)
         side = int(np.ceil(np.sqrt(MIN_GEMM_POSITIONS)))
         ly = _crop_range(lo[1], hi[1], down[1], CROP_HALO_S, ly_n, min(side, ly_n) if lx_n >= side else
                          -(-MIN_GEMM_POSITIONS // lx_n))
@@ -450,7 +451,8 @@ class LearnedMode:
             """Decoder output for tiles lo..hi-1, on their latent frames ``lt`` and latent rows and columns
             ``ly``, ``lx`` (a split decoder's main graph only; the whole tile when None)."""
             t, y, x = (slice(None) if r is None else slice(*r) for r in (lt, ly, lx))
-            py, px = (slice(None) if r is None else slice(d * r[0], d * r[1]) for r, d in ((ly, down[1]), (lx, down[2])))
+            py, px = (slice(None) if r is None else slice(d * r[0], d * r[1])
+                      for r, d in ((ly, down[1]), (lx, down[2])))
             feeds = {"zs": zs[lo:hi, :, t, y, x], "base": base_feed[np.arange(lo, hi) % (gh * gw)][..., py, px]}
             zs_pos = int(np.prod(feeds["zs"].shape[2:]))
             if split:
