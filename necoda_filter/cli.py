@@ -50,6 +50,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("necoda: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # whoever read our output stopped (`necoda info FILE | head`): not an error to report. Point stdout
+        # at /dev/null so the interpreter's final flush does not raise again (Python's documented recipe).
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, OSError) as e:
         print(f"necoda {args.command}: error: {e}", file=sys.stderr)
         return 1

@@ -155,3 +155,19 @@ def test_info_fidelity_column_for_data_written_through_the_filter(tmp_path, caps
     rows = {ln.split("|")[1].strip(): ln.split("|")[-2].strip() for ln in capsys.readouterr().out.splitlines()
             if ln.startswith("| /")}
     assert rows["/b"].startswith("not recorded") and rows["/l"] == "-"
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error(tmp_path):
+    """`necoda info FILE | head`: when the reader of the output goes away, the command stops quietly (it
+    printed "necoda info: error: [Errno 32] Broken pipe", then Python's own flush error)."""
+    from necoda_filter import Necoda
+
+    p = tmp_path / "f.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("d", data=np.arange(4096, dtype=np.int16).reshape(64, 64), chunks=(32, 64),
+                         **Necoda("lossless"))
+    proc = subprocess.Popen([sys.executable, "-m", "necoda_filter.cli", "info", str(p)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # gone before it writes a line: every write meets a closed pipe
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err == b"", err.decode()
