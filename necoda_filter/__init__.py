@@ -15,15 +15,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FILTER_ID", "FILTER_NAME", "FORMAT_VERSION", "PLUGIN_PATH", "Necoda", "NecodaCodec",
-    "CorruptChunk", "FilterUnavailable", "register", "require_necoda", "read", "__version__",
+    "CorruptChunk", "FilterUnavailable", "register", "require_necoda", "read", "fast", "FastDataset",
+    "__version__",
 ]
 
 
 def __getattr__(name):
-    if name == "read":  # batched, parallel reader (necoda_filter/reader.py), imported on first use
-        from .reader import read
+    if name in ("read", "fast", "FastDataset"):  # the parallel reader (reader.py), imported on first use
+        from . import reader
 
-        return read
+        return getattr(reader, name)
     raise AttributeError(f"module 'necoda_filter' has no attribute {name!r}")
 
 

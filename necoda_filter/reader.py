@@ -787,3 +787,39 @@ def _plain(dataset, selection, out):
     _check_out_shape(out, np.shape(got))
     out[...] = got
     return out
+
+
+class FastDataset:
+    """An h5py dataset whose slicing goes through :func:`read` (parallel chunks; learned boxes decoded
+    from the latents around them): ``data = necoda_filter.fast(nwb.acquisition["TwoPhotonSeries"].data)``,
+    then ``data[:, 100:164, 200:264]`` — the same values as slicing the dataset, for analysis code that
+    expects an array-like (shape, dtype, len, slicing, ``np.asarray``)."""
+
+    def __init__(self, dataset, *, workers: int | None = None, executor: str = "auto"):
+        self.dataset = dataset
+        self.workers = workers
+        self.executor = executor
+
+    shape = property(lambda self: self.dataset.shape)
+    dtype = property(lambda self: self.dataset.dtype)
+    ndim = property(lambda self: len(self.dataset.shape))
+    size = property(lambda self: int(np.prod(self.dataset.shape, dtype=np.int64)))
+    chunks = property(lambda self: getattr(self.dataset, "chunks", None))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, selection):
+        return read(self.dataset, selection, workers=self.workers, executor=self.executor)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[...]
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"<necoda_filter.FastDataset of {self.dataset!r}>"
+
+
+def fast(dataset, *, workers: int | None = None, executor: str = "auto") -> FastDataset:
+    """``dataset`` (an h5py dataset, e.g. a pynwb TimeSeries' ``data``) sliced through :func:`read`."""
+    return FastDataset(dataset, workers=workers, executor=executor)

@@ -638,6 +638,26 @@ def test_read_on_compressed_nwb(small):
         assert np.array_equal(read(f["acquisition/other/data"]), np.arange(50.0))
 
 
+def test_fast_dataset_through_pynwb(small):
+    """necoda_filter.fast(series.data): the array-like a pynwb user slices instead of the h5py dataset,
+    read through read() with the same values."""
+    from pynwb import NWBHDF5IO
+
+    import necoda_filter
+
+    src, out, movie, x = small
+    with NWBHDF5IO(str(out), "r") as io:
+        nwb = io.read()
+        ds = nwb.acquisition["TwoPhotonSeries"].data
+        d = necoda_filter.fast(ds)
+        assert (d.shape, d.dtype, len(d), d.ndim, d.chunks) == (ds.shape, ds.dtype, len(ds), ds.ndim, ds.chunks)
+        for sel in (np.s_[...], np.s_[:, 3:9, 2:7], np.s_[5], np.s_[2:30:3, -4:]):
+            assert np.array_equal(d[sel], ds[sel]), sel
+        assert np.array_equal(np.asarray(d), movie) and np.asarray(d, dtype=np.float32).dtype == np.float32
+        e = necoda_filter.fast(nwb.acquisition["ElectricalSeries"].data, executor="serial")
+        assert np.array_equal(e[100:19000:7, 3], x[100:19000:7, 3])
+
+
 
 # --------------------------------------------------------------------------------------------------
 # evaluate
