@@ -334,7 +334,10 @@ class LearnedMode:
         zt = np.zeros(shapes["zt"], np.float32)
         for a, b in _batches(n, int(np.prod(tile))):
             idx = np.arange(a, b) % (gh * gw)
-            got = runtime.run(pkg.id, "encoder", pkg.encoder, {"x": dt[a:b, None], "base": btiles[idx]}, threads)
+            # the same thread rule as the decoder (MIN_GEMM_POSITIONS): the latents, hence the bytes written,
+            # do not depend on the thread count (necoda compress's workers vs the HDF5 filter pipeline)
+            run_threads = _call_threads(threads, b - a, int(np.prod(shapes["zs"][2:])))
+            got = runtime.run(pkg.id, "encoder", pkg.encoder, {"x": dt[a:b, None], "base": btiles[idx]}, run_threads)
             zs[a:b] = got[0]
             if not pruned:
                 zt[a:b] = got[1]
