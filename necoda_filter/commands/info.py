@@ -81,14 +81,14 @@ def describe(dset: h5py.Dataset) -> str | None:
     row = dataset_info(dset, max_chunks=8)
     if "necoda" not in row["filters"]:
         return None
-    from .. import modes, provenance
+    from .. import provenance
 
     prov = provenance.read(dset) or {}
     modes_ = row.get("chunk_modes") or {}
 
     lossy = prov.get("lossy")
     if lossy is None:
-        lossy = any(modes.get(modes.MODE_IDS[m]).lossy for m in modes_ if m in modes.MODE_IDS)
+        lossy = _lossy_chunks(modes_)
     mode = prov.get("mode") or ", ".join(sorted(modes_)) or "?"
     bits = []
     quality = prov.get("quality", row.get("qualities"))
@@ -109,9 +109,7 @@ def describe(dset: h5py.Dataset) -> str | None:
     if prov and not lossy:
         text += "; checked bit-exact at write time"
         for h in provenance.earlier_lossy(prov):  # a lossless copy of lossy data is still lossy data
-            what = ", ".join([f"mode {h.get('mode', '?')}"] + ([f"quality {h['quality']}"] if h.get("quality") else [])
-                             + provenance.fidelity_bits(h))
-            text += (f", but the data it holds was LOSSILY compressed before ({what}"
+            text += (f", but the data it holds was LOSSILY compressed before ({_earlier_text(h)}"
                      f"{', by necoda-filter ' + h['version'] if h.get('version') else ''})")
     elif prov:
         text += "; measured at write time: " + (", ".join(provenance.fidelity_bits(prov)) or "n/a")
@@ -120,22 +118,32 @@ def describe(dset: h5py.Dataset) -> str | None:
     return text + "."
 
 
+def _lossy_chunks(chunk_modes) -> bool:
+    """Whether any of the sampled chunk modes (names) is lossy."""
+    from .. import modes
+
+    return any(modes.get(modes.MODE_IDS[m]).lossy for m in chunk_modes or {} if m in modes.MODE_IDS)
+
+
+def _earlier_text(h: dict) -> str:
+    """An earlier (lossy) provenance record in words: mode, quality and its write-time fidelity."""
+    from .. import provenance
+
+    return ", ".join([f"mode {h.get('mode', '?')}"] + ([f"quality {h['quality']}"] if h.get("quality") else [])
+                     + provenance.fidelity_bits(h))
+
+
 def fidelity_text(row: dict) -> str:
-    """The write-time fidelity of an ``dataset_info`` row in a few words (table cell)."""
-    from .. import modes, provenance
+    """The write-time fidelity of a ``dataset_info`` row in a few words (table cell)."""
+    from .. import provenance
 
     prov = row.get("provenance")
     if not prov:
-        lossy = any(modes.get(modes.MODE_IDS[m]).lossy for m in row.get("chunk_modes") or {} if m in modes.MODE_IDS)
-        return "not recorded (written without `necoda compress`)" if lossy else "-"
+        return "not recorded (written without `necoda compress`)" if _lossy_chunks(row.get("chunk_modes")) else "-"
     if prov.get("lossy"):
         return "LOSSY: " + (", ".join(provenance.fidelity_bits(prov)) or "no figures")
-    text = "bit-exact (checked)"
     earlier = provenance.earlier_lossy(prov)
-    if earlier:
-        text += "; LOSSY before: " + "; ".join(", ".join([f"mode {h.get('mode', '?')}"] + provenance.fidelity_bits(h))
-                                              for h in earlier)
-    return text
+    return "bit-exact (checked)" + ("; LOSSY before: " + "; ".join(map(_earlier_text, earlier)) if earlier else "")
 
 
 def _jsonable(v):

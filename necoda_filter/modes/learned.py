@@ -226,6 +226,7 @@ def _box_crops(tile, grid, n, window, box, split, down):
     lt_n, ly_n, lx_n = (s // d for s, d in zip(tile, down))
     if ly_n * lx_n < MIN_GEMM_POSITIONS:
         return None  # the tile's own GEMMs are narrow: decode it whole
+    side = int(np.ceil(np.sqrt(MIN_GEMM_POSITIONS)))
     crops, work = [], 0
     for k in range(n):
         o = _tile_origin(k, tile, grid)
@@ -235,7 +236,6 @@ def _box_crops(tile, grid, n, window, box, split, down):
             continue  # the box misses this tile
         # rows: at least about sqrt(MIN_GEMM_POSITIONS) (more when the tile is narrow), then columns: what
         # the rows leave to reach MIN_GEMM_POSITIONS per frame (a box that spans all rows keeps few columns)
-        side = int(np.ceil(np.sqrt(MIN_GEMM_POSITIONS)))
         ly = _crop_range(lo[1], hi[1], down[1], CROP_HALO_S, ly_n, min(side, ly_n) if lx_n >= side else
                          -(-MIN_GEMM_POSITIONS // lx_n))
         lx = _crop_range(lo[2], hi[2], down[2], CROP_HALO_S, lx_n, -(-MIN_GEMM_POSITIONS // (ly[1] - ly[0])))
