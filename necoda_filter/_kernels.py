@@ -17,7 +17,7 @@ import numpy as np
 from ._plugin import PLUGIN_PATH
 
 LIBRARY_NAME = "libnecoda_kernels.so"
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 _i64 = ctypes.c_int64
 _u64 = ctypes.c_uint64
@@ -75,6 +75,7 @@ def lib():
                               _int],
             "nk_learned_finish": [_vp, _i64, _i64, _i64, _i64, _i64, _i64, _vp, _i64, _i64, _i64, _i64, _i64,
                                   _i64, _i64, ctypes.c_float, ctypes.c_float, _int, _vp, _i64, _i64, _int],
+            "nk_learned_trunk": [_vp, _vp, _vp, _i64, _i64, _i64, _i64, ctypes.c_float, _int],
             "nk_cl_lpc": [_vp, _int, _i64, _i64, _u64, _i64, _i64, _vp, _vp, _i64, _vp, _int, _vp, _int, _int,
                           _vp, _int],
         }
@@ -514,3 +515,20 @@ def learned_finish(p: np.ndarray, origin, bq: np.ndarray, a: float, b: float, ou
     _call("nk_learned_finish", p.ctypes.data, p.shape[0], p.shape[2], p.shape[3], t0, y0, x0, bq.ctypes.data,
           bq.strides[0] // 4, wt, wy, wx, T, H, W, float(np.float32(a)), float(np.float32(b)), c, out.ctypes.data,
           max(st // item, 0) if T > 1 else H * W, sy // item if H > 1 else W, max(1, int(threads)))
+
+
+def learned_trunk(u: np.ndarray, ctx: np.ndarray, s: np.ndarray, alpha: float, threads: int = 1) -> np.ndarray:
+    """The split decoder's elementwise trunk in one pass, in place: ``u`` (n, t2, C, h, w) becomes
+    ``LeakyRelu(((u + ctx) + s0) + ctx * s1, alpha)`` with ``s`` (n, 1, 2C, h, w) = [s0, s1] along
+    channels, computed in float32 in that order (the same bits as the ONNX operators: models/trunk.py)."""
+    for name, a in (("u", u), ("ctx", ctx), ("s", s)):
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or not a.flags.c_contiguous or a.ndim != 5:
+            raise TypeError(f"learned_trunk: {name} must be a C-contiguous float32 5-D array")
+    if not u.flags.writeable:
+        raise TypeError("learned_trunk: u must be writeable")
+    n, t2, C, h, w = u.shape
+    if ctx.shape != u.shape or s.shape != (n, 1, 2 * C, h, w):
+        raise ValueError(f"learned_trunk: shapes u {u.shape}, ctx {ctx.shape}, s {s.shape} do not match")
+    _call("nk_learned_trunk", u.ctypes.data, ctx.ctypes.data, s.ctypes.data, n, t2, C, h * w,
+          float(np.float32(alpha)), max(1, int(threads)))
+    return u

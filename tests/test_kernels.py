@@ -585,3 +585,29 @@ def test_learned_finish_rejects_bad_arguments():
         K.learned_finish(p, (0, 0, 0), bq[:4], 1.0, 0.0, np.zeros((4, 8, 8), np.uint16))
     with pytest.raises(ValueError):
         K.learned_finish(p, (-1, 0, 0), bq, 1.0, 0.0, np.zeros((4, 8, 8), np.uint16))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_learned_trunk_matches_numpy(threads):
+    """The fused trunk is the five ONNX operators' float32 arithmetic in their order: the same bits."""
+    rng = np.random.default_rng(threads)
+    n, t2, C, h, w = 2, 7, 5, 3, 11
+    u = (rng.normal(0, 3, (n, t2, C, h, w)) * rng.choice([1e-3, 1, 1e4], (n, t2, C, h, w))).astype(np.float32)
+    ctx = rng.normal(0, 2, u.shape).astype(np.float32)
+    s = rng.normal(0, 2, (n, 1, 2 * C, h, w)).astype(np.float32)
+    alpha = np.float32(0.1)
+    v = ((u + ctx) + s[:, :, :C]) + ctx * s[:, :, C:]
+    ref = np.where(v >= 0, v, alpha * v)
+    got = K.learned_trunk(u.copy(), ctx, s, float(alpha), threads=threads)
+    assert got.dtype == np.float32 and got.tobytes() == ref.tobytes()
+    assert (ref < 0).any() and (ref > 0).any()
+
+
+def test_learned_trunk_refuses_mismatched_arrays():
+    u = np.zeros((1, 2, 3, 4, 5), np.float32)
+    with pytest.raises(ValueError, match="shapes"):
+        K.learned_trunk(u, u, np.zeros((1, 1, 5, 4, 5), np.float32), 0.1)
+    with pytest.raises(TypeError, match="ctx"):
+        K.learned_trunk(u, u.astype(np.float64), np.zeros((1, 1, 6, 4, 5), np.float32), 0.1)
+    with pytest.raises(TypeError, match="u must"):
+        K.learned_trunk(u[:, :, :, :, ::2], u, np.zeros((1, 1, 6, 4, 5), np.float32), 0.1)

@@ -1,6 +1,7 @@
 """Tests of mode="learned" (ONNX model, pcodec-coded integer latents, safeguard, registry)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -456,6 +457,100 @@ def test_decoded_values_do_not_depend_on_the_thread_count(shape):
             outs.append(chunk.decode(buf))
     for o in outs[1:]:
         assert np.array_equal(o, outs[0])
+
+
+def test_default_decoder_is_cut_around_its_trunk():
+    """The built-in model's main graph has the elementwise trunk the fused C pass replaces (if a new model
+    loses the pattern, reads silently get slower: this says so)."""
+    from necoda_filter.models import trunk
+
+    cut = trunk.get(registry.default())
+    assert cut is not None and cut.channels == 24 and cut.alpha == pytest.approx(0.1)
+
+
+def test_shipped_cut_is_the_cut_of_the_shipped_decoder():
+    """The built-in package ships its cut (no onnx import at run time); it must be exactly what cutting
+    its decoder.onnx gives now (regenerate with `python -m necoda_filter.models.trunk PACKAGE_DIR`)."""
+    pytest.importorskip("onnx")
+    from necoda_filter.models import trunk
+
+    pkg = registry.default()
+    shipped = trunk.load(pkg.path, pkg.decoder)
+    assert shipped is not None and shipped == trunk.cut(pkg.decoder, pkg.tables["decoder_split"]["input"])
+
+
+def test_a_stale_or_wrong_cut_is_not_used(tmp_path, monkeypatch):
+    """A cut made from another decoder is ignored, and a cut whose graphs do not give the whole graph's
+    bits fails the check and is never used: the whole graph runs, and decoding gives the same values."""
+    import dataclasses
+    import shutil
+
+    from necoda_filter.models import runtime, trunk
+
+    pkg = registry.default()
+    d = tmp_path / "pkg"
+    shutil.copytree(pkg.path, d)
+    meta = json.loads((d / trunk.CUT_FILE).read_text())
+    (d / trunk.CUT_FILE).write_text(json.dumps(dict(meta, decoder_sha256="0" * 64)))
+    assert trunk.load(d, pkg.decoder) is None
+    good = trunk.load(pkg.path, pkg.decoder)
+    wrong = dataclasses.replace(good, alpha=0.2)
+    assert trunk._self_check(pkg.decoder, "ctx", good, pkg.id)
+    assert not trunk._self_check(pkg.decoder, "ctx", wrong, pkg.id)
+    x, _ = _movie(32, 64, 64, seed=9)
+    buf = chunk.encode(x, mode="learned")
+    ref = chunk.decode(buf)
+    monkeypatch.setattr(trunk, "load", lambda path, decoder: wrong)
+    monkeypatch.setattr(trunk, "_cache", {})
+    if importlib.util.find_spec("onnx"):
+        assert trunk.get(pkg) == good  # the wrong shipped cut is replaced by a fresh cut of the graph
+    monkeypatch.setattr(trunk, "_cache", {})
+    monkeypatch.setattr(trunk, "cut", lambda *a: (_ for _ in ()).throw(ImportError("no onnx")))
+    assert trunk.get(pkg) is None
+    with runtime.worker_threads(1):
+        assert np.array_equal(chunk.decode(buf), ref)
+
+
+@pytest.mark.parametrize("shape", [(16, 32, 32), (64, 200, 160), (300, 40, 56), (8, 600, 520)])
+def test_cut_decoder_gives_the_whole_graphs_bits(shape, monkeypatch):
+    """Head graph + fused C trunk + tail graph decode to the same bits as the whole main graph, float32
+    included, at 1-3 threads, for whole chunks and cropped boxes, with the cached context of an all-zero
+    temporal latent and with a context that varies everywhere (what a model with a live temporal
+    pathway feeds it)."""
+    from necoda_filter.models import runtime, trunk
+    from necoda_filter.modes import learned
+
+    calls = []
+    real = trunk.run
+    monkeypatch.setattr(trunk, "run", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real_context = learned._context
+
+    def varied(pkg, zs, zt, zt_is_zero, threads):
+        c = real_context(pkg, zs, zt, zt_is_zero, threads)
+        return c + np.random.default_rng(c.size).normal(0, 1, c.shape).astype(np.float32)
+
+    x, _ = _movie(*shape, seed=8)
+    for q, ctx in ((3, None), (9, varied)):
+        if ctx is not None:
+            monkeypatch.setattr(learned, "_context", ctx)
+        buf = chunk.encode(x.astype(np.float32), mode="learned", quality=q)
+        T, H, W = shape
+        box = (T // 2, H // 3, W // 4), (max(1, T // 4), max(1, H // 5), 7)
+        outs = []
+        for cut in ("1", "0"):
+            monkeypatch.setenv("NECODA_DECODER_CUT", cut)
+            for t in (1, 2, 3):
+                with runtime.worker_threads(t):
+                    learned._context_cache.clear()
+                    calls.clear()
+                    full = chunk.decode(buf)
+                    part = np.zeros(box[1], np.float32)
+                    chunk.decode_box(buf, part, box[0])
+                    assert bool(calls) == (cut == "1")
+                    outs.append((full, part))
+        for full, part in outs[1:]:
+            assert full.tobytes() == outs[0][0].tobytes()
+            assert part.tobytes() == outs[0][1].tobytes()
 
 
 @pytest.mark.parametrize("shape", [(16, 32, 32), (64, 16, 32), (128, 16, 16)])

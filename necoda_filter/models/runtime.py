@@ -37,7 +37,7 @@ def _after_fork_in_child() -> None:
     pools' threads stayed in the parent, and destroying one waits for them forever (a child that exits
     normally, or calls :func:`clear_cache`, hung at exit). They are kept alive and never used; the child
     builds its own. ``_lock`` may have been held by another thread of the parent (creating a session) at
-    fork time: the child gets a fresh one, and so does the learned mode's context cache."""
+    fork time: the child gets a fresh one, and so do the learned mode's context cache and decoder cuts."""
     global _lock
     _lock = threading.Lock()
     if _sessions:
@@ -47,6 +47,9 @@ def _after_fork_in_child() -> None:
     learned = sys.modules.get(__name__.rsplit(".", 2)[0] + ".modes.learned")
     if learned is not None and hasattr(learned, "_context_lock"):
         learned._context_lock = threading.Lock()
+    trunk = sys.modules.get(__name__.rsplit(".", 1)[0] + ".trunk")
+    if trunk is not None and hasattr(trunk, "_lock"):
+        trunk._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -188,15 +191,18 @@ def run(model_id: str, graph: str, blob: bytes, feeds: dict, threads: int | None
 SCRATCH_MAX_BYTES = 128 << 20
 
 
-def scratch(shape) -> np.ndarray:
-    """A float32 array of ``shape`` backed by this thread's reusable buffer (or a new array when it is
-    larger than ``SCRATCH_MAX_BYTES``). Valid until this thread asks for scratch again."""
+def scratch(shape, slot: str = "out") -> np.ndarray:
+    """A float32 array of ``shape`` backed by this thread's reusable buffer ``slot`` (or a new array when
+    it is larger than ``SCRATCH_MAX_BYTES``). Valid until this thread asks for that slot again."""
     n = int(np.prod(shape, dtype=np.int64))
     if n * 4 > SCRATCH_MAX_BYTES:
         return np.empty(shape, np.float32)
-    buf = getattr(_local, "scratch", None)
+    bufs = getattr(_local, "scratch", None)
+    if bufs is None:
+        bufs = _local.scratch = {}
+    buf = bufs.get(slot)
     if buf is None or buf.size < n:
-        buf = _local.scratch = np.empty(n, np.float32)
+        buf = bufs[slot] = np.empty(n, np.float32)
     return buf[:n].reshape(shape)
 
 

@@ -422,7 +422,7 @@ class LearnedMode:
         """The decoded chunk (T, H, W). With ``into = (view, (wt, wy, wx))`` and a decoder whose tail the C
         kernel finishes in ``view``'s dtype, the box of the chunk starting at (wt, wy, wx) with the view's
         shape is written straight into ``view`` and None is returned (else the whole chunk is returned)."""
-        from ..models import prep, runtime
+        from ..models import prep, runtime, trunk
 
         tab = pkg.tables
         qi = int(params["q"]) - 1
@@ -469,6 +469,17 @@ class LearnedMode:
             if packed:  # consumed before the next call: decode into this thread's reusable buffer
                 nt = tt // 2 if lt is None else pairs * (lt[1] - lt[0])
                 pp = runtime.scratch(((hi - lo) * nt, 32) + feeds["zs"].shape[3:])
+                cut = split and runtime.providers() == ["CPUExecutionProvider"] and trunk.get(pkg)
+                if cut:  # the elementwise trunk as one C pass between the two halves of the graph: same bits
+                    lat = feeds["zs"].shape[3:]
+                    u = runtime.scratch((hi - lo, nt, cut.channels) + lat, "trunk")
+                    s = runtime.scratch((hi - lo, 1, 2 * cut.channels) + lat, "trunk_base")
+                    kthreads = min(runtime.threads_for(run_threads),
+                                   max(1, u.size // FINISH_VOXELS_PER_THREAD))
+                    return trunk.run(
+                        cut, lambda f: runtime.run_into(pkg.id, trunk.HEAD, cut.head, f, [u, s], run_threads),
+                        lambda f: runtime.run_into(pkg.id, trunk.TAIL, cut.tail, f, [pp], run_threads)[0],
+                        feeds, feeds[split["input"]], kthreads)
                 return runtime.run_into(pkg.id, "decoder", pkg.decoder, feeds, [pp], run_threads)[0]
             return runtime.run(pkg.id, "decoder", pkg.decoder, feeds, run_threads)[0]
 
