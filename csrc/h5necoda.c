@@ -251,8 +251,31 @@ static htri_t necoda_can_apply(hid_t dcpl, hid_t type, hid_t space) {
     return 0;
 }
 
+/* A dataset is being created with the filter: import necoda_filter (once), whose atexit handler
+ * (necoda_filter/exitflush.py) flushes files left open at exit while Python can still run the codecs;
+ * HDF5 would otherwise flush their cached chunks during interpreter shutdown, when this filter cannot
+ * call Python, and those chunks were lost. Best effort: without Python, or if the import fails, nothing
+ * changes (an error already set by the caller is kept as it was). */
+static void import_package(void) {
+    static int done = 0;
+    if (done || resolve_python() != 0) return;
+    int gil = PY.GILState_Ensure();
+    PyObject *t = NULL, *v = NULL, *tb = NULL;
+    PY.Err_Fetch(&t, &v, &tb);
+    PyObject *m = PY.Import_ImportModule("necoda_filter");
+    if (m) {
+        PY.DecRef(m);
+        done = 1;
+    } else {
+        PY.Err_Clear();
+    }
+    PY.Err_Restore(t, v, tb);
+    PY.GILState_Release(gil);
+}
+
 static herr_t necoda_set_local(hid_t dcpl, hid_t type, hid_t space) {
     (void)space;
+    import_package();
     if (!H5.ready) {
         fprintf(stderr, "necoda filter: HDF5 symbols unavailable in set_local\n");
         return -1;

@@ -5,6 +5,7 @@ Importing this package registers the ``necoda`` HDF5 filter with h5py's HDF5 lib
 """
 from __future__ import annotations
 
+from . import exitflush as _exitflush  # noqa: F401  (flushes files left open at exit: exitflush.py)
 from ._plugin import PLUGIN_PATH, FilterUnavailable, register
 from .constants import FILTER_ID, FILTER_NAME, FORMAT_VERSION
 from .codec import NecodaCodec

@@ -444,3 +444,53 @@ def test_bridge_refuses_a_chunk_buffer_of_the_wrong_size():
     assert necoda_filter.chunk.decode(_bridge.encode(cd, memoryview(good))).shape == (16, 4)
     with pytest.raises(ValueError, match="HDF5 handed necoda 100 bytes for a \\(16, 4\\) int16 chunk"):
         _bridge.encode(cd, memoryview(good[:100]))
+
+
+@pytest.mark.parametrize("how", ["import", "plugin_path"])
+def test_file_left_open_at_exit_keeps_its_chunks(tmp_path, how):
+    """A script that writes a necoda dataset and exits without closing the file: HDF5 flushed the cached
+    chunks during interpreter shutdown, when the filter could no longer run Python, and they were lost
+    (the dataset read back as zeros). The atexit flush (necoda_filter/exitflush.py) writes them first,
+    compressed; with HDF5_PLUGIN_PATH alone the filter's set_local imports the package to register it."""
+    p = tmp_path / "open.h5"
+    a = movie(t=40)
+    make = (f"compression=necoda_filter.Necoda(mode='lossless')" if how == "import"
+            else f"compression={necoda_filter.FILTER_ID}")
+    r = run_fresh(f"""
+        import numpy as np
+        import h5py
+        {"import necoda_filter" if how == "import" else ""}
+        f = h5py.File({str(p)!r}, "w")
+        rng = np.random.default_rng(0)
+        base = rng.integers(200, 400, size=(24, 20))
+        a = (base + rng.poisson(30, size=(40, 24, 20))).astype(np.uint16)
+        f.create_dataset("m", data=a, chunks=(16, 24, 20), {make})
+        ro = h5py.File({str(p)!r}, "r")  # a second, read-only handle on the same file
+        print("exiting with the file open")
+    """, PLUGIN_ENV if how == "plugin_path" else None)
+    assert r.returncode == 0 and "exiting" in r.stdout, r.stdout + r.stderr
+    assert "no Python interpreter" not in r.stderr, r.stderr
+    ref = tmp_path / "closed.h5"  # the same write, file closed: what the filter writes (auto mode may be lossy)
+    with h5py.File(ref, "w") as f:
+        f.create_dataset("m", data=a, chunks=(16, 24, 20), **(necoda_filter.Necoda(mode="lossless")
+                                                              if how == "import" else
+                                                              {"compression": necoda_filter.FILTER_ID}))
+    with h5py.File(p, "r") as f, h5py.File(ref, "r") as g:
+        d = f["m"]
+        assert d.id.get_num_chunks() == 3
+        assert d.id.read_direct_chunk((0, 0, 0))[1][:4] == b"NCDA"
+        assert np.array_equal(d[()], g["m"][()]) and d[()].any()
+        if how == "import":
+            assert np.array_equal(d[()], a)
+
+
+def test_exit_flush_flushes_writable_files_only(tmp_path):
+    from necoda_filter import exitflush
+
+    p, q = tmp_path / "w.h5", tmp_path / "r.h5"
+    with h5py.File(q, "w") as f:
+        f["x"] = 1
+    with h5py.File(p, "w") as f, h5py.File(q, "r"):
+        f.create_dataset("m", data=movie(), chunks=(16, 24, 20), **necoda_filter.Necoda(mode="lossless"))
+        assert exitflush.flush_open_files() == 1
+    assert exitflush.flush_open_files() == 0  # none open

@@ -479,6 +479,25 @@ def test_shipped_cut_is_the_cut_of_the_shipped_decoder():
     assert shipped is not None and shipped == trunk.cut(pkg.decoder, pkg.tables["decoder_split"]["input"])
 
 
+def test_trunk_tool_rewrites_the_shipped_cut(tmp_path, capsys):
+    """`python -m necoda_filter.models.trunk PACKAGE_DIR` writes the three cut files byte for byte as
+    shipped, and says so for a package whose decoder has no trunk to cut (imaging-v2: not split)."""
+    pytest.importorskip("onnx")
+    import shutil
+
+    from necoda_filter.models import trunk
+
+    src = registry.BUILTIN_DIR / registry.DEFAULT_NAME
+    d = tmp_path / "pkg"
+    shutil.copytree(src, d, ignore=shutil.ignore_patterns(trunk.CUT_FILE, trunk.HEAD_FILE, trunk.TAIL_FILE))
+    assert trunk.main([str(d), str(registry.BUILTIN_DIR / "imaging-v2")]) == 0
+    for f in (trunk.CUT_FILE, trunk.HEAD_FILE, trunk.TAIL_FILE):
+        assert (d / f).read_bytes() == (src / f).read_bytes(), f
+    out = capsys.readouterr().out
+    assert "wrote decoder_cut.json" in out and "imaging-v2: no elementwise trunk" in out
+    assert registry.model_id_of_dir(d) == registry.default().id  # derived files are not part of the id
+
+
 def test_a_stale_or_wrong_cut_is_not_used(tmp_path, monkeypatch):
     """A cut made from another decoder is ignored, and a cut whose graphs do not give the whole graph's
     bits fails the check and is never used: the whole graph runs, and decoding gives the same values."""
