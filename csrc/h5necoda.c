@@ -400,9 +400,111 @@ static void python_error(const char *func, int importing) {
     if (importing) import_error_said = 1;
 }
 
+/* ---------------------------------------------------------------------------------------------------
+ * Raw container written in C, for chunks HDF5 flushes while the interpreter is shutting down (a file
+ * closed by garbage collection during finalization, after necoda_filter/exitflush.py ran or when it could
+ * not run): the Python codecs can no longer be called, and failing the write loses the chunk. It is stored
+ * as the Python raw mode stores it (docs/FORMAT.md: format version 1, mode raw, "{}" parameters, no model,
+ * little-endian payload, CRC-32 over header and payload), so every reader decodes it.
+ * ------------------------------------------------------------------------------------------------- */
+static uint32_t crc32_update(uint32_t crc, const unsigned char *p, size_t n) {
+    crc = ~crc;
+    while (n--) {
+        crc ^= *p++;
+        for (int k = 0; k < 8; k++) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+    }
+    return ~crc;
+}
+
+static int dtype_code(unsigned cls, unsigned size, unsigned sign) {
+    if (cls == H5T_INTEGER) {
+        switch (size) {
+        case 1: return sign ? NECODA_DTYPE_i1 : NECODA_DTYPE_u1;
+        case 2: return sign ? NECODA_DTYPE_i2 : NECODA_DTYPE_u2;
+        case 4: return sign ? NECODA_DTYPE_i4 : NECODA_DTYPE_u4;
+        case 8: return sign ? NECODA_DTYPE_i8 : NECODA_DTYPE_u8;
+        }
+    } else if (cls == H5T_FLOAT) {
+        switch (size) {
+        case 2: return NECODA_DTYPE_f2;
+        case 4: return NECODA_DTYPE_f4;
+        case 8: return NECODA_DTYPE_f8;
+        }
+    }
+    return 0;
+}
+
+static void put_le(unsigned char *p, uint64_t v, int n) {
+    for (int i = 0; i < n; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* 0 and a message when the chunk cannot be described (cd_values not set by set_local, size mismatch) */
+static size_t raw_container(size_t cd_nelmts, const unsigned cd[], size_t nbytes, size_t *buf_size, void **buf) {
+    const size_t u = NECODA_CD_USER_SLOTS;
+    if (cd_nelmts < u + 5) return 0;
+    const unsigned cls = cd[u], size = cd[u + 1], sign = cd[u + 2], be = cd[u + 3], rank = cd[u + 4];
+    const int code = dtype_code(cls, size, sign);
+    if (!code || rank < 1 || rank > NECODA_MAX_RANK || cd_nelmts < u + 5 + rank) return 0;
+    uint64_t n = size;
+    for (unsigned i = 0; i < rank; i++) n *= cd[u + 5 + i];
+    if (n != nbytes) return 0;
+    const size_t head = 4 + 4 + 4 * (size_t)rank + 2 + 2 + 1 + 8;
+    unsigned char *out = malloc(head + 4 + nbytes);
+    if (!out) return 0;
+    unsigned char *h = out;
+    memcpy(h, NECODA_MAGIC, 4);
+    h[4] = 1; /* format version 1: what the Python raw mode writes for C-ordered chunks */
+    h[5] = (unsigned char)NECODA_MODE_RAW;
+    h[6] = (unsigned char)code;
+    h[7] = (unsigned char)rank;
+    h += 8;
+    for (unsigned i = 0; i < rank; i++, h += 4) put_le(h, cd[u + 5 + i], 4);
+    put_le(h, 2, 2);
+    memcpy(h + 2, "{}", 2);
+    h[4] = 0; /* no model id */
+    put_le(h + 5, nbytes, 8);
+    unsigned char *payload = out + head + 4;
+    memcpy(payload, *buf, nbytes);
+    if (be && size > 1) /* the dataset's big-endian file type: the container holds little-endian values */
+        for (size_t k = 0; k < nbytes; k += size)
+            for (unsigned a = 0, b = size - 1; a < b; a++, b--) {
+                unsigned char t = payload[k + a];
+                payload[k + a] = payload[k + b];
+                payload[k + b] = t;
+            }
+    uint32_t crc = crc32_update(crc32_update(0, out, head), payload, nbytes);
+    put_le(out + head, crc, 4);
+    free(*buf);
+    *buf = out;
+    *buf_size = head + 4 + nbytes;
+    return head + 4 + nbytes;
+}
+
+/* Python was here (libpython's symbols are in the process) but is no longer initialised: shutting down */
+static int python_shutting_down(void) {
+    int (*initialized)(void) = PY.ready ? PY.IsInitialized : (int (*)(void))dlsym(RTLD_DEFAULT, "Py_IsInitialized");
+    return initialized && !initialized();
+}
+
 static size_t necoda_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_values[], size_t nbytes,
                             size_t *buf_size, void **buf) {
     const char *func = (flags & H5Z_FLAG_REVERSE) ? "necoda_decode" : "necoda_encode";
+    if (python_shutting_down()) {
+        if (!(flags & H5Z_FLAG_REVERSE)) {
+            size_t got = raw_container(cd_nelmts, cd_values, nbytes, buf_size, buf);
+            if (got) {
+                static int said = 0;
+                if (!said) report(func, "Python is shutting down: chunks flushed now are stored raw in the necoda "
+                                        "container (uncompressed, readable); close HDF5 files before exit to "
+                                        "compress them", 1);
+                said = 1;
+                return got;
+            }
+        }
+        report(func, "Python is shutting down: the necoda filter cannot run its codecs (close HDF5 files "
+                     "before the interpreter exits)", 1);
+        return 0;
+    }
     if (resolve_python() != 0) {
         report(func, "the necoda filter runs its codecs in Python: this process has no Python interpreter "
                      "(read necoda data from Python with necoda_filter installed, or run `necoda decompress`)", 1);

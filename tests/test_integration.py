@@ -464,12 +464,12 @@ def test_file_left_open_at_exit_keeps_its_chunks(tmp_path, how):
         rng = np.random.default_rng(0)
         base = rng.integers(200, 400, size=(24, 20))
         a = (base + rng.poisson(30, size=(40, 24, 20))).astype(np.uint16)
-        f.create_dataset("m", data=a, chunks=(16, 24, 20), {make})
+        d = f.create_dataset("m", data=a, chunks=(16, 24, 20), {make})  # kept open: its chunks stay cached
         ro = h5py.File({str(p)!r}, "r")  # a second, read-only handle on the same file
         print("exiting with the file open")
     """, PLUGIN_ENV if how == "plugin_path" else None)
     assert r.returncode == 0 and "exiting" in r.stdout, r.stdout + r.stderr
-    assert "no Python interpreter" not in r.stderr, r.stderr
+    assert "no Python interpreter" not in r.stderr and "stored raw" not in r.stderr, r.stderr
     ref = tmp_path / "closed.h5"  # the same write, file closed: what the filter writes (auto mode may be lossy)
     with h5py.File(ref, "w") as f:
         f.create_dataset("m", data=a, chunks=(16, 24, 20), **(necoda_filter.Necoda(mode="lossless")
@@ -478,7 +478,8 @@ def test_file_left_open_at_exit_keeps_its_chunks(tmp_path, how):
     with h5py.File(p, "r") as f, h5py.File(ref, "r") as g:
         d = f["m"]
         assert d.id.get_num_chunks() == 3
-        assert d.id.read_direct_chunk((0, 0, 0))[1][:4] == b"NCDA"
+        head = d.id.read_direct_chunk((0, 0, 0))[1]
+        assert head[:4] == b"NCDA" and head[5] != 0  # compressed by the flush, not stored raw at shutdown
         assert np.array_equal(d[()], g["m"][()]) and d[()].any()
         if how == "import":
             assert np.array_equal(d[()], a)
@@ -494,3 +495,33 @@ def test_exit_flush_flushes_writable_files_only(tmp_path):
         f.create_dataset("m", data=movie(), chunks=(16, 24, 20), **necoda_filter.Necoda(mode="lossless"))
         assert exitflush.flush_open_files() == 1
     assert exitflush.flush_open_files() == 0  # none open
+
+
+@pytest.mark.parametrize("dtype", ["<u2", ">i2", "<f4"])
+def test_chunks_flushed_during_shutdown_are_stored_raw_in_the_container(tmp_path, dtype):
+    """When HDF5 flushes chunks after the atexit flush (here: the handler is unregistered, as if the file
+    had been written after it ran), the interpreter is shutting down and the Python codecs cannot run. The
+    filter used to fail those writes and the chunks were lost; the C shim now stores them raw in the necoda
+    container (what the raw mode writes: every reader decodes it, big-endian file types included)."""
+    p = tmp_path / "late.h5"
+    r = run_fresh(f"""
+        import atexit
+        import numpy as np
+        import h5py
+        import necoda_filter
+        from necoda_filter import exitflush
+        atexit.unregister(exitflush.flush_open_files)
+        f = h5py.File({str(p)!r}, "w")
+        a = (np.arange(40 * 24 * 20) % 1000 - 300).astype({dtype!r}).reshape(40, 24, 20)
+        d = f.create_dataset("m", data=a, chunks=(16, 24, 20), **necoda_filter.Necoda(mode="lossless"))
+    """)  # the dataset stays open (``d``): closing it would flush its chunk cache there and then
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "stored raw in the necoda container" in r.stderr, r.stderr
+    a = (np.arange(40 * 24 * 20) % 1000 - 300).astype(dtype).reshape(40, 24, 20)
+    with h5py.File(p, "r") as f:
+        d = f["m"]
+        assert d.id.get_num_chunks() == 3
+        head = d.id.read_direct_chunk((16, 0, 0))[1]
+        assert head[:4] == b"NCDA" and head[5] == 0  # mode 0: raw
+        assert d.dtype == np.dtype(dtype) and np.array_equal(d[()], a)
+        assert necoda_filter.container.parse_header(head).shape == (16, 24, 20)
