@@ -477,8 +477,8 @@ class LearnedMode:
                     kthreads = min(runtime.threads_for(run_threads),
                                    max(1, u.size // FINISH_VOXELS_PER_THREAD))
                     return trunk.run(
-                        cut, lambda f: runtime.run_into(pkg.id, trunk.HEAD, cut.head, f, [u, s], run_threads),
-                        lambda f: runtime.run_into(pkg.id, trunk.TAIL, cut.tail, f, [pp], run_threads)[0],
+                        cut, lambda f: runtime.run_into(pkg.id, cut.head_graph, cut.head, f, [u, s], run_threads),
+                        lambda f: runtime.run_into(pkg.id, cut.tail_graph, cut.tail, f, [pp], run_threads)[0],
                         feeds, feeds[split["input"]], kthreads)
                 return runtime.run_into(pkg.id, "decoder", pkg.decoder, feeds, [pp], run_threads)[0]
             return runtime.run(pkg.id, "decoder", pkg.decoder, feeds, run_threads)[0]
