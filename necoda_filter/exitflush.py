@@ -21,16 +21,26 @@ log = logging.getLogger("necoda_filter")
 
 
 def flush_open_files() -> int:
-    """Flush every HDF5 file h5py's library has open for writing; returns how many were flushed."""
+    """Flush every HDF5 file h5py's library has open for writing (through a file, group, dataset or other
+    object id); returns how many files were flushed."""
     h5py = sys.modules.get("h5py")
     if h5py is None:  # no h5py in this process: no files of ours to flush
         return 0
     try:
-        ids = h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)
+        # every open object, not only file ids: `d = h5py.File(p, "w").create_dataset(...)` keeps the file
+        # open through its dataset alone; each file is flushed once, through any of its objects
+        objs = h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_ALL)
     except Exception:  # HDF5 already shut down, or h5py half torn down
         return 0
+    files = {}
+    for obj in objs:
+        try:
+            fid = obj if isinstance(obj, h5py.h5f.FileID) else h5py.h5i.get_file_id(obj)
+            files.setdefault(fid.fileno, fid)
+        except Exception:
+            continue
     done = 0
-    for fid in ids:
+    for fid in files.values():
         try:
             if not fid.valid or not fid.get_intent() & h5py.h5f.ACC_RDWR:
                 continue

@@ -7,7 +7,11 @@ cannot land inside the pools' locking), decodes them in parallel with :func:`nec
 and places each decoded chunk's selected part into the output array — a box of a learned chunk is
 decoded straight into it, with no chunk-sized temporary, and a box spanning few frames from the latent
 frames around it only (``chunk.decode_box``; one frame reads about 2× faster than through h5py, which
-decodes every touched chunk whole). Values are identical to ``dataset[selection]``.
+decodes every touched chunk whole). Values are identical to ``dataset[selection]``, with one exception
+that comes from HDF5: in a file still open for writing, chunks of a *lossy* dataset that HDF5 holds in
+its chunk cache, not yet flushed, read back through h5py as the values written, uncompressed; ``read``
+returns what is stored (``read_direct_chunk`` flushes a cached chunk first), as h5py does after
+``f.flush()`` or reopening.
 
 Parallelism: about half of a lossless/bounded chunk decode runs in pcodec, which holds the GIL (the
 other half, the C prediction kernels called through ctypes, releases it), so threads alone scale to

@@ -465,6 +465,7 @@ def test_file_left_open_at_exit_keeps_its_chunks(tmp_path, how):
         base = rng.integers(200, 400, size=(24, 20))
         a = (base + rng.poisson(30, size=(40, 24, 20))).astype(np.uint16)
         d = f.create_dataset("m", data=a, chunks=(16, 24, 20), {make})  # kept open: its chunks stay cached
+        d2 = h5py.File({str(p)!r} + ".2", "w").create_dataset("m", data=a, chunks=(16, 24, 20), {make})
         ro = h5py.File({str(p)!r}, "r")  # a second, read-only handle on the same file
         print("exiting with the file open")
     """, PLUGIN_ENV if how == "plugin_path" else None)
@@ -483,6 +484,8 @@ def test_file_left_open_at_exit_keeps_its_chunks(tmp_path, how):
         assert np.array_equal(d[()], g["m"][()]) and d[()].any()
         if how == "import":
             assert np.array_equal(d[()], a)
+    with h5py.File(str(p) + ".2", "r") as f, h5py.File(ref, "r") as g:  # open through its dataset only
+        assert f["m"].id.read_direct_chunk((0, 0, 0))[1][5] != 0 and np.array_equal(f["m"][()], g["m"][()])
 
 
 def test_exit_flush_flushes_writable_files_only(tmp_path):
@@ -495,6 +498,11 @@ def test_exit_flush_flushes_writable_files_only(tmp_path):
         f.create_dataset("m", data=movie(), chunks=(16, 24, 20), **necoda_filter.Necoda(mode="lossless"))
         assert exitflush.flush_open_files() == 1
     assert exitflush.flush_open_files() == 0  # none open
+    # a file kept open by its dataset alone (no file object left)
+    d = h5py.File(p, "a").create_dataset("n", data=movie(), chunks=(16, 24, 20),
+                                         **necoda_filter.Necoda(mode="lossless"))
+    assert exitflush.flush_open_files() == 1
+    d.file.close()
 
 
 @pytest.mark.parametrize("dtype", ["<u2", ">i2", "<f4"])

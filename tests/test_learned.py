@@ -517,6 +517,7 @@ def test_a_stale_or_wrong_cut_is_not_used(tmp_path, monkeypatch):
     assert trunk._self_check(pkg.decoder, "ctx", good, pkg.id)
     assert not trunk._self_check(pkg.decoder, "ctx", wrong, pkg.id)
     assert not trunk._self_check(pkg.decoder, "ctx", dataclasses.replace(good, head=good.tail), pkg.id)
+    assert not trunk._self_check(pkg.decoder, "ctx", dataclasses.replace(good, channels=12), pkg.id)
     wrong = dataclasses.replace(good, tail=good.tail + b"\0")  # other bytes, other sessions
     x, _ = _movie(32, 64, 64, seed=9)
     buf = chunk.encode(x, mode="learned")

@@ -239,8 +239,11 @@ def _compare(main, ctx, trunk, model_id, runtime) -> bool:
     n, t8, h4, w4 = 2, 2, 6, 5
     zs = (rng.normal(0, 2, (n, cz, t8, h4, w4)) * (rng.random((n, cz, t8, h4, w4)) < 0.5)).astype(np.float32)
     base = rng.normal(0, 3, (n, 1, 1, 4 * h4, 4 * w4)).astype(np.float32)
-    u_shape = head.run(None, {"zs": zs, "base": base})[0].shape
-    c = rng.normal(0, 1, u_shape).astype(np.float32)
+    u0, s0 = head.run(None, {"zs": zs, "base": base})
+    C = trunk.channels  # decodes allocate the head's outputs from it: it must be the graph's
+    if u0.shape[0] != n or u0.shape[2:] != (C, h4, w4) or s0.shape != (n, 1, 2 * C, h4, w4):
+        return False
+    c = rng.normal(0, 1, u0.shape).astype(np.float32)
     ref = whole.run(None, {"zs": zs, ctx: c, "base": base})[0]
     got = run(trunk, lambda f: head.run(None, f), lambda f: tail.run(None, f)[0], {"zs": zs, "base": base}, c)
     return got.shape == ref.shape and got.tobytes() == ref.tobytes()
