@@ -1053,7 +1053,7 @@ range:
     return NK_ERANGE;
 }
 
-int nk_version(void) { return 5; }
+int nk_version(void) { return 6; }
 
 /* The learned mode's float passes are memory-bound loops the compiler vectorises; on x86-64 Linux with GCC
    they are also built for AVX2 and the loader picks the clone the CPU runs (ifunc). Both clones do the same
@@ -1287,4 +1287,45 @@ int nk_learned_trunk(float *u, const float *ctx, const float *s, i64 n, i64 t2, 
         }
     }
     return NK_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------------
+ * Learned mode: the variance-stabilising transform of the encoder input in one pass,
+ *     v = 2 * sqrt(max(((float)x - offset) * inv_gain + 0.375, 0))
+ * with each operation rounded to float32 in the order of the numpy reference (models/prep.py:vst: the
+ * conversion, -=, *=, +=, maximum, sqrt, *= 2; IEEE sqrt is correctly rounded), so the same bits. NaN
+ * stays NaN (like np.maximum). x: n contiguous values of element code (as above; 36/40: float32/64).
+ * ------------------------------------------------------------------------------------------------- */
+#define NK_VST_LOOP(T)                                                                                   \
+    {                                                                                                    \
+        const T *restrict xx = (const T *)x;                                                             \
+        for (i64 k = 0; k < n; k++) {                                                                    \
+            float v = (float)xx[k];                                                                      \
+            v = v - offset;                                                                              \
+            v = v * inv_gain;                                                                            \
+            v = v + 0.375f;                                                                              \
+            v = v < 0.f ? 0.f : v;                                                                       \
+            v = __builtin_sqrtf(v);                                                                      \
+            out[k] = v * 2.f;                                                                            \
+        }                                                                                                \
+    }
+
+NK_SIMD static int vst_span(const void *x, int code, i64 n, float offset, float inv_gain, float *restrict out) {
+    switch (code) {
+    case 1: NK_VST_LOOP(int8_t) break;
+    case 17: NK_VST_LOOP(uint8_t) break;
+    case 2: NK_VST_LOOP(int16_t) break;
+    case 18: NK_VST_LOOP(uint16_t) break;
+    case 4: NK_VST_LOOP(int32_t) break;
+    case 20: NK_VST_LOOP(uint32_t) break;
+    case 36: NK_VST_LOOP(float) break;
+    case 40: NK_VST_LOOP(double) break;
+    default: return NK_EARG;
+    }
+    return NK_OK;
+}
+
+int nk_vst(const void *x, int code, i64 n, float offset, float inv_gain, float *out) {
+    if (!x || !out || n < 0) return NK_EARG;
+    return vst_span(x, code, n, offset, inv_gain, out);
 }

@@ -17,7 +17,7 @@ import numpy as np
 from ._plugin import PLUGIN_PATH
 
 LIBRARY_NAME = "libnecoda_kernels.so"
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 _i64 = ctypes.c_int64
 _u64 = ctypes.c_uint64
@@ -75,6 +75,7 @@ def lib():
                               _int],
             "nk_learned_finish": [_vp, _i64, _i64, _i64, _i64, _i64, _i64, _vp, _i64, _i64, _i64, _i64, _i64,
                                   _i64, _i64, ctypes.c_float, ctypes.c_float, _int, _vp, _i64, _i64, _int],
+            "nk_vst": [_vp, _int, _i64, ctypes.c_float, ctypes.c_float, _vp],
             "nk_learned_trunk": [_vp, _vp, _vp, _i64, _i64, _i64, _i64, ctypes.c_float, _int],
             "nk_cl_lpc": [_vp, _int, _i64, _i64, _u64, _i64, _i64, _vp, _vp, _i64, _vp, _int, _vp, _int, _int,
                           _vp, _int],
@@ -532,3 +533,20 @@ def learned_trunk(u: np.ndarray, ctx: np.ndarray, s: np.ndarray, alpha: float, t
     _call("nk_learned_trunk", u.ctypes.data, ctx.ctypes.data, s.ctypes.data, n, t2, C, h * w,
           float(np.float32(alpha)), max(1, int(threads)))
     return u
+
+
+#: input dtypes nk_vst converts itself (64-bit integers: numpy path)
+VST_CODES = {np.dtype(np.int8): 1, np.dtype(np.uint8): 17, np.dtype(np.int16): 2, np.dtype(np.uint16): 18,
+             np.dtype(np.int32): 4, np.dtype(np.uint32): 20, np.dtype(np.float32): 36, np.dtype(np.float64): 40}
+
+
+def vst(x: np.ndarray, offset, inv_gain) -> np.ndarray:
+    """``2 * sqrt(max((float32(x) - offset) * inv_gain + 0.375, 0))`` as a new float32 array of x's shape,
+    in one pass with numpy's float32 rounding in numpy's order (models/prep.py:vst). ``x``: a C-contiguous
+    array of a dtype in :data:`VST_CODES`; ``offset``, ``inv_gain``: float32 values."""
+    c = VST_CODES.get(x.dtype) if isinstance(x, np.ndarray) else None
+    if c is None or not x.dtype.isnative or not x.flags.c_contiguous:
+        raise TypeError(f"vst: x must be a C-contiguous native array of {sorted(str(d) for d in VST_CODES)}")
+    out = np.empty(x.shape, np.float32)
+    _call("nk_vst", x.ctypes.data, c, x.size, float(np.float32(offset)), float(np.float32(inv_gain)), out.ctypes.data)
+    return out

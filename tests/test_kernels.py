@@ -611,3 +611,30 @@ def test_learned_trunk_refuses_mismatched_arrays():
         K.learned_trunk(u, u.astype(np.float64), np.zeros((1, 1, 6, 4, 5), np.float32), 0.1)
     with pytest.raises(TypeError, match="u must"):
         K.learned_trunk(u[:, :, :, :, ::2], u, np.zeros((1, 1, 6, 4, 5), np.float32), 0.1)
+
+
+@pytest.mark.parametrize("dt", ["i1", "u1", "i2", "u2", "i4", "u4", "f4", "f8"])
+def test_vst_matches_numpy(dt):
+    """The one-pass VST is numpy's seven float32 steps in their order: the same bits, NaN, inf and -0
+    included; prep.vst takes numpy's path for what the kernel does not take (int64, strided input)."""
+    from necoda_filter.models import prep
+
+    with np.errstate(all="ignore"):  # float64 max overflows float32 on purpose
+        _vst_case(dt, prep)
+
+
+def _vst_case(dt, prep):
+    rng = np.random.default_rng(len(dt))
+    x = _data(rng, dt, (3, 17, 29)) if dt[0] in "iu" else rng.normal(200, 300, (3, 17, 29)).astype(dt)
+    if dt[0] == "f":
+        x.flat[:5] = [np.nan, -0.0, np.inf, -np.inf, np.finfo(dt).max]
+    for gain, offset in ((3.7, 101.3), (0.01, -5.0), (1e4, 0.0)):
+        ref = prep._vst_numpy(x, gain, offset)
+        got = K.vst(x, np.float32(offset), np.float32(1.0 / gain))
+        assert got.dtype == np.float32 and got.tobytes() == ref.tobytes()
+        assert prep.vst(x, gain, offset).tobytes() == ref.tobytes()
+        assert prep.vst(x[:, ::2], gain, offset).tobytes() == prep._vst_numpy(x[:, ::2], gain, offset).tobytes()
+    with pytest.raises(TypeError, match="C-contiguous"):
+        K.vst(x[:, ::2], 0.0, 1.0)
+    with pytest.raises(TypeError):
+        K.vst(x.astype(np.int64), 0.0, 1.0)

