@@ -38,8 +38,8 @@ def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """b - a in float64. Integer pairs are subtracted exactly before the conversion (64-bit values
     above 2**53 would otherwise lose up to 2**10 units each; the exact difference is rounded once)."""
     if a.dtype.kind in "iub" and b.dtype.kind in "iub":
-        if a.dtype.itemsize <= 4 and b.dtype.itemsize <= 4:
-            return (b.astype(np.int64) - a.astype(np.int64)).astype(np.float64)
+        if a.dtype.itemsize <= 4 and b.dtype.itemsize <= 4:  # exact in float64 (|values| < 2**32), one pass
+            return np.subtract(b, a, dtype=np.float64)
         if a.dtype == b.dtype:
             ua, ub = a.astype(np.uint64), b.astype(np.uint64)  # modular: (ub - ua) mod 2**64 is exact
             return np.where(b >= a, (ub - ua).astype(np.float64), -(ua - ub).astype(np.float64))
