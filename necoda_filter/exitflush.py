@@ -9,15 +9,20 @@ cached chunks while it still can.
 
 Importing ``necoda_filter`` registers the handler. So does the HDF5 plugin, when a dataset is created with
 the filter: its ``set_local`` callback imports the package, even in a process that uses the plugin
-through ``HDF5_PLUGIN_PATH`` alone. Files closed normally are not touched.
+through ``HDF5_PLUGIN_PATH`` alone. Files closed normally are not touched, nor, in a forked child, the
+files it inherited from its parent (they are the parent's to write).
 """
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import sys
 
 log = logging.getLogger("necoda_filter")
+
+#: files open when this process was forked: the parent's to write, never flushed from the child
+_inherited: set = set()
 
 
 def flush_open_files() -> int:
@@ -32,15 +37,11 @@ def flush_open_files() -> int:
         objs = h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_ALL)
     except Exception:  # HDF5 already shut down, or h5py half torn down
         return 0
-    files = {}
-    for obj in objs:
-        try:
-            fid = obj if isinstance(obj, h5py.h5f.FileID) else h5py.h5i.get_file_id(obj)
-            files.setdefault(fid.fileno, fid)
-        except Exception:
-            continue
+    files = _open_files(h5py, objs)
     done = 0
-    for fid in files.values():
+    for fileno, fid in files.items():
+        if fileno in _inherited:
+            continue
         try:
             if not fid.valid or not fid.get_intent() & h5py.h5f.ACC_RDWR:
                 continue
@@ -55,4 +56,27 @@ def flush_open_files() -> int:
     return done
 
 
+def _open_files(h5py, objs) -> dict:
+    """fileno -> a FileID, for the files the objects ``objs`` belong to."""
+    files = {}
+    for obj in objs:
+        try:
+            fid = obj if isinstance(obj, h5py.h5f.FileID) else h5py.h5i.get_file_id(obj)
+            files.setdefault(fid.fileno, fid)
+        except Exception:
+            continue
+    return files
+
+
+def _after_fork_in_child() -> None:
+    h5py = sys.modules.get("h5py")
+    if h5py is not None:
+        try:
+            _inherited.update(_open_files(h5py, h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_ALL)))
+        except Exception:
+            pass
+
+
 atexit.register(flush_open_files)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -533,3 +533,33 @@ def test_chunks_flushed_during_shutdown_are_stored_raw_in_the_container(tmp_path
         assert head[:4] == b"NCDA" and head[5] == 0  # mode 0: raw
         assert d.dtype == np.dtype(dtype) and np.array_equal(d[()], a)
         assert necoda_filter.container.parse_header(head).shape == (16, 24, 20)
+
+
+def test_exit_flush_in_a_forked_child_leaves_the_parents_files_alone(tmp_path):
+    """A forked child that exits normally runs the atexit flush; the files it inherited are the parent's
+    (flushing its copy of their cache from the child would write behind the parent's back)."""
+    import os
+
+    from necoda_filter import exitflush
+
+    with h5py.File(tmp_path / "parent.h5", "w") as f:
+        f.create_dataset("m", data=movie(), chunks=(16, 24, 20), **necoda_filter.Necoda(mode="lossless"))
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: report what the flush did, then leave at once
+            try:
+                os.write(w, str(exitflush.flush_open_files()).encode())
+            finally:
+                os._exit(0)
+        import select
+        import signal
+
+        os.close(w)
+        ready = select.select([r], [], [], 60)[0]
+        got = os.read(r, 100).decode() if ready else "timeout"
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
+        assert got == "0"
+        assert exitflush.flush_open_files() == 1  # the parent flushes its own file
