@@ -438,7 +438,8 @@ static void put_le(unsigned char *p, uint64_t v, int n) {
     for (int i = 0; i < n; i++) p[i] = (unsigned char)(v >> (8 * i));
 }
 
-/* 0 and a message when the chunk cannot be described (cd_values not set by set_local, size mismatch) */
+/* the container's size, or 0 when the chunk cannot be described (cd_values not set by set_local, size
+ * mismatch, an unknown type): the caller then reports the failure */
 static size_t raw_container(size_t cd_nelmts, const unsigned cd[], size_t nbytes, size_t *buf_size, void **buf) {
     const size_t u = NECODA_CD_USER_SLOTS;
     if (cd_nelmts < u + 5) return 0;
