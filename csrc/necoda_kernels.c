@@ -1171,6 +1171,23 @@ NK_SIMD static int lf_one(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0
     return NK_OK;
 }
 
+#define NK_LF_MAX_THREADS 64
+
+/* Run jobs[0..n) (each `size` bytes, handed to `run`): job 0 in the calling thread, the others in threads of
+   their own; a job whose thread cannot be started runs in the caller too. Jobs write disjoint outputs, so
+   the result is the same bytes whatever n is. */
+static void run_jobs(void *(*run)(void *), void *jobs, size_t size, i64 n) {
+    pthread_t tid[NK_LF_MAX_THREADS];
+    int started[NK_LF_MAX_THREADS];
+    char *j = (char *)jobs;
+    for (i64 k = 1; k < n; k++) started[k] = pthread_create(&tid[k], NULL, run, j + k * size) == 0;
+    run(j);
+    for (i64 k = 1; k < n; k++) {
+        if (started[k]) pthread_join(tid[k], NULL);
+        else run(j + k * size);
+    }
+}
+
 /* nk_learned_finish split over threads: frame pairs [lo, hi) of p per thread (each thread writes its own
    frames, so the output is the same bytes whatever the thread count); nthreads <= 1 runs in the caller */
 typedef struct {
@@ -1188,7 +1205,6 @@ static void *lf_run(void *arg) {
     return NULL;
 }
 
-#define NK_LF_MAX_THREADS 64
 
 int nk_learned_finish(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i64 x0, const float *bq, i64 bs,
                       i64 wt, i64 wy, i64 wx, i64 T, i64 H, i64 W, float a, float b, int code, void *out, i64 ost,
@@ -1199,22 +1215,15 @@ int nk_learned_finish(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i6
     if (n <= 1 || !p || h4 < 1 || w4 < 1)
         return lf_one(p, t2, h4, w4, t0, y0, x0, bq, bs, wt, wy, wx, T, H, W, a, b, code, out, ost, osy);
     lf_job jobs[NK_LF_MAX_THREADS];
-    pthread_t tid[NK_LF_MAX_THREADS];
-    int started[NK_LF_MAX_THREADS];
     for (i64 k = 0; k < n; k++) {
         const i64 lo = t2 * k / n, hi = t2 * (k + 1) / n;
         lf_job j = {p + lo * 32 * h4 * w4, bq, hi - lo, h4, w4, t0 + 2 * lo, y0, x0, bs, wt, wy, wx, T, H, W, ost,
                     osy, a, b, code, NK_OK, out};
         jobs[k] = j;
     }
-    for (i64 k = 1; k < n; k++) started[k] = pthread_create(&tid[k], NULL, lf_run, &jobs[k]) == 0;
-    lf_run(&jobs[0]);
-    int rc = jobs[0].rc;
-    for (i64 k = 1; k < n; k++) {
-        if (started[k]) pthread_join(tid[k], NULL);
-        else lf_run(&jobs[k]); /* no thread to be had: this one runs here */
-        if (rc == NK_OK) rc = jobs[k].rc;
-    }
+    run_jobs(lf_run, jobs, sizeof jobs[0], n);
+    int rc = NK_OK;
+    for (i64 k = 0; k < n && rc == NK_OK; k++) rc = jobs[k].rc;
     return rc;
 }
 
@@ -1227,8 +1236,8 @@ int nk_learned_finish(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i6
  * the build passes -ffp-contract=off), so the result is the same bits. u and ctx are (n, t2, C, hw),
  * s = (n, 2C, hw) holds s0 (channels 0..C-1) then s1; the result overwrites u.
  * ------------------------------------------------------------------------------------------------- */
-NK_SIMD static void lt_span(float *restrict u, const float *restrict ctx, const float *restrict s, i64 t2, i64 C, i64 hw,
-                    i64 f0, i64 f1, float alpha) {
+NK_SIMD static void lt_span(float *restrict u, const float *restrict ctx, const float *restrict s, i64 C, i64 hw,
+                            i64 f0, i64 f1, float alpha) {
     for (i64 f = f0; f < f1; f++) {
         for (i64 c = 0; c < C; c++) {
             float *restrict uu = u + (f * C + c) * hw;
@@ -1243,19 +1252,18 @@ NK_SIMD static void lt_span(float *restrict u, const float *restrict ctx, const 
             }
         }
     }
-    (void)t2;
 }
 
 typedef struct {
     float *u;
     const float *ctx, *s;
-    i64 t2, C, hw, f0, f1;
+    i64 C, hw, f0, f1;
     float alpha;
 } lt_job;
 
 static void *lt_run(void *arg) {
     lt_job *j = (lt_job *)arg;
-    lt_span(j->u, j->ctx, j->s, j->t2, j->C, j->hw, j->f0, j->f1, j->alpha);
+    lt_span(j->u, j->ctx, j->s, j->C, j->hw, j->f0, j->f1, j->alpha);
     return NULL;
 }
 
@@ -1269,22 +1277,15 @@ int nk_learned_trunk(float *u, const float *ctx, const float *s, i64 n, i64 t2, 
         if (nt > NK_LF_MAX_THREADS) nt = NK_LF_MAX_THREADS;
         if (nt > t2) nt = t2;
         if (nt <= 1) {
-            lt_span(ui, ci, si, t2, C, hw, 0, t2, alpha);
+            lt_span(ui, ci, si, C, hw, 0, t2, alpha);
             continue;
         }
         lt_job jobs[NK_LF_MAX_THREADS];
-        pthread_t tid[NK_LF_MAX_THREADS];
-        int started[NK_LF_MAX_THREADS];
         for (i64 k = 0; k < nt; k++) {
-            lt_job j = {ui, ci, si, t2, C, hw, t2 * k / nt, t2 * (k + 1) / nt, alpha};
+            lt_job j = {ui, ci, si, C, hw, t2 * k / nt, t2 * (k + 1) / nt, alpha};
             jobs[k] = j;
         }
-        for (i64 k = 1; k < nt; k++) started[k] = pthread_create(&tid[k], NULL, lt_run, &jobs[k]) == 0;
-        lt_run(&jobs[0]);
-        for (i64 k = 1; k < nt; k++) {
-            if (started[k]) pthread_join(tid[k], NULL);
-            else lt_run(&jobs[k]);
-        }
+        run_jobs(lt_run, jobs, sizeof jobs[0], nt);
     }
     return NK_OK;
 }

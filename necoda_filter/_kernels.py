@@ -472,8 +472,13 @@ def cl_lpc(x: np.ndarray | None, shape2, lo: int, R: int, E: int, mu, Q, B, shif
 
 # ---------------------------------------------------------------------------------------------- learned
 #: output dtypes nk_learned_finish stores itself (wider integers: numpy path)
-LEARNED_FINISH_CODES = {np.dtype(np.int8): 1, np.dtype(np.uint8): 17, np.dtype(np.int16): 2,
-                        np.dtype(np.uint16): 18, np.dtype(np.float32): 36, np.dtype(np.float64): 40}
+def _learned_code(dtype) -> int:
+    """Element code of the learned-mode kernels: :func:`code` for integers, itemsize | 32 for floats."""
+    dt = np.dtype(dtype)
+    return dt.itemsize | 32 if dt.kind == "f" else code(dt)
+
+
+LEARNED_FINISH_CODES = {np.dtype(t): _learned_code(t) for t in ("i1", "u1", "i2", "u2", "f4", "f8")}
 
 
 def finish_layout_ok(out: np.ndarray) -> bool:
@@ -536,8 +541,7 @@ def learned_trunk(u: np.ndarray, ctx: np.ndarray, s: np.ndarray, alpha: float, t
 
 
 #: input dtypes nk_vst converts itself (64-bit integers: numpy path)
-VST_CODES = {np.dtype(np.int8): 1, np.dtype(np.uint8): 17, np.dtype(np.int16): 2, np.dtype(np.uint16): 18,
-             np.dtype(np.int32): 4, np.dtype(np.uint32): 20, np.dtype(np.float32): 36, np.dtype(np.float64): 40}
+VST_CODES = {np.dtype(t): _learned_code(t) for t in ("i1", "u1", "i2", "u2", "i4", "u4", "f4", "f8")}
 
 
 def vst(x: np.ndarray, offset, inv_gain) -> np.ndarray:
