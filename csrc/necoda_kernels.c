@@ -1053,7 +1053,7 @@ range:
     return NK_ERANGE;
 }
 
-int nk_version(void) { return 6; }
+int nk_version(void) { return 7; }
 
 /* The learned mode's float passes are memory-bound loops the compiler vectorises; on x86-64 Linux with GCC
    they are also built for AVX2 and the loader picks the clone the CPU runs (ifunc). Both clones do the same
@@ -1077,6 +1077,9 @@ int nk_version(void) { return 6; }
  * of the chunk (which crops the padding and lets a reader decode a box of a chunk straight into its
  * own array): voxel (f, y, x) goes to out[(f-wt)*ost + (y-wy)*osy + (x-wx)] (strides in elements).
  * Float32 arithmetic in the same order as the numpy reference (learned.py), no FP contraction.
+ * blk: the layout of p. 1: planar (t2, 32, h4, w4); 4, 8 or 16: ONNX Runtime's blocked NCHWc layout
+ * (t2, 32/blk, h4, w4, blk), channel c at [c / blk][h][w][c % blk] (models/trunk.py: the decoder's tail
+ * graph then ends without its reorder to planar; same values, only their places in memory differ).
  * ------------------------------------------------------------------------------------------------- */
 /* one output row of n voxels from the interleaved row v[0..n) (packed values + baseline, in place) */
 #define NK_LF_ROW(NAME, T, STORE)                                                                        \
@@ -1105,7 +1108,8 @@ NK_LF_ROW(lf_row_f64, double, orow[k] = (double)u)
 
 NK_SIMD static int lf_one(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i64 x0, const float *bq, i64 bs,
                   i64 wt, i64 wy, i64 wx, i64 T, i64 H, i64 W, float a, float b, int code, void *out, i64 ost,
-                  i64 osy) {
+                  i64 osy, i64 blk) {
+    if (blk != 1 && blk != 4 && blk != 8 && blk != 16) return NK_EARG;
     if (!p || !bq || !out || t2 < 1 || h4 < 1 || w4 < 1 || t0 < 0 || y0 < 0 || x0 < 0 || wt < 0 || wy < 0 ||
         wx < 0 || T < 1 || H < 1 || W < 1 || bs < wx + W || (H > 1 && osy < W) || (T > 1 && ost < (H - 1) * osy + W))
         return NK_EARG;
@@ -1128,6 +1132,9 @@ NK_SIMD static int lf_one(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0
     float *v = (float *)malloc((size_t)n * sizeof(float));
     if (!v) return NK_ENOMEM;
     const i64 hw4 = h4 * w4;
+    /* value (w, j) of a row's 4 column planes sits at pl[w * ws + j * js] (a group of 4 channels never
+       straddles two blocks: 4 divides blk) */
+    const i64 ws = blk == 1 ? 1 : blk, js = blk == 1 ? hw4 : 1;
     for (i64 t = 0; t < t2; t++) {
         for (i64 ts = 0; ts < 2; ts++) {
             const i64 f = t0 + 2 * t + ts;
@@ -1136,10 +1143,11 @@ NK_SIMD static int lf_one(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0
                 for (i64 i = 0; i < 4; i++) {
                     const i64 y = y0 + 4 * h + i;
                     if (y < wy || y >= wy + H) continue;
-                    const float *pl = p + (t * 32 + ts * 16 + i * 4) * hw4 + h * w4;
+                    const i64 c = ts * 16 + i * 4; /* first of the row's 4 channels */
+                    const float *pl = p + ((t * (32 / blk) + c / blk) * hw4 + h * w4) * blk + c % blk;
                     const float *brow = bq + y * bs + xa;
                     /* interleave the 4 column planes (k = 4*w + j), then add the baseline */
-                    if (k0 == 0 && n == 4 * w4) { /* whole tile row: a 4 x w4 transpose */
+                    if (k0 == 0 && n == 4 * w4 && blk == 1) { /* whole planar row: a 4 x w4 transpose */
                         const float *q0 = pl, *q1 = pl + hw4, *q2 = pl + 2 * hw4, *q3 = pl + 3 * hw4;
                         for (i64 w = 0; w < w4; w++) {
                             v[4 * w] = q0[w];
@@ -1147,10 +1155,13 @@ NK_SIMD static int lf_one(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0
                             v[4 * w + 2] = q2[w];
                             v[4 * w + 3] = q3[w];
                         }
+                    } else if (k0 == 0 && n == 4 * w4) { /* whole blocked row: 4 adjacent values per w */
+                        for (i64 w = 0; w < w4; w++)
+                            for (i64 j = 0; j < 4; j++) v[4 * w + j] = pl[w * ws + j];
                     } else {
                         for (i64 k = 0; k < n; k++) {
                             const i64 kk = k0 + k;
-                            v[k] = pl[(kk & 3) * hw4 + (kk >> 2)];
+                            v[k] = pl[(kk >> 2) * ws + (kk & 3) * js];
                         }
                     }
                     for (i64 k = 0; k < n; k++) v[k] = v[k] + brow[k];
@@ -1192,7 +1203,7 @@ static void run_jobs(void *(*run)(void *), void *jobs, size_t size, i64 n) {
    frames, so the output is the same bytes whatever the thread count); nthreads <= 1 runs in the caller */
 typedef struct {
     const float *p, *bq;
-    i64 t2, h4, w4, t0, y0, x0, bs, wt, wy, wx, T, H, W, ost, osy;
+    i64 t2, h4, w4, t0, y0, x0, bs, wt, wy, wx, T, H, W, ost, osy, blk;
     float a, b;
     int code, rc;
     void *out;
@@ -1201,24 +1212,24 @@ typedef struct {
 static void *lf_run(void *arg) {
     lf_job *j = (lf_job *)arg;
     j->rc = lf_one(j->p, j->t2, j->h4, j->w4, j->t0, j->y0, j->x0, j->bq, j->bs, j->wt, j->wy, j->wx, j->T, j->H,
-                   j->W, j->a, j->b, j->code, j->out, j->ost, j->osy);
+                   j->W, j->a, j->b, j->code, j->out, j->ost, j->osy, j->blk);
     return NULL;
 }
 
 
 int nk_learned_finish(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i64 x0, const float *bq, i64 bs,
                       i64 wt, i64 wy, i64 wx, i64 T, i64 H, i64 W, float a, float b, int code, void *out, i64 ost,
-                      i64 osy, int nthreads) {
+                      i64 osy, i64 blk, int nthreads) {
     i64 n = nthreads < 1 ? 1 : nthreads;
     if (n > NK_LF_MAX_THREADS) n = NK_LF_MAX_THREADS;
     if (n > t2) n = t2;
     if (n <= 1 || !p || h4 < 1 || w4 < 1)
-        return lf_one(p, t2, h4, w4, t0, y0, x0, bq, bs, wt, wy, wx, T, H, W, a, b, code, out, ost, osy);
+        return lf_one(p, t2, h4, w4, t0, y0, x0, bq, bs, wt, wy, wx, T, H, W, a, b, code, out, ost, osy, blk);
     lf_job jobs[NK_LF_MAX_THREADS];
     for (i64 k = 0; k < n; k++) {
         const i64 lo = t2 * k / n, hi = t2 * (k + 1) / n;
         lf_job j = {p + lo * 32 * h4 * w4, bq, hi - lo, h4, w4, t0 + 2 * lo, y0, x0, bs, wt, wy, wx, T, H, W, ost,
-                    osy, a, b, code, NK_OK, out};
+                    osy, blk, a, b, code, NK_OK, out};
         jobs[k] = j;
     }
     run_jobs(lf_run, jobs, sizeof jobs[0], n);
@@ -1235,6 +1246,9 @@ int nk_learned_finish(const float *p, i64 t2, i64 h4, i64 w4, i64 t0, i64 y0, i6
  * they are one pass with the same operations in the same order, each rounded to float32 (no contraction:
  * the build passes -ffp-contract=off), so the result is the same bits. u and ctx are (n, t2, C, hw),
  * s = (n, 2C, hw) holds s0 (channels 0..C-1) then s1; the result overwrites u.
+ * The operation is elementwise and s is indexed by channel and pixel only, so ONNX Runtime's blocked
+ * NCHWc layout (channel blocks of B: (C/B, hw, B) per frame pair) is the same pass with C/B channels of
+ * hw*B values, when u, ctx and s are all blocked.
  * ------------------------------------------------------------------------------------------------- */
 NK_SIMD static void lt_span(float *restrict u, const float *restrict ctx, const float *restrict s, i64 C, i64 hw,
                             i64 f0, i64 f1, float alpha) {
@@ -1276,10 +1290,6 @@ int nk_learned_trunk(float *u, const float *ctx, const float *s, i64 n, i64 t2, 
         i64 nt = nthreads < 1 ? 1 : nthreads;
         if (nt > NK_LF_MAX_THREADS) nt = NK_LF_MAX_THREADS;
         if (nt > t2) nt = t2;
-        if (nt <= 1) {
-            lt_span(ui, ci, si, C, hw, 0, t2, alpha);
-            continue;
-        }
         lt_job jobs[NK_LF_MAX_THREADS];
         for (i64 k = 0; k < nt; k++) {
             lt_job j = {ui, ci, si, C, hw, t2 * k / nt, t2 * (k + 1) / nt, alpha};

@@ -17,7 +17,7 @@ import numpy as np
 from ._plugin import PLUGIN_PATH
 
 LIBRARY_NAME = "libnecoda_kernels.so"
-ABI_VERSION = 6
+ABI_VERSION = 7
 
 _i64 = ctypes.c_int64
 _u64 = ctypes.c_uint64
@@ -74,7 +74,8 @@ def lib():
             "nk_cl_lorenzo": [_vp, _int, _i64, _i64, _i64, _u64, _i64, _i64, _vp, _int, _vp, _int, _int, _vp,
                               _int],
             "nk_learned_finish": [_vp, _i64, _i64, _i64, _i64, _i64, _i64, _vp, _i64, _i64, _i64, _i64, _i64,
-                                  _i64, _i64, ctypes.c_float, ctypes.c_float, _int, _vp, _i64, _i64, _int],
+                                  _i64, _i64, ctypes.c_float, ctypes.c_float, _int, _vp, _i64, _i64, _i64,
+                                  _int],
             "nk_vst": [_vp, _int, _i64, ctypes.c_float, ctypes.c_float, _vp],
             "nk_learned_trunk": [_vp, _vp, _vp, _i64, _i64, _i64, _i64, ctypes.c_float, _int],
             "nk_cl_lpc": [_vp, _int, _i64, _i64, _u64, _i64, _i64, _vp, _vp, _i64, _vp, _int, _vp, _int, _int,
@@ -471,13 +472,13 @@ def cl_lpc(x: np.ndarray | None, shape2, lo: int, R: int, E: int, mu, Q, B, shif
 
 
 # ---------------------------------------------------------------------------------------------- learned
-#: output dtypes nk_learned_finish stores itself (wider integers: numpy path)
 def _learned_code(dtype) -> int:
     """Element code of the learned-mode kernels: :func:`code` for integers, itemsize | 32 for floats."""
     dt = np.dtype(dtype)
     return dt.itemsize | 32 if dt.kind == "f" else code(dt)
 
 
+#: output dtypes nk_learned_finish stores itself (wider integers: numpy path)
 LEARNED_FINISH_CODES = {np.dtype(t): _learned_code(t) for t in ("i1", "u1", "i2", "u2", "f4", "f8")}
 
 
@@ -491,6 +492,11 @@ def finish_layout_ok(out: np.ndarray) -> bool:
                 or (T > 1 and st < (H - 1) * sy + W * item))
 
 
+#: layouts of the learned decoder's float tensors the kernels read: 1 planar (NCHW), else ONNX Runtime's
+#: blocked NCHWc layout with that many channels per block (models/trunk.py)
+LEARNED_BLOCKS = (1, 4, 8, 16)
+
+
 def learned_finish(p: np.ndarray, origin, bq: np.ndarray, a: float, b: float, out: np.ndarray,
                    window=(0, 0, 0), threads: int = 1) -> None:
     """Finish one tile of the learned decoder's packed output ``p`` (t2, 32, h4, w4), whose first voxel is
@@ -499,10 +505,13 @@ def learned_finish(p: np.ndarray, origin, bq: np.ndarray, a: float, b: float, ou
     the box of the chunk starting at ``window`` (wt, wy, wx) with ``out``'s shape, into ``out``. ``out``
     may be a view into a larger array (any positive strides, rows contiguous): a reader can decode a box
     of a chunk straight into its own array. Padding beyond the box is dropped. ``threads`` > 1 splits the
-    frame pairs over that many threads (the same bytes: each thread writes its own frames)."""
-    if not isinstance(p, np.ndarray) or p.dtype != np.float32 or not p.flags.c_contiguous or p.ndim != 4 \
-            or p.shape[1] != 32:
-        raise TypeError("learned_finish: p must be a C-contiguous float32 (t2, 32, h4, w4) array")
+    frame pairs over that many threads (the same bytes: each thread writes its own frames). ``p`` may also
+    be in ONNX Runtime's blocked layout, (t2, 32 / B, h4, w4, B) for B in 4, 8, 16 (the same values)."""
+    ok = isinstance(p, np.ndarray) and p.dtype == np.float32 and p.flags.c_contiguous
+    blk = 1 if ok and p.ndim == 4 else (p.shape[-1] if ok and p.ndim == 5 else 0)
+    if blk not in LEARNED_BLOCKS or p.shape[1] * blk != 32:
+        raise TypeError("learned_finish: p must be a C-contiguous float32 (t2, 32, h4, w4) array, or "
+                        "(t2, 32/B, h4, w4, B) blocked")
     if not isinstance(out, np.ndarray) or out.ndim != 3 or not out.flags.writeable:
         raise TypeError("learned_finish: out must be a writeable 3-D (T, H, W) array")
     c = LEARNED_FINISH_CODES.get(out.dtype)
@@ -520,22 +529,30 @@ def learned_finish(p: np.ndarray, origin, bq: np.ndarray, a: float, b: float, ou
     t0, y0, x0 = (int(v) for v in origin)
     _call("nk_learned_finish", p.ctypes.data, p.shape[0], p.shape[2], p.shape[3], t0, y0, x0, bq.ctypes.data,
           bq.strides[0] // 4, wt, wy, wx, T, H, W, float(np.float32(a)), float(np.float32(b)), c, out.ctypes.data,
-          max(st // item, 0) if T > 1 else H * W, sy // item if H > 1 else W, max(1, int(threads)))
+          max(st // item, 0) if T > 1 else H * W, sy // item if H > 1 else W, blk, max(1, int(threads)))
 
 
 def learned_trunk(u: np.ndarray, ctx: np.ndarray, s: np.ndarray, alpha: float, threads: int = 1) -> np.ndarray:
     """The split decoder's elementwise trunk in one pass, in place: ``u`` (n, t2, C, h, w) becomes
     ``LeakyRelu(((u + ctx) + s0) + ctx * s1, alpha)`` with ``s`` (n, 1, 2C, h, w) = [s0, s1] along
-    channels, computed in float32 in that order (the same bits as the ONNX operators: models/trunk.py)."""
+    channels, computed in float32 in that order (the same bits as the ONNX operators: models/trunk.py).
+    All three may instead be in ONNX Runtime's blocked layout, the channel axis split into C / B blocks
+    and B moved last: u, ctx (n, t2, C / B, h, w, B), s (n, 1, 2C / B, h, w, B)."""
+    nd = u.ndim if isinstance(u, np.ndarray) else 0
     for name, a in (("u", u), ("ctx", ctx), ("s", s)):
-        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or not a.flags.c_contiguous or a.ndim != 5:
-            raise TypeError(f"learned_trunk: {name} must be a C-contiguous float32 5-D array")
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or not a.flags.c_contiguous or a.ndim != nd \
+                or nd not in (5, 6):
+            raise TypeError(f"learned_trunk: {name} must be a C-contiguous float32 array, all three 5-D "
+                            f"(planar) or all 6-D (blocked)")
     if not u.flags.writeable:
         raise TypeError("learned_trunk: u must be writeable")
-    n, t2, C, h, w = u.shape
-    if ctx.shape != u.shape or s.shape != (n, 1, 2 * C, h, w):
+    blk = u.shape[5] if nd == 6 else 1
+    n, t2, cb, h, w = u.shape[:5]
+    if blk not in LEARNED_BLOCKS or ctx.shape != u.shape or s.shape != (n, 1, 2 * cb, h, w) + u.shape[5:]:
         raise ValueError(f"learned_trunk: shapes u {u.shape}, ctx {ctx.shape}, s {s.shape} do not match")
-    _call("nk_learned_trunk", u.ctypes.data, ctx.ctypes.data, s.ctypes.data, n, t2, C, h * w,
+    # elementwise, and s indexed by channel and pixel only: a blocked layout is the planar pass over C / B
+    # channel blocks of h * w * B values each
+    _call("nk_learned_trunk", u.ctypes.data, ctx.ctypes.data, s.ctypes.data, n, t2, cb, h * w * blk,
           float(np.float32(alpha)), max(1, int(threads)))
     return u
 

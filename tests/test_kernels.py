@@ -574,6 +574,36 @@ def test_learned_finish_window_into_a_view(dtype, threads):
         K.learned_finish(tiles[0][1], (0, 0, 0), bq, a, b, np.zeros((2, 4, 8), dtype)[:, :, ::2])
 
 
+def _blocked(x, blk, axis=1):
+    """``x`` with channel axis ``axis`` split into blocks of ``blk`` moved last (ONNX Runtime's NCHWc)."""
+    s = x.shape
+    y = x.reshape(s[:axis] + (s[axis] // blk, blk) + s[axis + 1:])
+    return np.ascontiguousarray(np.moveaxis(y, axis + 1, -1))
+
+
+@pytest.mark.parametrize("blk", [4, 8, 16])
+@pytest.mark.parametrize("dtype", ["u2", "f4"])
+def test_learned_finish_reads_the_blocked_layout(dtype, blk):
+    """p in ONNX Runtime's blocked layout gives the bytes p in planar layout gives: whole tiles, cropped
+    tiles, windows into views, several threads."""
+    rng = np.random.default_rng(blk)
+    T, H, W = 13, 21, 30
+    bq = rng.normal(20, 8, (H, W)).astype(np.float32)
+    a, b = np.float32(25.0), np.float32(-375.0)
+    tiles = [((t, y, x), rng.normal(0, 6, (4, 32, 3, 4)).astype(np.float32))
+             for t in (0, 8) for y in (0, 12) for x in (0, 16)]
+    for start, shape in [((0, 0, 0), (T, H, W)), ((3, 5, 7), (9, 10, 20)), ((12, 20, 29), (1, 1, 1))]:
+        for threads in (1, 3):
+            want = np.zeros(shape, dtype)
+            got = np.full(shape, 7, dtype)
+            for origin, p in tiles:
+                K.learned_finish(p, origin, bq, a, b, want, window=start, threads=threads)
+                K.learned_finish(_blocked(p, blk), origin, bq, a, b, got, window=start, threads=threads)
+            assert np.array_equal(got, want)
+    with pytest.raises(TypeError, match="blocked"):  # blocks must tile the 32 channels
+        K.learned_finish(np.zeros((4, 3, 3, 4, 12), np.float32), (0, 0, 0), bq, a, b, np.zeros((8, 8, 8), dtype))
+
+
 def test_learned_finish_rejects_bad_arguments():
     p = np.zeros((2, 32, 2, 2), np.float32)
     bq = np.zeros((8, 8), np.float32)
@@ -601,6 +631,26 @@ def test_learned_trunk_matches_numpy(threads):
     got = K.learned_trunk(u.copy(), ctx, s, float(alpha), threads=threads)
     assert got.dtype == np.float32 and got.tobytes() == ref.tobytes()
     assert (ref < 0).any() and (ref > 0).any()
+
+
+@pytest.mark.parametrize("blk", [4, 8, 16])
+def test_learned_trunk_blocked_gives_the_planar_bits(blk):
+    """u, ctx and s in ONNX Runtime's blocked layout give the planar result's bits, in that layout."""
+    rng = np.random.default_rng(blk)
+    n, t2, C, h, w = 2, 5, 16, 9, 15
+    u = (rng.normal(0, 3, (n, t2, C, h, w)) * rng.choice([1e-3, 1, 1e4], (n, t2, C, h, w))).astype(np.float32)
+    ctx = rng.normal(0, 2, u.shape).astype(np.float32)
+    s = rng.normal(0, 2, (n, 1, 2 * C, h, w)).astype(np.float32)
+    want = K.learned_trunk(u.copy(), ctx, s, 0.1, threads=1)
+    cb, sb = _blocked(ctx, blk, axis=2), _blocked(s, blk, axis=2)
+    for threads in (1, 2, 4):
+        got = K.learned_trunk(_blocked(u, blk, axis=2), cb, sb, 0.1, threads=threads)
+        assert got.shape == (n, t2, C // blk, h, w, blk)
+        assert got.tobytes() == _blocked(want, blk, axis=2).tobytes()
+    with pytest.raises(TypeError, match="all three"):  # no mixing of layouts
+        K.learned_trunk(_blocked(u, blk, axis=2), ctx, sb, 0.1)
+    with pytest.raises(ValueError, match="shapes"):
+        K.learned_trunk(_blocked(u, blk, axis=2), cb, _blocked(s[:, :, :C], blk, axis=2), 0.1)
 
 
 def test_learned_trunk_refuses_mismatched_arrays():

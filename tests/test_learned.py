@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -459,29 +460,53 @@ def test_decoded_values_do_not_depend_on_the_thread_count(shape):
         assert np.array_equal(o, outs[0])
 
 
+def _mlas_blocks_by_8() -> bool:
+    """x86-64 Linux with AVX2 and without AVX-512F: ONNX Runtime's blocked layout has 8 channels a block."""
+    import platform
+
+    if platform.machine() != "x86_64" or not os.path.exists("/proc/cpuinfo"):
+        return False
+    flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
+    return "avx2" in flags and "avx512f" not in flags
+
+
 def test_default_decoder_is_cut_around_its_trunk():
     """The built-in model's main graph has the elementwise trunk the fused C pass replaces (if a new model
-    loses the pattern, reads silently get slower: this says so)."""
+    loses the pattern, reads silently get slower: this says so); on a CPU whose blocked layout has 8
+    channels a block, the shipped blocked variant is the one used."""
     from necoda_filter.models import trunk
 
     cut = trunk.get(registry.default())
     assert cut is not None and cut.channels == 24 and cut.alpha == pytest.approx(0.1)
+    if _mlas_blocks_by_8():
+        assert cut.block == 8 and cut.preoptimized
 
 
 def test_shipped_cut_is_the_cut_of_the_shipped_decoder():
     """The built-in package ships its cut (no onnx import at run time); it must be exactly what cutting
-    its decoder.onnx gives now (regenerate with `python -m necoda_filter.models.trunk PACKAGE_DIR`)."""
+    its decoder.onnx gives now (regenerate with `python -m necoda_filter.models.trunk PACKAGE_DIR`), and
+    so must the blocked variant shipped for this CPU's block size (ONNX Runtime's optimised graphs, pinned
+    onnxruntime version)."""
     pytest.importorskip("onnx")
     from necoda_filter.models import trunk
 
     pkg = registry.default()
+    ctx = pkg.tables["decoder_split"]["input"]
     shipped = trunk.load(pkg.path, pkg.decoder)
-    assert shipped is not None and shipped == trunk.cut(pkg.decoder, pkg.tables["decoder_split"]["input"])
+    assert shipped is not None and shipped == trunk.cut(pkg.decoder, ctx)
+    made = trunk.blocked(shipped, pkg.decoder, ctx, pkg.id)
+    variants = {v.block: v for v in trunk.load_blocked(pkg.path, pkg.decoder, shipped)}
+    assert set(variants) == {8}
+    if _mlas_blocks_by_8():
+        assert made == variants[8]
+    elif made is not None:
+        assert made.block not in variants or made == variants[made.block]
 
 
 def test_trunk_tool_rewrites_the_shipped_cut(tmp_path, capsys):
-    """`python -m necoda_filter.models.trunk PACKAGE_DIR` writes the three cut files byte for byte as
-    shipped, and says so for a package whose decoder has no trunk to cut (imaging-v2: not split)."""
+    """`python -m necoda_filter.models.trunk PACKAGE_DIR` writes the cut files byte for byte as shipped
+    (the blocked variant too, on a CPU with its block size), and says so for a package whose decoder has
+    no trunk to cut (imaging-v2: not split)."""
     pytest.importorskip("onnx")
     import shutil
 
@@ -489,9 +514,12 @@ def test_trunk_tool_rewrites_the_shipped_cut(tmp_path, capsys):
 
     src = registry.BUILTIN_DIR / registry.DEFAULT_NAME
     d = tmp_path / "pkg"
-    shutil.copytree(src, d, ignore=shutil.ignore_patterns(trunk.CUT_FILE, trunk.HEAD_FILE, trunk.TAIL_FILE))
+    shutil.copytree(src, d, ignore=shutil.ignore_patterns("decoder_cut.json", "decoder_head*", "decoder_tail*"))
     assert trunk.main([str(d), str(registry.BUILTIN_DIR / "imaging-v2")]) == 0
-    for f in (trunk.CUT_FILE, trunk.HEAD_FILE, trunk.TAIL_FILE):
+    files = [trunk.CUT_FILE, trunk.HEAD_FILE, trunk.TAIL_FILE]
+    if _mlas_blocks_by_8():
+        files += ["decoder_head_b8.onnx", "decoder_tail_b8.onnx"]
+    for f in files:
         assert (d / f).read_bytes() == (src / f).read_bytes(), f
     out = capsys.readouterr().out
     assert "wrote decoder_cut.json" in out and "imaging-v2: no elementwise trunk" in out
@@ -500,7 +528,8 @@ def test_trunk_tool_rewrites_the_shipped_cut(tmp_path, capsys):
 
 def test_a_stale_or_wrong_cut_is_not_used(tmp_path, monkeypatch):
     """A cut made from another decoder is ignored, and a cut whose graphs do not give the whole graph's
-    bits fails the check and is never used: the whole graph runs, and decoding gives the same values."""
+    bits fails the check and is never used: the whole graph runs, and decoding gives the same values.
+    A blocked variant that fails the check (wrong block size, wrong graphs) leaves the planar cut."""
     import dataclasses
     import shutil
 
@@ -513,15 +542,24 @@ def test_a_stale_or_wrong_cut_is_not_used(tmp_path, monkeypatch):
     (d / trunk.CUT_FILE).write_text(json.dumps(dict(meta, decoder_sha256="0" * 64)))
     assert trunk.load(d, pkg.decoder) is None
     good = trunk.load(pkg.path, pkg.decoder)
+    assert trunk.load_blocked(d, pkg.decoder, good) == []
     wrong = dataclasses.replace(good, alpha=0.2)
     assert trunk._self_check(pkg.decoder, "ctx", good, pkg.id)
     assert not trunk._self_check(pkg.decoder, "ctx", wrong, pkg.id)
     assert not trunk._self_check(pkg.decoder, "ctx", dataclasses.replace(good, head=good.tail), pkg.id)
     assert not trunk._self_check(pkg.decoder, "ctx", dataclasses.replace(good, channels=12), pkg.id)
+    (b8,) = trunk.load_blocked(pkg.path, pkg.decoder, good)
+    for bad in (dataclasses.replace(b8, block=4), dataclasses.replace(b8, block=1),
+                dataclasses.replace(b8, tail=good.tail), dataclasses.replace(b8, alpha=0.2)):
+        assert not trunk._self_check(pkg.decoder, "ctx", bad, pkg.id)
     wrong = dataclasses.replace(good, tail=good.tail + b"\0")  # other bytes, other sessions
     x, _ = _movie(32, 64, 64, seed=9)
     buf = chunk.encode(x, mode="learned")
     ref = chunk.decode(buf)
+    monkeypatch.setattr(trunk, "load_blocked", lambda path, decoder, planar: [dataclasses.replace(b8, block=4)])
+    monkeypatch.setattr(trunk, "_cache", {})
+    assert trunk.get(pkg) == good  # the blocked variant failed its check: the planar cut runs
+    monkeypatch.setattr(trunk, "load_blocked", lambda path, decoder, planar: [])
     monkeypatch.setattr(trunk, "load", lambda path, decoder: wrong)
     monkeypatch.setattr(trunk, "_cache", {})
     if importlib.util.find_spec("onnx"):
@@ -538,7 +576,7 @@ def test_cut_decoder_gives_the_whole_graphs_bits(shape, monkeypatch):
     """Head graph + fused C trunk + tail graph decode to the same bits as the whole main graph, float32
     included, at 1-3 threads, for whole chunks and cropped boxes, with the cached context of an all-zero
     temporal latent and with a context that varies everywhere (what a model with a live temporal
-    pathway feeds it)."""
+    pathway feeds it): the blocked variant (where this CPU has it), the planar cut, the whole graph."""
     from necoda_filter.models import runtime, trunk
     from necoda_filter.modes import learned
 
@@ -547,9 +585,10 @@ def test_cut_decoder_gives_the_whole_graphs_bits(shape, monkeypatch):
     monkeypatch.setattr(trunk, "run", lambda *a, **k: calls.append(1) or real(*a, **k))
     real_context = learned._context
 
-    def varied(pkg, zs, zt, zt_is_zero, threads):
+    def varied(pkg, zs, zt, zt_is_zero, threads, cut=None):
         c = real_context(pkg, zs, zt, zt_is_zero, threads)
-        return c + np.random.default_rng(c.size).normal(0, 1, c.shape).astype(np.float32)
+        c = c + np.random.default_rng(c.size).normal(0, 1, c.shape).astype(np.float32)
+        return trunk.to_layout(cut, c) if cut else c
 
     x, _ = _movie(*shape, seed=8)
     for q, ctx in ((3, None), (9, varied)):
@@ -559,8 +598,14 @@ def test_cut_decoder_gives_the_whole_graphs_bits(shape, monkeypatch):
         T, H, W = shape
         box = (T // 2, H // 3, W // 4), (max(1, T // 4), max(1, H // 5), 7)
         outs = []
-        for cut in ("1", "0"):
+        for cut in ("1", "planar", "0"):
             monkeypatch.setenv("NECODA_DECODER_CUT", cut)
+            used = trunk.get(registry.default())
+            assert (used is None) == (cut == "0")
+            if cut == "planar":
+                assert used.block == 1
+            elif cut == "1" and _mlas_blocks_by_8():
+                assert used.block == 8
             for t in (1, 2, 3):
                 with runtime.worker_threads(t):
                     learned._context_cache.clear()
@@ -568,7 +613,7 @@ def test_cut_decoder_gives_the_whole_graphs_bits(shape, monkeypatch):
                     full = chunk.decode(buf)
                     part = np.zeros(box[1], np.float32)
                     chunk.decode_box(buf, part, box[0])
-                    assert bool(calls) == (cut == "1")
+                    assert bool(calls) == (cut != "0")
                     outs.append((full, part))
         for full, part in outs[1:]:
             assert full.tobytes() == outs[0][0].tobytes()

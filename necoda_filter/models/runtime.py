@@ -122,21 +122,25 @@ def provider_config(names) -> list:
     return [(n, dict(CUDA_OPTIONS)) if n == "CUDAExecutionProvider" else n for n in names]
 
 
-def session(model_id: str, graph: str, blob: bytes, threads: int | None = None):
+def session(model_id: str, graph: str, blob: bytes, threads: int | None = None, preoptimized: bool = False):
+    """The cached ONNX Runtime session of graph ``graph`` of model ``model_id`` (``blob``: its bytes) with
+    ``threads`` intra-op threads. ``preoptimized``: the graph is ONNX Runtime's own optimised form (the
+    decoder cut's blocked variant, models/trunk.py) and runs as it is, without optimising it again."""
     import onnxruntime as ort
 
     if threads is None or int(threads) <= 0:
         threads = _default_threads()
     prov = tuple(providers())
     spin = os.environ.get("NECODA_ORT_SPIN", "0") == "1"
-    key = (model_id, graph, threads, prov, spin)
+    key = (model_id, graph, threads, prov, spin, bool(preoptimized))
     with _lock:
         s = _sessions.get(key)
         if s is None:
             so = ort.SessionOptions()
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if preoptimized
+                                           else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
             # no memory patterns: after a session's first run ORT plans one block for all its activations and
             # allocates it from the arena next to what the first run left there. One process decoding
             # 64x512x512 chunks on 1- and 2-thread sessions peaked at 1406 MB with patterns, 879 MB without;
@@ -213,10 +217,10 @@ def scratch(shape, slot: str = "out") -> np.ndarray:
 
 
 def run_into(model_id: str, graph: str, blob: bytes, feeds: dict, outs: list[np.ndarray],
-             threads: int | None = None) -> list[np.ndarray]:
+             threads: int | None = None, preoptimized: bool = False) -> list[np.ndarray]:
     """Like :func:`run`, but ONNX Runtime writes the outputs straight into ``outs`` (C-contiguous float32
     arrays of the output shapes, in the graph's output order) through an I/O binding."""
-    s = session(model_id, graph, blob, threads)
+    s = session(model_id, graph, blob, threads, preoptimized)
     io = s.io_binding()
     keep = []
     for k, v in feeds.items():

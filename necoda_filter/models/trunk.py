@@ -21,6 +21,17 @@ their cut (``decoder_cut.json``, ``decoder_head.onnx``, ``decoder_tail.onnx``, w
 identity: they name the sha256 of the ``decoder.onnx`` they were cut from and are ignored when it
 differs, and every cut, shipped or made, must pass the bit-for-bit check against the whole graph before
 it is used in a process. Without a cut the whole graph runs, with the same output.
+
+**Blocked variant.** ONNX Runtime runs these convolutions in its blocked NCHWc layout (8 channels per block
+on AVX2 CPUs) and reorders to and from planar NCHW at every graph boundary: 45 of ~165 ms per 64x512x512
+chunk on one thread went to the reorders after the head, before and after the tail. The blocked variant
+is the head and tail as ONNX Runtime optimises them (its ``optimized_model_filepath``), with those
+reorders removed: the head ends in, and the tail starts and ends in, the blocked layout, which the C
+trunk and finishing kernels read and write directly. The convolutions are the same kernels on the same
+values, so the bits are the same (the same bit-for-bit check decides). The layout depends on the CPU
+(MLAS's block size), so the graphs are shipped per block size (``decoder_{head,tail}_b8.onnx``, listed in
+``decoder_cut.json``) and a process uses one only after it passed the check on that CPU (elsewhere, e.g.
+AVX-512's 16-channel blocks or ARM, the planar cut runs). ``NECODA_DECODER_CUT=planar`` skips it.
 """
 from __future__ import annotations
 
@@ -46,6 +57,13 @@ class Trunk:
     tail_input: str
     channels: int
     alpha: float
+    #: 1: planar graphs. B > 1: ONNX Runtime-optimised graphs whose u (head output), tail input and tail
+    #: output are in its blocked layout with B channels per block (run without further optimisation)
+    block: int = 1
+
+    @property
+    def preoptimized(self) -> bool:
+        return self.block > 1
 
     # session cache names: runtime keys sessions by (model, graph name), so a name that depends on the graph
     # bytes keeps a cut that failed its check from lending its sessions to the one that replaces it
@@ -59,17 +77,20 @@ class Trunk:
 
 
 _lock = threading.Lock()
-_cache: dict[str, Trunk | None] = {}
+_cache: dict[tuple, Trunk | None] = {}
 
 
 def get(pkg) -> Trunk | None:
-    """The cut of ``pkg``'s main decoder graph, or None when it has no such trunk, ``onnx`` is missing or
-    ``NECODA_DECODER_CUT=0`` (the whole graph then runs, with the same output)."""
-    if os.environ.get("NECODA_DECODER_CUT", "1") == "0":
+    """The cut of ``pkg``'s main decoder graph (its blocked variant when one shipped for this CPU passes
+    the check), or None when it has no such trunk, ``onnx`` is missing or ``NECODA_DECODER_CUT=0`` (the
+    whole graph then runs, with the same output)."""
+    env = os.environ.get("NECODA_DECODER_CUT", "1")
+    if env == "0":
         return None
+    key = (pkg.id, env)
     with _lock:
-        if pkg.id in _cache:
-            return _cache[pkg.id]
+        if key in _cache:
+            return _cache[key]
     split = pkg.tables.get("decoder_split") or {}
     got = None
     if split.get("input"):
@@ -81,8 +102,13 @@ def get(pkg) -> Trunk | None:
                 got = None
             if got is not None and not _self_check(pkg.decoder, split["input"], got, pkg.id):
                 got = None
+        if got is not None and env != "planar":
+            for variant in load_blocked(pkg.path, pkg.decoder, got):
+                if _self_check(pkg.decoder, split["input"], variant, pkg.id):
+                    got = variant
+                    break
     with _lock:
-        _cache[pkg.id] = got
+        _cache[key] = got
     return got
 
 
@@ -175,6 +201,119 @@ def cut(main: bytes, ctx: str) -> Trunk | None:
     return Trunk(head.SerializeToString(), tail.SerializeToString(), leaky.output[0], C, alpha)
 
 
+NCHWC = "com.microsoft.nchwc"  # ONNX Runtime's domain of its blocked-layout operators
+
+
+def _attr(node, name, default=None):
+    return next((a.i for a in node.attribute if a.name == name), default)
+
+
+def _prune(graph) -> None:
+    """Drop the nodes and initializers the graph's outputs do not need; name the nodes by position."""
+    need = {o.name for o in graph.output}
+    keep = []
+    for n in reversed(list(graph.node)):
+        if any(o in need for o in n.output):
+            keep.append(n)
+            need.update(i for i in n.input if i)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    inits = [t for t in graph.initializer if t.name in need]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    del graph.value_info[:]  # shapes of renamed or removed tensors: ONNX Runtime infers its own
+    for k, n in enumerate(graph.node):  # ORT names some nodes differently from run to run: same bytes
+        n.name = f"{n.op_type}_{k}"
+
+
+def _rename(graph, old: str, new: str) -> None:
+    for n in graph.node:
+        for k, x in enumerate(n.input):
+            if x == old:
+                n.input[k] = new
+        for k, x in enumerate(n.output):
+            if x == old:
+                n.output[k] = new
+
+
+def _is_reorder(node, op) -> bool:
+    return node is not None and node.op_type == op and node.domain == NCHWC and _attr(node, "channels_last", 0) == 0
+
+
+def _head_blocked(model) -> bool:
+    """Make each output of the optimised head the blocked tensor that its reorder to planar read (dropping
+    the reorder and the reshapes after it). False when an output does not end that way."""
+    import onnx
+
+    g = model.graph
+    for k, out in enumerate(list(g.output)):
+        prod = {o: n for n in g.node for o in n.output}
+        t, chain = out.name, []
+        while prod.get(t) is not None and prod[t].op_type == "Reshape":
+            chain.append(prod[t])
+            t = prod[t].input[0]
+        ro = prod.get(t)
+        if not _is_reorder(ro, "ReorderOutput"):
+            return False
+        src = ro.input[0]
+        for n in chain + [ro]:
+            g.node.remove(n)
+        _rename(g, src, out.name)
+        g.output[k].CopyFrom(onnx.helper.make_tensor_value_info(out.name, onnx.TensorProto.FLOAT, [None] * 4))
+    _prune(g)
+    return True
+
+
+def _tail_blocked(model) -> bool:
+    """Make the optimised tail take its input and give its output in the blocked layout (dropping the
+    reorders at both ends). False when the graph does not start and end that way."""
+    g = model.graph
+    if len(g.input) != 1 or len(g.output) != 1:
+        return False
+    x, p = g.input[0].name, g.output[0].name
+    users = [n for n in g.node if x in n.input]
+    prod = {o: n for n in g.node for o in n.output}
+    ro = prod.get(p)
+    if len(users) != 1 or not _is_reorder(users[0], "ReorderInput") or not _is_reorder(ro, "ReorderOutput"):
+        return False
+    ri = users[0]
+    g.node.remove(ri)
+    _rename(g, ri.output[0], x)
+    g.node.remove(ro)
+    _rename(g, ro.input[0], p)
+    _prune(g)
+    return True
+
+
+def blocked(trunk: Trunk, main: bytes, ctx: str, model_id: str = "check") -> Trunk | None:
+    """The blocked variant of planar cut ``trunk`` for this CPU (needs ``onnx``), or None when ONNX Runtime
+    does not run these graphs in a blocked layout here. Its block size is the one whose variant passes
+    the bit-for-bit check against the whole graph."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    graphs = {}
+    with tempfile.TemporaryDirectory() as d:
+        for name, blob in (("head", trunk.head), ("tail", trunk.tail)):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = 1
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.optimized_model_filepath = os.path.join(d, name + ".onnx")
+            so.log_severity_level = 3  # ORT warns that the result is CPU-specific: that is why it is checked
+            ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
+            graphs[name] = onnx.load(so.optimized_model_filepath)
+    if not (_head_blocked(graphs["head"]) and _tail_blocked(graphs["tail"])):
+        return None
+    head, tail = graphs["head"].SerializeToString(), graphs["tail"].SerializeToString()
+    for b in (8, 16, 4):
+        got = Trunk(head, tail, trunk.tail_input, trunk.channels, trunk.alpha, b)
+        if trunk.channels % b == 0 and _self_check(main, ctx, got, model_id):
+            return got
+    return None
+
+
 CUT_FILE, HEAD_FILE, TAIL_FILE = "decoder_cut.json", "decoder_head.onnx", "decoder_tail.onnx"
 
 
@@ -196,25 +335,87 @@ def load(path, decoder: bytes) -> Trunk | None:
         return None
 
 
-def save(path, decoder: bytes, trunk: Trunk) -> None:
-    """Write ``trunk`` (cut from ``decoder``) into package folder ``path``."""
+def _blocked_files(block: int) -> tuple[str, str]:
+    return f"decoder_head_b{block}.onnx", f"decoder_tail_b{block}.onnx"
+
+
+def load_blocked(path, decoder: bytes, planar: Trunk) -> list[Trunk]:
+    """The blocked variants shipped in package folder ``path`` for this ``decoder`` graph (unchecked)."""
+    if path is None:
+        return []
+    got = []
+    try:
+        meta = json.loads((Path(path) / CUT_FILE).read_text())
+        if meta.get("decoder_sha256") != _sha(decoder):
+            return []
+        for b in meta.get("blocked", []):
+            b = int(b)
+            hf, tf = _blocked_files(b)
+            got.append(Trunk((Path(path) / hf).read_bytes(), (Path(path) / tf).read_bytes(), planar.tail_input,
+                             planar.channels, planar.alpha, b))
+    except (OSError, ValueError, KeyError, TypeError):
+        return got
+    return got
+
+
+def save(path, decoder: bytes, trunk: Trunk, variants=()) -> None:
+    """Write planar cut ``trunk`` (cut from ``decoder``) and its blocked ``variants`` into package folder
+    ``path``. Blocked variants already there for other block sizes (written on other CPUs) are kept while
+    they belong to the same decoder."""
     p = Path(path)
+    try:
+        old = json.loads((p / CUT_FILE).read_text())
+        keep = [int(b) for b in old.get("blocked", [])] if old.get("decoder_sha256") == _sha(decoder) else []
+    except (OSError, ValueError, TypeError):
+        keep = []
+    blocks = sorted(set(b for b in keep if all((p / f).is_file() for f in _blocked_files(b)))
+                    | {v.block for v in variants})
     (p / HEAD_FILE).write_bytes(trunk.head)
     (p / TAIL_FILE).write_bytes(trunk.tail)
+    for v in variants:
+        hf, tf = _blocked_files(v.block)
+        (p / hf).write_bytes(v.head)
+        (p / tf).write_bytes(v.tail)
     meta = {"decoder_sha256": _sha(decoder), "tail_input": trunk.tail_input, "channels": trunk.channels,
-            "alpha": trunk.alpha, "written_by": "python -m necoda_filter.models.trunk"}
+            "alpha": trunk.alpha, "blocked": blocks, "written_by": "python -m necoda_filter.models.trunk"}
     (p / CUT_FILE).write_text(json.dumps(meta, indent=1) + "\n")
 
 
-def run(trunk: Trunk, run_head, run_tail, feeds: dict, ctx: np.ndarray, threads: int = 1) -> np.ndarray:
-    """The main graph's output through the cut: ``run_head(feeds) -> (u, s)``, the fused trunk on ``u`` in
-    place (``threads`` C threads), then ``run_tail({tail_input: ...})``."""
+def to_layout(trunk: Trunk, x: np.ndarray) -> np.ndarray:
+    """Planar (n, t2, C, h, w) ``x`` in the trunk's layout: itself, or blocked (n, t2, C / B, h, w, B)."""
+    B = trunk.block
+    if B == 1:
+        return x
+    n, t2, C, h, w = x.shape
+    return np.ascontiguousarray(x.reshape(n, t2, C // B, B, h, w).transpose(0, 1, 2, 4, 5, 3), dtype=np.float32)
+
+
+def run(trunk: Trunk, call, feeds: dict, ctx: np.ndarray, threads: int = 1, scratch=None) -> np.ndarray:
+    """The main graph's packed output through the cut: the head, the fused trunk in place (``threads`` C
+    threads), the tail. ``ctx``: the context, in the trunk's layout (:func:`to_layout`).
+    ``call(graph_name, blob, feeds, outs)`` runs a graph and returns its outputs (written into ``outs`` when
+    not None); ``scratch(shape, slot)`` (runtime.scratch), when given, supplies those outputs. Returns
+    (N, 32, h, w) planar, or (N, 32 / B, h, w, B) for a blocked variant."""
     from .. import _kernels
 
-    u, s = run_head({"zs": feeds["zs"], "base": feeds["base"]})
-    _kernels.learned_trunk(u, np.ascontiguousarray(ctx, dtype=np.float32), s, trunk.alpha, threads)
-    n, t2, c, h, w = u.shape
-    return run_tail({trunk.tail_input: u.reshape(n * t2, c, h, w)})
+    zs = feeds["zs"]
+    n, t8, lat = zs.shape[0], zs.shape[2], tuple(zs.shape[3:])
+    t2, C, B = ctx.shape[1], trunk.channels, trunk.block
+    # ONNX Runtime's shapes of the head's outputs: planar u (n, t2, C, h, w) and s (n, 1, 2C, h, w); blocked,
+    # the convolutions' outputs before the reshapes the variant dropped: (n * t8, t2 / t8 * C, h, w) and
+    # (n, 2C, h, w), in blocks of B channels
+    shapes = ([(n, t2, C) + lat, (n, 1, 2 * C) + lat] if B == 1 else
+              [(n * t8, t2 // t8 * C) + lat, (n, 2 * C) + lat])
+    outs = None if scratch is None else [scratch(shapes[0], "trunk"), scratch(shapes[1], "trunk_base")]
+    u, s = call(trunk.head_graph, trunk.head, {"zs": zs, "base": feeds["base"]}, outs)
+    if B == 1:
+        uk, sk = u.reshape(shapes[0]), s.reshape(shapes[1])
+    else:
+        uk, sk = u.reshape((n, t2, C // B) + lat + (B,)), s.reshape((n, 1, 2 * C // B) + lat + (B,))
+    _kernels.learned_trunk(uk, np.ascontiguousarray(ctx, dtype=np.float32), sk, trunk.alpha, threads)
+    outs = None if scratch is None else [scratch((n * t2, 32) + lat)]
+    p = call(trunk.tail_graph, trunk.tail, {trunk.tail_input: u.reshape((n * t2, C) + lat)}, outs)[0]
+    return p if B == 1 else p.reshape((p.shape[0], p.shape[1] // B) + p.shape[2:] + (B,))
 
 
 def _self_check(main: bytes, ctx: str, trunk: Trunk, model_id: str = "check") -> bool:
@@ -231,26 +432,34 @@ def _self_check(main: bytes, ctx: str, trunk: Trunk, model_id: str = "check") ->
 def _compare(main, ctx, trunk, model_id, runtime) -> bool:
     if runtime.providers() != ["CPUExecutionProvider"]:
         return False  # the cut is a CPU path (GPU providers run the whole graph)
-    whole, head, tail = (runtime.session(model_id, g, b, 1) for g, b in
-                         (("decoder", main), (trunk.head_graph, trunk.head), (trunk.tail_graph, trunk.tail)))
+    whole = runtime.session(model_id, "decoder", main, 1)
+    parts = {g: runtime.session(model_id, g, b, 1, preoptimized=trunk.preoptimized)
+             for g, b in ((trunk.head_graph, trunk.head), (trunk.tail_graph, trunk.tail))}
     rng = np.random.default_rng(0)
     zs_meta = whole.get_inputs()[[i.name for i in whole.get_inputs()].index("zs")]
     cz = int(zs_meta.shape[1])
     n, t8, h4, w4 = 2, 2, 6, 5
     zs = (rng.normal(0, 2, (n, cz, t8, h4, w4)) * (rng.random((n, cz, t8, h4, w4)) < 0.5)).astype(np.float32)
     base = rng.normal(0, 3, (n, 1, 1, 4 * h4, 4 * w4)).astype(np.float32)
-    u0, s0 = head.run(None, {"zs": zs, "base": base})
-    C = trunk.channels  # decodes allocate the head's outputs from it: it must be the graph's
-    if u0.shape[0] != n or u0.shape[2:] != (C, h4, w4) or s0.shape != (n, 1, 2 * C, h4, w4):
+    u0, s0 = parts[trunk.head_graph].run(None, {"zs": zs, "base": base})
+    C, B = trunk.channels, trunk.block  # decodes allocate the head's outputs from them: they must be the graph's
+    if C % B or u0.size % (n * C * h4 * w4) or s0.size != n * 2 * C * h4 * w4:
         return False
-    c = rng.normal(0, 1, u0.shape).astype(np.float32)
+    t2 = u0.size // (n * C * h4 * w4)
+    if (u0.shape, s0.shape) != (((n, t2, C, h4, w4), (n, 1, 2 * C, h4, w4)) if B == 1 else
+                                ((n * t8, t2 // t8 * C, h4, w4), (n, 2 * C, h4, w4))):
+        return False
+    c = rng.normal(0, 1, (n, t2, C, h4, w4)).astype(np.float32)
     ref = whole.run(None, {"zs": zs, ctx: c, "base": base})[0]
-    got = run(trunk, lambda f: head.run(None, f), lambda f: tail.run(None, f)[0], {"zs": zs, "base": base}, c)
+    got = run(trunk, lambda g, b, f, outs: parts[g].run(None, f), {"zs": zs, "base": base}, to_layout(trunk, c))
+    if B > 1:  # back to planar to compare
+        got = np.moveaxis(got, -1, 2).reshape(got.shape[0], -1, *got.shape[2:4])
     return got.shape == ref.shape and got.tobytes() == ref.tobytes()
 
 
 def main(argv=None) -> int:
-    """``python -m necoda_filter.models.trunk PACKAGE_DIR...``: write each package's cut (needs onnx)."""
+    """``python -m necoda_filter.models.trunk PACKAGE_DIR...``: write each package's cut, and its blocked
+    variant for this CPU's block size when ONNX Runtime has one (needs onnx)."""
     from .registry import model_id_of_dir, _load
 
     args = sys.argv[1:] if argv is None else argv
@@ -264,8 +473,10 @@ def main(argv=None) -> int:
         if got is None or not _self_check(pkg.decoder, split["input"], got, pkg.id):
             print(f"{d}: no elementwise trunk to cut (the whole graph runs)")
             continue
-        save(d, pkg.decoder, got)
-        print(f"{d}: wrote {CUT_FILE}, {HEAD_FILE}, {TAIL_FILE} ({pkg.id}, {got.channels} channels)")
+        variant = blocked(got, pkg.decoder, split["input"], pkg.id)
+        save(d, pkg.decoder, got, [variant] if variant else [])
+        extra = f" and the {variant.block}-channel blocked variant" if variant else " (no blocked variant on this CPU)"
+        print(f"{d}: wrote {CUT_FILE}, {HEAD_FILE}, {TAIL_FILE}{extra} ({pkg.id}, {got.channels} channels)")
     return 0
 
 

@@ -253,17 +253,20 @@ _context_lock = threading.Lock()
 _context_cache: OrderedDict = OrderedDict()
 
 
-def _context(pkg, zs, zt, zt_is_zero: bool, threads):
+def _context(pkg, zs, zt, zt_is_zero: bool, threads, cut=None):
     """The split decoder's context input for a batch of tiles. It is a function of ``zt`` and of the
     batch geometry only (``zs`` is read for its shape: checked when the package was split), so when the
-    batch's ``zt`` is all zero it is computed once per geometry and reused (read-only)."""
-    from ..models import runtime
+    batch's ``zt`` is all zero it is computed once per geometry and reused (read-only). With ``cut``
+    (models/trunk.py), in that cut's layout (a blocked variant's: cached as such, reordered once)."""
+    from ..models import runtime, trunk
 
     split = pkg.tables["decoder_split"]
     threads = _call_threads(threads, zt.shape[0], int(np.prod(zt.shape[2:])))  # its 3-D convs run at zt's size
+    block = cut.block if cut else 1
     if not (zt_is_zero and split.get("zs_shape_only")):
-        return runtime.run(pkg.id, "context", pkg.context, {"zs": zs, "zt": zt}, threads)[0]
-    key = (pkg.id, zs.shape, zt.shape)
+        got = runtime.run(pkg.id, "context", pkg.context, {"zs": zs, "zt": zt}, threads)[0]
+        return trunk.to_layout(cut, got) if block > 1 else got
+    key = (pkg.id, zs.shape, zt.shape, block)
     with _context_lock:
         got = _context_cache.get(key)
         if got is not None:
@@ -271,6 +274,8 @@ def _context(pkg, zs, zt, zt_is_zero: bool, threads):
             return got
     got = runtime.run(pkg.id, "context", pkg.context, {"zs": np.zeros(zs.shape, np.float32),
                                                        "zt": np.zeros(zt.shape, np.float32)}, threads)[0]
+    if block > 1:
+        got = trunk.to_layout(cut, got)
     got.setflags(write=False)
     if got.nbytes <= CONTEXT_CACHE_BYTES:
         with _context_lock:
@@ -458,8 +463,11 @@ class LearnedMode:
                       for r, d in ((ly, down[1]), (lx, down[2])))
             feeds = {"zs": zs[lo:hi, :, t, y, x], "base": base_feed[np.arange(lo, hi) % (gh * gw)][..., py, px]}
             zs_pos = int(np.prod(feeds["zs"].shape[2:]))
+            # the cut (models/trunk.py) of a split, packed decoder on the CPU; its context comes in its layout
+            cut = split and packed and runtime.providers() == ["CPUExecutionProvider"] and trunk.get(pkg)
             if split:
-                ctx = _context(pkg, zs[lo:hi], zt[lo:hi], not qt[lo:hi].any(), threads)
+                ctx = _context(pkg, zs[lo:hi], zt[lo:hi], not qt[lo:hi].any(), threads, cut)
+                # frames, rows, columns: axes 1, 3, 4 in the planar and the blocked layout alike
                 feeds[split["input"]] = ctx[:, slice(None) if lt is None else slice(pairs * lt[0], pairs * lt[1]),
                                             :, y, x]
                 run_threads = _call_threads(threads, hi - lo, zs_pos)
@@ -468,18 +476,15 @@ class LearnedMode:
                 run_threads = _call_threads(threads, hi - lo, min(zs_pos, int(np.prod(zt.shape[2:]))))
             if packed:  # consumed before the next call: decode into this thread's reusable buffer
                 nt = tt // 2 if lt is None else pairs * (lt[1] - lt[0])
-                pp = runtime.scratch(((hi - lo) * nt, 32) + feeds["zs"].shape[3:])
-                cut = split and runtime.providers() == ["CPUExecutionProvider"] and trunk.get(pkg)
+                lat = feeds["zs"].shape[3:]
                 if cut:  # the elementwise trunk as one C pass between the two halves of the graph: same bits
-                    lat = feeds["zs"].shape[3:]
-                    u = runtime.scratch((hi - lo, nt, cut.channels) + lat, "trunk")
-                    s = runtime.scratch((hi - lo, 1, 2 * cut.channels) + lat, "trunk_base")
                     kthreads = min(runtime.threads_for(run_threads),
-                                   max(1, u.size // FINISH_VOXELS_PER_THREAD))
-                    return trunk.run(
-                        cut, lambda f: runtime.run_into(pkg.id, cut.head_graph, cut.head, f, [u, s], run_threads),
-                        lambda f: runtime.run_into(pkg.id, cut.tail_graph, cut.tail, f, [pp], run_threads)[0],
-                        feeds, feeds[split["input"]], kthreads)
+                                   max(1, (hi - lo) * nt * cut.channels * int(np.prod(lat))
+                                       // FINISH_VOXELS_PER_THREAD))
+                    return trunk.run(cut, lambda g, b, f, outs: runtime.run_into(pkg.id, g, b, f, outs, run_threads,
+                                                                                 cut.preoptimized),
+                                     feeds, feeds[split["input"]], kthreads, runtime.scratch)
+                pp = runtime.scratch(((hi - lo) * nt, 32) + lat)
                 return runtime.run_into(pkg.id, "decoder", pkg.decoder, feeds, [pp], run_threads)[0]
             return runtime.run(pkg.id, "decoder", pkg.decoder, feeds, run_threads)[0]
 
@@ -514,8 +519,8 @@ class LearnedMode:
             # cores ONNX Runtime had (h5py's filter path; read()'s decoders run one thread each)
             fthreads = min(runtime.threads_for(threads), max(1, (tt // 2) * 32 * (th // 4) * (tw // 4)
                                                              // FINISH_VOXELS_PER_THREAD))
-            for lo, hi, pp in decoded():
-                pp = pp.reshape(hi - lo, tt // 2, 32, th // 4, tw // 4)
+            for lo, hi, pp in decoded():  # planar (.., 32, h4, w4) or blocked (.., 32 / B, h4, w4, B)
+                pp = pp.reshape((hi - lo, tt // 2) + pp.shape[1:])
                 for k in range(lo, hi):
                     _kernels.learned_finish(pp[k - lo], _tile_origin(k, tile, (gh, gw)), bqc, a, b, res, window,
                                             threads=fthreads)
