@@ -263,19 +263,26 @@ def _context(pkg, zs, zt, zt_is_zero: bool, threads, cut=None):
     split = pkg.tables["decoder_split"]
     threads = _call_threads(threads, zt.shape[0], int(np.prod(zt.shape[2:])))  # its 3-D convs run at zt's size
     block = cut.block if cut else 1
+
+    def run(feeds):
+        if block == 1:
+            return runtime.run(pkg.id, "context", pkg.context, feeds, threads)[0]
+        # into a numpy buffer freed after the reorder: an output of ONNX Runtime's own would go back to its
+        # arena and stay resident next to the reordered copy (+50 MB per process for a 64x512x512 chunk)
+        down = tuple(int(v) for v in pkg.tables["latents"]["zs"]["down"])
+        planar = np.empty((zs.shape[0], down[0] // 2 * zs.shape[2], cut.channels) + zs.shape[3:], np.float32)
+        runtime.run_into(pkg.id, "context", pkg.context, feeds, [planar], threads)
+        return trunk.to_layout(cut, planar)
+
     if not (zt_is_zero and split.get("zs_shape_only")):
-        got = runtime.run(pkg.id, "context", pkg.context, {"zs": zs, "zt": zt}, threads)[0]
-        return trunk.to_layout(cut, got) if block > 1 else got
+        return run({"zs": zs, "zt": zt})
     key = (pkg.id, zs.shape, zt.shape, block)
     with _context_lock:
         got = _context_cache.get(key)
         if got is not None:
             _context_cache.move_to_end(key)
             return got
-    got = runtime.run(pkg.id, "context", pkg.context, {"zs": np.zeros(zs.shape, np.float32),
-                                                       "zt": np.zeros(zt.shape, np.float32)}, threads)[0]
-    if block > 1:
-        got = trunk.to_layout(cut, got)
+    got = run({"zs": np.zeros(zs.shape, np.float32), "zt": np.zeros(zt.shape, np.float32)})
     got.setflags(write=False)
     if got.nbytes <= CONTEXT_CACHE_BYTES:
         with _context_lock:
