@@ -617,14 +617,21 @@ def test_learned_finish_rejects_bad_arguments():
         K.learned_finish(p, (-1, 0, 0), bq, 1.0, 0.0, np.zeros((4, 8, 8), np.uint16))
 
 
+def _trunk_inputs(seed, shape):
+    """u (values over seven decades, both signs), ctx of u's shape and s = [s0, s1] for learned_trunk."""
+    rng = np.random.default_rng(seed)
+    n, t2, C, h, w = shape
+    u = (rng.normal(0, 3, shape) * rng.choice([1e-3, 1, 1e4], shape)).astype(np.float32)
+    ctx = rng.normal(0, 2, shape).astype(np.float32)
+    s = rng.normal(0, 2, (n, 1, 2 * C, h, w)).astype(np.float32)
+    return u, ctx, s
+
+
 @pytest.mark.parametrize("threads", [1, 2, 5])
 def test_learned_trunk_matches_numpy(threads):
     """The fused trunk is the five ONNX operators' float32 arithmetic in their order: the same bits."""
-    rng = np.random.default_rng(threads)
-    n, t2, C, h, w = 2, 7, 5, 3, 11
-    u = (rng.normal(0, 3, (n, t2, C, h, w)) * rng.choice([1e-3, 1, 1e4], (n, t2, C, h, w))).astype(np.float32)
-    ctx = rng.normal(0, 2, u.shape).astype(np.float32)
-    s = rng.normal(0, 2, (n, 1, 2 * C, h, w)).astype(np.float32)
+    u, ctx, s = _trunk_inputs(threads, (2, 7, 5, 3, 11))
+    C = u.shape[2]
     alpha = np.float32(0.1)
     v = ((u + ctx) + s[:, :, :C]) + ctx * s[:, :, C:]
     ref = np.where(v >= 0, v, alpha * v)
@@ -636,11 +643,8 @@ def test_learned_trunk_matches_numpy(threads):
 @pytest.mark.parametrize("blk", [4, 8, 16])
 def test_learned_trunk_blocked_gives_the_planar_bits(blk):
     """u, ctx and s in ONNX Runtime's blocked layout give the planar result's bits, in that layout."""
-    rng = np.random.default_rng(blk)
     n, t2, C, h, w = 2, 5, 16, 9, 15
-    u = (rng.normal(0, 3, (n, t2, C, h, w)) * rng.choice([1e-3, 1, 1e4], (n, t2, C, h, w))).astype(np.float32)
-    ctx = rng.normal(0, 2, u.shape).astype(np.float32)
-    s = rng.normal(0, 2, (n, 1, 2 * C, h, w)).astype(np.float32)
+    u, ctx, s = _trunk_inputs(blk, (n, t2, C, h, w))
     want = K.learned_trunk(u.copy(), ctx, s, 0.1, threads=1)
     cb, sb = _blocked(ctx, blk, axis=2), _blocked(s, blk, axis=2)
     for threads in (1, 2, 4):
