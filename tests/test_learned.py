@@ -516,9 +516,13 @@ def test_trunk_tool_rewrites_the_shipped_cut(tmp_path, capsys):
     d = tmp_path / "pkg"
     shutil.copytree(src, d, ignore=shutil.ignore_patterns("decoder_cut.json", "decoder_head*", "decoder_tail*"))
     assert trunk.main([str(d), str(registry.BUILTIN_DIR / "imaging-v2")]) == 0
-    files = [trunk.CUT_FILE, trunk.HEAD_FILE, trunk.TAIL_FILE]
+    files = [trunk.HEAD_FILE, trunk.TAIL_FILE]
     if _mlas_blocks_by_8():
-        files += ["decoder_head_b8.onnx", "decoder_tail_b8.onnx"]
+        files += [trunk.CUT_FILE, "decoder_head_b8.onnx", "decoder_tail_b8.onnx"]
+    else:  # another CPU writes another blocked variant (or none): the planar cut's records still agree
+        made, shipped = (json.loads((x / trunk.CUT_FILE).read_text()) for x in (d, src))
+        for f in files:
+            assert made["files_sha256"][f] == shipped["files_sha256"][f]
     for f in files:
         assert (d / f).read_bytes() == (src / f).read_bytes(), f
     out = capsys.readouterr().out
@@ -543,6 +547,15 @@ def test_a_stale_or_wrong_cut_is_not_used(tmp_path, monkeypatch):
     assert trunk.load(d, pkg.decoder) is None
     good = trunk.load(pkg.path, pkg.decoder)
     assert trunk.load_blocked(d, pkg.decoder, good) == []
+    # a file changed after it was written (one weight one ulp off can pass the check on random latents):
+    # refused by the sha256 that decoder_cut.json records; other entries still load
+    (d / trunk.CUT_FILE).write_text(json.dumps(dict(meta, blocked=["x", 8.0, 16, 8])))
+    assert [v.block for v in trunk.load_blocked(d, pkg.decoder, good)] == [8]
+    for name in (trunk.HEAD_FILE, "decoder_head_b8.onnx"):
+        b = bytearray((d / name).read_bytes())
+        b[len(b) // 2] ^= 1
+        (d / name).write_bytes(bytes(b))
+    assert trunk.load(d, pkg.decoder) is None and trunk.load_blocked(d, pkg.decoder, good) == []
     wrong = dataclasses.replace(good, alpha=0.2)
     assert trunk._self_check(pkg.decoder, "ctx", good, pkg.id)
     assert not trunk._self_check(pkg.decoder, "ctx", wrong, pkg.id)
@@ -569,6 +582,18 @@ def test_a_stale_or_wrong_cut_is_not_used(tmp_path, monkeypatch):
     assert trunk.get(pkg) is None
     with runtime.worker_threads(1):
         assert np.array_equal(chunk.decode(buf), ref)
+
+
+def test_decoder_cut_setting(monkeypatch):
+    """NECODA_DECODER_CUT: 0/off/false/no, planar, 1 (default); anything else warns and means 1."""
+    from necoda_filter.models import trunk
+
+    for v, want in (("0", "0"), (" Off", "0"), ("false", "0"), ("PLANAR", "planar"), ("1", "1"), ("", "1")):
+        monkeypatch.setenv("NECODA_DECODER_CUT", v)
+        assert trunk.setting() == want
+    monkeypatch.setenv("NECODA_DECODER_CUT", "plana")
+    with pytest.warns(RuntimeWarning, match="NECODA_DECODER_CUT='plana'"):
+        assert trunk.setting() == "1"
 
 
 @pytest.mark.parametrize("shape", [(16, 32, 32), (64, 200, 160), (300, 40, 56), (8, 600, 520)])

@@ -80,11 +80,25 @@ _lock = threading.Lock()
 _cache: dict[tuple, Trunk | None] = {}
 
 
+def setting() -> str:
+    """``NECODA_DECODER_CUT``: "0" (also off, false, no: no cut, the whole graph runs), "planar" (the cut
+    without its blocked variant) or "1" (the default: the blocked variant where it passes its check)."""
+    v = os.environ.get("NECODA_DECODER_CUT", "1").strip().lower()
+    if v in ("0", "off", "false", "no"):
+        return "0"
+    if v not in ("", "1", "on", "true", "yes", "planar"):  # a typo must not stop decoding: same values
+        import warnings
+
+        warnings.warn(f"NECODA_DECODER_CUT={os.environ['NECODA_DECODER_CUT']!r} is not 1, planar or 0: "
+                      f"using 1", RuntimeWarning, stacklevel=2)
+    return "planar" if v == "planar" else "1"
+
+
 def get(pkg) -> Trunk | None:
     """The cut of ``pkg``'s main decoder graph (its blocked variant when one shipped for this CPU passes
     the check), or None when it has no such trunk, ``onnx`` is missing or ``NECODA_DECODER_CUT=0`` (the
     whole graph then runs, with the same output)."""
-    env = os.environ.get("NECODA_DECODER_CUT", "1")
+    env = setting()
     if env == "0":
         return None
     key = (pkg.id, env)
@@ -321,17 +335,37 @@ def _sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
-def load(path, decoder: bytes) -> Trunk | None:
-    """The cut shipped in package folder ``path``, if it was cut from this ``decoder`` graph."""
+def _meta(path, decoder: bytes) -> dict | None:
+    """``decoder_cut.json`` of package folder ``path`` when it was written for this ``decoder`` graph."""
     if path is None:
         return None
     try:
         meta = json.loads((Path(path) / CUT_FILE).read_text())
-        if meta.get("decoder_sha256") != _sha(decoder):
-            return None
-        return Trunk((Path(path) / HEAD_FILE).read_bytes(), (Path(path) / TAIL_FILE).read_bytes(),
-                     str(meta["tail_input"]), int(meta["channels"]), float(meta["alpha"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("decoder_sha256") == _sha(decoder) else None
+
+
+def _read(path, meta: dict, name: str) -> bytes:
+    """The bytes of cut file ``name``, which must have the sha256 ``decoder_cut.json`` records for it: the
+    bit-for-bit check runs on one small random input, which catches a wrong graph but not necessarily one
+    damaged weight, so a file that changed after it was written is not used (ValueError)."""
+    b = (Path(path) / name).read_bytes()
+    if (meta.get("files_sha256") or {}).get(name) != _sha(b):
+        raise ValueError(f"{name} does not have the sha256 {CUT_FILE} records")
+    return b
+
+
+def load(path, decoder: bytes) -> Trunk | None:
+    """The cut shipped in package folder ``path``, if it was cut from this ``decoder`` graph and its files
+    are the ones written with it."""
+    meta = _meta(path, decoder)
+    if meta is None:
+        return None
+    try:
+        return Trunk(_read(path, meta, HEAD_FILE), _read(path, meta, TAIL_FILE), str(meta["tail_input"]),
+                     int(meta["channels"]), float(meta["alpha"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -340,36 +374,39 @@ def _blocked_files(block: int) -> tuple[str, str]:
 
 
 def load_blocked(path, decoder: bytes, planar: Trunk) -> list[Trunk]:
-    """The blocked variants shipped in package folder ``path`` for this ``decoder`` graph (unchecked)."""
-    if path is None:
-        return []
+    """The blocked variants shipped in package folder ``path`` for this ``decoder`` graph (unchecked;
+    entries that are not block sizes, or whose files are missing or changed, are skipped)."""
+    meta = _meta(path, decoder)
+    blocks = meta.get("blocked") if meta else None
     got = []
-    try:
-        meta = json.loads((Path(path) / CUT_FILE).read_text())
-        if meta.get("decoder_sha256") != _sha(decoder):
-            return []
-        for b in meta.get("blocked", []):
-            b = int(b)
-            hf, tf = _blocked_files(b)
-            got.append(Trunk((Path(path) / hf).read_bytes(), (Path(path) / tf).read_bytes(), planar.tail_input,
-                             planar.channels, planar.alpha, b))
-    except (OSError, ValueError, KeyError, TypeError):
-        return got
+    for b in blocks if isinstance(blocks, list) else []:
+        if type(b) is not int or b not in (4, 8, 16):
+            continue
+        try:
+            head, tail = (_read(path, meta, f) for f in _blocked_files(b))
+        except (OSError, ValueError, AttributeError):
+            continue
+        got.append(Trunk(head, tail, planar.tail_input, planar.channels, planar.alpha, b))
     return got
 
 
 def save(path, decoder: bytes, trunk: Trunk, variants=()) -> None:
     """Write planar cut ``trunk`` (cut from ``decoder``) and its blocked ``variants`` into package folder
-    ``path``. Blocked variants already there for other block sizes (written on other CPUs) are kept while
-    they belong to the same decoder."""
+    ``path``, with the sha256 of every file. Blocked variants already there for other block sizes (written
+    on other CPUs) are kept while they belong to the same decoder and their files are intact."""
     p = Path(path)
-    try:
-        old = json.loads((p / CUT_FILE).read_text())
-        keep = [int(b) for b in old.get("blocked", [])] if old.get("decoder_sha256") == _sha(decoder) else []
-    except (OSError, ValueError, TypeError):
-        keep = []
-    blocks = sorted(set(b for b in keep if all((p / f).is_file() for f in _blocked_files(b)))
-                    | {v.block for v in variants})
+    old = _meta(p, decoder) or {}
+    files = {}
+    for b in old.get("blocked", []) if isinstance(old.get("blocked"), list) else []:
+        try:
+            files.update({f: _sha(_read(p, old, f)) for f in _blocked_files(b)})
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+    files.update({HEAD_FILE: _sha(trunk.head), TAIL_FILE: _sha(trunk.tail)})
+    for v in variants:
+        for f, b in zip(_blocked_files(v.block), (v.head, v.tail)):
+            files[f] = _sha(b)
+    blocks = sorted({int(f[len("decoder_head_b"):-len(".onnx")]) for f in files if f.startswith("decoder_head_b")})
     (p / HEAD_FILE).write_bytes(trunk.head)
     (p / TAIL_FILE).write_bytes(trunk.tail)
     for v in variants:
@@ -377,7 +414,8 @@ def save(path, decoder: bytes, trunk: Trunk, variants=()) -> None:
         (p / hf).write_bytes(v.head)
         (p / tf).write_bytes(v.tail)
     meta = {"decoder_sha256": _sha(decoder), "tail_input": trunk.tail_input, "channels": trunk.channels,
-            "alpha": trunk.alpha, "blocked": blocks, "written_by": "python -m necoda_filter.models.trunk"}
+            "alpha": trunk.alpha, "blocked": blocks, "files_sha256": dict(sorted(files.items())),
+            "written_by": "python -m necoda_filter.models.trunk"}
     (p / CUT_FILE).write_text(json.dumps(meta, indent=1) + "\n")
 
 
