@@ -52,6 +52,30 @@ def test_fresh_process_reads_with_only_plugin_path(tmp_path):
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr
 
 
+def test_fresh_process_writes_into_an_existing_dataset_with_only_plugin_path(tmp_path):
+    """HDF5 loads a plugin when a dataset is read or created with its filter, not when chunks of an existing
+    dataset are written: a fresh process that opens a file "r+" and writes before any read gets "required
+    filter 311 is not registered" (and nothing is written). The README's remedy, asking HDF5 whether the
+    filter is available (``h5py.h5z.filter_avail(311)``), loads it; the write then goes through the filter."""
+    a = movie()
+    p = tmp_path / "m.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("m", data=a, chunks=(16, 24, 20), compression=necoda_filter.Necoda(mode="lossless"))
+    r = run_fresh(f"""
+        import sys, h5py, numpy as np
+        assert h5py.h5z.filter_avail({necoda_filter.FILTER_ID})
+        with h5py.File({str(p)!r}, "r+") as f:
+            f["m"][0:16] = 7
+        assert "necoda_filter" in sys.modules  # loaded by the plugin, not by this code
+        with h5py.File({str(p)!r}) as f:
+            print("OK", int(f["m"][0:16].min()), int(f["m"][0:16].max()), f["m"].id.get_storage_size())
+    """, PLUGIN_ENV)
+    assert r.returncode == 0 and "OK 7 7" in r.stdout, r.stdout + r.stderr
+    with h5py.File(p) as f:
+        assert np.array_equal(f["m"][16:], a[16:]) and (f["m"][0:16] == 7).all()
+        assert f["m"].id.get_storage_size() < a.nbytes  # the written chunk was compressed, not raw
+
+
 def test_fresh_process_without_plugin_path_cannot_read(tmp_path):
     p = tmp_path / "m.h5"
     with h5py.File(p, "w") as f:
