@@ -395,26 +395,16 @@ def save(path, decoder: bytes, trunk: Trunk, variants=()) -> None:
     ``path``, with the sha256 of every file. Blocked variants already there for other block sizes (written
     on other CPUs) are kept while they belong to the same decoder and their files are intact."""
     p = Path(path)
-    old = _meta(p, decoder) or {}
-    files = {}
-    for b in old.get("blocked", []) if isinstance(old.get("blocked"), list) else []:
-        try:
-            files.update({f: _sha(_read(p, old, f)) for f in _blocked_files(b)})
-        except (OSError, ValueError, TypeError, AttributeError):
-            continue
-    files.update({HEAD_FILE: _sha(trunk.head), TAIL_FILE: _sha(trunk.tail)})
-    for v in variants:
-        for f, b in zip(_blocked_files(v.block), (v.head, v.tail)):
-            files[f] = _sha(b)
-    blocks = sorted({int(f[len("decoder_head_b"):-len(".onnx")]) for f in files if f.startswith("decoder_head_b")})
-    (p / HEAD_FILE).write_bytes(trunk.head)
-    (p / TAIL_FILE).write_bytes(trunk.tail)
-    for v in variants:
-        hf, tf = _blocked_files(v.block)
-        (p / hf).write_bytes(v.head)
-        (p / tf).write_bytes(v.tail)
+    every = {v.block: v for v in load_blocked(p, decoder, trunk)}  # intact ones already there
+    every.update({v.block: v for v in variants})
+    files = {HEAD_FILE: trunk.head, TAIL_FILE: trunk.tail}
+    for v in every.values():
+        files.update(zip(_blocked_files(v.block), (v.head, v.tail)))
+    for name, b in files.items():
+        (p / name).write_bytes(b)
     meta = {"decoder_sha256": _sha(decoder), "tail_input": trunk.tail_input, "channels": trunk.channels,
-            "alpha": trunk.alpha, "blocked": blocks, "files_sha256": dict(sorted(files.items())),
+            "alpha": trunk.alpha, "blocked": sorted(every),
+            "files_sha256": {name: _sha(files[name]) for name in sorted(files)},
             "written_by": "python -m necoda_filter.models.trunk"}
     (p / CUT_FILE).write_text(json.dumps(meta, indent=1) + "\n")
 
