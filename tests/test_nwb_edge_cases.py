@@ -400,11 +400,11 @@ SLOW_SCRIPT = """
 import argparse, sys, time
 from necoda_filter import nwb
 from necoda_filter.commands import compress
-real = nwb._encode_chunk
+real = nwb.recompress._encode_chunk
 def slow(*a, **k):
     time.sleep(0.1)
     return real(*a, **k)
-nwb._encode_chunk = slow
+nwb.recompress._encode_chunk = slow
 p = argparse.ArgumentParser(); compress.add_arguments(p)
 sys.exit(compress.run(p.parse_args(sys.argv[1:])))
 """

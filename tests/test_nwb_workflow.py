@@ -414,7 +414,7 @@ def test_failed_run_leaves_no_output(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("encoder exploded")
 
-    monkeypatch.setattr(nwb, "_encode_chunk", boom)
+    monkeypatch.setattr(nwb.recompress, "_encode_chunk", boom)
     with pytest.raises(RuntimeError, match="exploded"):
         cli(compress_cmd, src, out, "--workers", 1, "--quiet")
     assert not out.exists()
@@ -709,10 +709,19 @@ def test_misaligned_chunked_source(tmp_path, monkeypatch):
         g = f.create_group("ts")
         g.attrs["neurodata_type"] = "TwoPhotonSeries"
         g.create_dataset("data", data=data, chunks=(50, 100, 20), compression="gzip")
-    for slab_max in (nwb.SLAB_MAX, 1 << 16):
-        monkeypatch.setattr(nwb, "SLAB_MAX", slab_max)
+    real, paths = nwb.recompress._with_chunk_cache, []
+
+    def spy(src, chunks, per_chunk):
+        paths.append(per_chunk)
+        return real(src, chunks, per_chunk)
+
+    monkeypatch.setattr(nwb.recompress, "_with_chunk_cache", spy)
+    for slab_max, per_chunk in ((nwb.recompress.SLAB_MAX, False), (1 << 16, True)):
+        monkeypatch.setattr(nwb.recompress, "SLAB_MAX", slab_max)
         out = tmp_path / f"out{slab_max}.h5"
+        paths.clear()
         nwb.recompress_file(tmp_path / "src.h5", out, workers=1, progress=False)
+        assert paths == [per_chunk]  # the read path this round is meant to exercise
         with h5py.File(out, "r") as f:
             assert f["ts/data"].chunks == (64, 300, 20)
             assert np.array_equal(f["ts/data"][...], data)

@@ -162,7 +162,7 @@ class arena_shrink:
     ~0.25 GB for the encoder, ~0.5 GB for the decoder). ``necoda compress`` encodes *and* decodes every
     chunk in each worker process, so both arenas stayed resident per worker (measured: 1.05 GB per worker,
     2.34 GB peak tree RSS on a 2.4 GB NWB file with 2 workers; with shrinking 0.58 GB and 1.39 GB). It now
-    shrinks the decoder's arena only, which is where the peak comes from (nwb.py:_encode_chunk). Readers
+    shrinks the decoder's arena only, which is where the peak comes from (nwb/workers.py:_encode_chunk). Readers
     keep their arenas: re-faulting the activations of every chunk made whole-movie reads ~60 % slower.
     ``NECODA_ORT_ARENA=shrink`` / ``keep`` forces either everywhere."""
 

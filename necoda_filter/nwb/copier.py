@@ -1,0 +1,243 @@
+"""Object-by-object copy of an HDF5 file with re-pointed references (:class:`Copier`), and the
+output file's creation and userblock."""
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..mainthread import check
+
+log = logging.getLogger("necoda_filter")
+
+
+def _vlen_base(dt: np.dtype) -> np.dtype | None:
+    """Element dtype of a variable-length sequence type (not of a vlen string), else None."""
+    base = h5py.check_vlen_dtype(dt)
+    return base if isinstance(base, np.dtype) else None
+
+
+def _has_ref(dt: np.dtype) -> bool:
+    if dt.fields:
+        return any(_has_ref(f[0]) for f in dt.fields.values())
+    if dt.subdtype is not None:
+        return _has_ref(dt.subdtype[0])
+    base = _vlen_base(dt)  # e.g. DIMENSION_LIST of dimension scales: vlen sequences of references
+    if base is not None:
+        return _has_ref(base)
+    return h5py.check_ref_dtype(dt) is not None
+
+
+def _track_order(group) -> bool:
+    try:
+        return bool(group.id.get_create_plist().get_link_creation_order())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _naming(e: Exception, where: str) -> Exception:
+    """``e`` with ``where`` (file:dataset) in front of its message, of the same class when possible."""
+    msg = f"{where}: {e}"
+    try:
+        return type(e)(msg)
+    except Exception:  # noqa: BLE001 — a class that wants other arguments
+        return (OSError if isinstance(e, OSError) else ValueError)(msg)
+
+
+class Copier:
+    """Copy ``src`` (an open h5py.File) into ``dst`` object by object.
+
+    ``handler(src_dataset, dst_group, name) -> bool`` may create the dataset itself (return True); other
+    datasets, and committed datatypes, are copied with H5Ocopy (filters, chunking, fill value and
+    attributes unchanged). Object references in attributes and datasets are re-pointed afterwards.
+    ``stop``: a flag (``[bool]``) checked before each object; once set the copy raises ``Stopped``.
+    """
+
+    def __init__(self, src: h5py.File, dst: h5py.File, handler=None, stop=None):
+        self.src = src
+        self.dst = dst
+        self.handler = handler
+        self.stop = stop
+        self._seen: dict[tuple, str] = {}
+        self._ref_attrs: list[tuple[str, str, str]] = []   # (src path, dst path, attribute name)
+        self._ref_data: list[tuple[str, str]] = []         # (src path, dst path)
+        self._map_cache: dict[str, object] = {}
+
+    @staticmethod
+    def _key(obj) -> tuple:
+        info = h5py.h5o.get_info(obj.id)
+        return (info.fileno, getattr(info, "addr", None) or getattr(info, "token", None))
+
+    def run(self) -> None:
+        self.copy_attrs(self.src, self.dst)
+        self._seen[self._key(self.src)] = "/"
+        self._group(self.src, self.dst)
+        self._fix_refs()
+
+    def copy_attrs(self, s, d, skip=None) -> None:
+        """Copy every attribute of ``s`` (but those ``skip(name)`` is true for) onto ``d`` with its exact
+        type and shape (refs deferred)."""
+        for name in s.attrs:
+            if skip is not None and skip(name):
+                continue
+            aid = s.attrs.get_id(name)
+            dt = aid.dtype
+            if _has_ref(dt):
+                self._ref_attrs.append((s.name, d.name, name))
+                continue
+            val = s.attrs[name]
+            if isinstance(val, h5py.Empty):
+                d.attrs.create(name, val)
+            else:
+                d.attrs.create(name, val, shape=aid.shape, dtype=dt)
+
+    def _note_refs(self, s, d) -> None:
+        """After H5Ocopy of ``s`` (a dataset) to ``d``: remember its reference-typed content."""
+        for name in s.attrs:
+            if _has_ref(s.attrs.get_id(name).dtype):
+                self._ref_attrs.append((s.name, d.name, name))
+        if isinstance(s, h5py.Dataset) and _has_ref(s.dtype):
+            self._ref_data.append((s.name, d.name))
+
+    def _group(self, sg: h5py.Group, dg: h5py.Group) -> None:
+        for name in sg:
+            check(self.stop)
+            link = sg.get(name, getlink=True)
+            if isinstance(link, h5py.SoftLink):
+                dg[name] = h5py.SoftLink(link.path)
+                continue
+            if isinstance(link, h5py.ExternalLink):
+                dg[name] = h5py.ExternalLink(self._link_file(link.filename, posixpath.join(dg.name, name)), link.path)
+                continue
+            obj = sg[name]
+            key = self._key(obj)
+            dpath = posixpath.join(dg.name, name)
+            if key in self._seen:  # another hard link to an object already copied
+                dg[name] = self.dst[self._seen[key]]
+                continue
+            self._seen[key] = dpath
+            if isinstance(obj, h5py.Group):
+                ng = dg.create_group(name, track_order=_track_order(obj) or None)
+                self.copy_attrs(obj, ng)
+                self._group(obj, ng)
+            elif isinstance(obj, h5py.Dataset):
+                try:
+                    if self.handler is not None and self.handler(obj, dg, name):
+                        continue
+                    sg.copy(obj, dg, name)
+                except (OSError, ValueError) as e:  # e.g. a corrupt chunk: say which dataset of which file
+                    raise _naming(e, f"{self.src.filename}:{obj.name}") from e
+                self._note_refs(obj, dg[name])
+            else:  # committed datatype
+                sg.copy(obj, dg, name)
+                self._note_refs(obj, dg[name])
+
+    def _link_file(self, fn: str, where: str) -> str:
+        """File name for an external link in OUT. HDF5 looks for a relative name in the linking file's
+        folder: when OUT is written to another folder and the file exists next to IN, the name is
+        re-based on OUT's folder so that the link still resolves (otherwise it is kept as it was)."""
+        if os.path.isabs(fn):
+            return fn
+        sdir = os.path.dirname(os.path.abspath(self.src.filename))
+        ddir = os.path.dirname(os.path.abspath(self.dst.filename))
+        target = os.path.join(sdir, fn)
+        if os.path.realpath(sdir) == os.path.realpath(ddir) or not os.path.exists(target):
+            return fn
+        new = os.path.relpath(target, ddir)
+        log.warning("necoda: external link %s: file %r written as %r (relative to the output's folder)", where, fn, new)
+        return new
+
+    def _map_ref(self, ref):
+        if not ref:
+            return ref
+        try:
+            obj = self.src[ref]
+        except Exception as e:  # noqa: BLE001
+            log.warning("necoda: dangling object reference left null (%s)", e)
+            return h5py.Reference()
+        path = obj.name
+        if path is None:
+            log.warning("necoda: reference to an anonymous object left null")
+            return h5py.Reference()
+        if path not in self._map_cache:
+            self._map_cache[path] = self.dst[path].ref
+        return self._map_cache[path]
+
+    def _map_regionref(self, ref, src_ds_path=None):
+        if not ref:
+            return ref
+        obj = self.src[ref]
+        space = h5py.h5r.get_region(ref, obj.id)
+        dobj = self.dst[obj.name]
+        return h5py.h5r.create(dobj.id, b".", h5py.h5r.DATASET_REGION, space)
+
+    def remap(self, val, dt: np.dtype):
+        if isinstance(val, h5py.Empty):
+            return val
+        if isinstance(val, h5py.Reference) and not isinstance(val, h5py.RegionReference):
+            return self._map_ref(val)
+        if isinstance(val, h5py.RegionReference):
+            return self._map_regionref(val)
+        arr = np.asarray(val)
+        if arr.dtype.fields:
+            out = arr.copy()
+            for f, (fdt, *_) in arr.dtype.fields.items():
+                if _has_ref(fdt):
+                    out[f] = self.remap(arr[f], fdt)
+            return out if arr.ndim else out[()]
+        base = _vlen_base(arr.dtype)
+        if base is not None:
+            if not _has_ref(base):
+                return val
+            out = np.empty(arr.shape, dtype=arr.dtype)
+            for idx in np.ndindex(arr.shape):
+                out[idx] = self.remap(np.asarray(arr[idx], dtype=base), base)
+            return out if arr.ndim else out[()]
+        kind = h5py.check_ref_dtype(arr.dtype)
+        if kind is None:
+            return val
+        out = np.empty(arr.shape, dtype=arr.dtype)
+        fn = self._map_regionref if kind is h5py.RegionReference else self._map_ref
+        for idx in np.ndindex(arr.shape):
+            out[idx] = fn(arr[idx])
+        return out
+
+    def _fix_refs(self) -> None:
+        for spath, dpath, name in self._ref_attrs:
+            check(self.stop)
+            s = self.src[spath]
+            d = self.dst[dpath]
+            aid = s.attrs.get_id(name)
+            val = self.remap(s.attrs[name], aid.dtype)
+            if isinstance(val, h5py.Empty):
+                d.attrs.create(name, val)
+            else:
+                d.attrs.create(name, val, shape=aid.shape, dtype=aid.dtype)
+        for spath, dpath in self._ref_data:
+            check(self.stop)
+            s = self.src[spath]
+            d = self.dst[dpath]
+            if s.shape is None or s.size == 0:
+                continue
+            if _vlen_base(s.dtype) is not None and s.ndim:
+                # h5py's __setitem__ cannot convert vlen sequences of references; the low-level write can
+                d.id.write(h5py.h5s.ALL, h5py.h5s.ALL, self.remap(s[...], s.dtype))
+                continue
+            d[...] = self.remap(s[...], s.dtype)
+
+
+def _create_file(dst_path: Path, src: h5py.File, **kw) -> h5py.File:
+    ub = src.userblock_size
+    f = h5py.File(dst_path, "w", userblock_size=ub or None, track_order=_track_order(src) or None, **kw)
+    return f
+
+
+def _copy_userblock(src_path: Path, dst_path: Path, size: int) -> None:
+    if not size:
+        return
+    with open(src_path, "rb") as s, open(dst_path, "r+b") as d:
+        d.write(s.read(size))

@@ -1,0 +1,104 @@
+"""Decompression: a copy of a file with every necoda-compressed dataset replaced by a plain (or
+gzip-compressed) one (:func:`decompress_file`)."""
+from __future__ import annotations
+
+import itertools
+from collections import deque
+
+import h5py
+import numpy as np
+
+from .. import provenance
+from ..mainthread import check, result
+from .plan import necoda_filter_info
+from .rewrite import _rewrite_file
+from .workers import _chunk_grid, _decode_chunk, _progress
+
+
+def _allocated_chunks(dset: h5py.Dataset) -> list[tuple[tuple, int]]:
+    """(offset, filter_mask) of every allocated chunk, in file-index order."""
+    out = []
+    dsid = dset.id
+    if hasattr(dsid, "chunk_iter"):
+        try:
+            dsid.chunk_iter(lambda info: out.append((tuple(info.chunk_offset), info.filter_mask)))
+            return out
+        except Exception:  # noqa: BLE001 — older HDF5: fall back to probing the grid
+            out.clear()
+    for off in itertools.product(*_chunk_grid(dset.shape, dset.chunks)):
+        info = dsid.get_chunk_info_by_coord(off)
+        if info.byte_offset is not None:
+            out.append((tuple(off), info.filter_mask))
+    return out
+
+
+def decompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, gzip_level: int | None, executor,
+                       workers: int, progress: bool = True, stop=None) -> None:
+    from .. import __version__
+
+    kw = {}
+    if gzip_level is not None:
+        kw = dict(compression="gzip", compression_opts=gzip_level)
+    dst = dg.create_dataset(name, shape=src.shape, dtype=src.dtype, chunks=src.chunks, maxshape=src.maxshape,
+                            fillvalue=src.fillvalue, **kw)
+    _, sole, _ = necoda_filter_info(src)
+    raw_bytes = int(np.prod(src.shape, dtype=np.int64)) * src.dtype.itemsize
+    bar = _progress(raw_bytes, src.name, progress)
+    chunks = src.chunks
+    file_dtype = dst.dtype.str
+    try:
+        if sole:
+            window: deque = deque()
+            depth = max(2, 2 * workers)
+
+            def drain(limit):
+                while len(window) > limit:
+                    off, nb, fut = window.popleft()
+                    dst.id.write_direct_chunk(off, result(fut, stop), filter_mask=0)
+                    bar.update(nb)
+
+            try:
+                for off, mask in _allocated_chunks(src):
+                    check(stop)
+                    _, buf = src.id.read_direct_chunk(off)
+                    nb = int(np.prod([min(c, s - o) for o, s, c in zip(off, src.shape, chunks)])) * src.dtype.itemsize
+                    window.append((off, nb, executor.submit(_decode_chunk, buf, mask, chunks, file_dtype,
+                                                            gzip_level)))
+                    drain(depth)
+                drain(0)
+            finally:
+                for _, _, fut in window:
+                    fut.cancel()
+        else:  # necoda combined with other filters: let HDF5 run the whole pipeline
+            for off in itertools.product(*_chunk_grid(src.shape, chunks)):
+                check(stop)
+                sel = tuple(slice(o, min(s, o + c)) for o, s, c in zip(off, src.shape, chunks))
+                block = src[sel]
+                dst[sel] = block
+                bar.update(block.nbytes)
+    finally:
+        bar.close()
+    return dst
+
+
+def decompress_file(src_path, dst_path, gzip_level: int | None = None, workers: int | None = None,
+                    overwrite: bool = False, progress: bool = True) -> list[str]:
+    """Copy ``src_path`` to ``dst_path`` replacing every necoda-compressed dataset by a plain (or
+    gzip-compressed) one with the same chunking, readable by any HDF5 tool. Returns the dataset paths."""
+    from .. import __version__
+
+    done: list[str] = []
+
+    def handler(sds, dg, name, copier, executor, nworkers):
+        has, _, _ = necoda_filter_info(sds)
+        if not has:
+            return False
+        decompress_dataset(sds, dg, name, gzip_level, executor, nworkers, progress, stop=copier.stop)
+        copier.copy_attrs(sds, dg[name])
+        if provenance.attr_name("mode") in sds.attrs:
+            provenance.write(dg[name], {"decompressed_by": f"necoda-filter {__version__}"})
+        done.append(sds.name)
+        return True
+
+    _rewrite_file(src_path, dst_path, overwrite, workers, handler)
+    return done
