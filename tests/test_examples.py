@@ -29,7 +29,7 @@ EXPECTED = {
     "fast_read.py": ["fast_read.h5"],
 }
 # optional packages a script needs (not dependencies of necoda-filter itself)
-NEEDS = {"zarr_codec.py": ["zarr"], "recompress_nwb.py": ["matplotlib"]}
+NEEDS = {"zarr_codec.py": ["zarr"]}
 
 
 def test_examples_are_found():

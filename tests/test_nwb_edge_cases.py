@@ -477,6 +477,20 @@ def test_evaluate_mismatched_files_is_an_error(rich, tmp_path, capsys):
     assert "not the file" in capsys.readouterr().err
 
 
+def test_evaluate_without_matplotlib_says_so_before_any_work(rich, tmp_path, capsys, monkeypatch):
+    """Bug: in an environment without matplotlib, ``evaluate`` died with a ModuleNotFoundError traceback
+    after the metrics of the first dataset. It now names the missing package and the way out first."""
+    src, out, _ = rich
+    rep = tmp_path / "rep"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import blocked, as if not installed
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(rep)]) == 1
+    err = capsys.readouterr().err
+    assert "matplotlib" in err and "--no-figures" in err and "Traceback" not in err
+    assert not rep.exists()
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(rep), "--no-figures"]) == 0
+    assert (rep / "report.md").is_file() and not list(rep.glob("*.png"))
+
+
 def test_input_that_is_not_hdf5(tmp_path, capsys):
     junk = tmp_path / "junk.nwb"
     junk.write_bytes(b"hello")

@@ -279,7 +279,7 @@ def _imaging_figures(ow, dw, masks, out: Path, name: str) -> list[Path]:
     fig.suptitle(name)
     fig.subplots_adjust(left=0.02, right=0.95, top=0.86, bottom=0.04, wspace=0.25)
     p = out / f"{_slug(name)}_frames.png"
-    fig.savefig(p, dpi=110)
+    fig.savefig(p, dpi=110, bbox_inches="tight", pad_inches=0.1)  # the last colour bar's label sits at the edge
     plt.close(fig)
     paths.append(p)
 
@@ -436,7 +436,23 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _require_matplotlib() -> None:
+    """Figures need matplotlib (a dependency; missing only in an environment installed without it): say so
+    before any work, not with a traceback after the metrics of the first dataset."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("matplotlib") is not None
+    except ValueError:  # sys.modules["matplotlib"] is None (import blocked)
+        found = False
+    if not found:
+        raise ValueError("the PNG figures need matplotlib, which is not installed here: "
+                         "pip install matplotlib, or pass --no-figures for the metrics only")
+
+
 def run(args) -> int:
+    if not args.no_figures:
+        _require_matplotlib()
     # a negative window silently meant "all but the last frames" (o[:-n]); NaN failed deep inside
     if args.window_frames < 1:
         raise ValueError(f"--window-frames must be at least 1, got {args.window_frames}")
