@@ -337,3 +337,42 @@ def test_cli_simulate_ephys_through_main(tmp_path):
     assert z["data"].shape == (3000, 16) and z["data"].dtype == np.int16
     assert z["templates"].shape[0] == 3 and z["channel_positions"].shape == (16, 2)
     assert z["spike_times"].size == z["spike_units"].size
+
+
+def test_cli_simulate_both_into_one_nwb_file_with_its_ground_truth(tmp_path):
+    """`necoda simulate both OUT.nwb`: the movie and the recording as NWB series, bit for bit what the
+    simulators give for the same arguments, with the ground truth (footprints, traces, spike counts,
+    spike times, channel positions) where NWB keeps such things; nwbinspector finds nothing to fix."""
+    pynwb = pytest.importorskip("pynwb")
+    out = tmp_path / "sim.nwb"
+    assert _run_cli(["both", str(out), "--frames", "40", "--height", "32", "--width", "24", "--cells", "3",
+                     "--duration", "0.2", "--channels", "8", "--units", "3", "--seed", "4"]) == 0
+    im = simulate_imaging(n_frames=40, height=32, width=24, n_cells=3, seed=4)
+    ep = simulate_ephys(duration_s=0.2, n_channels=8, n_units=3, seed=4)
+    with pynwb.NWBHDF5IO(str(out), "r") as io:
+        nwb = io.read()
+        tps, es = nwb.acquisition["TwoPhotonSeries"], nwb.acquisition["ElectricalSeries"]
+        assert np.array_equal(tps.data[:], im.movie) and tps.rate == im.params["fps"]
+        assert np.array_equal(es.data[:], ep.data) and es.rate == ep.fs
+        assert es.conversion == pytest.approx(ep.params["uv_per_bit"] * 1e-6)
+        rois = nwb.processing["ophys"]["ImageSegmentation"]["GroundTruthROIs"]
+        assert np.array_equal(np.stack(rois["image_mask"][:]), im.footprints)
+        fl = nwb.processing["ophys"]["Fluorescence"]
+        assert np.array_equal(fl["GroundTruthTraces"].data[:], im.traces.T)
+        assert np.array_equal(fl["GroundTruthSpikeCounts"].data[:], im.spikes.T)
+        el = nwb.electrodes.to_dataframe()
+        assert np.array_equal(el[["rel_x", "rel_y"]].to_numpy(), ep.channel_positions)
+        assert len(nwb.units) == 3
+        for u in range(3):
+            assert np.array_equal(nwb.units.get_unit_spike_times(u), ep.spike_times[ep.spike_units == u] / ep.fs)
+    nwbinspector = pytest.importorskip("nwbinspector")
+    msgs = [m for m in nwbinspector.inspect_nwbfile(nwbfile_path=str(out))
+            if m.importance.name not in ("BEST_PRACTICE_SUGGESTION",)]
+    assert msgs == [], [(m.check_function_name, m.message) for m in msgs]
+    # one kind into NWB; `both` only into NWB; never an existing OUT without --force
+    assert _run_cli(["ephys", str(tmp_path / "e.nwb"), "--duration", "0.1", "--channels", "4", "--units", "1"]) == 0
+    with pytest.raises(ValueError, match="nwb"):
+        _run_cli(["both", str(tmp_path / "b.npz")])
+    with pytest.raises(FileExistsError):
+        _run_cli(["both", str(out)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.nwb", "sim.nwb"]  # no temporaries left

@@ -51,48 +51,11 @@ def _io(mode: str) -> dict:
                                                               "compression_opts": Necoda(mode=mode).filter_options}
 
 
-def write_nwb(path, movie, ephys, fs, imaging_mode="auto", ephys_mode="auto"):
-    import warnings
-    from datetime import datetime, timezone
-
-    from hdmf.backends.hdf5.h5_utils import H5DataIO
-    from pynwb import NWBHDF5IO, NWBFile
-    from pynwb.ecephys import ElectricalSeries
-    from pynwb.file import Subject
-    from pynwb.ophys import OpticalChannel, TwoPhotonSeries
-
-    nwb = NWBFile(session_description="necoda demo: simulated two-photon movie and Neuropixels-like recording",
-                  identifier="necoda-demo", session_start_time=datetime(2026, 1, 1, tzinfo=timezone.utc),
-                  subject=Subject(subject_id="sim", species="Mus musculus", sex="U", age="P90D"))
-    dev = nwb.create_device(name="simulated microscope and probe")
-    plane = nwb.create_imaging_plane(
-        name="plane", optical_channel=OpticalChannel(name="green", description="GCaMP", emission_lambda=520.0),
-        description="simulated L2/3", device=dev, excitation_lambda=920.0, indicator="GCaMP6s", location="VISp",
-        imaging_rate=30.0)
-    t_chunk = min(64, movie.shape[0])
-    nwb.add_acquisition(TwoPhotonSeries(
-        name="TwoPhotonSeries", imaging_plane=plane, rate=30.0, unit="n.a.",
-        data=H5DataIO(movie, chunks=(t_chunk,) + movie.shape[1:], **_io(imaging_mode))))
-    group = nwb.create_electrode_group(name="probe", description="simulated probe", location="CA1", device=dev)
-    for _ in range(ephys.shape[1]):
-        nwb.add_electrode(group=group, location="CA1")
-    region = nwb.create_electrode_table_region(list(range(ephys.shape[1])), "all channels")
-    e_chunk = min(int(fs), ephys.shape[0])
-    nwb.add_acquisition(ElectricalSeries(
-        name="ElectricalSeries", electrodes=region, rate=fs, conversion=2.34e-6,
-        data=H5DataIO(ephys, chunks=(e_chunk, ephys.shape[1]), **_io(ephys_mode))))
-    tmp = str(path) + ".tmp"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with NWBHDF5IO(tmp, "w") as io:
-            io.write(nwb)
-    os.replace(tmp, path)
-
-
 def run(args) -> int:
     import numpy as np
 
     from .. import PLUGIN_PATH, metrics, simulate
+    from ..simulate_nwb import write_nwb
     from .info import file_info
 
     print(f"necoda demo: simulating a {args.frames}x{args.size}x{args.size} two-photon movie and a "
@@ -106,11 +69,8 @@ def run(args) -> int:
         raise FileExistsError(f"{path} exists; the demo never overwrites files (choose another --out)")
     try:
         t0 = time.perf_counter()
-        import warnings
-
-        with warnings.catch_warnings():  # hdmf's "may not be available on all installations" note
-            warnings.simplefilter("ignore", UserWarning)
-            write_nwb(path, im.movie, ep.data, ep.fs, args.imaging_mode, args.ephys_mode)
+        write_nwb(path, im, ep, imaging_io=_io(args.imaging_mode), ephys_io=_io(args.ephys_mode), ground_truth=False,
+                  identifier="necoda-demo")
         t_write = time.perf_counter() - t0
         import h5py
 

@@ -1,8 +1,10 @@
-"""``necoda simulate imaging|ephys OUT.npz``: write a simulated recording with its ground truth.
+"""``necoda simulate imaging|ephys|both OUT``: write a simulated recording with its ground truth.
 
 OUT.npz holds every field of :class:`~necoda_filter.simulate.ImagingSim` /
 :class:`~necoda_filter.simulate.EphysSim` as arrays plus ``params_json`` (the params dict as
-JSON). OUT.npy holds only the recording (the movie, or the (T, C) ephys data).
+JSON). OUT.npy holds only the recording (the movie, or the (T, C) ephys data). OUT.nwb is an NWB file
+with the recording(s) as a TwoPhotonSeries and/or an ElectricalSeries and the ground truth beside them
+(:mod:`necoda_filter.simulate_nwb`); ``both`` puts a movie and a recording in one NWB file.
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ import numpy as np
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("kind", choices=["imaging", "ephys"], help="what to simulate")
-    parser.add_argument("out", help="output path: .npz (all fields) or .npy (the recording only)")
+    parser.add_argument("kind", choices=["imaging", "ephys", "both"],
+                        help="what to simulate (both: a movie and a recording, into one .nwb)")
+    parser.add_argument("out", help="output path: .npz (all fields), .npy (the recording only) or .nwb (the "
+                                    "recording as an NWB series, ground truth included)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     g = parser.add_argument_group("imaging")
@@ -49,10 +53,10 @@ def add_arguments(parser) -> None:
     e.add_argument("--no-lfp", action="store_true")
 
 
-def _simulate(args):
+def _simulate(args, kind):
     from .. import simulate as sim
 
-    if args.kind == "imaging":
+    if kind == "imaging":
         return sim.simulate_imaging(
             n_frames=args.frames, height=args.height, width=args.width, n_cells=args.cells, fps=args.fps,
             gain=args.gain, offset=args.offset, read_noise=args.read_noise, photons_baseline=args.photons,
@@ -66,20 +70,35 @@ def _simulate(args):
 
 def run(args) -> int:
     out = Path(args.out)
-    if out.suffix not in (".npz", ".npy"):
-        raise ValueError(f"OUT must end with .npz or .npy, got {out.name!r}")
+    if out.suffix not in (".npz", ".npy", ".nwb"):
+        raise ValueError(f"OUT must end with .npz, .npy or .nwb, got {out.name!r}")
+    if args.kind == "both" and out.suffix != ".nwb":
+        raise ValueError(f"`both` writes one NWB file: OUT must end with .nwb, got {out.name!r}")
     if out.is_dir():
         raise IsADirectoryError(f"{out} is a folder")
     if out.exists() and not args.force:
         raise FileExistsError(f"{out} exists (use --force to overwrite)")
     check_dtype(args.dtype)
-    if args.kind == "imaging" and not args.fps > 0:
+    if args.kind in ("imaging", "both") and not args.fps > 0:
         raise ValueError(f"--fps must be > 0, got {args.fps}")
+    kinds = ("imaging", "ephys") if args.kind == "both" else (args.kind,)
     t0 = time.perf_counter()
-    res = _simulate(args)
+    sims = {k: _simulate(args, k) for k in kinds}
     dt = time.perf_counter() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
-    main = res.movie if args.kind == "imaging" else res.data
+    if out.suffix == ".nwb":
+        from ..simulate_nwb import write_nwb
+
+        write_nwb(out, sims.get("imaging"), sims.get("ephys"))  # atomic: a temporary renamed over OUT
+    else:
+        _write_arrays(out, sims[args.kind])
+    for k, res in sims.items():
+        print(f"necoda simulate {k}: {_summary(k, res)}; simulated in {dt:.2f} s -> {out}")
+    return 0
+
+
+def _write_arrays(out: Path, res) -> None:
+    main = res.movie if hasattr(res, "movie") else res.data
     # atomic: write a temporary file next to OUT, then rename it over OUT (never a half-written OUT)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
@@ -103,12 +122,12 @@ def run(args) -> int:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _summary(kind: str, res) -> str:
     p = res.params
-    if args.kind == "imaging":
-        what = (f"movie {main.shape} {main.dtype}, {p['n_cells']} cells, {int(res.spikes.sum())} spikes, "
+    if kind == "imaging":
+        return (f"movie {res.movie.shape} {res.movie.dtype}, {p['n_cells']} cells, {int(res.spikes.sum())} spikes, "
                 f"gain {p['gain']:g}/photon, offset {p['offset']:g}, saturated {p['saturated_fraction']:.2%}")
-    else:
-        what = (f"data {main.shape} {main.dtype} at {p['fs']:g} Hz, {p['n_units']} units, "
-                f"{res.spike_times.size} spikes, {p['uv_per_bit']:g} uV/bit")
-    print(f"necoda simulate {args.kind}: {what}; simulated in {dt:.2f} s -> {out}")
-    return 0
+    return (f"data {res.data.shape} {res.data.dtype} at {p['fs']:g} Hz, {p['n_units']} units, "
+            f"{res.spike_times.size} spikes, {p['uv_per_bit']:g} uV/bit")
