@@ -10,8 +10,11 @@ For every necoda-compressed dataset of COMPRESSED with a dataset of the same pat
   the original dataset's stored bytes / the compressed one's;
 - on a leading window (imaging: up to ``--window-frames`` (500) frames; ephys: up to ``--window-seconds``
   (5) seconds; both capped at ``--window-mb`` (256) MB of raw data; the fidelity metrics need about
-  10x the window in memory): imaging ``roi_r_median`` / ``roi_r_p05`` (ROI mean traces,
-  ROIs detected on the original with :func:`metrics.detect_rois`), ephys ``spike_f1`` /
+  10x the window in memory): imaging ``roi_r_median`` / ``roi_r_p05`` (ROI mean traces; the ROIs
+  are the file's own when it holds a segmentation of the series (:func:`necoda_filter.nwb.rois.find_rois`:
+  a lab's suite2p/CaImAn output, or a simulation's true footprints), and then ``file_traces`` gives r
+  of the original's and the decoded movie's ROI traces against the traces the file stores for them;
+  otherwise ROIs are detected on the original with :func:`metrics.detect_rois`), ephys ``spike_f1`` /
   ``waveform_r_median`` / ``n_spikes`` (:func:`metrics.ephys_fidelity`) — the ``necoda bench`` metrics;
 - PNG figures: imaging — an example frame original / decoded / error map and ROI traces overlaid;
   ephys — a spike snippet (raw and 300–6000 Hz) overlaid on neighbouring channels, with the error;
@@ -146,6 +149,7 @@ def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, win
                      window_mb=256.0, figures=True) -> dict:
     from .. import metrics, provenance
     from ..nwb import finite_pair, sampling_rate
+    from ..nwb.rois import find_rois
     from ..reader import read
 
     res: dict = {"path": o.name, "kind": kind, "shape": list(o.shape), "dtype": str(o.dtype)}
@@ -231,10 +235,17 @@ def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, win
     figs = []
     with np.errstate(all="ignore"):
         if kind == "imaging" and ow.ndim == 3:
-            # ROI detection works on a temporally binned copy; <= 200 binned frames bounds its memory
-            masks = metrics.detect_rois(ow, max_frames=ROI_MAX_FRAMES)
+            file_rois = find_rois(o)
+            if file_rois is not None:  # the file's own segmentation (a lab's, or a simulation's truth)
+                masks = file_rois.masks
+                res["roi_source"] = (f"{file_rois.path} ({len(file_rois.rows)} of its {file_rois.n_total} ROIs)")
+            else:  # ROI detection works on a temporally binned copy; <= 200 binned frames bounds its memory
+                masks = metrics.detect_rois(ow, max_frames=ROI_MAX_FRAMES)
+                res["roi_source"] = "detected on the original"
             fid = metrics.imaging_fidelity(ow, dw, masks=masks)
             res.update({k: fid[k] for k in ("roi_r_median", "roi_r_p05", "n_rois")})
+            if file_rois is not None:
+                res["file_traces"] = _against_file_traces(o.file, file_rois, ow, dw, wrows)
             if figures and report_dir is not None:
                 figs += _imaging_figures(ow, dw, masks, report_dir, o.name)
         elif kind == "ephys" and ow.ndim in (1, 2) and fs:
@@ -245,6 +256,21 @@ def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, win
                                        fs, report_dir, o.name)
     res["figures"] = [str(p.name) for p in figs]
     return res
+
+
+def _against_file_traces(f, file_rois, ow, dw, wrows) -> list[dict]:
+    """Per RoiResponseSeries the file stores over these ROIs: median (and 5th percentile) r of the ROI mean
+    traces of the original and of the decoded window against the stored traces (for a simulation, the
+    truth; for a lab's file, what its pipeline extracted from the original)."""
+    from .. import metrics
+
+    out = []
+    for path, have, cols in file_rois.traces:
+        stored = np.asarray(f[path]["data"][:wrows], dtype=np.float64)[:, cols].T  # (n, T)
+        fid = metrics.imaging_fidelity(ow, dw, masks=file_rois.masks[have], true_traces=stored)
+        out.append({"path": path, "n_rois": int(len(have)), "r_median_orig": fid["true_r_median_orig"],
+                    "r_median_dec": fid["true_r_median_dec"], "r_p05_dec": fid["true_r_p05_dec"]})
+    return out
 
 
 def _slug(path: str) -> str:
@@ -416,7 +442,9 @@ def markdown(res: dict) -> str:
               "|---|---|---|---|---|---|---|---|---|---|"]
     for d in res["datasets"]:
         if d["kind"] == "imaging":
-            fid = f"ROI r median {_fmt(d.get('roi_r_median'))}, p05 {_fmt(d.get('roi_r_p05'))} ({d.get('n_rois', 0)} ROIs)"
+            src = "the file's" if d.get("file_traces") is not None else "detected"
+            fid = (f"ROI r median {_fmt(d.get('roi_r_median'))}, p05 {_fmt(d.get('roi_r_p05'))} "
+                   f"({d.get('n_rois', 0)} ROIs, {src})")
         else:
             fid = (f"spike F1 {_fmt(d.get('spike_f1'))}, waveform r {_fmt(d.get('waveform_r_median'))} "
                    f"({d.get('n_spikes', 0)} spikes)")
@@ -425,6 +453,14 @@ def markdown(res: dict) -> str:
                      f"{_fmt(d['psnr'], '.2f')} | {_fmt(d['rmse_noise'])} | {fid} |")
     lines += ["", "Error statistics cover every sample; ROI/spike fidelity uses the first "
               "`window_rows` rows of each dataset (see report.json).", ""]
+    traces = [(d["path"], t) for d in res["datasets"] for t in d.get("file_traces") or []]
+    if traces:
+        lines += ["ROI mean traces against the traces stored in the original file (for the file's ROIs; a "
+                  "simulation's are the truth), median r (5th percentile for the decoded movie):", "",
+                  "| dataset | stored traces | ROIs | original movie | decoded movie |", "|---|---|---|---|---|"]
+        lines += [f"| `{p}` | `{t['path']}` | {t['n_rois']} | {_fmt(t['r_median_orig'])} | "
+                  f"{_fmt(t['r_median_dec'])} ({_fmt(t['r_p05_dec'])}) |" for p, t in traces]
+        lines.append("")
     for d in res["datasets"]:
         if d.get("source_mismatch"):
             lines += [f"**Warning:** `{d['path']}`: max error {_fmt(d['max_abs'])} here but "

@@ -16,6 +16,7 @@ Modules:
 * :mod:`.recompress` — recompression (:func:`recompress_file`);
 * :mod:`.decompress` — decompression (:func:`decompress_file`);
 * :mod:`.verify` — structural comparison of two files (:func:`structure_diff`).
+* :mod:`.rois` — the ROIs (and stored traces) a file holds for an imaging series (``necoda evaluate``).
 
 The names below are re-exported from those modules. The tuning constants (chunk sizes, read-slab and
 noise-sample limits) are not: they live in :mod:`.plan` and :mod:`.recompress`. To replace a name (e.g. in

@@ -1,0 +1,108 @@
+"""`necoda evaluate` measures ROI-trace fidelity on the ROIs the original NWB file holds (a lab's
+segmentation, or a simulation's true footprints) and against the traces stored for them
+(necoda_filter.nwb.rois); it detects ROIs itself only when the file has none for the series."""
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from necoda_filter import cli, simulate
+from necoda_filter.nwb.rois import MASK_THRESHOLD, find_rois
+from necoda_filter.simulate_nwb import write_nwb
+
+pynwb = pytest.importorskip("pynwb")
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate.simulate_imaging(n_frames=96, height=48, width=40, n_cells=6, seed=3)
+
+
+def _expected_masks(footprints):
+    mx = footprints.reshape(len(footprints), -1).max(axis=1)
+    return footprints > MASK_THRESHOLD * mx[:, None, None]
+
+
+def test_evaluate_uses_the_files_rois_and_stored_traces(sim, tmp_path, capsys):
+    src, out, rep = tmp_path / "sim.nwb", tmp_path / "out.nwb", tmp_path / "rep"
+    write_nwb(src, imaging=sim)
+    assert cli.main(["compress", str(src), str(out), "--imaging", "lossless", "--quiet"]) == 0
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(rep), "--no-figures"]) == 0
+    d = json.loads((rep / "report.json").read_text())["datasets"][0]
+    assert "GroundTruthROIs (6 of its 6 ROIs)" in d["roi_source"] and d["n_rois"] == 6
+    assert d["roi_r_median"] == pytest.approx(1.0)  # lossless: the same traces
+    by_path = {t["path"]: t for t in d["file_traces"]}
+    truth = by_path["/processing/ophys/Fluorescence/GroundTruthTraces"]
+    assert truth["n_rois"] == 6 and truth["r_median_dec"] == truth["r_median_orig"] > 0.5
+    assert "/processing/ophys/Fluorescence/GroundTruthSpikeCounts" in by_path
+    assert "GroundTruthTraces" in capsys.readouterr().out  # and the report says so
+
+
+def test_no_rois_in_the_file_means_detected(sim, tmp_path):
+    src, out, rep = tmp_path / "sim.nwb", tmp_path / "out.nwb", tmp_path / "rep"
+    write_nwb(src, imaging=sim, ground_truth=False)
+    with h5py.File(src, "r") as f:
+        assert find_rois(f["acquisition/TwoPhotonSeries/data"]) is None
+    assert cli.main(["compress", str(src), str(out), "--imaging", "lossless", "--quiet"]) == 0
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(rep), "--no-figures"]) == 0
+    d = json.loads((rep / "report.json").read_text())["datasets"][0]
+    assert d["roi_source"] == "detected on the original" and "file_traces" not in d
+
+
+def test_image_and_pixel_masks_give_the_same_rois_and_rows_are_spread(sim, tmp_path):
+    from pynwb.ophys import ImageSegmentation
+
+    src = tmp_path / "sim.nwb"
+    write_nwb(src, imaging=sim)  # image_mask: the true footprints
+    with pynwb.NWBHDF5IO(str(src), "a") as io:  # a second segmentation of the same plane, as pixel masks
+        nwb = io.read()
+        plane = nwb.imaging_planes["ImagingPlane"]
+        seg = ImageSegmentation(name="PixelSegmentation")
+        nwb.processing["ophys"].add(seg)
+        ps = seg.create_plane_segmentation(name="PixelROIs", imaging_plane=plane, description="pixel masks")
+        for fp in sim.footprints:
+            y, x = np.nonzero(fp)
+            ps.add_roi(pixel_mask=[(int(a), int(b), float(fp[b, a])) for a, b in zip(x, y)])
+        io.write(nwb)
+    with h5py.File(src, "r") as f:
+        data = f["acquisition/TwoPhotonSeries/data"]
+        first = find_rois(data)  # candidates in path order: ImageSegmentation/GroundTruthROIs first
+        assert first.path.endswith("GroundTruthROIs") and np.array_equal(first.masks, _expected_masks(sim.footprints))
+        assert [p for p, _, _ in first.traces] == ["/processing/ophys/Fluorescence/GroundTruthSpikeCounts",
+                                                   "/processing/ophys/Fluorescence/GroundTruthTraces"]
+        ps = f["processing/ophys/PixelSegmentation/PixelROIs"]
+        from necoda_filter.nwb.rois import _masks
+
+        assert np.array_equal(_masks(ps, np.arange(6), (48, 40)), _expected_masks(sim.footprints))
+        some = find_rois(data, max_rois=3)
+        assert list(some.rows) == [0, 2, 5]  # evenly spread, both ends included
+        assert np.array_equal(some.masks, _expected_masks(sim.footprints)[some.rows])
+        _, have, cols = some.traces[1]
+        assert list(have) == [0, 1, 2] and list(cols) == list(some.rows)
+
+
+def test_rois_of_another_plane_or_frame_size_are_not_used(sim, tmp_path):
+    from pynwb.ophys import ImageSegmentation, OpticalChannel
+
+    src = tmp_path / "sim.nwb"
+    write_nwb(src, imaging=sim, ground_truth=False)
+    with pynwb.NWBHDF5IO(str(src), "a") as io:
+        nwb = io.read()
+        other = nwb.create_imaging_plane(
+            name="OtherPlane", optical_channel=OpticalChannel(name="red", description="x", emission_lambda=600.0),
+            description="another plane", device=nwb.devices["SimulatedDevice"], excitation_lambda=1040.0,
+            indicator="x", location="VISp", imaging_rate=30.0)
+        mod = nwb.create_processing_module(name="ophys", description="segmentations")
+        seg = ImageSegmentation(name="ImageSegmentation")
+        mod.add(seg)
+        a = seg.create_plane_segmentation(name="OtherPlaneROIs", imaging_plane=other, description="other plane")
+        a.add_roi(image_mask=sim.footprints[0])
+        b = seg.create_plane_segmentation(name="WrongSize", imaging_plane=nwb.imaging_planes["ImagingPlane"],
+                                          description="another frame size")
+        b.add_roi(image_mask=np.ones((10, 10)))
+        io.write(nwb)
+    with h5py.File(src, "r") as f:
+        assert find_rois(f["acquisition/TwoPhotonSeries/data"]) is None
