@@ -24,7 +24,7 @@ import necoda_filter
 from necoda_filter import Necoda
 from necoda_filter.simulate import simulate_imaging
 
-out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="necoda-example-"))
+out = (Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="necoda-example-"))).resolve()
 out.mkdir(parents=True, exist_ok=True)
 path = out / "fast_read.h5"
 print(f"writing {path}")

@@ -18,7 +18,7 @@ import necoda_filter  # registers the HDF5 filter and the name "necoda" with h5p
 from necoda_filter import Necoda
 from necoda_filter.simulate import simulate_ephys, simulate_imaging
 
-out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="necoda-example-"))
+out = (Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="necoda-example-"))).resolve()
 out.mkdir(parents=True, exist_ok=True)
 path = out / "h5py_filter.h5"
 print(f"writing {path}")

@@ -26,7 +26,7 @@ import necoda_filter  # registers the filter and the name "necoda" with h5py (an
 from necoda_filter import Necoda
 from necoda_filter.simulate import simulate_ephys, simulate_imaging
 
-out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="necoda-example-"))
+out = (Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="necoda-example-"))).resolve()
 out.mkdir(parents=True, exist_ok=True)
 path = out / "pynwb_write.nwb"
 print(f"writing {path}")

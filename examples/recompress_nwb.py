@@ -22,7 +22,7 @@ import numpy as np
 
 import necoda_filter  # noqa: F401  registers the filter: reading small.nwb below needs it (or HDF5_PLUGIN_PATH)
 
-out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="necoda-example-"))
+out = (Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="necoda-example-"))).resolve()
 out.mkdir(parents=True, exist_ok=True)
 raw, small, plain, report = out / "raw.nwb", out / "small.nwb", out / "plain.nwb", out / "report"
 

@@ -18,7 +18,7 @@ import zarr
 from necoda_filter.simulate import simulate_ephys, simulate_imaging
 from necoda_filter.zarr3 import NecodaZarrCodec
 
-out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="necoda-example-"))
+out = (Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="necoda-example-"))).resolve()
 out.mkdir(parents=True, exist_ok=True)
 print(f"writing into {out}")
 

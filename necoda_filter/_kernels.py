@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from ._plugin import PLUGIN_PATH
+from ._plugin import PLUGIN_PATH, missing_library
 
 LIBRARY_NAME = "libnecoda_kernels.so"
 ABI_VERSION = 7
@@ -43,10 +43,7 @@ def lib():
     if _lib is None:
         path = library_path()
         if not os.path.exists(path):
-            raise KernelsUnavailable(
-                f"{LIBRARY_NAME} is missing from {PLUGIN_PATH}: necoda-filter was not built with its C kernels "
-                "(reinstall with `pip install necoda-filter`, or `pip install --no-build-isolation -e .` in a "
-                "source checkout)")
+            raise KernelsUnavailable(missing_library(LIBRARY_NAME, "kernels", PLUGIN_PATH))
         try:
             L = ctypes.CDLL(path)
         except OSError as e:

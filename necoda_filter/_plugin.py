@@ -22,12 +22,24 @@ class FilterUnavailable(RuntimeError):
     """The necoda HDF5 filter could not be registered; writing with it would not compress."""
 
 
+def missing_library(name: str, what: str, folder: str = PLUGIN_PATH) -> str:
+    """Why the C library ``name`` (the ``what``) is not in the package ``folder``, and what to do."""
+    if os.path.exists(os.path.join(os.path.dirname(folder), "CMakeLists.txt")):
+        # a source checkout: its package folder comes first on sys.path when Python runs from the repository
+        # root (or PYTHONPATH names it), shadowing the installed package; only an editable install builds here
+        return (f"{name} is missing from {folder}: Python imported necoda_filter from the source checkout "
+                f"{os.path.dirname(folder)} (the current folder or PYTHONPATH puts it first), not from the "
+                f"installed package, and the C {what} is built into a checkout only by an editable install. Run "
+                "Python from another folder, or build in place: pip install scikit-build-core && "
+                "pip install --no-build-isolation -e .")
+    return (f"{name} is missing from {folder}: necoda-filter was not built/installed with its C {what} "
+            "(reinstall with `pip install necoda-filter`)")
+
+
 def library_path() -> str:
     path = os.path.join(PLUGIN_PATH, LIBRARY_NAME)
     if not os.path.exists(path):
-        raise FilterUnavailable(
-            f"{LIBRARY_NAME} is missing from {PLUGIN_PATH}: necoda-filter was not built/installed with "
-            "its C shim (reinstall with `pip install necoda-filter`)")
+        raise FilterUnavailable(missing_library(LIBRARY_NAME, "HDF5 filter shim"))
     return path
 
 

@@ -43,8 +43,9 @@ def test_example_runs(script, tmp_path):
             pytest.skip(f"{script.name} needs {module}")
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HDF5_PLUGIN", "PYTHONPATH"))}
-    # cwd: a scratch folder, never the repository root (see conftest.py)
-    r = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, env=env,
+    # cwd: a scratch folder, never the repository root (see conftest.py); OUTDIR relative to it, as a user
+    # types it (scripts that run subprocesses in another folder must not lose it)
+    r = subprocess.run([sys.executable, str(script), "out"], capture_output=True, text=True, env=env,
                        cwd=tmp_path, timeout=300)
     assert r.returncode == 0, f"{script.name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     assert "Traceback" not in r.stderr, r.stderr[-5000:]

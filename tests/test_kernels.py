@@ -5,6 +5,8 @@ shift); inputs cover type extremes, one sample, one channel, odd sizes and every
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -353,6 +355,20 @@ def test_missing_library_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(K.KernelsUnavailable, match="libnecoda_kernels.so is missing"):
         K.stats(np.zeros((3, 2), np.int16))
     assert not K.available()
+
+
+def test_an_unbuilt_source_checkout_is_named_as_the_cause(tmp_path):
+    """Python run from the root of a checkout imports its package folder, which has no C libraries unless
+    the install was editable: the error said "reinstall with pip install necoda-filter", which does not help."""
+    from necoda_filter._plugin import missing_library
+
+    (tmp_path / "repo" / "necoda_filter").mkdir(parents=True)
+    (tmp_path / "repo" / "CMakeLists.txt").write_text("# a source checkout\n")
+    msg = missing_library("libh5necoda.so", "HDF5 filter shim", str(tmp_path / "repo" / "necoda_filter"))
+    assert "source checkout" in msg and "from another folder" in msg and "--no-build-isolation -e ." in msg
+    (tmp_path / "site" / "necoda_filter").mkdir(parents=True)  # an installed package without its library
+    msg = missing_library("libh5necoda.so", "HDF5 filter shim", str(tmp_path / "site" / "necoda_filter"))
+    assert "reinstall" in msg and "source checkout" not in msg
 
 
 def test_type_codes_and_library():
