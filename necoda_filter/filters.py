@@ -15,7 +15,9 @@ class Necoda(FilterRefBase):
 
     :param mode: "auto" (default: chosen per dataset), "lossless", "bounded", "learned" or "raw".
     :param max_error: bounded/learned: every sample within this many raw units of the original.
-    :param max_error_noise: bounded/learned: bound in units of the estimated noise σ (imaging).
+    :param max_error_noise: bounded/learned: bound in units of the estimated noise σ (imaging). bounded: σ at
+        each sample's brightness (a photon-transfer fit per chunk, so brighter samples get a larger bound in
+        raw units); learned: the chunk's noise σ (robust, from frame differences).
     :param quality: learned: rate/quality level, 1 (smallest files) .. the model's n_quality (imaging-v2.1: 1..9,
         default 6, ~1000x on a two-photon movie; docs/LEARNED.md).
     :param level: lossless: entropy-coder effort.

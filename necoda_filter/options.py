@@ -78,6 +78,12 @@ def check_options(mode: str, options: dict) -> dict:
         if nq is not None and not 1 <= out["quality"] <= nq:
             raise ValueError(f"necoda option quality must be 1..{nq} (levels of the built-in learned model), "
                              f"got {out['quality']}")
+    if "level" in out:
+        from .modes.lossless import MAX_LEVEL
+
+        if out["level"] > MAX_LEVEL:  # pcodec's levels; a larger one was silently taken as MAX_LEVEL
+            raise ValueError(f"necoda option level must be 1..{MAX_LEVEL} (pcodec compression levels), "
+                             f"got {out['level']}")
     if mode == "bounded" and not ({"max_error", "max_error_noise"} & set(out)):
         raise ValueError(BOUNDED_NEEDS_A_BOUND)
     return out

@@ -602,6 +602,24 @@ def test_options_no_chosen_mode_uses_are_refused(tmp_path, capsys, argv, word):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv,words", [
+    (["--imaging", "bounded"], ["--max-error E", "--max-error-noise K"]),  # was in Python terms (max_error=)
+    (["--ephys", "bounded"], ["--max-error E", "--max-error-noise K"]),
+    (["--imaging", "learned", "--max-error-noise", "0"], ["--imaging lossless"]),  # was: every chunk stored raw
+    (["--imaging", "learned", "--max-error", "0.5"], ["at least one raw unit"]),
+    (["--level", "13"], ["--level", "1..12"]),                                 # pcodec's levels; 13 was taken as 12
+    (["--level", "0"], ["--level", "1..12"]),
+])
+def test_options_that_cannot_work_are_refused_in_command_line_terms(tmp_path, capsys, argv, words):
+    src = tmp_path / "in.h5"
+    series_file(src, {"ts": ("TwoPhotonSeries", np.zeros((4, 6, 6), np.int16), 30.0)})
+    out = tmp_path / "o.h5"
+    assert cli.main(["compress", str(src), str(out), "--quiet", *argv]) == 1
+    err = capsys.readouterr().err
+    assert all(w in err for w in words) and "max_error=" not in err, err
+    assert not out.exists()
+
+
 def test_evaluate_single_frame_and_report_path_that_is_a_file(tmp_path, capsys):
     """Bugs: a one-frame TwoPhotonSeries (a reference image) got "RMSE (noise σ) inf" from evaluate (no
     noise estimate from one frame, while compress records n/a for it); ``--report`` naming an existing

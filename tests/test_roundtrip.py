@@ -104,6 +104,8 @@ def test_invalid_options_are_clear_errors():
         necoda_filter.Necoda(mode="lossless", max_error=1)
     with pytest.raises(ValueError, match="finite"):
         necoda_filter.Necoda(mode="bounded", max_error=float("nan"))
+    with pytest.raises(ValueError, match="1..12"):  # pcodec's levels: 13 was silently coded as 12
+        necoda_filter.NecodaCodec(mode="lossless", level=13)
 
 
 def test_string_dtype_refused_at_create(tmp_path):

@@ -18,8 +18,10 @@ def add_arguments(p) -> None:
     p.add_argument("--max-error", type=float, default=None,
                    help="bounded/learned: every sample within this many raw units of the original")
     p.add_argument("--max-error-noise", type=float, default=None,
-                   help="bounded/learned: error bound in units of the estimated noise sigma")
-    p.add_argument("--level", type=int, default=None, help="lossless: entropy-coder effort")
+                   help="bounded/learned: error bound in noise sigmas. bounded: K times the noise sigma at each "
+                        "sample's brightness (a photon-transfer fit per chunk: brighter samples have more shot noise, "
+                        "so a larger bound in raw units); learned: K times the chunk's noise sigma")
+    p.add_argument("--level", type=int, default=None, help="lossless: entropy-coder effort, 1..12 (pcodec levels; default 8)")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="parallel encoder processes (default: CPUs available; 1 = no pool)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never IN)")
@@ -53,6 +55,19 @@ def run(args) -> int:
                              f"add --imaging bounded|learned or --ephys bounded")
     if args.level is not None and "lossless" not in used:
         raise ValueError(f"--level applies to the lossless mode only (here: {modes_now})")
+    if args.level is not None:
+        from ..modes.lossless import MAX_LEVEL
+
+        if not 1 <= args.level <= MAX_LEVEL:
+            raise ValueError(f"--level must be 1..{MAX_LEVEL} (pcodec compression levels), got {args.level}")
+    if "bounded" in used and args.max_error is None and args.max_error_noise is None:
+        raise ValueError("the bounded mode needs a bound: --max-error E (raw units) or --max-error-noise K "
+                         "(noise sigmas)")
+    if args.imaging == "learned" and (args.max_error_noise == 0 or (args.max_error is not None and args.max_error < 1)):
+        # the safeguard codes the residual within the bound less a one-unit margin (docs/LEARNED.md): below
+        # one raw unit every chunk would be stored raw, a file larger than its input
+        raise ValueError("the learned mode's safeguard needs a bound of at least one raw unit; for an exact copy "
+                         "use --imaging lossless")
     settings = Settings(imaging=args.imaging, ephys=args.ephys, quality=args.quality, max_error=args.max_error,
                         max_error_noise=args.max_error_noise, level=args.level)
     reports = recompress_file(args.input, args.output, settings, workers=args.workers,

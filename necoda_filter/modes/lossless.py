@@ -46,8 +46,9 @@ BLOCK = 512
 XCH = 3
 IMG_SHIFT = 12
 MAX_RANGE = 1 << 32
-#: pcodec compression level used when the caller gives none
+#: pcodec compression level used when the caller gives none, and pcodec's highest (levels are 0..MAX_LEVEL)
 DEFAULT_LEVEL = 8
+MAX_LEVEL = 12
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -423,7 +424,7 @@ class LosslessMode:
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         if arr.dtype.itemsize > 1 and not arr.dtype.isnative:
             arr = arr.astype(arr.dtype.newbyteorder("="))
-        level = int(min(max(int(level), 0), 12))
+        level = int(min(max(int(level), 0), MAX_LEVEL))
         rng = None
         if arr.dtype.kind in "iu" and arr.dtype.itemsize > 1 and arr.size >= 64:
             # one pass: range and column sums (the per-channel / per-pixel means)
