@@ -491,6 +491,26 @@ def test_evaluate_without_matplotlib_says_so_before_any_work(rich, tmp_path, cap
     assert (rep / "report.md").is_file() and not list(rep.glob("*.png"))
 
 
+def test_evaluate_against_a_decoded_copy_or_itself_says_so(tmp_path, capsys):
+    """Bugs: ``evaluate`` with a ``necoda decompress`` copy of a lossy file as ORIGINAL reported max error 0
+    and PSNR inf without a word (the check only caught errors above the recorded one); the same file twice
+    ran and reported nothing wrong."""
+    src, out, plain, rep = tmp_path / "in.h5", tmp_path / "out.h5", tmp_path / "plain.h5", tmp_path / "rep"
+    rng = np.random.default_rng(1)
+    series_file(src, {"ts": ("TwoPhotonSeries", rng.integers(0, 4000, (16, 20, 20)).astype(np.int16), 30.0)})
+    assert cli.main(["compress", str(src), str(out), "--imaging", "bounded", "--max-error", "40", "--quiet"]) == 0
+    assert cli.main(["decompress", str(out), str(plain), "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(plain), str(out), "--report", str(rep), "--no-figures"]) == 0
+    err = capsys.readouterr().err
+    assert "holds decoded data (it was written by necoda decompress)" in err
+    assert "decoded data" in (rep / "report.md").read_text()
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(rep), "--no-figures"]) == 0
+    assert "warning" not in capsys.readouterr().err  # the real original: nothing to warn about
+    assert cli.main(["evaluate", str(out), str(out), "--report", str(rep), "--no-figures"]) == 1
+    assert "same file" in capsys.readouterr().err
+
+
 def test_input_that_is_not_hdf5(tmp_path, capsys):
     junk = tmp_path / "junk.nwb"
     junk.write_bytes(b"hello")

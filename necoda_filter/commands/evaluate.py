@@ -98,9 +98,10 @@ def _necoda_paths(f) -> list[str]:
     return found
 
 
-def _check_source(res: dict, c, original) -> None:
-    """Compare the measured max error with the one recorded at write time (against the real source):
-    a larger one means ORIGINAL is not (or no longer) the data COMPRESSED was made from."""
+def _check_source(res: dict, o, c, original) -> None:
+    """Compare the measured max error with the one recorded at write time (against the real source): a
+    larger one means ORIGINAL is not (or no longer) the data COMPRESSED was made from; a much smaller one
+    (0 for a lossy dataset) means ORIGINAL is a decoded copy of it, e.g. made by ``necoda decompress``."""
     from .. import provenance
 
     rec = (provenance.read(c) or {}).get("max_abs_error")
@@ -109,9 +110,15 @@ def _check_source(res: dict, c, original) -> None:
         return
     res["recorded_max_abs"] = rec
     res["source_mismatch"] = bool(mx > rec * (1 + 1e-6) + 1e-9)
+    res["original_is_decoded"] = bool(rec > 0 and mx < rec / 2)
     if res["source_mismatch"]:
         print(f"necoda evaluate: warning: {c.name}: max error {mx:.6g} here but {rec:.6g} measured when it was "
               f"compressed: {original} is not the file it was compressed from (or was modified)", file=sys.stderr)
+    elif res["original_is_decoded"]:
+        how = " (it was written by necoda decompress)" if "necoda_decompressed_by" in o.attrs else ""
+        print(f"necoda evaluate: warning: {c.name}: max error {mx:.6g} here but {rec:.6g} measured against the data "
+              f"it was compressed from: {original} holds decoded data{how}, not that original; these figures "
+              "say nothing about what compression changed", file=sys.stderr)
 
 
 def _kind(o, c) -> str:
@@ -398,6 +405,9 @@ def evaluate_files(original, compressed, report_dir=None, figures=True, **window
             raise FileNotFoundError(f"{p} does not exist")
         if not h5py.is_hdf5(p):
             raise ValueError(f"{p} is not an HDF5/NWB file")
+    if original.samefile(compressed):
+        raise ValueError(f"ORIGINAL and COMPRESSED are the same file ({compressed}): give the file before "
+                         "recompression first, then the output of `necoda compress`")
     report_dir = Path(report_dir) if report_dir else compressed.with_name(compressed.name + ".necoda-report")
     if report_dir.exists() and not report_dir.is_dir():
         raise NotADirectoryError(f"report folder {report_dir} exists and is not a folder (--report names a folder)")
@@ -420,7 +430,7 @@ def evaluate_files(original, compressed, report_dir=None, figures=True, **window
         for path in pairs:
             o, c = fo[path], fc[path]
             res = evaluate_dataset(o, c, _kind(o, c), report_dir, figures=figures, **window)
-            _check_source(res, c, original)
+            _check_source(res, o, c, original)
             out["datasets"].append(res)
     out["file_ratio"] = out["original_file_bytes"] / max(1, out["compressed_file_bytes"])
     (report_dir / "report.json").write_text(json.dumps(_clean(out), indent=2))
@@ -466,6 +476,11 @@ def markdown(res: dict) -> str:
             lines += [f"**Warning:** `{d['path']}`: max error {_fmt(d['max_abs'])} here but "
                       f"{_fmt(d['recorded_max_abs'])} when it was compressed: the original is not the file it was "
                       "compressed from (or was modified).", ""]
+        elif d.get("original_is_decoded"):
+            lines += [f"**Warning:** `{d['path']}`: max error {_fmt(d['max_abs'])} here but "
+                      f"{_fmt(d['recorded_max_abs'])} against the data it was compressed from: the original given "
+                      "holds decoded data (e.g. a `necoda decompress` copy), so these figures say nothing about what "
+                      "compression changed.", ""]
     for d in res["datasets"]:
         for f in d.get("figures", []):
             lines.append(f"![{d['path']}]({f})")
