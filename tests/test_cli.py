@@ -67,7 +67,23 @@ def test_info_shows_the_quality_learned_chunks_were_coded_at(tmp_path, capsys):
     default = int(registry.get(rows["/d"]["models"][0]).tables["default_quality"])
     assert rows["/d"]["qualities"] == [default] and rows["/q2"]["qualities"] == [2]
     assert cli.main(["info", str(p)]) == 0
-    assert f"learned×2 (quality {default})" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"learned×2 (quality {default})" in out
+    mid = rows["/d"]["models"][0]  # the id, with the name of the installed package it belongs to
+    assert f"{registry.available()[mid].name} ({mid})" in out
+
+
+def test_info_says_when_chunk_modes_come_from_a_sample(tmp_path, capsys):
+    """"lossless×8" for a 30-chunk dataset read as "8 chunks": the sample is now named as one."""
+    p = tmp_path / "s.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("x", data=np.arange(30000, dtype=np.int16).reshape(-1, 10), chunks=(100, 10),
+                         compression=necoda_filter.Necoda(mode="lossless"))
+    assert cli.main(["info", str(p)]) == 0
+    assert "lossless×8 in 8 of 30 chunks sampled" in capsys.readouterr().out
+    assert cli.main(["info", str(p), "--chunks", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "lossless×30" in out and "sampled" not in out
 
 
 def test_describe_names_lossy_data_written_without_provenance(tmp_path):

@@ -59,6 +59,7 @@ def dataset_info(d, max_chunks: int = 8) -> dict:
                 bad += 1
         row["chunk_modes"] = seen
         row["chunks_sampled"] = len(take)
+        row["chunks_total"] = n
         row["models"] = sorted(models)
         if qualities:
             row["qualities"] = sorted(qualities)
@@ -98,7 +99,7 @@ def describe(dset: h5py.Dataset) -> str | None:
         bits.append(f"quality {quality}")
     opts = {k: v for k, v in (prov.get("options") or {}).items() if k != "quality"}
     bits += [f"{k}={v}" for k, v in sorted(opts.items())]
-    model = prov.get("model_id") or ", ".join(row.get("models") or [])
+    model = _model_label(prov["model_id"]) if prov.get("model_id") else ", ".join(map(_model_label, row.get("models") or []))
     if model:
         bits.append(f"model {model}")
     ratio = prov.get("ratio", row.get("ratio"))
@@ -116,6 +117,15 @@ def describe(dset: h5py.Dataset) -> str | None:
     elif lossy:
         text += "; no fidelity was recorded when it was written (compare with the original: `necoda evaluate`)"
     return text + "."
+
+
+def _model_label(model_id: str) -> str:
+    try:
+        from ..models import registry
+
+        return registry.label(model_id)
+    except Exception:  # noqa: BLE001  (the learned mode not installed: the id is all we know)
+        return model_id
 
 
 def _lossy_chunks(chunk_modes) -> bool:
@@ -194,6 +204,8 @@ def run(args) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         modes_ = ", ".join(f"{k}×{v}" for k, v in r.get("chunk_modes", {}).items()) or "-"
+        if r.get("chunks_sampled", 0) < r.get("chunks_total", 0):  # "lossless×8" alone read as "8 chunks"
+            modes_ += f" in {r['chunks_sampled']} of {r['chunks_total']} chunks sampled"
         if r.get("qualities"):
             modes_ += f" (quality {', '.join(map(str, r['qualities']))})"
         req = r.get("requested", {})
@@ -201,7 +213,7 @@ def run(args) -> int:
         mode_txt = f"{req.get('mode', '-')}{' (' + opts + ')' if opts else ''}: {modes_}" if req else "-"
         ratio = _fmt(r["ratio"]) + "×" if r["ratio"] else "-"
         cells = [r["path"], tuple(r["shape"]), r["dtype"], tuple(r["chunks"]), "+".join(r["filters"]) or "-", mode_txt,
-                 ", ".join(r.get("models", [])) or "-", ratio, fidelity_text(r)]
+                 ", ".join(map(_model_label, r.get("models", []))) or "-", ratio, fidelity_text(r)]
         print("| " + " | ".join(str(c) for c in cells) + " |")
     if args.provenance:
         for r in rows:

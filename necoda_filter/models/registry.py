@@ -105,6 +105,13 @@ def available() -> dict[str, Path]:
         return dict(_scan())
 
 
+def label(model_id: str) -> str:
+    """``model_id`` with the name of its installed package folder, e.g. ``imaging-v2.1 (necoda-249d…)``;
+    the bare id when no installed package has it."""
+    path = available().get(model_id)
+    return f"{path.name} ({model_id})" if path is not None else model_id
+
+
 def _load(mid: str, path: Path) -> ModelPackage:
     files = _read_files(path)
     got = model_id_of_bytes(*files)
