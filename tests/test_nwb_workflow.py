@@ -276,7 +276,7 @@ def test_nwbinspector_shows_the_provenance_with_our_module(tmp_path):
     assert sorted(got) == ["/acquisition/ElectricalSeries", "/acquisition/TwoPhotonSeries"]
     assert all(m["importance"] == "BEST_PRACTICE_SUGGESTION" for m in got.values())
     img = got["/acquisition/TwoPhotonSeries"]["message"]
-    assert "mode learned (LOSSY; quality 4, model necoda-" in img and "PSNR" in img and "noise sigma" in img
+    assert "mode learned (LOSSY; quality 4, model imaging-v2.1 (necoda-" in img and "PSNR" in img and "noise sigma" in img
     assert "mode lossless" in got["/acquisition/ElectricalSeries"]["message"]
     assert "bit-exact" in got["/acquisition/ElectricalSeries"]["message"]
     assert ours(src) == {}
