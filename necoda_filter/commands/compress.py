@@ -74,7 +74,9 @@ def run(args) -> int:
                               overwrite=args.overwrite, progress=not args.quiet, only=args.only)
     if not reports:
         print(f"necoda compress: no TwoPhotonSeries/OnePhotonSeries/ImageSeries/ElectricalSeries/"
-              f"SpikeEventSeries data found in {args.input}; copied it unchanged to {args.output}")
+              f"SpikeEventSeries data found in {args.input}; copied it unchanged to {args.output}. "
+              "(necoda compress recognises NWB series by their neurodata_type; to compress datasets of another "
+              "HDF5 file, write them with h5py and compression=necoda_filter.Necoda(...), see README)")
         return 0
     print(f"wrote {args.output}")
     for r in reports:
