@@ -82,7 +82,7 @@ def run(args) -> int:
     for r in reports:
         p = r.provenance
         print(f"  {r.path}: {p['kind']} {r.shape} {r.dtype}, mode {p['mode']}, chunks {tuple(r.chunks)}, "
-              f"ratio {_fmt(p['ratio'])}, max error {_fmt(p['max_abs_error'])}, PSNR {_fmt(p['psnr_db'], '.2f')} dB, "
+              f"ratio {_fmt(p['ratio'])}, max error {_fmt(p['max_abs_error'], '.6g')}, PSNR {_fmt(p['psnr_db'], '.2f')} dB, "
               f"noise-unit RMSE {_fmt(p['noise_rmse'])}, {r.seconds:.1f} s")
         other = {m: n for m, n in p["chunk_modes"].items() if m != p["mode"]}
         if other:
