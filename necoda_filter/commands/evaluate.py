@@ -461,8 +461,13 @@ def markdown(res: dict) -> str:
         lines.append(f"| `{d['path']}` | {d['kind']} | {d.get('mode')} | {_fmt(d['ratio'], '.3f')} | "
                      f"{_fmt(d['ratio_vs_original'], '.3f')} | {_fmt(d['max_abs'])} | {_fmt(d['rmse'])} | "
                      f"{_fmt(d['psnr'], '.2f')} | {_fmt(d['rmse_noise'])} | {fid} |")
-    lines += ["", "Error statistics cover every sample; ROI/spike fidelity uses the first "
-              "`window_rows` rows of each dataset (see report.json).", ""]
+    windows = ", ".join(f"`{d['path']}` {d['window_rows']}" for d in res["datasets"] if "window_rows" in d)
+    lines += ["", "ratio: raw bytes / stored bytes; vs original storage: the original's stored bytes (after its own "
+              "compression, if any) / the compressed file's. Errors are in raw units (RMSE (noise σ): in units of "
+              "the noise estimated on the original). Error statistics cover every sample; ROI and spike fidelity "
+              f"use a leading window (frames or samples: {windows}). ROI r: Pearson r of ROI mean traces, original "
+              "vs decoded; spike F1 / waveform r: threshold (5σ) spike detection on the original vs the decoded "
+              "data.", ""]
     traces = [(d["path"], t) for d in res["datasets"] for t in d.get("file_traces") or []]
     if traces:
         lines += ["ROI mean traces against the traces stored in the original file (for the file's ROIs; a "
