@@ -3,17 +3,27 @@
 Simulates a two-photon movie and a Neuropixels-like recording (``necoda_filter.simulate``), writes them
 into an NWB file with ``H5DataIO(..., compression="necoda")``, reads the file back in a fresh Python
 process that has only ``HDF5_PLUGIN_PATH`` set (as nwbinspector or dandi would), and prints per
-dataset: mode, ratio, write/read speed and fidelity.
+dataset: mode, ratio, read speed and fidelity, with a legend of the columns.
+
+Every argument (modes, bounds, ``--out``) is checked before anything is simulated. The file goes to a
+temporary folder that is deleted at the end, unless ``--out`` names where to keep it (``FILE.nwb``, or an
+existing folder to put ``necoda_demo.nwb`` in); an existing file is never overwritten.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+
+from . import positive_int
+
+#: the file name used in a temporary folder, or inside an existing folder given as --out
+DEMO_NAME = "necoda_demo.nwb"
 
 READER = textwrap.dedent("""
     import json, sys, time
@@ -32,45 +42,134 @@ READER = textwrap.dedent("""
 """)
 
 
+def _seconds(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
 def add_arguments(p):
-    p.add_argument("--out", help="where to keep the NWB file (default: a temporary folder, removed afterwards)")
-    p.add_argument("--frames", type=int, default=300, help="movie frames (default 300)")
-    p.add_argument("--size", type=int, default=128, help="movie height and width (default 128)")
-    p.add_argument("--seconds", type=float, default=2.0, help="ephys duration in seconds (default 2)")
-    p.add_argument("--channels", type=int, default=384, help="ephys channels (default 384)")
-    p.add_argument("--imaging-mode", default="auto", help="necoda mode for the movie (default auto)")
-    p.add_argument("--ephys-mode", default="auto", help="necoda mode for ephys (default auto)")
+    from ..modes import MODE_CHOICES
+
+    p.add_argument("--out", metavar="FILE.nwb",
+                   help=f"keep the NWB file: write it to FILE.nwb, or to FOLDER/{DEMO_NAME} when an existing "
+                        "folder is given; an existing file is never overwritten (default: a temporary folder, "
+                        "deleted when the demo ends)")
+    p.add_argument("--frames", type=positive_int, default=300, help="movie frames (default 300)")
+    p.add_argument("--size", type=positive_int, default=128, help="movie height and width in pixels (default 128)")
+    p.add_argument("--seconds", type=_seconds, default=2.0, help="ephys duration in seconds (default 2)")
+    p.add_argument("--channels", type=positive_int, default=384, help="ephys channels (default 384)")
+    p.add_argument("--imaging-mode", choices=MODE_CHOICES, default="auto",
+                   help="necoda mode for the movie (default auto, which picks the lossy learned mode for movies)")
+    p.add_argument("--ephys-mode", choices=MODE_CHOICES, default="auto",
+                   help="necoda mode for ephys (default auto, which picks lossless for ephys)")
+    p.add_argument("--max-error", type=float, default=None, metavar="N",
+                   help="bounded/learned modes: every sample within this many raw units of the original")
+    p.add_argument("--max-error-noise", type=float, default=None, metavar="X",
+                   help="bounded/learned modes: error bound in units of the estimated noise sigma")
 
 
-def _io(mode: str) -> dict:
-    """H5DataIO keywords: the literal compression="necoda", with the Necoda cd_values when not "auto"
-    (hdmf accepts only int/tuple compression_opts)."""
+def _io(mode: str, bounds: dict) -> dict:
+    """H5DataIO keywords: the literal compression="necoda", with the Necoda cd_values when not plain "auto"
+    (hdmf accepts only int/tuple compression_opts). Raises ValueError on a mode/bound combination the
+    filter refuses, so that it is reported before any work."""
     from ..filters import Necoda
 
-    return {"compression": "necoda"} if mode == "auto" else {"compression": "necoda",
-                                                              "compression_opts": Necoda(mode=mode).filter_options}
+    opts = bounds if mode in ("bounded", "learned") else {}
+    if mode == "auto" and not opts:
+        return {"compression": "necoda"}
+    return {"compression": "necoda", "compression_opts": Necoda(mode=mode, **opts).filter_options}
+
+
+def _settings(args) -> tuple[dict, dict]:
+    """(imaging_io, ephys_io), or a ValueError naming the command-line options."""
+    bounds = {k: v for k, v in (("max_error", args.max_error), ("max_error_noise", args.max_error_noise))
+              if v is not None}
+    used = {args.imaging_mode, args.ephys_mode}
+    if bounds and not used & {"bounded", "learned"}:
+        raise ValueError("--max-error/--max-error-noise apply to the bounded and learned modes only: add "
+                         "--imaging-mode bounded|learned or --ephys-mode bounded|learned")
+    out = []
+    for opt, mode in (("--imaging-mode", args.imaging_mode), ("--ephys-mode", args.ephys_mode)):
+        if mode == "bounded" and not bounds:
+            raise ValueError(f"{opt} bounded needs a bound: --max-error N (raw units) or --max-error-noise X "
+                             "(noise sigma, e.g. 0.5)")
+        try:
+            out.append(_io(mode, bounds))
+        except ValueError as e:
+            raise ValueError(f"{opt} {mode}: {e}") from None
+    return out[0], out[1]
+
+
+def _out_path(out: str) -> str:
+    """The absolute path --out asks for; refused (before any work) when it is not a new .nwb file."""
+    if not out.strip():
+        raise ValueError("--out needs a file name, e.g. --out necoda_demo.nwb")
+    path = os.path.abspath(os.path.expanduser(out))
+    if os.path.isdir(path):
+        path = os.path.join(path, DEMO_NAME)
+    elif out.endswith(("/", os.sep)):
+        raise FileNotFoundError(f"--out {out}: no such folder (create it first, or give a file name ending in .nwb)")
+    elif not path.lower().endswith(".nwb"):
+        raise ValueError(f"--out {out}: the NWB file name must end in .nwb (e.g. --out {out}.nwb), "
+                         "or name an existing folder")
+    if os.path.lexists(path):
+        raise FileExistsError(f"{path} exists; the demo never overwrites files (choose another --out)")
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--out {out}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"--out {out}: folder {folder} is not writable")
+    return path
+
+
+def _size(nbytes: float) -> str:
+    for unit, f in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= f:
+            return f"{nbytes / f:.3g} {unit}"
+    return f"{nbytes:.0f} B"
+
+
+def _num(v, spec: str) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
 def run(args) -> int:
+    imaging_io, ephys_io = _settings(args)          # every argument is checked before any work
+    keep = args.out is not None
+    path = _out_path(args.out) if keep else None
+
+    import warnings
+
     import numpy as np
 
-    from .. import PLUGIN_PATH, metrics, simulate
+    from .. import PLUGIN_PATH, metrics, modes, simulate
     from ..simulate_nwb import write_nwb
     from .info import file_info
 
-    print(f"necoda demo: simulating a {args.frames}x{args.size}x{args.size} two-photon movie and a "
-          f"{args.seconds:g} s x {args.channels}-channel recording ...", flush=True)
-    im = simulate.simulate_imaging(n_frames=args.frames, height=args.size, width=args.size, seed=1)
+    print(f"necoda demo: simulating a two-photon movie ({args.frames} frames of {args.size}×{args.size} pixels) "
+          f"and a {args.seconds:g} s, {args.channels}-channel Neuropixels-like recording ...", flush=True)
     ep = simulate.simulate_ephys(duration_s=args.seconds, n_channels=args.channels, seed=1)
-    keep = args.out is not None
+    im = simulate.simulate_imaging(n_frames=args.frames, height=args.size, width=args.size, seed=1)
     workdir = tempfile.mkdtemp(prefix="necoda-demo-")
-    path = os.path.abspath(args.out) if keep else os.path.join(workdir, "necoda_demo.nwb")
-    if keep and os.path.exists(path):
-        raise FileExistsError(f"{path} exists; the demo never overwrites files (choose another --out)")
+    if not keep:
+        path = os.path.join(workdir, DEMO_NAME)
+    print('writing them into an NWB file with compression="necoda", then reading it back in a fresh '
+          "Python process ...", flush=True)
     try:
         t0 = time.perf_counter()
-        write_nwb(path, im, ep, imaging_io=_io(args.imaging_mode), ephys_io=_io(args.ephys_mode), ground_truth=False,
-                  identifier="necoda-demo")
+        with warnings.catch_warnings():
+            # hdmf: a plugin filter "may not be available on all installations"; the read-back below shows
+            # what a reader needs (necoda-filter installed and HDF5_PLUGIN_PATH)
+            warnings.filterwarnings("ignore", message=".*may not be available")
+            write_nwb(path, im, ep, imaging_io=imaging_io, ephys_io=ephys_io, ground_truth=False,
+                      identifier="necoda-demo")
         t_write = time.perf_counter() - t0
         import h5py
 
@@ -90,30 +189,78 @@ def run(args) -> int:
         reads = json.loads(r.stdout.strip().splitlines()[-1])
         rows = {row["path"].split("/")[-2]: row for row in file_info(path)}
         total_raw = im.movie.nbytes + ep.data.nbytes
-        print(f"\nwrote {path} in {t_write:.1f} s ({total_raw / 1e6 / t_write:.1f} MB/s of raw data, whole NWB write)")
-        print("read back in a fresh process with only HDF5_PLUGIN_PATH set "
-              f"(necoda_filter imported by user code: no; by the plugin: {reads['necoda_imported']})\n")
-        print("| dataset | shape | mode | raw MB | stored MB | ratio | read MB/s | max abs err | PSNR dB | fidelity |")
+        where = f"wrote {path}" + ("" if keep else
+                                    "\n  (a temporary file, deleted when the demo ends; to keep it: --out FILE.nwb)")
+        print(f"\n{where}\n  {_size(total_raw)} of raw data written in {t_write:.1f} s "
+              f"({total_raw / 1e6 / t_write:.1f} MB/s for the whole NWB write, compression included)")
+        how = ("HDF5 loaded the necoda plugin by itself" if reads["necoda_imported"] else
+               "necoda_filter was not loaded in it")
+        print("  read back in a fresh Python process that only sets HDF5_PLUGIN_PATH (as nwbinspector or dandi "
+              f"would):\n  {how}\n")
+        print("| dataset | shape | mode | raw | stored | ratio | read MB/s | max abs err | PSNR dB | fidelity |")
         print("|---|---|---|---|---|---|---|---|---|---|")
-        for name, orig in (("TwoPhotonSeries", im.movie), ("ElectricalSeries", ep.data)):
+        notes = []
+        for name, sim, orig in (("TwoPhotonSeries", im, im.movie), ("ElectricalSeries", ep, ep.data)):
             got = np.load(os.path.join(workdir, name + ".npy"))
             row = rows[name]
             err = metrics.error_stats(orig, got)
             if name == "TwoPhotonSeries":
                 fid = metrics.imaging_fidelity(orig, got, footprints=im.footprints, true_traces=im.traces)
-                fid_txt = (f"ROI r {fid['roi_r_median']:.3f}; vs truth {fid['true_r_median_dec']:.3f} "
-                           f"(raw {fid['true_r_median_orig']:.3f})")
+                fid_txt = (f"ROI r {_num(fid['roi_r_median'], '.3f')}; vs truth {_num(fid['true_r_median_dec'], '.3f')}"
+                           f" (original {_num(fid['true_r_median_orig'], '.3f')})")
             else:
                 fid = metrics.ephys_fidelity(orig, got, ep.fs)
-                fid_txt = f"spike F1 {fid['spike_f1']:.3f}, waveform r {fid['waveform_r_median']:.3f}"
-            modes_ = "+".join(row.get("chunk_modes", {})) or "?"
-            print(f"| {name} | {orig.shape} | {modes_} | {orig.nbytes / 1e6:.1f} | {row['stored_bytes'] / 1e6:.2f} "
-                  f"| {row['ratio']:.2f}× | {orig.nbytes / 1e6 / reads[name]['seconds']:.0f} | {err['max_abs']:g} "
-                  f"| {err['psnr']:.1f} | {fid_txt} |")
+                fid_txt = (f"spike F1 {_num(fid['spike_f1'], '.3f')}, "
+                           f"waveform r {_num(fid['waveform_r_median'], '.3f')}")
+            chunk_modes = list(row.get("chunk_modes", {}))
+            lossy = [m for m in chunk_modes if m in modes.MODE_TABLE and modes.get(m).lossy]
+            mode_txt = "+".join(chunk_modes) or "?"
+            if lossy:
+                mode_txt += " (lossy)"
+            exact = err["max_abs"] == 0
+            ratio = row["ratio"]
+            ratio_txt = format(ratio, ".0f" if ratio >= 100 else ".3g")
+            print(f"| {name} | {'×'.join(map(str, orig.shape))} {orig.dtype} | {mode_txt} | {_size(orig.nbytes)} "
+                  f"| {_size(row['stored_bytes'])} | {ratio_txt}× | {orig.nbytes / 1e6 / reads[name]['seconds']:.0f} "
+                  f"| {'0 (exact)' if exact else format(err['max_abs'], 'g')} | {err['psnr']:.1f} | {fid_txt} |")
+            if not exact:
+                # a lossy mode's error against the original includes the noise it removed: compare both with
+                # the simulation's noise-free signal
+                vs_clean = metrics.error_stats(sim.clean, got)
+                noise = metrics.error_stats(sim.clean, orig)
+                closer = ("is closer to the noise-free one (RMSE {:.3g})" if vs_clean["rmse"] < noise["rmse"] else
+                          "differs from the noise-free one by RMSE {:.3g}").format(vs_clean["rmse"])
+                if name == "TwoPhotonSeries" and "learned" in lossy:
+                    notes.append(
+                        f"{name}: the learned mode is LOSSY and removes shot noise, so the decoded movie differs from "
+                        f"the original by about the noise: RMSE {err['rmse']:.3g}, max abs err {err['max_abs']:g}, "
+                        f"where the original itself differs from the simulation's noise-free movie by RMSE "
+                        f"{noise['rmse']:.3g}, max {noise['max_abs']:.0f}. The decoded movie {closer} "
+                        "and keeps the cells' traces (ROI r). "
+                        "For a bit-exact movie: --imaging-mode lossless.")
+                else:
+                    notes.append(f"{name} is coded LOSSY ({'+'.join(lossy) or mode_txt}): RMSE {err['rmse']:.3g} vs "
+                                 f"the original; vs the simulation's noise-free signal {vs_clean['rmse']:.3g} "
+                                 f"(the original: {noise['rmse']:.3g}).")
+        print()
+        legend = [
+            "raw: size in memory; stored: size in the file; ratio = raw/stored; read MB/s: decoding in the fresh "
+            "process.",
+            "max abs err, PSNR: decoded vs original samples, in the data's raw units (ADC counts); 0 and inf = "
+            "bit-exact.",
+            "ROI r: median correlation of the simulated cells' ROI traces, decoded vs original; vs truth: decoded "
+            "traces vs the cells' true activity (original: the same for the original movie).",
+            "spike F1: agreement of the spikes detected in the decoded and the original data (1 = the same "
+            "spikes); waveform r: median correlation of their waveforms.",
+        ]
+        for line in legend + notes:
+            print(textwrap.fill(line, width=110, subsequent_indent="  ", break_on_hyphens=False))
         if keep:
             print(f"\nkept {path}; inspect it with: necoda info {path}")
     finally:
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
+    if not keep:
+        print(f"\ndeleted the temporary folder {workdir}; to keep the file: necoda demo --out {DEMO_NAME}")
     return 0
