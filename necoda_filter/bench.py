@@ -100,6 +100,55 @@ def _split_h5(spec: str):
     return None
 
 
+#: .npz arrays ``load_data`` picks without --key: ``necoda simulate imaging`` writes ``movie``, ``necoda
+#: simulate ephys`` writes ``data`` (next to ground-truth arrays)
+NPZ_RECORDING_KEYS = ("movie", "data")
+
+
+def _npz_key(keys):
+    """The array to bench when no --key is given: the one known recording key present, else the only array."""
+    known = [k for k in NPZ_RECORDING_KEYS if k in keys]
+    if len(known) == 1:
+        return known[0]
+    return keys[0] if len(keys) == 1 else None
+
+
+def hdf5_candidates(f, under="/", limit=5):
+    """Datasets of an open HDF5 file worth benching, best first: the ``data`` of NWB series (a group whose
+    ``neurodata_type`` ends in ``Series``), then every other dataset with 2 or more dimensions; each
+    ``(path, shape, dtype)``, larger first within each kind. Returns (up to ``limit`` of them, the total)."""
+    import h5py
+
+    found = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.ndim >= 2:
+            nt = obj.parent.attrs.get("neurodata_type", "")
+            nt = nt.decode() if isinstance(nt, bytes) else str(nt)
+            series = name.rsplit("/", 1)[-1] == "data" and nt.endswith("Series")
+            found.append((not series, -obj.size, "/" + name.lstrip("/"), obj.shape, obj.dtype))
+
+    root = f[under] if under in f and isinstance(f[under], h5py.Group) else f
+    prefix = root.name.rstrip("/")
+    root.visititems(lambda name, obj: visit(f"{prefix}/{name}", obj))
+    found.sort(key=lambda t: t[:3])
+    return [(p, shape, dt) for _, _, p, shape, dt in found[:limit]], len(found)
+
+
+def _hdf5_hint(f, path, near=None):
+    """'e.g. FILE:/acquisition/X/data; datasets with 2 or more dimensions: ...' for an error message."""
+    under = near.name if near is not None and hasattr(near, "visititems") else "/"
+    cands, total = hdf5_candidates(f, under)
+    if not cands and under != "/":
+        cands, total = hdf5_candidates(f)
+    if not cands:
+        return ("it holds no dataset with 2 or more dimensions (an NWB movie is e.g. "
+                "/acquisition/TwoPhotonSeries/data)")
+    listed = ", ".join(f"{p} ({'×'.join(map(str, shape))} {dt})" for p, shape, dt in cands)
+    more = f", and {total - len(cands)} more" if total > len(cands) else ""
+    return f"e.g. {path}:{cands[0][0]}; datasets with 2 or more dimensions: {listed}{more}"
+
+
 def load_data(spec: str, *, key=None, dtype=None, channels=None, fs=None, max_frames=None) -> BenchData:
     """Load DATA for the bench (see module docstring and ``necoda bench --help``)."""
     truth = None
@@ -132,8 +181,15 @@ def load_data(spec: str, *, key=None, dtype=None, channels=None, fs=None, max_fr
         source = spec
         if h5:
             import h5py
+            if not h5py.is_hdf5(path):
+                raise ValueError(f"{path} is not an HDF5 file: 'FILE:/path/to/dataset' names a dataset in an "
+                                 "HDF5/NWB file")
             with h5py.File(path, "r") as f:
-                ds = f[h5[1]]
+                ds = f.get(h5[1])
+                if not isinstance(ds, h5py.Dataset):
+                    what = (f"{path}: {h5[1]} is a group, not a dataset" if isinstance(ds, h5py.Group)
+                            else f"{path} has no dataset {h5[1]}")
+                    raise ValueError(f"{what}; " + _hdf5_hint(f, path, ds))
                 arr = ds[: max_frames] if max_frames else ds[()]
                 parent = ds.parent
                 if fs is None:
@@ -147,14 +203,22 @@ def load_data(spec: str, *, key=None, dtype=None, channels=None, fs=None, max_fr
         elif suffix == ".npz":
             with np.load(path) as z:
                 keys = list(z.keys())
-                k = key or ("data" if "data" in keys else (keys[0] if len(keys) == 1 else None))
-                if k is None or k not in keys:
-                    raise KeyError(f"{path.name} holds {keys}; choose one with --key")
+                if key is not None and key not in keys:
+                    raise ValueError(f"{path.name} has no array named {key}; it holds {', '.join(keys) or 'none'}")
+                k = key or _npz_key(keys)
+                if k is None:
+                    raise ValueError(f"{path.name} holds the arrays {', '.join(keys) or '(none)'}: choose one with "
+                                     "--key")
                 arr = z[k]
         elif suffix in (".tif", ".tiff"):
             import tifffile
             arr = tifffile.imread(path)
         else:
+            import h5py
+            if h5py.is_hdf5(path):  # an NWB/HDF5 file without ':/path/to/dataset' is no raw binary
+                with h5py.File(path, "r") as f:
+                    raise ValueError(f"{path} is an HDF5 file: name the dataset to bench as "
+                                     f"{path}:/path/to/dataset, " + _hdf5_hint(f, path))
             if dtype is None or channels is None:
                 raise ValueError(f"{path.name}: raw binary needs --dtype and --channels "
                                  "(or use .npy/.npz/.tif/file.nwb:/path/to/dataset)")
@@ -670,40 +734,42 @@ def plot_results(results: dict, out_dir) -> list[Path]:
         ax.set_xlabel("compression ratio (raw / compressed bytes, log)")
         ax.grid(True, which="both", alpha=0.3)
         ax.set_title(title, fontsize=10)
+        # Reference lines are drawn before any set_ylim (which stops autoscaling), so the y range includes
+        # them, and their labels are clipped to the axes: with lossless rows only the PSNR axis spans just
+        # the "lossless" line, and a label far outside it made tight_layout give up (a UserWarning).
         if key == "psnr":
             ax.axhline(top_psnr, color="k", lw=0.6, ls=":")
             ax.text(0.99, top_psnr, "lossless (PSNR ∞) ", transform=ax.get_yaxis_transform(), va="top", ha="right",
-                    fontsize=8)
-            ax.set_ylim(top=top_psnr + 3)
-            ax.set_ylabel("PSNR (dB)")
+                    fontsize=8, clip_on=True)
             if ref and ref.get("psnr_clean") is not None:
                 ax.axhline(ref["psnr_clean"], color="#2ca02c", lw=1, ls="-.")
                 ax.text(0.99, ref["psnr_clean"], "raw data vs clean ", transform=ax.get_yaxis_transform(),
-                        va="top", ha="right", fontsize=7, color="#2ca02c")
+                        va="top", ha="right", fontsize=7, color="#2ca02c", clip_on=True)
+            ax.set_ylim(top=top_psnr + 3)
+            ax.set_ylabel("PSNR (dB)")
         elif not is_r:
             ax.set_ylabel(title.split(" (")[0].split(" vs")[0])
             ref_v = ref.get(key) if ref else None
             if key == "true_r_median" and ref_v is not None:
                 ax.axhline(ref_v, color="#2ca02c", lw=1.2, ls="-.")
                 ax.text(0.99, ref_v, f"raw data r = {ref_v:.4f} ", transform=ax.get_yaxis_transform(),
-                        va="top", ha="right", fontsize=8, color="#2ca02c")
+                        va="top", ha="right", fontsize=8, color="#2ca02c", clip_on=True)
         else:
             ax.set_yscale("log")
             ax.yaxis.set_minor_formatter(NullFormatter())
             ax.axhline(floor, color="k", lw=0.6, ls=":")
             q = "F1" if key == "spike_f1" else "r"
-            ax.text(0.99, floor, (f"identical ({q} = 1) " if floor > 1e-7 else f"{q} ≥ 1 − 1e-7 "), transform=ax.get_yaxis_transform(), va="top", ha="right",
-                    fontsize=8)
-            ax.set_ylim(bottom=floor / 2.5)
-            ax.invert_yaxis()  # up = better (r closer to 1)
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{1 - v:.6g}" if v >= 1e-6 else f"1 − {v:.0e}"))
-            q = "F1" if key == "spike_f1" else "r"
-            ax.set_ylabel(f"{q} (axis: 1 − {q}, log; up = better)")
+            ax.text(0.99, floor, (f"identical ({q} = 1) " if floor > 1e-7 else f"{q} ≥ 1 − 1e-7 "),
+                    transform=ax.get_yaxis_transform(), va="top", ha="right", fontsize=8, clip_on=True)
             if key == "true_r_median" and ref and ref.get("true_r_median") is not None:
                 y = max(1.0 - ref["true_r_median"], floor)
                 ax.axhline(y, color="#2ca02c", lw=1.2, ls="-.")
                 ax.text(0.99, y, f"raw data r = {ref['true_r_median']:.4f} ", transform=ax.get_yaxis_transform(),
-                        va="top", ha="right", fontsize=8, color="#2ca02c")
+                        va="top", ha="right", fontsize=8, color="#2ca02c", clip_on=True)
+            ax.set_ylim(bottom=floor / 2.5)
+            ax.invert_yaxis()  # up = better (r closer to 1)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{1 - v:.6g}" if v >= 1e-6 else f"1 − {v:.0e}"))
+            ax.set_ylabel(f"{q} (axis: 1 − {q}, log; up = better)")
     fig.suptitle(f"{d['name']}: {d['kind']} {'×'.join(map(str, d['shape']))} {d['dtype']} — rate–distortion",
                  fontsize=11)
     fig.legend(list(handles.values()), list(handles.keys()), loc="lower center",

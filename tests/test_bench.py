@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,7 +226,7 @@ def test_load_data_formats(tmp_path):
     d = bench.load_data(str(tmp_path / "m.npy"), max_frames=4)
     assert d.kind == "imaging" and d.array.shape == (4, 20, 20)
     np.savez(tmp_path / "two.npz", a=movie, b=movie[:2])
-    with pytest.raises(KeyError, match="--key"):
+    with pytest.raises(ValueError, match="--key"):  # was a KeyError: its message printed in quotes
         bench.load_data(str(tmp_path / "two.npz"))
     assert bench.load_data(str(tmp_path / "two.npz"), key="b").array.shape == (2, 20, 20)
     x = tiny_ephys(T=100, C=3)
@@ -260,3 +267,123 @@ def test_cli_module(tmp_path, capsys):
     assert "| zstd-3 (lossless) |" in out
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res["data"]["chunk"] == [4, 20, 20] and res["data"]["fs"] == 15.0
+
+
+def test_plot_with_lossless_rows_only_warns_nothing(tmp_path):
+    """`necoda bench sim:imaging:... --codecs zstd` printed 'UserWarning: Tight layout not applied': with
+    lossless rows only, the PSNR axis spanned just the 'lossless' line and the 'raw data vs clean' label
+    sat far below it."""
+    pytest.importorskip("matplotlib")
+    movie, clean, fps, traces = tiny_movie(T=32)
+    data = BenchData(movie, "imaging", "tiny-gt", "test", 30.0,
+                     truth={"clean": clean, "footprints": fps, "traces": traces})
+    res = bench.run_bench(data, "zstd", chunk=16, progress=False, plots=False)
+    assert all(not r["lossy"] for r in res["rows"] if r["status"] == "ok")
+    assert res["rows"][0]["psnr_clean"] is not None  # the reference line that was off the axis
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paths = bench.plot_results(res, tmp_path)
+    assert paths[0].stat().st_size > 10_000
+
+
+def test_custom_anchors_replace_the_built_in_ones(imaging_data):
+    """As benchmarks/README.md says: anchors=[...] runs those objects only (``codecs`` is still checked
+    for unknown names, but selects nothing); add build_anchors(...) to keep built-in ones."""
+    res = bench.run_bench(imaging_data, "zstd,necoda-lossless", anchors=[Identity(0, "mine")], progress=False)
+    assert [r["name"] for r in res["rows"] if r["status"] == "ok"] == ["mine"]
+    both = anchors.build_anchors("imaging", 8, families=["zstd"], dtype=imaging_data.array.dtype)
+    res = bench.run_bench(imaging_data, anchors=both + [Identity(0, "mine")], chunk=8, progress=False)
+    assert {r["name"] for r in res["rows"] if r["status"] == "ok"} == {"zstd-3", "zstd-19", "mine"}
+
+
+# ------------------------------------------------------------------------------------------ run_all.sh
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run_all_sandbox(tmp_path):
+    """benchmarks/run_all.sh copied into a throwaway repository (it writes its report next to itself, so
+    the committed RESULTS.md is never at risk), with a fake PYTHON whose `-m necoda_filter.commands.bench`
+    records its arguments and copies one small results.json to --out: the script's own logic runs for
+    real, in seconds, not the >10-minute benches."""
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    script = repo / "benchmarks" / "run_all.sh"
+    shutil.copy(REPO / "benchmarks" / "run_all.sh", script)
+    (repo / "benchmarks" / "RESULTS.md").write_text("committed report\n")
+    movie, *_ = tiny_movie()
+    res = bench.run_bench(BenchData(movie, "imaging", "tiny", "test", 30.0), "zstd", chunk=8, progress=False,
+                          plots=False)
+    bench.write_outputs(res, tmp_path / "canned", plots=False)
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+if [[ "$1" == -m ]]; then
+  echo "$*" >> {tmp_path}/bench_calls
+  while [[ $# -gt 0 ]]; do [[ "$1" == --out ]] && out="$2"; shift; done
+  mkdir -p "$out" && cp {tmp_path}/canned/results.json "$out"/
+  exit 0
+fi
+exec {sys.executable} "$@"
+""")
+    fake.chmod(0o755)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ophys_2p_cortex_300x200x200_int16.npz").write_bytes(b"")
+    (data / "ephys_locust_tetrode_15khz_4ch_int16.raw").write_bytes(b"")
+
+    def run(**env):
+        e = {k: v for k, v in os.environ.items() if k not in ("SKIP_REAL", "SKIP_SIM", "REPLACE_RESULTS", "WORK")}
+        e.update(PYTHON=str(fake), WORK=str(tmp_path / "work"), **env)
+        (tmp_path / "bench_calls").unlink(missing_ok=True)
+        r = subprocess.run(["bash", str(script), str(data)], capture_output=True, text=True, env=e, timeout=120)
+        calls = (tmp_path / "bench_calls").read_text().splitlines() if (tmp_path / "bench_calls").exists() else []
+        return r, calls
+
+    return repo / "benchmarks", tmp_path / "work", run
+
+
+def test_run_all_script_parses():
+    assert subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "run_all.sh")]).returncode == 0
+
+
+@pytest.mark.parametrize("skip,n_runs", [("SKIP_SIM", 2), ("SKIP_REAL", 3)])
+def test_run_all_partial_run_keeps_the_committed_report(run_all_sandbox, skip, n_runs):
+    """`SKIP_SIM=1 benchmarks/run_all.sh DATA` replaced the committed RESULTS.md (and plots/) with a
+    report of the runs it did: a partial report goes to $WORK, and the script says where."""
+    here, work, run = run_all_sandbox
+    r, calls = run(**{skip: "1"})
+    assert r.returncode == 0, r.stderr
+    assert len(calls) == n_runs
+    assert (here / "RESULTS.md").read_text() == "committed report\n" and not (here / "plots").exists()
+    report = work / "RESULTS.md"
+    assert f"{report}" in r.stderr and "partial run" in r.stderr
+    assert f"Generated by `{skip}=1 benchmarks/run_all.sh`" in report.read_text()
+
+
+def test_run_all_full_or_explicit_run_replaces_the_report(run_all_sandbox):
+    here, work, run = run_all_sandbox
+    r, calls = run(SKIP_SIM="1", REPLACE_RESULTS="1")  # asked for explicitly
+    assert r.returncode == 0, r.stderr
+    assert "Generated by `SKIP_SIM=1 benchmarks/run_all.sh`" in (here / "RESULTS.md").read_text()
+    r, calls = run()  # a full run
+    assert r.returncode == 0, r.stderr
+    assert len(calls) == 5 and "Generated by `benchmarks/run_all.sh`" in (here / "RESULTS.md").read_text()
+    imaging = [c for c in calls if "ophys" in c or "sim:imaging" in c]
+    assert len(imaging) == 3 and all("--chunk-frames 128" in c for c in imaging)  # as the README says
+    r, _ = run(SKIP_SIM="1", SKIP_REAL="1")
+    assert r.returncode == 1 and "nothing to run" in r.stderr
+
+
+def test_benchmarks_readme_matches_the_code():
+    """benchmarks/README.md claimed 64-frame chunks for the runs (run_all.sh passes --chunk-frames 128),
+    and learned qualities 1–4 (bench runs every level of the default model)."""
+    readme = " ".join((REPO / "benchmarks" / "README.md").read_text().split())
+    script = (REPO / "benchmarks" / "run_all.sh").read_text()
+    assert set(re.findall(r"--chunk-frames (\d+)", script)) == {"128"}
+    assert "--chunk-frames 128" in readme
+    assert f"default {bench.DEFAULT_IMAGING_CHUNK} frames" in readme
+    assert "imaging 64 frames × full frame" not in readme
+    q = anchors.learned_qualities()
+    assert f"`quality` = {q[0]}–{q[-1]}" in readme and "`quality` = 1, 2, 3, 4 " not in readme
+    assert "replaces the built-in" in readme

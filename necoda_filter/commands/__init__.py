@@ -25,3 +25,19 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def missing(packages) -> list[str]:
+    """The ones of ``packages`` that cannot be imported here (checked without importing them), so that a
+    command can say what to install before any work instead of failing halfway with a traceback."""
+    import importlib.util
+
+    out = []
+    for name in packages:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # ValueError: sys.modules[name] is None (import blocked)
+            found = False
+        if not found:
+            out.append(name)
+    return out

@@ -13,8 +13,9 @@ from . import check_dtype
 
 EPILOG = """\
 DATA is one of
-  movie.npy | movie.npz (--key K) | movie.tif       T x H x W = imaging, T x C = ephys (channels last)
-  file.nwb:/acquisition/TwoPhotonSeries/data        any HDF5/NWB dataset (rate read from the file)
+  movie.npy | movie.npz [--key K] | movie.tif       T x H x W = imaging, T x C = ephys (channels last)
+  file.nwb:/acquisition/TwoPhotonSeries/data        any HDF5/NWB dataset (rate read from the file); a file
+                                                    given without :/path lists its datasets
   recording.raw --dtype int16 --channels 4 --fs 15000   interleaved raw binary
   sim:imaging[:n_frames=300,height=128,...]         a fresh simulation with ground truth
   sim:ephys[:duration_s=3,n_channels=384,...]
@@ -34,7 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", metavar="DATA", help="data file, HDF5 'file:/dataset', or sim:imaging|sim:ephys[:k=v,...]")
     p.add_argument("--codecs", default="all", help="'all' or a comma-separated list of codec families (see below)")
     p.add_argument("--out", default=None, help="output folder (default: ./necoda-bench-<data name>)")
-    p.add_argument("--key", default=None, help="array name inside an .npz file")
+    p.add_argument("--key", default=None,
+                   help="array name inside an .npz file (default: 'movie' or 'data' when just one of them is "
+                        "there, else the only array)")
     p.add_argument("--dtype", default=None, help="sample type of a raw binary file, e.g. int16")
     p.add_argument("--channels", type=int, default=None, help="channel count of a raw binary file")
     p.add_argument("--fs", type=float, default=None,

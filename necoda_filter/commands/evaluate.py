@@ -495,13 +495,9 @@ def markdown(res: dict) -> str:
 def _require_matplotlib() -> None:
     """Figures need matplotlib (a dependency; missing only in an environment installed without it): say so
     before any work, not with a traceback after the metrics of the first dataset."""
-    import importlib.util
+    from . import missing
 
-    try:
-        found = importlib.util.find_spec("matplotlib") is not None
-    except ValueError:  # sys.modules["matplotlib"] is None (import blocked)
-        found = False
-    if not found:
+    if missing(["matplotlib"]):
         raise ValueError("the PNG figures need matplotlib, which is not installed here: "
                          "pip install matplotlib, or pass --no-figures for the metrics only")
 

@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 
+#: what ``pip`` installs for training (pyproject's ``train`` extra)
+TRAIN_PACKAGES = ("torch", "onnx")
+
+
 def add_arguments(p):
-    p.add_argument("recordings", nargs="*", help="extra recordings to train on (.npz key 'data', .npy, file.h5::dataset)")
+    p.add_argument("recordings", nargs="*",
+                   help="extra recordings to train on: .npy, .npz (array 'data'), an HDF5/NWB dataset as "
+                        "file.h5:/path/to/dataset (as in necoda bench) or file.h5::path/to/dataset, or file.h5 "
+                        "(its dataset 'data')")
     p.add_argument("--out", default="necoda_model", help="output package folder (default ./necoda_model); written "
                                                          "complete or not at all (a temporary folder renamed at the end)")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
@@ -22,6 +29,66 @@ def add_arguments(p):
                    help="training patch T,H,W (T a multiple of 8, H and W of 16; default 32,64,64)")
     p.add_argument("--trace-weight", type=float, default=None,
                    help="weight of the soma-trace error in the loss (simulations; default 3, 0 = off)")
+
+
+def _require_train_extra() -> None:
+    """torch and onnx come with the optional [train] extra: say so before any work. (The trainer imports
+    torch only inside train(), so without this check a plain install got past every argument check, made
+    the output folder and died in train() with a ModuleNotFoundError traceback.)"""
+    from . import missing as missing_packages
+
+    missing = missing_packages(TRAIN_PACKAGES)
+    if missing:
+        raise ValueError(f"necoda train needs the [train] extra ({', '.join(missing)} not installed here): "
+                         'pip install "necoda-filter[train]"')
+
+
+def split_recording(spec: str):
+    """A recording argument -> (file, dataset or None). HDF5/NWB datasets may be named as ``necoda bench``
+    does, ``file.h5:/path/to/dataset``, or as ``file.h5::path/to/dataset``; a file name that holds ':'
+    still works (the longest prefix that is an existing file wins)."""
+    import os
+
+    if "::" in spec:
+        head, _, tail = spec.partition("::")
+        if os.path.isfile(head) or not os.path.isfile(spec):
+            return head, tail.strip("/") or None
+    i = spec.rfind(":")
+    while i > 0:
+        head, tail = spec[:i], spec[i + 1:]
+        if tail and os.path.isfile(head):
+            return head, tail.strip("/") or None
+        i = spec.rfind(":", 0, i)
+    return spec, None
+
+
+def _check_recording(spec: str) -> str:
+    """Check one recording argument and return it in the trainer's form (``file.h5::dataset``)."""
+    import os
+
+    import re
+
+    f, ds = split_recording(spec)
+    if not os.path.isfile(f):
+        m = re.match(r"(.+?\.(?:h5|hdf5|nwb)):", f)  # missing.nwb:/acquisition/X/data -> missing.nwb
+        raise FileNotFoundError(f"no such file: {m.group(1) if m else f}")
+    h5 = f.endswith((".h5", ".hdf5", ".nwb"))  # the suffixes train.data.load_recording reads
+    if ds is None and f.endswith((".npy", ".npz")):
+        return f
+    if ds is None and not h5:
+        raise ValueError(f"unsupported recording {spec}: use .npy, .npz or an HDF5/NWB dataset "
+                         "file.h5:/path/to/dataset")
+    import h5py
+
+    if not h5py.is_hdf5(f):
+        raise ValueError(f"{f} is not an HDF5 file (recording {spec})")
+    if not h5:
+        raise ValueError(f"unsupported recording {spec}: HDF5 files must be named .h5, .hdf5 or .nwb")
+    with h5py.File(f, "r") as h:
+        if not isinstance(h.get(ds or "data"), h5py.Dataset):
+            raise ValueError(f"{f} has no dataset /{ds or 'data'} (recording {spec}; name the dataset as "
+                             f"{f}:/path/to/dataset)")
+    return f if ds is None else f"{f}::{ds}"
 
 
 def _check_args(args):
@@ -61,10 +128,9 @@ def _check_args(args):
             raise ImportError
     except ImportError:
         raise ValueError(f"--simulator must name an importable module:function, got {args.simulator!r}") from None
-    for r in list(args.recordings) + ([args.init] if args.init else []):
-        f = r.partition("::")[0]
-        if not os.path.isfile(f):
-            raise FileNotFoundError(f"no such file: {f}")
+    args.recordings = [_check_recording(r) for r in args.recordings]
+    if args.init and not os.path.isfile(args.init):
+        raise FileNotFoundError(f"no such file: {args.init}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise FileExistsError(f"--out {args.out} exists and is not a folder")
     if os.path.isdir(args.out) and os.listdir(args.out) and not getattr(args, "force", False):
@@ -76,12 +142,9 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
+    _require_train_extra()
     patch, lambdas = _check_args(args)
-    try:
-        from ..train.train import train
-    except ImportError as e:  # torch missing
-        print(f"necoda train needs the [train] extra (torch, onnx): {e}", file=sys.stderr)
-        return 1
+    from ..train.train import train
     import os
     import shutil
 

@@ -75,10 +75,10 @@ def load_recording(path: str) -> np.ndarray:
         return z["data"] if "data" in z else z[list(z.keys())[0]]
     if path.endswith(".npy"):
         return np.load(path)
-    if path.endswith((".h5", ".hdf5", ".nwb")):
+    file, _, key = path.partition("::")  # the suffix is the file's, not that of "file.h5::dataset"
+    if file.endswith((".h5", ".hdf5", ".nwb")):
         import h5py
-        path, _, key = path.partition("::")
-        with h5py.File(path, "r") as f:
+        with h5py.File(file, "r") as f:
             return f[key or "data"][()]
     raise ValueError(f"unsupported recording {path!r} (use .npz/.npy or file.h5::dataset)")
 
