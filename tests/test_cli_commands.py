@@ -307,6 +307,7 @@ def _fake_trainer(monkeypatch):
     fake = types.ModuleType("necoda_filter.train.train")
     fake.train = fake_train
     monkeypatch.setitem(sys.modules, "necoda_filter.train.train", fake)
+    monkeypatch.setattr("necoda_filter.commands.train._require_train_extra", lambda: None)  # torch not needed
     return seen
 
 
@@ -373,6 +374,7 @@ def test_train_writes_the_package_atomically(tmp_path, monkeypatch):
     fake = types.ModuleType("necoda_filter.train.train")
     fake.train = failing
     monkeypatch.setitem(sys.modules, "necoda_filter.train.train", fake)
+    monkeypatch.setattr("necoda_filter.commands.train._require_train_extra", lambda: None)  # torch not needed
     with pytest.raises(RuntimeError, match="disk full"):
         cli.main(["train", "--out", str(m), "--force", "--sims", "1", "--steps", "1"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -142,8 +142,8 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
+    patch, lambdas = _check_args(args)  # a wrong argument first: it is the user's to fix whatever is installed
     _require_train_extra()
-    patch, lambdas = _check_args(args)
     from ..train.train import train
     import os
     import shutil
