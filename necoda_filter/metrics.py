@@ -730,6 +730,18 @@ def match_spikes(ta, ca, tb, cb, tol: int) -> int:
     return n
 
 
+def _found_fraction(times: np.ndarray, detections: np.ndarray, tol: int) -> float:
+    """Fraction of the sorted ``times`` with a detection (any channel) within +-``tol`` samples."""
+    if not times.size:
+        return float("nan")
+    d = np.sort(detections)
+    if not d.size:
+        return 0.0
+    i = np.clip(np.searchsorted(d, times), 1, d.size - 1) if d.size > 1 else np.zeros(times.size, np.int64)
+    near = np.minimum(np.abs(d[i] - times), np.abs(d[np.maximum(i - 1, 0)] - times))
+    return float(np.mean(near <= tol))
+
+
 def ephys_reference(orig, fs: float, threshold: float = 5.0, lo: float = 300.0, hi: float = 6000.0,
                     dead_ms: float = 1.0) -> dict:
     """The original-side work of :func:`ephys_fidelity` (filtered signal, sigma, detections), to
@@ -749,7 +761,7 @@ def ephys_reference(orig, fs: float, threshold: float = 5.0, lo: float = 300.0, 
 
 def ephys_fidelity(orig, dec, fs: float, threshold: float = 5.0, lo: float = 300.0, hi: float = 6000.0,
                    dead_ms: float = 1.0, tol_ms: float = 0.5, snippet_ms: float = 1.0,
-                   max_snippets: int = 20000, ref: dict | None = None) -> dict:
+                   max_snippets: int = 20000, ref: dict | None = None, true_times=None) -> dict:
     """Spike-band fidelity of a decoded (T, C) recording.
 
     Both signals are band-passed (:func:`bandpass`, ``lo``-``hi`` Hz). Thresholds are
@@ -766,7 +778,10 @@ def ephys_fidelity(orig, dec, fs: float, threshold: float = 5.0, lo: float = 300
       spaced) of Pearson r between the original and decoded filtered snippets, +-``snippet_ms``
       around the peak on the detection channel (a constant or non-finite decoded snippet counts
       r = 0);
-    - ``n_spikes`` = N_orig, ``n_spikes_dec`` = N_dec, ``sigma`` (per-channel, list).
+    - ``n_spikes`` = N_orig, ``n_spikes_dec`` = N_dec, ``sigma`` (per-channel, list);
+    - with ``true_times`` (sample indices of known spikes: a simulation's truth, or a lab's sorted units):
+      ``true_recall_orig`` / ``true_recall_dec``, the fraction of them with a detection on any channel
+      within +-``tol_ms`` in the original / decoded data (NaN when there are none), and ``n_true``.
     """
     dec = np.asarray(dec)
     if dec.ndim == 1:
@@ -789,6 +804,11 @@ def ephys_fidelity(orig, dec, fs: float, threshold: float = 5.0, lo: float = 300
         "spike_recall": (M / No) if No else float("nan"),
         "n_spikes": No, "n_spikes_dec": Nd, "n_matched": int(M), "sigma": sig.tolist(),
     }
+    if true_times is not None:
+        tt = np.sort(np.asarray(true_times, dtype=np.int64))
+        out["n_true"] = int(tt.size)
+        out["true_recall_orig"] = _found_fraction(tt, to, tol)
+        out["true_recall_dec"] = _found_fraction(tt, td, tol)
     h = max(1, int(round(snippet_ms * fs / 1000.0)))
     ok = (to >= h) & (to < yo.shape[0] - h)
     ts, cs = to[ok], co[ok]

@@ -14,7 +14,8 @@ For every necoda-compressed dataset of COMPRESSED with a dataset of the same pat
   are the file's own when it holds a segmentation of the series (:func:`necoda_filter.nwb.rois.find_rois`:
   a lab's suite2p/CaImAn output, or a simulation's true footprints), and then ``file_traces`` gives r
   of the original's and the decoded movie's ROI traces against the traces the file stores for them;
-  otherwise ROIs are detected on the original with :func:`metrics.detect_rois`), ephys ``spike_f1`` /
+  otherwise ROIs are detected on the original with :func:`metrics.detect_rois`), ephys (with the share
+  of the file's Units spikes found by detection, ``file_units``, :mod:`necoda_filter.nwb.units`) ``spike_f1`` /
   ``waveform_r_median`` / ``n_spikes`` (:func:`metrics.ephys_fidelity`) — the ``necoda bench`` metrics;
 - PNG figures: imaging — an example frame original / decoded / error map and ROI traces overlaid;
   ephys — a spike snippet (raw and 300–6000 Hz) overlaid on neighbouring channels, with the error;
@@ -157,6 +158,7 @@ def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, win
     from .. import metrics, provenance
     from ..nwb import finite_pair, sampling_rate
     from ..nwb.rois import find_rois
+    from ..nwb.units import spike_samples
     from ..reader import read
 
     res: dict = {"path": o.name, "kind": kind, "shape": list(o.shape), "dtype": str(o.dtype)}
@@ -256,8 +258,12 @@ def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, win
             if figures and report_dir is not None:
                 figs += _imaging_figures(ow, dw, masks, report_dir, o.name)
         elif kind == "ephys" and ow.ndim in (1, 2) and fs:
-            fid = metrics.ephys_fidelity(ow, dw, fs)
+            units = spike_samples(o, fs, wrows)  # the file's Units (sorted units, or a simulation's truth)
+            fid = metrics.ephys_fidelity(ow, dw, fs, true_times=None if units is None else units[1])
             res.update({k: fid[k] for k in ("spike_f1", "waveform_r_median", "n_spikes", "n_spikes_dec")})
+            if units is not None:
+                res["file_units"] = {"path": units[0], "n_spikes": fid["n_true"],
+                                     "found_orig": fid["true_recall_orig"], "found_dec": fid["true_recall_dec"]}
             if figures and report_dir is not None:
                 figs += _ephys_figures(ow if ow.ndim == 2 else ow[:, None], dw if dw.ndim == 2 else dw[:, None],
                                        fs, report_dir, o.name)
@@ -468,6 +474,14 @@ def markdown(res: dict) -> str:
               f"use a leading window (frames or samples: {windows}). ROI r: Pearson r of ROI mean traces, original "
               "vs decoded; spike F1 / waveform r: threshold (5σ) spike detection on the original vs the decoded "
               "data.", ""]
+    units = [(d["path"], d["file_units"]) for d in res["datasets"] if d.get("file_units")]
+    if units:
+        lines += ["Spikes of the original file's Units table (sorted units, or a simulation's truth) that threshold "
+                  "detection finds (any channel, ±0.5 ms) in the original and in the decoded recording:", "",
+                  "| dataset | units | spikes in the window | original | decoded |", "|---|---|---|---|---|"]
+        lines += [f"| `{p}` | `{u['path']}` | {u['n_spikes']} | {_fmt(u['found_orig'])} | {_fmt(u['found_dec'])} |"
+                  for p, u in units]
+        lines.append("")
     traces = [(d["path"], t) for d in res["datasets"] for t in d.get("file_traces") or []]
     if traces:
         lines += ["ROI mean traces against the traces stored in the original file (for the file's ROIs; a "

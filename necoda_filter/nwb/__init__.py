@@ -17,6 +17,7 @@ Modules:
 * :mod:`.decompress` — decompression (:func:`decompress_file`);
 * :mod:`.verify` — structural comparison of two files (:func:`structure_diff`).
 * :mod:`.rois` — the ROIs (and stored traces) a file holds for an imaging series (``necoda evaluate``).
+* :mod:`.units` — the spike times of a file's Units table as samples of an ElectricalSeries (``necoda evaluate``).
 
 The names below are re-exported from those modules. The tuning constants (chunk sizes, read-slab and
 noise-sample limits) are not: they live in :mod:`.plan` and :mod:`.recompress`. To replace a name (e.g. in

@@ -1,6 +1,7 @@
-"""`necoda evaluate` measures ROI-trace fidelity on the ROIs the original NWB file holds (a lab's
-segmentation, or a simulation's true footprints) and against the traces stored for them
-(necoda_filter.nwb.rois); it detects ROIs itself only when the file has none for the series."""
+"""`necoda evaluate` uses what the original NWB file already knows about its series: ROI-trace fidelity
+on the ROIs it holds (a lab's segmentation, or a simulation's true footprints) and against the traces
+stored for them (necoda_filter.nwb.rois; ROIs are detected only when the file has none), and the share of
+its Units' spikes that detection still finds (necoda_filter.nwb.units)."""
 from __future__ import annotations
 
 import json
@@ -106,3 +107,37 @@ def test_rois_of_another_plane_or_frame_size_are_not_used(sim, tmp_path):
         io.write(nwb)
     with h5py.File(src, "r") as f:
         assert find_rois(f["acquisition/TwoPhotonSeries/data"]) is None
+
+
+def test_evaluate_finds_the_files_unit_spikes(tmp_path):
+    ep = simulate.simulate_ephys(duration_s=0.5, n_channels=16, n_units=4, seed=2)
+    src, out, rep = tmp_path / "sim.nwb", tmp_path / "out.nwb", tmp_path / "rep"
+    write_nwb(src, ephys=ep)
+    assert cli.main(["compress", str(src), str(out), "--quiet"]) == 0  # lossless
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(rep), "--no-figures"]) == 0
+    u = json.loads((rep / "report.json").read_text())["datasets"][0]["file_units"]
+    assert u["path"] == "/units" and u["n_spikes"] == ep.spike_times.size
+    assert u["found_orig"] == u["found_dec"] > 0.9  # lossless: the same detections; the truth is found
+    assert "Units table" in (rep / "report.md").read_text()
+
+
+def test_unit_spikes_are_matched_in_time_and_only_on_spike_band_series(tmp_path):
+    from necoda_filter import metrics
+    from necoda_filter.nwb.units import spike_samples
+
+    ep = simulate.simulate_ephys(duration_s=0.5, n_channels=8, n_units=3, seed=4)
+    src = tmp_path / "sim.nwb"
+    write_nwb(src, ephys=ep)
+    with h5py.File(src, "r") as f:
+        data = f["acquisition/ElectricalSeries/data"]
+        path, s = spike_samples(data, ep.fs, data.shape[0])
+        assert path == "/units" and np.array_equal(s, np.sort(ep.spike_times))
+        assert np.array_equal(spike_samples(data, ep.fs, 5000)[1], np.sort(ep.spike_times[ep.spike_times < 5000]))
+        assert spike_samples(data, 2500.0, data.shape[0]) is None  # an LFP rate: no spike band
+        orig = data[:]
+    fid = metrics.ephys_fidelity(orig, orig, ep.fs, true_times=s)
+    assert fid["true_recall_orig"] == fid["true_recall_dec"] > 0.9
+    moved = metrics.ephys_fidelity(orig, orig, ep.fs, true_times=s + int(0.003 * ep.fs))  # 3 ms late
+    assert moved["true_recall_orig"] < fid["true_recall_orig"] / 2
+    flat = metrics.ephys_fidelity(orig, np.zeros_like(orig), ep.fs, true_times=s)  # nothing left to detect
+    assert flat["true_recall_dec"] == 0.0 and flat["n_true"] == s.size
