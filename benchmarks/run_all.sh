@@ -16,13 +16,16 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
 PYTHON="${PYTHON:-python3}"
+# arguments are paths relative to where the script is started: make them absolute before the cd below
+abs() { if [[ -z "$1" || "$1" = /* ]]; then printf '%s' "$1"; else printf '%s/%s' "$PWD" "$1"; fi; }
+ARG1="$(abs "${1:-}")" ; ARG2="$(abs "${2:-}")"
 cd "$REPO"  # paths in the report are relative to the repository root where possible
 DATA_DIR="../shared/data"
 IMG="" ; EPH=""
-if [[ $# -ge 1 && -d "$1" ]]; then
-  DATA_DIR="$1"
-elif [[ $# -ge 1 ]]; then
-  IMG="$1"; EPH="${2:-}"
+if [[ -n "$ARG1" && -d "$ARG1" ]]; then
+  DATA_DIR="$ARG1"
+elif [[ -n "$ARG1" ]]; then
+  IMG="$ARG1"; EPH="$ARG2"
 fi
 IMG="${IMG:-$DATA_DIR/ophys_2p_cortex_300x200x200_int16.npz}"
 EPH="${EPH:-$DATA_DIR/ephys_locust_tetrode_15khz_4ch_int16.raw}"

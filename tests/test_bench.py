@@ -332,11 +332,12 @@ exec {sys.executable} "$@"
     (data / "ophys_2p_cortex_300x200x200_int16.npz").write_bytes(b"")
     (data / "ephys_locust_tetrode_15khz_4ch_int16.raw").write_bytes(b"")
 
-    def run(**env):
+    def run(args=None, cwd=None, **env):
         e = {k: v for k, v in os.environ.items() if k not in ("SKIP_REAL", "SKIP_SIM", "REPLACE_RESULTS", "WORK")}
         e.update(PYTHON=str(fake), WORK=str(tmp_path / "work"), **env)
         (tmp_path / "bench_calls").unlink(missing_ok=True)
-        r = subprocess.run(["bash", str(script), str(data)], capture_output=True, text=True, env=e, timeout=120)
+        r = subprocess.run(["bash", str(script), *(args or [str(data)])], capture_output=True, text=True, env=e,
+                           timeout=120, cwd=cwd)
         calls = (tmp_path / "bench_calls").read_text().splitlines() if (tmp_path / "bench_calls").exists() else []
         return r, calls
 
@@ -387,3 +388,17 @@ def test_benchmarks_readme_matches_the_code():
     q = anchors.learned_qualities()
     assert f"`quality` = {q[0]}–{q[-1]}" in readme and "`quality` = 1, 2, 3, 4 " not in readme
     assert "replaces the built-in" in readme
+
+
+def test_run_all_takes_data_paths_relative_to_where_it_is_started(run_all_sandbox, tmp_path):
+    """The script changes to the repository root before it used its DATA argument, so `run_all.sh data`
+    from another folder looked for the data under the repository."""
+    here, work, run = run_all_sandbox
+    r, calls = run(args=["data"], cwd=tmp_path, SKIP_SIM="1")  # the folder, relative
+    assert r.returncode == 0, r.stderr
+    assert len(calls) == 2 and all(str(tmp_path / "data") in c for c in calls)
+    r, calls = run(args=["data/ophys_2p_cortex_300x200x200_int16.npz", "data/ephys_locust_tetrode_15khz_4ch_int16.raw"],
+                   cwd=tmp_path, SKIP_SIM="1")  # the two files
+    assert r.returncode == 0, r.stderr
+    assert str(tmp_path / "data" / "ophys_2p_cortex_300x200x200_int16.npz") in calls[0]
+    assert str(tmp_path / "data" / "ephys_locust_tetrode_15khz_4ch_int16.raw") in calls[1]
