@@ -315,3 +315,36 @@ def test_zarr2_byte_filter_before_bounded_mode_warns(tmp_path):
         warnings.simplefilter("error")
         b[:] = x
     assert np.abs(b[:].astype(np.int32) - x).max() <= 2
+
+
+# ------------------------------------------------------------------------------ necoda info on a zarr store
+def test_info_lists_the_necoda_arrays_of_a_zarr_store(tmp_path, capsys):
+    """`necoda info v3.zarr` said "is not an HDF5/NWB file": zarr stores (v2, v3, groups, shards) are
+    described like HDF5 files, with the modes of a sample of chunk headers and the ratio stored."""
+    from necoda_filter import cli
+
+    a = _data((64, 20), np.int16)
+    g = zarr.open_group(tmp_path / "g.zarr", mode="w")
+    v3 = g.create_array("v3", shape=a.shape, chunks=(16, 20), dtype=a.dtype, serializer=NecodaZarrCodec(mode="lossless"),
+                        compressors=None)
+    v3[:48] = a[:48]  # the last chunk is never written: fill value, no file
+    sh = g.create_array("deep/sharded", shape=a.shape, chunks=(16, 20), shards=(32, 20), dtype=a.dtype,
+                        serializer=NecodaZarrCodec(mode="bounded", max_error=2), compressors=None)
+    sh[:] = a
+    g.create_array("plain", shape=a.shape, chunks=(16, 20), dtype=a.dtype)[:] = a
+    v2 = zarr.create_array(tmp_path / "v2.zarr", shape=a.shape, chunks=(8, 20), dtype=a.dtype, zarr_format=2,
+                           compressors=numcodecs.get_codec({"id": "necoda", "mode": "lossless"}))
+    v2[:] = a
+    assert cli.main(["info", str(tmp_path / "g.zarr"), "--json"]) == 0
+    rows = {r["path"]: r for r in json.loads(capsys.readouterr().out)}
+    assert sorted(rows) == ["/deep/sharded", "/v3"]
+    assert rows["/v3"]["chunk_modes"] == {"lossless": 3} and rows["/v3"]["chunks_total"] == 4
+    assert rows["/v3"]["requested"] == {"mode": "lossless"} and rows["/v3"]["ratio"] > 1
+    assert rows["/deep/sharded"]["sharded"] and rows["/deep/sharded"]["requested"] == {"mode": "bounded",
+                                                                                         "max_error": 2}
+    assert cli.main(["info", str(tmp_path / "g.zarr"), "--all", "--json"]) == 0
+    assert "/plain" in {r["path"] for r in json.loads(capsys.readouterr().out)}
+    assert cli.main(["info", str(tmp_path / "v2.zarr")]) == 0
+    assert "lossless×8 in 8 of 8" not in (out := capsys.readouterr().out) and "lossless×8" in out
+    assert cli.main(["info", str(tmp_path)]) == 1  # a folder that is no zarr store
+    assert "not an HDF5/NWB file or a zarr store" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import math
 
 
 def add_arguments(p):
-    p.add_argument("file", help="HDF5 or NWB file")
+    p.add_argument("file", help="HDF5 or NWB file, or a zarr store (folder)")
     p.add_argument("--all", action="store_true", help="list every chunked dataset, not only necoda ones")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--provenance", action="store_true",
@@ -42,29 +42,12 @@ def dataset_info(d, max_chunks: int = 8) -> dict:
         except ValueError as e:
             row["requested"] = {"error": str(e)}
         n = d.id.get_num_chunks()
-        take = range(n) if max_chunks <= 0 or n <= max_chunks else sorted({int(i * (n - 1) / (max_chunks - 1)) for i in range(max_chunks)})
-        seen, models, qualities, bad = {}, set(), set(), 0
-        for i in take:
-            info = d.id.get_chunk_info(i)
-            try:
-                _, buf = d.id.read_direct_chunk(info.chunk_offset)
-                h = chunk.info(buf)
-                name = modes.MODE_NAMES.get(h.mode_id, f"id{h.mode_id}")
-                seen[name] = seen.get(name, 0) + 1
-                if h.model_id:
-                    models.add(h.model_id)
-                if name == "learned" and isinstance(h.params.get("q"), int):
-                    qualities.add(h.params["q"])  # the level coded (the model's default when none was asked)
-            except Exception:  # noqa: BLE001 — report, keep going
-                bad += 1
-        row["chunk_modes"] = seen
-        row["chunks_sampled"] = len(take)
-        row["chunks_total"] = n
-        row["models"] = sorted(models)
-        if qualities:
-            row["qualities"] = sorted(qualities)
-        if bad:
-            row["unreadable_chunk_headers"] = bad
+
+        def buffer(i):
+            _, buf = d.id.read_direct_chunk(d.id.get_chunk_info(i).chunk_offset)
+            return buf
+
+        row.update(_chunk_headers(buffer, n, max_chunks))
     from .. import provenance
 
     prov = provenance.read(d)  # typed necoda_* attributes written by `necoda compress`
@@ -168,6 +151,89 @@ def _jsonable(v):
     return v
 
 
+def _chunk_headers(buffer, n: int, max_chunks: int) -> dict:
+    """Modes, models and learned quality levels from the necoda headers of ``max_chunks`` of the ``n``
+    chunks (evenly spread; all when ``max_chunks`` <= 0); ``buffer(i)`` gives chunk i's stored bytes, or
+    None for a chunk never written (zarr: fill value)."""
+    from .. import chunk, modes
+
+    take = range(n) if max_chunks <= 0 or n <= max_chunks else sorted({int(i * (n - 1) / (max_chunks - 1)) for i in range(max_chunks)})
+    seen, models, qualities, bad, sampled = {}, set(), set(), 0, 0
+    for i in take:
+        try:
+            buf = buffer(i)
+            if buf is None:
+                continue
+            sampled += 1
+            h = chunk.info(buf)
+            name = modes.MODE_NAMES.get(h.mode_id, f"id{h.mode_id}")
+            seen[name] = seen.get(name, 0) + 1
+            if h.model_id:
+                models.add(h.model_id)
+            if name == "learned" and isinstance(h.params.get("q"), int):
+                qualities.add(h.params["q"])  # the level coded (the model's default when none was asked)
+        except Exception:  # noqa: BLE001 — report, keep going
+            bad += 1
+    out = {"chunk_modes": seen, "chunks_sampled": sampled, "chunks_total": n, "models": sorted(models)}
+    if qualities:
+        out["qualities"] = sorted(qualities)
+    if bad:
+        out["unreadable_chunk_headers"] = bad
+    return out
+
+
+def zarr_info(path, include_all=False, max_chunks=8) -> list[dict]:
+    """:func:`file_info` for a zarr store (v2 or v3) on disk: its arrays coded with necoda (the numcodecs
+    codec as compressor, or :class:`necoda_filter.zarr3.NecodaZarrCodec` as serializer, also inside a
+    sharding codec, whose shards are then not opened to sample chunk headers)."""
+    import itertools
+    import math
+    import os
+
+    import zarr
+
+    def is_ours(c):
+        return getattr(c, "codec_id", None) == "necoda" or type(c).__name__ == "NecodaZarrCodec"
+
+    root = zarr.open(path, mode="r")
+    arrays = [root] if isinstance(root, zarr.Array) else [a for _, a in root.members(max_depth=None)
+                                                          if isinstance(a, zarr.Array)]
+    rows = []
+    for a in arrays:
+        m = a.metadata
+        codecs = list(m.codecs) if m.zarr_format == 3 else [c for c in (*(m.filters or ()), m.compressor) if c]
+        holder = next((c for c in codecs if is_ours(c) or any(map(is_ours, getattr(c, "codecs", ())))), None)
+        if holder is None and not include_all:
+            continue
+        stored = a.nbytes_stored()
+        row = {"path": "/" + a.path if a.path else "/", "shape": list(a.shape), "dtype": str(a.dtype),
+               "chunks": list(a.chunks),
+               "filters": ["necoda" if c is holder else getattr(c, "codec_id", None) or type(c).__name__
+                           for c in codecs],
+               "raw_bytes": int(a.nbytes), "stored_bytes": int(stored),
+               "ratio": round(a.nbytes / stored, 3) if stored else None}
+        if holder is not None:
+            ours = holder if is_ours(holder) else next(filter(is_ours, holder.codecs))
+            cfg = ours.get_config() if hasattr(ours, "get_config") else ours.to_dict().get("configuration", {})
+            row["requested"] = {k: v for k, v in cfg.items() if k not in ("id", "name") and v is not None}
+        if holder is not None and holder is not ours:
+            row["sharded"] = True
+        elif holder is not None:
+            grid = list(itertools.product(*(range(math.ceil(s / c)) for s, c in zip(a.shape, a.chunks))))
+            folder = os.path.join(str(path), a.path)
+
+            def buffer(i, grid=grid, folder=folder, m=m):
+                f = os.path.join(folder, m.encode_chunk_key(grid[i]))
+                if not os.path.isfile(f):
+                    return None  # never written: the fill value
+                with open(f, "rb") as fh:
+                    return fh.read()
+
+            row.update(_chunk_headers(buffer, len(grid), max_chunks))
+        rows.append(row)
+    return rows
+
+
 def file_info(path, include_all=False, max_chunks=8) -> list[dict]:
     import h5py
 
@@ -191,9 +257,17 @@ def run(args) -> int:
 
     if not os.path.exists(args.file):
         raise FileNotFoundError(f"no such file: {args.file}")
-    if not os.path.isfile(args.file) or not h5py.is_hdf5(args.file):
-        raise ValueError(f"{args.file} is not an HDF5/NWB file")
-    rows = file_info(args.file, args.all, args.chunks)
+    if os.path.isdir(args.file) and any(os.path.isfile(os.path.join(args.file, m))
+                                        for m in ("zarr.json", ".zarray", ".zgroup")):
+        from . import missing
+
+        if missing(["zarr"]):
+            raise ValueError(f"{args.file} is a zarr store; reading it needs zarr: pip install zarr")
+        rows = zarr_info(args.file, args.all, args.chunks)
+    elif not os.path.isfile(args.file) or not h5py.is_hdf5(args.file):
+        raise ValueError(f"{args.file} is not an HDF5/NWB file or a zarr store")
+    else:
+        rows = file_info(args.file, args.all, args.chunks)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -204,6 +278,8 @@ def run(args) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         modes_ = ", ".join(f"{k}×{v}" for k, v in r.get("chunk_modes", {}).items()) or "-"
+        if r.get("sharded"):
+            modes_ = "(in shards: chunk headers not sampled)"
         if r.get("chunks_sampled", 0) < r.get("chunks_total", 0):  # "lossless×8" alone read as "8 chunks"
             modes_ += f" in {r['chunks_sampled']} of {r['chunks_total']} chunks sampled"
         if r.get("qualities"):
