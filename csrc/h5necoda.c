@@ -338,10 +338,12 @@ static herr_t necoda_set_local(hid_t dcpl, hid_t type, hid_t space) {
 }
 
 /* A KeyboardInterrupt (Ctrl-C) or SystemExit (a signal handler calling sys.exit) raised while the filter
- * ran Python code in the main thread. The chunk fails, so HDF5 makes h5py raise its own OSError and the
- * interrupt was lost: it is raised again, as itself, by a pending call that the interpreter runs as soon
- * as the main thread executes Python code outside the filter (where h5py turns HDF5's error into an
- * exception). Guarded by the GIL. */
+ * ran Python code in the main thread. Failing the chunk made HDF5 make h5py raise its own OSError, and
+ * the interrupt was lost: it is raised again, as itself, by a pending call that the interpreter runs as
+ * soon as the main thread executes Python code outside the filter. A read fails its chunk (and h5py's
+ * OSError gives way to the interrupt); a write stores the chunk raw in the container instead, so the
+ * data written so far stays whole (a failed chunk write in a flush from a destructor was lost). Guarded
+ * by the GIL. */
 static PyObject *interrupt_exc[3];
 
 static int raise_interrupt(void *arg) {
@@ -515,9 +517,12 @@ static size_t necoda_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_
     int gil = PY.GILState_Ensure();
     PyObject *mod = NULL, *fn = NULL, *args = NULL, *out = NULL;
     if (interrupt_exc[0] && in_main_thread()) {
-        /* interrupted, and HDF5 goes on with the next chunks of the same call (writes flush several):
-         * fail them without running Python code, where the pending interrupt would fire and fail them
-         * one by one, and be lost if the last of them ran in a destructor */
+        /* interrupted, and HDF5 goes on with the next chunks of the same call (writes flush several): do
+         * not run Python code, where the pending interrupt would fire again. A chunk being written is
+         * stored raw inside the container (nothing the user wrote is lost, also when the flush runs in a
+         * destructor, whose errors h5py can only print); a read fails, and the interrupt is raised. */
+        if (!(flags & H5Z_FLAG_REVERSE) && (result = raw_container(cd_nelmts, cd_values, nbytes, buf_size, buf)))
+            goto done;
         report(func, "necoda: interrupted", 0);
         goto done;
     }
@@ -572,6 +577,10 @@ static size_t necoda_filter(unsigned flags, size_t cd_nelmts, const unsigned cd_
 fail:
     if (PY.Err_Occurred()) python_error(func, 0);
     else report(func, "necoda_filter._bridge.filter failed", 1);
+    /* an encode interrupted by Ctrl-C (python_error set the interrupt to be raised when Python code runs
+     * outside the filter): store this chunk raw rather than lose it (see above) */
+    if (!(flags & H5Z_FLAG_REVERSE) && interrupt_exc[0] && in_main_thread())
+        result = raw_container(cd_nelmts, cd_values, nbytes, buf_size, buf);
 done:
     if (out) PY.DecRef(out);
     if (args) PY.DecRef(args);
