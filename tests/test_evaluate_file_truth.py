@@ -38,7 +38,7 @@ def test_evaluate_uses_the_files_rois_and_stored_traces(sim, tmp_path, capsys):
     by_path = {t["path"]: t for t in d["file_traces"]}
     truth = by_path["/processing/ophys/Fluorescence/GroundTruthTraces"]
     assert truth["n_rois"] == 6 and truth["r_median_dec"] == truth["r_median_orig"] > 0.5
-    assert "/processing/ophys/Fluorescence/GroundTruthSpikeCounts" in by_path
+    assert "/processing/ophys/Fluorescence/GroundTruthSpikeCounts" not in by_path  # spikes: not fluorescence
     assert "GroundTruthTraces" in capsys.readouterr().out  # and the report says so
 
 
@@ -64,16 +64,14 @@ def test_image_and_pixel_masks_give_the_same_rois_and_rows_are_spread(sim, tmp_p
         seg = ImageSegmentation(name="PixelSegmentation")
         nwb.processing["ophys"].add(seg)
         ps = seg.create_plane_segmentation(name="PixelROIs", imaging_plane=plane, description="pixel masks")
-        for fp in sim.footprints:
-            y, x = np.nonzero(fp)
-            ps.add_roi(pixel_mask=[(int(a), int(b), float(fp[b, a])) for a, b in zip(x, y)])
+        for fp in sim.footprints:  # as pynwb writes them (x: the first axis of a frame)
+            ps.add_roi(pixel_mask=[tuple(p) for p in ps.image_to_pixel(fp)])
         io.write(nwb)
     with h5py.File(src, "r") as f:
         data = f["acquisition/TwoPhotonSeries/data"]
         first = find_rois(data)  # candidates in path order: ImageSegmentation/GroundTruthROIs first
         assert first.path.endswith("GroundTruthROIs") and np.array_equal(first.masks, _expected_masks(sim.footprints))
-        assert [p for p, _, _ in first.traces] == ["/processing/ophys/Fluorescence/GroundTruthSpikeCounts",
-                                                   "/processing/ophys/Fluorescence/GroundTruthTraces"]
+        assert [p for p, _, _ in first.traces] == ["/processing/ophys/Fluorescence/GroundTruthTraces"]
         ps = f["processing/ophys/PixelSegmentation/PixelROIs"]
         from necoda_filter.nwb.rois import _masks
 
@@ -81,7 +79,7 @@ def test_image_and_pixel_masks_give_the_same_rois_and_rows_are_spread(sim, tmp_p
         some = find_rois(data, max_rois=3)
         assert list(some.rows) == [0, 2, 5]  # evenly spread, both ends included
         assert np.array_equal(some.masks, _expected_masks(sim.footprints)[some.rows])
-        _, have, cols = some.traces[1]
+        _, have, cols = some.traces[0]
         assert list(have) == [0, 1, 2] and list(cols) == list(some.rows)
 
 
@@ -141,3 +139,46 @@ def test_unit_spikes_are_matched_in_time_and_only_on_spike_band_series(tmp_path)
     assert moved["true_recall_orig"] < fid["true_recall_orig"] / 2
     flat = metrics.ephys_fidelity(orig, np.zeros_like(orig), ep.fs, true_times=s)  # nothing left to detect
     assert flat["true_recall_dec"] == 0.0 and flat["n_true"] == s.size
+
+
+def test_rois_come_from_the_rows_with_stored_traces_and_the_series_plane(sim, tmp_path):
+    """QA: ROI rows were spread over the whole table, so traces stored for a few rows were dropped; a series
+    with no (or a dangling) imaging-plane link took another plane's segmentation."""
+    from pynwb.ophys import Fluorescence, ImageSegmentation, OpticalChannel
+
+    src = tmp_path / "sim.nwb"
+    write_nwb(src, imaging=sim, ground_truth=False)
+    with pynwb.NWBHDF5IO(str(src), "a") as io:
+        nwb = io.read()
+        plane = nwb.imaging_planes["ImagingPlane"]
+        mod = nwb.create_processing_module(name="ophys", description="segmentation")
+        seg = ImageSegmentation(name="ImageSegmentation")
+        mod.add(seg)
+        ps = seg.create_plane_segmentation(name="Lab", imaging_plane=plane, description="60 ROIs")
+        rng = np.random.default_rng(0)
+        for _ in range(60):
+            m = np.zeros(sim.movie.shape[1:], np.float32)
+            y, x = rng.integers(0, 40, 2)
+            m[y:y + 6, x:x + 6] = 1
+            ps.add_roi(image_mask=m)
+        fl = Fluorescence(name="Fluorescence")
+        mod.add(fl)
+        fl.create_roi_response_series(name="Few", data=rng.normal(size=(sim.movie.shape[0], 3)), rate=30.0,
+                                      rois=ps.create_roi_table_region(region=[14, 3, 8], description="three"),
+                                      unit="a.u.")
+        other = nwb.create_imaging_plane(
+            name="Other", optical_channel=OpticalChannel(name="r", description="r", emission_lambda=600.0),
+            description="another plane", device=nwb.devices["SimulatedDevice"], excitation_lambda=1040.0,
+            indicator="x", location="VISp", imaging_rate=30.0)
+        seg.create_plane_segmentation(name="OnOther", imaging_plane=other, description="x").add_roi(
+            image_mask=np.ones(sim.movie.shape[1:]))
+        io.write(nwb)
+    with h5py.File(src, "r") as f:
+        r = find_rois(f["acquisition/TwoPhotonSeries/data"])
+        assert r.path.endswith("/Lab") and list(r.rows) == [3, 8, 14]  # the rows with traces, not 0, 30, 59
+        assert [(p, list(h), list(c)) for p, h, c in r.traces] == [("/processing/ophys/Fluorescence/Few",
+                                                                      [0, 1, 2], [1, 2, 0])]
+    with h5py.File(src, "r+") as f:  # the series loses its plane link: two planes' segmentations match
+        del f["acquisition/TwoPhotonSeries/imaging_plane"]
+    with h5py.File(src, "r") as f:
+        assert find_rois(f["acquisition/TwoPhotonSeries/data"]) is None  # ambiguous: none taken

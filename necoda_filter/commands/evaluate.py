@@ -279,7 +279,7 @@ def _against_file_traces(f, file_rois, ow, dw, wrows) -> list[dict]:
 
     out = []
     for path, have, cols in file_rois.traces:
-        stored = np.asarray(f[path]["data"][:wrows], dtype=np.float64)[:, cols].T  # (n, T)
+        stored = np.asarray(f[path]["data"][:wrows], dtype=np.float64).reshape(wrows, -1)[:, cols].T  # (n, T)
         fid = metrics.imaging_fidelity(ow, dw, masks=file_rois.masks[have], true_traces=stored)
         out.append({"path": path, "n_rois": int(len(have)), "r_median_orig": fid["true_r_median_orig"],
                     "r_median_dec": fid["true_r_median_dec"], "r_p05_dec": fid["true_r_p05_dec"]})

@@ -53,16 +53,20 @@ def _masks(ps: h5py.Group, rows: np.ndarray, hw: tuple) -> np.ndarray | None:
         for k, r in enumerate(rows):
             pm = ps["pixel_mask"][starts[r]:ends[r]]
             x, y, v = (np.asarray(pm[n], dtype=np.float64) for n in ("x", "y", "weight"))
-            ok = (x >= 0) & (y >= 0) & (y < hw[0]) & (x < hw[1])  # NWB: x = column, y = row
-            w[k, y[ok].astype(np.int64), x[ok].astype(np.int64)] = v[ok]
+            # NWB orders a movie's axes (frames, x, y) and an image mask's (roi, x, y): x indexes the first
+            # axis of a frame, as pynwb's PlaneSegmentation.image_to_pixel and suite2p's converters write it
+            ok = (x >= 0) & (y >= 0) & (x < hw[0]) & (y < hw[1])
+            w[k, x[ok].astype(np.int64), y[ok].astype(np.int64)] = v[ok]
     else:
         return None
     mx = w.reshape(len(w), -1).max(axis=1)
     return w > (MASK_THRESHOLD * np.where(mx > 0, mx, np.inf))[:, None, None]
 
 
-def _series_over(f: h5py.File, ps: h5py.Group, rows: np.ndarray, n_frames: int):
-    """RoiResponseSeries whose ``rois`` region points into ``ps`` and whose data has one row per frame."""
+def _series_over(f: h5py.File, ps: h5py.Group, n_frames: int) -> list[tuple[str, np.ndarray]]:
+    """(path, region rows) of each RoiResponseSeries whose ``rois`` region points into ``ps`` and whose data
+    has one row per frame of the movie; spike series (a ``unit`` naming spikes: deconvolved events, a
+    simulation's spike counts) are left out, their correlation with fluorescence means something else."""
     found = []
 
     def visit(name, obj):
@@ -77,44 +81,60 @@ def _series_over(f: h5py.File, ps: h5py.Group, rows: np.ndarray, n_frames: int):
         except Exception:  # noqa: BLE001  (an unresolvable reference)
             return
         data = obj["data"]
-        region = obj["rois"][:].astype(np.int64)
-        if data.ndim != 2 or data.shape[0] != n_frames or data.shape[1] != len(region):
+        unit = data.attrs.get("unit", "")
+        if "spike" in (unit.decode() if isinstance(unit, bytes) else str(unit)).lower():
             return
-        col_of = {int(r): c for c, r in enumerate(region)}
-        have = np.array([k for k, r in enumerate(rows) if int(r) in col_of], dtype=np.int64)
-        if len(have):
-            cols = np.array([col_of[int(rows[k])] for k in have], dtype=np.int64)
-            found.append(("/" + name, have, cols))
+        region = obj["rois"][:].astype(np.int64).reshape(-1)
+        n_cols = data.shape[1] if data.ndim == 2 else 1 if data.ndim == 1 else -1
+        if data.shape[0] == n_frames and n_cols == len(region):
+            found.append(("/" + name, region))
 
     f.visititems(visit)
-    return sorted(found)
+    return sorted(found, key=lambda t: t[0])
+
+
+def _plane_segmentations(f: h5py.File, series: h5py.Group, hw: tuple) -> list[str]:
+    """PlaneSegmentations that may segment ``series``: masks of the frame's shape on the series' imaging
+    plane; when the series names no (existing) plane, only if all such segmentations share one plane."""
+    plane = series.get("imaging_plane")  # None when missing or dangling
+    found = []
+
+    def visit(name, obj):
+        if not isinstance(obj, h5py.Group) or _type(obj) != "PlaneSegmentation":
+            return
+        shape = (obj["image_mask"].shape[1:] if isinstance(obj.get("image_mask"), h5py.Dataset) else
+                 hw if isinstance(obj.get("pixel_mask"), h5py.Dataset) else None)
+        if shape is not None and tuple(shape) == hw:
+            found.append(("/" + name, obj.get("imaging_plane")))
+
+    f.visititems(visit)
+    found.sort(key=lambda t: t[0])
+    if plane is not None:
+        return [p for p, other in found if other is not None and _same_object(plane, other)]
+    planes = [other for _, other in found]
+    same = all(o is not None and _same_object(planes[0], o) for o in planes[1:]) if planes else False
+    return [p for p, _ in found] if len(found) == 1 or same else []
 
 
 def find_rois(series_data: h5py.Dataset, max_rois: int = 50) -> FileROIs | None:
     """The ROIs the file of ``series_data`` (the (T, H, W) ``data`` of an imaging series) holds for that
-    series: a PlaneSegmentation whose masks have the frame's shape and, when both name one, the same
-    imaging plane as the series. None when there is none (or it has no ROI)."""
+    series (see :func:`_plane_segmentations`), at most ``max_rois`` of them, evenly spread over the rows
+    that have stored traces (over all rows when none has). None when there is none."""
     if series_data.ndim != 3:
         return None
-    f, series = series_data.file, series_data.parent
+    f = series_data.file
     hw = tuple(series_data.shape[1:])
-    plane = series.get("imaging_plane")
-    candidates = []
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Group) and _type(obj) == "PlaneSegmentation":
-            candidates.append("/" + name)
-
-    f.visititems(visit)
-    for path in sorted(candidates):
+    for path in _plane_segmentations(f, series_data.parent, hw):
         ps = f[path]
-        other = ps.get("imaging_plane")
-        if plane is not None and other is not None and not _same_object(plane, other):
-            continue
         n = len(ps["id"]) if "id" in ps else 0
         if n == 0:
             continue
-        rows = np.unique(np.linspace(0, n - 1, min(n, max_rois)).round().astype(np.int64))
+        series = _series_over(f, ps, series_data.shape[0])
+        pool = np.unique(np.concatenate([r for _, r in series])) if series else np.arange(n)
+        pool = pool[(pool >= 0) & (pool < n)]
+        if not len(pool):
+            continue
+        rows = pool[np.unique(np.linspace(0, len(pool) - 1, min(len(pool), max_rois)).round().astype(np.int64))]
         masks = _masks(ps, rows, hw)
         if masks is None:
             continue
@@ -122,6 +142,11 @@ def find_rois(series_data: h5py.Dataset, max_rois: int = 50) -> FileROIs | None:
         rows, masks = rows[keep], masks[keep]
         if not len(rows):
             continue
-        traces = [(p, have, cols) for p, have, cols in _series_over(f, ps, rows, series_data.shape[0])]
+        traces = []
+        for p, region in series:
+            col_of = {int(r): c for c, r in enumerate(region)}
+            have = np.array([k for k, r in enumerate(rows) if int(r) in col_of], dtype=np.int64)
+            if len(have):
+                traces.append((p, have, np.array([col_of[int(rows[k])] for k in have], dtype=np.int64)))
         return FileROIs(path, n, rows, masks, traces)
     return None
