@@ -187,3 +187,36 @@ def test_output_cut_short_by_the_reader_is_not_an_error(tmp_path):
     proc.stdout.close()  # gone before it writes a line: every write meets a closed pipe
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and err == b"", err.decode()
+
+
+def test_info_partly_written_dataset_json_and_chunk_count(tmp_path, capsys):
+    """QA: a dataset with 3 of its 30 chunks written showed 15× (raw bytes of the whole dataset over the
+    stored bytes of three chunks; the real ratio was ~1.5); --json printed non-standard Infinity; --chunks -1
+    was taken as "all"."""
+    p = tmp_path / "s.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(p, "w") as f:
+        d = f.create_dataset("s", shape=(3000, 10), dtype="int16", chunks=(100, 10),
+                             compression=necoda_filter.Necoda(mode="lossless"))
+        d[:300] = rng.integers(0, 1000, (300, 10))
+        f.create_dataset("b", data=rng.integers(0, 1000, (300, 10)).astype(np.int16), chunks=(100, 10),
+                         compression=necoda_filter.Necoda(mode="bounded", max_error=0))
+        stored = d.id.get_storage_size()
+    assert cli.main(["info", str(p)]) == 0
+    assert "3 of 30 chunks written (ratio over those)" in capsys.readouterr().out
+    assert cli.main(["info", str(p), "--json"]) == 0
+    rows = {r["path"]: r for r in json.loads(capsys.readouterr().out, parse_constant=lambda c: 1 / 0)}
+    assert rows["/s"]["ratio"] == pytest.approx(3 * 100 * 10 * 2 / stored, rel=1e-3)
+    with pytest.raises(SystemExit):
+        cli.main(["info", str(p), "--chunks", "-1"])
+    assert "--chunks" in capsys.readouterr().err
+    # a lossless `necoda compress` output records PSNR inf: standard JSON says "inf", as report.json does
+    from necoda_filter.simulate import simulate_ephys
+    from necoda_filter.simulate_nwb import write_nwb
+
+    src, out = write_nwb(tmp_path / "e.nwb", ephys=simulate_ephys(duration_s=0.1, n_channels=4, seed=0)), tmp_path / "o.nwb"
+    assert cli.main(["compress", str(src), str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["info", str(out), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out, parse_constant=lambda c: 1 / 0)
+    assert row["provenance"]["psnr_db"] == "inf"

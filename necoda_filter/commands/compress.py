@@ -66,8 +66,9 @@ def run(args) -> int:
     if args.imaging == "learned" and (args.max_error_noise == 0 or (args.max_error is not None and args.max_error < 1)):
         # the safeguard codes the residual within the bound less a one-unit margin (docs/LEARNED.md): below
         # one raw unit every chunk would be stored raw, a file larger than its input
-        raise ValueError("the learned mode's safeguard needs a bound of at least one raw unit; for an exact copy "
-                         "use --imaging lossless")
+        raise ValueError("the learned mode's safeguard needs a bound of at least one raw unit (--max-error >= 1, or "
+                         "--max-error-noise > 0: K times the chunk's noise sigma, itself at least one unit); for an "
+                         "exact copy use --imaging lossless")
     settings = Settings(imaging=args.imaging, ephys=args.ephys, quality=args.quality, max_error=args.max_error,
                         max_error_noise=args.max_error_noise, level=args.level)
     reports = recompress_file(args.input, args.output, settings, workers=args.workers,
@@ -86,5 +87,8 @@ def run(args) -> int:
               f"noise-unit RMSE {_fmt(p['noise_rmse'])}, {r.seconds:.1f} s")
         other = {m: n for m, n in p["chunk_modes"].items() if m != p["mode"]}
         if other:
-            print(f"    note: chunks stored with other modes: {other}", file=sys.stderr)
+            why = (" (raw: the mode could not code them and they were kept as they are, e.g. a learned safeguard "
+                   "bound below one raw unit when --max-error-noise times the chunk's noise is that small; the "
+                   "reason is logged above)" if "raw" in other else "")
+            print(f"    note: chunks stored with other modes: {other}{why}", file=sys.stderr)
     return 0

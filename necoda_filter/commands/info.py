@@ -11,13 +11,27 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--provenance", action="store_true",
                    help="also list every necoda_* attribute stored with each dataset (version, source, noise model...)")
-    p.add_argument("--chunks", type=int, default=8, metavar="N",
+    p.add_argument("--chunks", type=_count, default=8, metavar="N",
                    help="chunk headers sampled per dataset to report modes (default 8; 0 = all)")
+
+
+def _count(text: str) -> int:
+    """argparse type of --chunks: a whole number >= 0 (-1 was taken as "all", like 0)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (all) or more, not {value}")
+    return value
 
 
 def dataset_info(d, max_chunks: int = 8) -> dict:
     """Facts about one h5py dataset: filter pipeline, necoda chunk headers sampled, ratio, provenance."""
     import h5py
+    import numpy as np
 
     from .. import chunk, modes, options
     from ..constants import FILTER_ID
@@ -42,6 +56,11 @@ def dataset_info(d, max_chunks: int = 8) -> dict:
         except ValueError as e:
             row["requested"] = {"error": str(e)}
         n = d.id.get_num_chunks()
+        grid = int(np.prod([-(-s // c) for s, c in zip(d.shape, d.chunks)], dtype=np.int64))
+        if n < grid:  # chunks never written read as the fill value: the ratio is over the written ones
+            row["chunks_in_grid"] = grid
+            chunk_bytes = int(np.prod(d.chunks, dtype=np.int64)) * d.dtype.itemsize
+            row["ratio"] = round(n * chunk_bytes / stored, 3) if stored else None
 
         def buffer(i):
             _, buf = d.id.read_direct_chunk(d.id.get_chunk_info(i).chunk_offset)
@@ -269,7 +288,12 @@ def run(args) -> int:
     else:
         rows = file_info(args.file, args.all, args.chunks)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        from ..bench import json_safe
+
+        for r in rows:  # the ids, with the name of the installed package they belong to
+            if r.get("models"):
+                r["model_names"] = [_model_label(m) for m in r["models"]]
+        print(json.dumps(json_safe(rows, nonfinite="name"), indent=2))  # "inf", as report.json: standard JSON
         return 0
     if not rows:
         print(f"{args.file}: no necoda-compressed datasets" + ("" if args.all else " (use --all to list others)"))
@@ -280,6 +304,8 @@ def run(args) -> int:
         modes_ = ", ".join(f"{k}×{v}" for k, v in r.get("chunk_modes", {}).items()) or "-"
         if r.get("sharded"):
             modes_ = "(in shards: chunk headers not sampled)"
+        if r.get("chunks_in_grid"):
+            modes_ += f"; {r['chunks_total']} of {r['chunks_in_grid']} chunks written (ratio over those)"
         if r.get("chunks_sampled", 0) < r.get("chunks_total", 0):  # "lossless×8" alone read as "8 chunks"
             modes_ += f" in {r['chunks_sampled']} of {r['chunks_total']} chunks sampled"
         if r.get("qualities"):
