@@ -14,7 +14,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("evaluate", "necoda_filter.commands.evaluate", "fidelity of a recompressed NWB file against its original: metrics, PNG figures, Markdown/JSON report"),
     ("bench", "necoda_filter.commands.bench", "compare necoda modes with reference codecs (zstd, FLAC, JPEG-XL, SZ3, ZFP, H.264/5, AV1, ...) on your data: ratio, speed, error, ROI/spike fidelity; table, JSON and plots"),
     ("train", "necoda_filter.commands.train", "train the learned mode's model from the simulator (plus recordings) and export it to ONNX (needs the [train] extra)"),
-    ("simulate", "necoda_filter.commands.simulate", "write a simulated calcium-imaging movie or Neuropixels-like recording with its ground truth (footprints, traces, spikes) to .npz/.npy"),
+    ("simulate", "necoda_filter.commands.simulate", "write a simulated calcium-imaging movie or Neuropixels-like recording with its ground truth (footprints, traces, spikes) to .nwb (as NWB series; `both`: movie and recording in one file) or .npz/.npy"),
 ]
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import warnings
 
@@ -376,3 +377,371 @@ def test_cli_simulate_both_into_one_nwb_file_with_its_ground_truth(tmp_path):
     with pytest.raises(FileExistsError):
         _run_cli(["both", str(out)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.nwb", "sim.nwb"]  # no temporaries left
+
+
+# ------------------------------------------------------------------ `necoda simulate ... OUT.nwb`: QA fixes
+
+def _inspect(path):
+    """nwbinspector's messages that matter (not the best-practice suggestions), as (check, message)."""
+    nwbinspector = pytest.importorskip("nwbinspector")
+    return [(m.check_function_name, m.message) for m in nwbinspector.inspect_nwbfile(nwbfile_path=str(path))
+            if m.importance.name in ("ERROR", "CRITICAL", "PYNWB_VALIDATION")]
+
+
+SMALL_IMG = ["--frames", "40", "--height", "8", "--width", "8"]
+SMALL_EPH = ["--channels", "2"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["imaging", *SMALL_IMG, "--cells", "0"],                       # no cells: no ROIs or traces (was unreadable)
+    ["imaging", "--frames", "2", "--height", "1", "--width", "1", "--cells", "1"],
+    ["imaging", *SMALL_IMG, "--cells", "2", "--dtype", "uint8", "--motion", "1"],
+    ["ephys", *SMALL_EPH, "--duration", "0.1", "--units", "4"],    # units, but no spike
+    ["ephys", *SMALL_EPH, "--duration", "0.01", "--units", "1"],
+    ["ephys", *SMALL_EPH, "--duration", "0.05", "--units", "0"],
+    ["ephys", "--channels", "1", "--duration", "0.0001", "--units", "3"],   # 3 samples
+    ["ephys", *SMALL_EPH, "--duration", "0.1", "--units", "30"],   # some units fire, most do not
+    ["ephys", *SMALL_EPH, "--duration", "0.05", "--dtype", "float32"],
+    ["both", *SMALL_IMG, "--cells", "0", *SMALL_EPH, "--duration", "0.05"],
+    ["both", *SMALL_IMG, "--cells", "3", *SMALL_EPH, "--duration", "0.05", "--units", "0"],
+])
+def test_every_simulated_nwb_file_reads_back_and_passes_nwbinspector(argv, tmp_path):
+    """Bugs: `--cells 0` wrote an empty PlaneSegmentation that pynwb cannot read back (ConstructError: "Must
+    provide at least one of 'image_mask', 'pixel_mask'"); a recording without any spike wrote a Units table
+    of empty spike trains (nwbinspector ERRORs, check_units_table_duration). Ground truth that would be
+    empty is now left out and the series' description says why; units that did not fire stay in a table
+    that has spikes, its description counts them."""
+    pynwb = pytest.importorskip("pynwb")
+    out = tmp_path / "s.nwb"
+    assert _run_cli([argv[0], str(out), *argv[1:], "--seed", "0"]) == 0
+    kinds = ("imaging", "ephys") if argv[0] == "both" else (argv[0],)
+    ns = argparse.ArgumentParser()
+    from necoda_filter.commands import simulate as cmd
+    cmd.add_arguments(ns)
+    args = ns.parse_args([argv[0], str(out), *argv[1:], "--seed", "0"])
+    sims = {k: cmd._simulate(args, k) for k in kinds}
+    with pynwb.NWBHDF5IO(str(out), "r") as io:
+        nwb = io.read()
+        if "imaging" in sims:
+            im = sims["imaging"]
+            tps = nwb.acquisition["TwoPhotonSeries"]
+            assert np.array_equal(tps.data[:], im.movie)
+            if len(im.footprints) == 0:
+                assert "ophys" not in nwb.processing and "no cells were simulated" in tps.description
+            else:
+                rois = nwb.processing["ophys"]["ImageSegmentation"]["GroundTruthROIs"]
+                assert np.array_equal(np.stack(rois["image_mask"][:]), im.footprints)
+        if "ephys" in sims:
+            ep = sims["ephys"]
+            es = nwb.acquisition["ElectricalSeries"]
+            assert np.array_equal(es.data[:], ep.data)
+            n_units = ep.params["n_units"]
+            if ep.spike_times.size == 0:
+                assert nwb.units is None and "no Units table" in es.description
+                assert (f"none of the {n_units} simulated units" if n_units else "no units were simulated") \
+                    in es.description
+            else:
+                assert len(nwb.units) == n_units
+                silent = int(np.sum(np.bincount(ep.spike_units, minlength=n_units) == 0))
+                assert (f"{silent} of the {n_units} fired no spike" in nwb.units.description) == (silent > 0)
+                for u in range(n_units):
+                    assert np.array_equal(nwb.units.get_unit_spike_times(u),
+                                          ep.spike_times[ep.spike_units == u] / ep.fs)
+    assert _inspect(out) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["s.nwb"]
+
+
+def test_the_edge_cases_above_do_have_what_they_test():
+    """The spike-less cases of the test above (seed 0) really have no spike, and the partly silent one some."""
+    assert simulate_ephys(duration_s=0.1, n_channels=2, n_units=4, seed=0).spike_times.size == 0
+    assert simulate_ephys(duration_s=0.01, n_channels=2, n_units=1, seed=0).spike_times.size == 0
+    some = simulate_ephys(duration_s=0.1, n_channels=2, n_units=30, seed=0)
+    counts = np.bincount(some.spike_units, minlength=30)
+    assert counts.sum() > 0 and (counts == 0).sum() > 0
+
+
+def _fill_during_write(monkeypatch, suffix, out, content=b"mine"):
+    """Make OUT appear (someone else's file) while `necoda simulate` writes its temporary."""
+    def appear():
+        if not os.path.lexists(out):
+            out.write_bytes(content)
+    if suffix == ".nwb":
+        import pynwb
+        orig = pynwb.NWBHDF5IO.write
+
+        def write(self, *a, **k):
+            orig(self, *a, **k)
+            appear()
+        monkeypatch.setattr(pynwb.NWBHDF5IO, "write", write)
+    else:
+        name = "save" if suffix == ".npy" else "savez"
+        orig = getattr(np, name)
+
+        def save(*a, **k):
+            orig(*a, **k)
+            appear()
+        monkeypatch.setattr(np, name, save)
+
+
+ONE = ["--duration", "0.05", "--channels", "2", "--units", "1"]
+
+
+@pytest.mark.parametrize("suffix", [".nwb", ".npz", ".npy"])
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_file_created_during_the_run_is_never_overwritten_without_force(suffix, hard_links, tmp_path,
+                                                                          monkeypatch):
+    """Bug: the writers ended with os.replace(tmp, OUT), replacing a file created at OUT while they ran.
+    Without --force the temporary is now published by a hard link (or, where hard links are unsupported,
+    an exclusive create of OUT and a rename over it), which fails when OUT exists; --force replaces."""
+    if suffix == ".nwb":
+        pytest.importorskip("pynwb")
+    if not hard_links:
+        def no_link(*a, **k):
+            raise PermissionError(1, "Operation not permitted")  # e.g. a FAT/exFAT or some network volumes
+        monkeypatch.setattr(os, "link", no_link)
+    out = tmp_path / f"x{suffix}"
+    _fill_during_write(monkeypatch, suffix, out)
+    with pytest.raises(FileExistsError, match="exists"):
+        _run_cli(["ephys", str(out), *ONE])
+    assert out.read_bytes() == b"mine"
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary left
+    out.unlink()
+    # without a competitor it is written, with the usual permissions, nothing else left
+    monkeypatch.undo()
+    if not hard_links:
+        monkeypatch.setattr(os, "link", no_link)
+    assert _run_cli(["ephys", str(out), *ONE]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.is_file() and out.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+    # --force: what appeared is replaced
+    out.unlink()
+    _fill_during_write(monkeypatch, suffix, out)
+    assert _run_cli(["ephys", str(out), *ONE, "--force"]) == 0
+    assert out.read_bytes() != b"mine" and out.stat().st_size > 100
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+@pytest.mark.parametrize("suffix", [".nwb", ".npz"])
+def test_a_dangling_symbolic_link_at_out_counts_as_existing(suffix, tmp_path):
+    if suffix == ".nwb":
+        pytest.importorskip("pynwb")
+    target = tmp_path / "elsewhere" / f"t{suffix}"
+    out = tmp_path / f"x{suffix}"
+    out.symlink_to(target)
+    with pytest.raises(FileExistsError, match="--force"):
+        _run_cli(["ephys", str(out), *ONE])
+    assert out.is_symlink() and not target.exists() and not target.parent.exists()
+    assert _run_cli(["ephys", str(out), *ONE, "--force"]) == 0  # replaces the link, never writes through it
+    assert not out.is_symlink() and out.is_file() and not target.parent.exists()
+
+
+def test_write_nwb_never_overwrites_unless_asked(tmp_path, monkeypatch):
+    pytest.importorskip("pynwb")
+    from necoda_filter.simulate_nwb import write_nwb
+    ep = simulate_ephys(duration_s=0.05, n_channels=2, n_units=1, seed=0)
+    out = tmp_path / "w.nwb"
+    out.write_bytes(b"mine")
+    with pytest.raises(FileExistsError):
+        write_nwb(out, ephys=ep)
+    assert out.read_bytes() == b"mine"
+    (tmp_path / "dangling.nwb").symlink_to(tmp_path / "nowhere.nwb")
+    with pytest.raises(FileExistsError):
+        write_nwb(tmp_path / "dangling.nwb", ephys=ep)
+    assert not (tmp_path / "nowhere.nwb").exists()
+    # OUT created while the file is written: left alone, the temporary removed
+    new = tmp_path / "new.nwb"
+    _fill_during_write(monkeypatch, ".nwb", new)
+    with pytest.raises(FileExistsError):
+        write_nwb(new, ephys=ep)
+    assert new.read_bytes() == b"mine"
+    monkeypatch.undo()
+    assert write_nwb(out, ephys=ep, overwrite=True) == out and out.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.nwb", "new.nwb", "w.nwb"]
+
+
+def test_the_temporary_always_ends_in_nwb(tmp_path, monkeypatch):
+    """Bug: `necoda demo --out X.NWB` made pynwb warn that `.X.15617.tmp.NWB does not end in '.nwb'`: the
+    temporary took OUT's suffix. It now always ends in .nwb (and a .npz/.npy one in OUT's suffix)."""
+    pynwb = pytest.importorskip("pynwb")
+    from necoda_filter.simulate_nwb import write_nwb
+    names = []
+    orig = pynwb.NWBHDF5IO.write
+
+    def write(self, *a, **k):
+        names.append(os.path.basename(self.source))
+        return orig(self, *a, **k)
+    monkeypatch.setattr(pynwb.NWBHDF5IO, "write", write)
+    ep = simulate_ephys(duration_s=0.05, n_channels=2, n_units=1, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_nwb(tmp_path / "X.NWB", ephys=ep)
+    assert [str(w.message) for w in caught if "end in" in str(w.message)] == []
+    (name,) = names
+    assert name.startswith(".X.") and name.endswith(".tmp.nwb")
+    assert [p.name for p in tmp_path.iterdir()] == ["X.NWB"]
+
+
+SIGNAL_CHILD = r"""
+import sys, time
+import numpy as np, pynwb
+suffix = sys.argv[1]
+def slow(orig):
+    def f(*a, **k):
+        orig(*a, **k)
+        print("written", flush=True)   # the temporary is complete but not yet published
+        time.sleep(120)
+    return f
+if suffix == ".nwb":
+    pynwb.NWBHDF5IO.write = slow(pynwb.NWBHDF5IO.write)
+else:
+    np.savez = slow(np.savez)
+from necoda_filter.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("suffix, sig", [(".nwb", "SIGTERM"), (".nwb", "SIGHUP"), (".npz", "SIGTERM")])
+def test_sigterm_or_hangup_during_the_write_leaves_no_temporary(suffix, sig, tmp_path):
+    """Bug: SIGTERM during the write left `.big.14942.tmp.nwb` next to OUT. As in `necoda compress`
+    (nwb.atomic._sigterm_as_exit), SIGTERM and SIGHUP now end the run cleanly: temporary removed, no OUT,
+    exit status 128 + the signal number."""
+    import signal
+    import subprocess
+    import sys
+    if suffix == ".nwb":
+        pytest.importorskip("pynwb")
+    signum = getattr(signal, sig, None)
+    if signum is None:
+        pytest.skip(f"no {sig} here")
+    out = tmp_path / f"big{suffix}"
+    proc = subprocess.Popen([sys.executable, "-c", SIGNAL_CHILD, suffix, "simulate", "ephys", str(out), *ONE],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "written", (line, proc.poll())
+        assert any(".tmp" in p.name for p in tmp_path.iterdir())  # the temporary exists now
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _main_err(capsys, argv):
+    from necoda_filter.cli import main
+    rc = main(["simulate", *argv])
+    cap = capsys.readouterr()
+    assert rc == 1, (rc, cap)
+    assert "Traceback" not in cap.err and cap.out == ""
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("necoda simulate: error: "), lines
+    return lines[0]
+
+
+@pytest.fixture
+def no_simulation(monkeypatch):
+    """Option errors must come before any work: simulating fails the test."""
+    from necoda_filter import simulate
+
+    def boom(*a, **k):
+        raise AssertionError("simulated before the options were checked")
+    monkeypatch.setattr(simulate, "simulate_imaging", boom)
+    monkeypatch.setattr(simulate, "simulate_ephys", boom)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["imaging", "--pixel-um", "0"], ["--pixel-um", "> 0"]),            # was an OverflowError traceback
+    (["imaging", "--pixel-um", "-1"], ["--pixel-um", "> 0"]),           # was "could not broadcast"
+    (["ephys", "--uv-per-bit", "0"], ["--uv-per-bit", "> 0"]),          # was a ZeroDivisionError
+    (["ephys", "--dtype", "bool"], ["--dtype", "bool"]),                # was an hdmf BuildError
+    (["ephys", "--dtype", "float16"], ["--dtype", "float16"]),          # NWB validation refuses float16
+    (["imaging", "--dtype", "float32"], ["--dtype", "integer"]),
+    (["imaging", "--photons", "-1"], ["--photons", ">= 0"]),
+    (["ephys", "--fs", "nan"], ["--fs", "nan"]),
+    (["both", "--fps", "inf"], ["--fps", "inf"]),
+    (["imaging", "--bit-depth", "0"], ["--bit-depth", "1..16"]),
+    (["imaging", "--bit-depth", "-3"], ["--bit-depth", "-3"]),
+    (["imaging", "--bit-depth", "9", "--dtype", "uint8"], ["--bit-depth", "1..8"]),
+    (["imaging", "--gain", "-5"], ["--gain", "> 0"]),
+    (["imaging", "--read-noise", "-1"], ["--read-noise", ">= 0"]),
+    (["imaging", "--motion", "-1"], ["--motion", ">= 0"]),
+    (["imaging", "--offset", "nan"], ["--offset", "finite"]),
+    (["ephys", "--noise-uv", "-1"], ["--noise-uv", ">= 0"]),
+    (["ephys", "--duration", "1e-6"], ["--duration", "--fs", "one sample"]),
+    (["ephys", "--channels", "0"], ["--channels", "at least 1"]),
+    (["both", "--channels", "0"], ["--channels", "at least 1"]),        # before the movie is simulated
+    (["both", "--units", "-1"], ["--units"]),
+    (["imaging", "--frames", "0"], ["--frames"]),
+    (["imaging", "--cells", "-2"], ["--cells"]),
+    (["ephys", "--seed", "-1"], ["--seed"]),
+    (["both", "--dtype", "uint16"], ["--dtype", "`both`", "separately"]),  # was uint16 ephys, 57 % clipped
+])
+def test_bad_options_are_one_line_errors_naming_the_option_before_any_work(argv, words, tmp_path, capsys,
+                                                                           no_simulation):
+    msg = _main_err(capsys, [argv[0], str(tmp_path / "x.nwb"), *argv[1:]])
+    for w in words:
+        assert w in msg, msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_that_cannot_be_written_is_named_before_any_work(tmp_path, capsys, no_simulation):
+    """Bugs: OUT inside a file (`s_img.nwb/x.nwb`) gave "[Errno 17] File exists" after the simulation; an
+    unwritable target named the temporary. Both now name OUT, before any work."""
+    f = tmp_path / "s_img.nwb"
+    f.write_bytes(b"mine")
+    for out in (f / "x.nwb", f / "a" / "b" / "x.npz"):
+        msg = _main_err(capsys, ["imaging", str(out)])
+        assert str(out) in msg and "s_img.nwb is not a folder" in msg
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    try:
+        probe = ro / "probe"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+            writable = True   # root: permissions do not stop us
+        except OSError:
+            writable = False
+        if not writable:
+            msg = _main_err(capsys, ["ephys", str(ro / "x.nwb")])
+            assert str(ro / "x.nwb") in msg and ".tmp" not in msg
+    finally:
+        os.chmod(ro, 0o755)
+    if os.path.isdir("/proc/self"):  # a folder where nothing can be created, whoever we are
+        for out in ("/proc/x.nwb", "/proc/x.npz"):
+            msg = _main_err(capsys, ["ephys", out])
+            assert out in msg and ".tmp" not in msg
+    assert f.read_bytes() == b"mine" and sorted(p.name for p in tmp_path.iterdir()) == ["ro", "s_img.nwb"]
+
+
+def test_ephys_saturation_is_reported_and_dtype_defaults(tmp_path, capsys):
+    """The ephys summary line reports the clipped fraction as the imaging one does; uint8 imaging clips to
+    its own 8 bits by default (--bit-depth defaults to 16 or the type's width if smaller)."""
+    assert _run_cli(["ephys", str(tmp_path / "u.npz"), *ONE, "--dtype", "uint16"]) == 0
+    line = capsys.readouterr().out
+    z = np.load(tmp_path / "u.npz")
+    sat = json.loads(str(z["params_json"]))["saturated_fraction"]
+    assert sat > 0.3 and f"saturated {sat:.2%}" in line
+    assert _run_cli(["ephys", str(tmp_path / "i.npz"), *ONE]) == 0
+    assert "saturated 0.00%" in capsys.readouterr().out
+    assert _run_cli(["imaging", str(tmp_path / "b.npz"), "--frames", "5", "--height", "8", "--width", "8",
+                     "--dtype", "uint8", "--gain", "3", "--offset", "10"]) == 0
+    p = json.loads(str(np.load(tmp_path / "b.npz")["params_json"]))
+    assert p["bit_depth"] == 8 and p["clip_range"] == [0.0, 255.0]
+    assert _run_cli(["imaging", str(tmp_path / "d.npz"), "--frames", "5", "--height", "8", "--width", "8"]) == 0
+    assert json.loads(str(np.load(tmp_path / "d.npz")["params_json"]))["bit_depth"] == 16
+
+
+def test_necoda_help_says_simulate_writes_nwb(capsys):
+    from necoda_filter.cli import main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    start = out.index("simulate write a simulated")
+    assert ".nwb" in out[start:start + 300]

@@ -6,8 +6,9 @@ process that has only ``HDF5_PLUGIN_PATH`` set (as nwbinspector or dandi would),
 dataset: mode, ratio, read speed and fidelity, with a legend of the columns.
 
 Every argument (modes, bounds, ``--out``) is checked before anything is simulated. The file goes to a
-temporary folder that is deleted at the end, unless ``--out`` names where to keep it (``FILE.nwb``, or an
-existing folder to put ``necoda_demo.nwb`` in); an existing file is never overwritten.
+temporary folder that is deleted at the end (also on Ctrl-C, SIGTERM or SIGHUP), unless ``--out`` names where
+to keep it (``FILE.nwb``, or an existing folder to put ``necoda_demo.nwb`` in); an existing file is never
+overwritten, not even one that appears while the demo runs.
 """
 from __future__ import annotations
 
@@ -54,6 +55,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+def ephys_mode_choices() -> tuple[str, ...]:
+    """The modes that make sense for an extracellular recording: the registry's (``modes.MODE_CHOICES``)
+    less the learned mode, whose network is trained on movies (``necoda compress --ephys`` offers
+    lossless|bounded; auto picks lossless for ephys)."""
+    from ..modes import MODE_CHOICES
+
+    return tuple(m for m in MODE_CHOICES if m != "learned")
+
+
 def add_arguments(p):
     from ..modes import MODE_CHOICES
 
@@ -67,12 +77,14 @@ def add_arguments(p):
     p.add_argument("--channels", type=positive_int, default=384, help="ephys channels (default 384)")
     p.add_argument("--imaging-mode", choices=MODE_CHOICES, default="auto",
                    help="necoda mode for the movie (default auto, which picks the lossy learned mode for movies)")
-    p.add_argument("--ephys-mode", choices=MODE_CHOICES, default="auto",
-                   help="necoda mode for ephys (default auto, which picks lossless for ephys)")
+    p.add_argument("--ephys-mode", choices=ephys_mode_choices(), default="auto",
+                   help="necoda mode for ephys (default auto, which picks lossless for ephys; the learned mode is "
+                        "for movies only)")
     p.add_argument("--max-error", type=float, default=None, metavar="N",
-                   help="bounded/learned modes: every sample within this many raw units of the original")
+                   help="bounded/learned modes: every sample within this many raw units of the original (learned: "
+                        "at least 1)")
     p.add_argument("--max-error-noise", type=float, default=None, metavar="X",
-                   help="bounded/learned modes: error bound in units of the estimated noise sigma")
+                   help="bounded/learned modes: error bound in units of the estimated noise sigma (learned: > 0)")
 
 
 def _io(mode: str, bounds: dict) -> dict:
@@ -94,7 +106,7 @@ def _settings(args) -> tuple[dict, dict]:
     used = {args.imaging_mode, args.ephys_mode}
     if bounds and not used & {"bounded", "learned"}:
         raise ValueError("--max-error/--max-error-noise apply to the bounded and learned modes only: add "
-                         "--imaging-mode bounded|learned or --ephys-mode bounded|learned")
+                         "--imaging-mode bounded|learned or --ephys-mode bounded")
     out = []
     for opt, mode in (("--imaging-mode", args.imaging_mode), ("--ephys-mode", args.ephys_mode)):
         if mode == "bounded" and not bounds:
@@ -104,6 +116,13 @@ def _settings(args) -> tuple[dict, dict]:
             out.append(_io(mode, bounds))
         except ValueError as e:
             raise ValueError(f"{opt} {mode}: {e}") from None
+    if args.imaging_mode == "learned" and (args.max_error_noise == 0
+                                           or (args.max_error is not None and args.max_error < 1)):
+        # as `necoda compress`: the safeguard codes the residual within the bound less a one-unit margin
+        # (docs/LEARNED.md); below one raw unit every chunk would be stored raw
+        raise ValueError("--imaging-mode learned: the learned mode's safeguard needs a bound of at least one raw "
+                         "unit (--max-error >= 1, --max-error-noise > 0); for an exact copy use --imaging-mode "
+                         "lossless")
     return out[0], out[1]
 
 
@@ -129,6 +148,41 @@ def _out_path(out: str) -> str:
     return path
 
 
+def _learned_note(name: str, args, err: dict, noise: dict, vs_clean: dict, fid: dict) -> str:
+    """The legend's note on a movie coded by the learned mode, true whatever the bound: the decoded movie
+    differs from the original by about the noise only when that is what was measured (without a bound
+    the network drops shot noise; a tight bound keeps the decoded movie close to the original, noise
+    included). ``err``: decoded vs original; ``noise``: original vs the noise-free movie; ``vs_clean``:
+    decoded vs the noise-free movie."""
+    ratio = err["rmse"] / noise["rmse"] if noise["rmse"] > 0 else math.inf
+    vs = (f"RMSE {err['rmse']:.3g}, max abs err {err['max_abs']:g} vs the original, which itself differs from the "
+          f"simulation's noise-free movie by RMSE {noise['rmse']:.3g}, max {noise['max_abs']:.0f}")
+    bound = ""
+    if args.imaging_mode == "learned" and args.max_error is not None:  # (auto takes no bound in the demo)
+        held = err["max_abs"] <= args.max_error
+        bound = (f"--max-error {args.max_error:g} {'kept' if held else 'did NOT keep'} every sample within "
+                 f"{args.max_error:g} raw units of the original")
+    elif args.imaging_mode == "learned" and args.max_error_noise is not None:
+        bound = (f"--max-error-noise {args.max_error_noise:g} bounds every sample's error by "
+                 f"{args.max_error_noise:g} times the noise sigma estimated per chunk")
+    a, n = vs_clean["rmse"], noise["rmse"]
+    if 0.5 <= ratio <= 2:
+        what = ("it removes shot noise, so " if a < 0.95 * n else "") + (
+            f"the decoded movie differs from the original by about the noise: {vs}")
+    elif ratio < 0.5:
+        what = f"the decoded movie stays close to the original, noise included: {vs}"
+    else:
+        what = f"the decoded movie differs from the original by more than the noise: {vs}"
+    closer = (f"is closer to the noise-free one (RMSE {a:.3g})" if a < 0.95 * n else
+              f"differs from the noise-free one by more than the original does (RMSE {a:.3g})" if a > 1.05 * n else
+              f"differs from the noise-free one by about as much as the original (RMSE {a:.3g})")
+    roi = fid.get("roi_r_median")
+    roi_txt = "" if roi is None or (isinstance(roi, float) and math.isnan(roi)) else (
+        f"; the cells' traces in it correlate with the original's at ROI r {roi:.3f}")
+    return (f"{name}: the learned mode is LOSSY{'; ' + bound if bound else ''}; {what}. The decoded movie {closer}"
+            f"{roi_txt}. For a bit-exact movie: --imaging-mode lossless.")
+
+
 def _size(nbytes: float) -> str:
     for unit, f in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if nbytes >= f:
@@ -145,6 +199,15 @@ def run(args) -> int:
     keep = args.out is not None
     path = _out_path(args.out) if keep else None
 
+    from ..nwb.atomic import _sigterm_as_exit
+
+    # SIGTERM and SIGHUP (main thread only) become an exit that runs the cleanup (the temporary folder, the
+    # NWB file's temporary), as in `necoda compress`
+    with _sigterm_as_exit():
+        return _run(args, keep, path, imaging_io, ephys_io)
+
+
+def _run(args, keep: bool, path: str | None, imaging_io: dict, ephys_io: dict) -> int:
     import warnings
 
     import numpy as np
@@ -157,19 +220,20 @@ def run(args) -> int:
           f"and a {args.seconds:g} s, {args.channels}-channel Neuropixels-like recording ...", flush=True)
     ep = simulate.simulate_ephys(duration_s=args.seconds, n_channels=args.channels, seed=1)
     im = simulate.simulate_imaging(n_frames=args.frames, height=args.size, width=args.size, seed=1)
-    workdir = tempfile.mkdtemp(prefix="necoda-demo-")
-    if not keep:
-        path = os.path.join(workdir, DEMO_NAME)
-    print('writing them into an NWB file with compression="necoda", then reading it back in a fresh '
-          "Python process ...", flush=True)
+    workdir = None
     try:
+        workdir = tempfile.mkdtemp(prefix="necoda-demo-")
+        if not keep:
+            path = os.path.join(workdir, DEMO_NAME)
+        print('writing them into an NWB file with compression="necoda", then reading it back in a fresh '
+              "Python process ...", flush=True)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             # hdmf: a plugin filter "may not be available on all installations"; the read-back below shows
             # what a reader needs (necoda-filter installed and HDF5_PLUGIN_PATH)
             warnings.filterwarnings("ignore", message=".*may not be available")
             write_nwb(path, im, ep, imaging_io=imaging_io, ephys_io=ephys_io, ground_truth=False,
-                      identifier="necoda-demo")
+                      identifier="necoda-demo", overwrite=False)  # also not a file that appeared meanwhile
         t_write = time.perf_counter() - t0
         import h5py
 
@@ -228,16 +292,8 @@ def run(args) -> int:
                 # the simulation's noise-free signal
                 vs_clean = metrics.error_stats(sim.clean, got)
                 noise = metrics.error_stats(sim.clean, orig)
-                closer = ("is closer to the noise-free one (RMSE {:.3g})" if vs_clean["rmse"] < noise["rmse"] else
-                          "differs from the noise-free one by RMSE {:.3g}").format(vs_clean["rmse"])
                 if name == "TwoPhotonSeries" and "learned" in lossy:
-                    notes.append(
-                        f"{name}: the learned mode is LOSSY and removes shot noise, so the decoded movie differs from "
-                        f"the original by about the noise: RMSE {err['rmse']:.3g}, max abs err {err['max_abs']:g}, "
-                        f"where the original itself differs from the simulation's noise-free movie by RMSE "
-                        f"{noise['rmse']:.3g}, max {noise['max_abs']:.0f}. The decoded movie {closer} "
-                        "and keeps the cells' traces (ROI r). "
-                        "For a bit-exact movie: --imaging-mode lossless.")
+                    notes.append(_learned_note(name, args, err, noise, vs_clean, fid))
                 else:
                     notes.append(f"{name} is coded LOSSY ({'+'.join(lossy) or mode_txt}): RMSE {err['rmse']:.3g} vs "
                                  f"the original; vs the simulation's noise-free signal {vs_clean['rmse']:.3g} "
@@ -260,7 +316,8 @@ def run(args) -> int:
     finally:
         import shutil
 
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
     if not keep:
         print(f"\ndeleted the temporary folder {workdir}; to keep the file: necoda demo --out {DEMO_NAME}")
     return 0

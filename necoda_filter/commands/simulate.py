@@ -4,14 +4,21 @@ OUT.npz holds every field of :class:`~necoda_filter.simulate.ImagingSim` /
 :class:`~necoda_filter.simulate.EphysSim` as arrays plus ``params_json`` (the params dict as
 JSON). OUT.npy holds only the recording (the movie, or the (T, C) ephys data). OUT.nwb is an NWB file
 with the recording(s) as a TwoPhotonSeries and/or an ElectricalSeries and the ground truth beside them
-(:mod:`necoda_filter.simulate_nwb`); ``both`` puts a movie and a recording in one NWB file.
+(:mod:`necoda_filter.simulate_nwb`); ``both`` puts a movie and a recording in one NWB file (each with its
+default data type: ``--dtype`` is refused with ``both``).
+
+Every option is checked before anything is simulated (an error names the option). OUT is written to a
+temporary file next to it that is removed on any error, Ctrl-C, SIGTERM or SIGHUP, and is then published
+as OUT without ever replacing a file (also one that appeared during the run, or a dangling symbolic link)
+unless ``--force`` is given.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("out", help="output path: .npz (all fields), .npy (the recording only) or .nwb (the "
                                     "recording as an NWB series, ground truth included)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists (never a folder)")
     g = parser.add_argument_group("imaging")
     g.add_argument("--frames", type=int, default=500)
     g.add_argument("--height", type=int, default=128)
@@ -40,16 +47,21 @@ def add_arguments(parser) -> None:
     g.add_argument("--background", choices=["2p", "1p"], default="2p")
     g.add_argument("--no-nucleus", action="store_true")
     g.add_argument("--motion", type=float, default=0.0, help="rigid jitter sd in pixels")
-    g.add_argument("--dtype", default=None, help="imaging default uint16, ephys default int16")
-    g.add_argument("--bit-depth", type=int, default=16)
-    g.add_argument("--pixel-um", type=float, default=1.0)
+    g.add_argument("--dtype", default=None,
+                   help="data type of the recording: imaging an integer type (default uint16), ephys an integer or "
+                        "float type (default int16); not with `both` (simulate imaging and ephys separately to "
+                        "choose their types)")
+    g.add_argument("--bit-depth", type=int, default=None,
+                   help="imaging: samples are clipped to this many bits of --dtype (default 16, or the type's width "
+                        "if smaller)")
+    g.add_argument("--pixel-um", type=float, default=1.0, help="pixel size in micrometres")
     e = parser.add_argument_group("ephys")
     e.add_argument("--duration", type=float, default=2.0, help="seconds")
     e.add_argument("--channels", type=int, default=384)
     e.add_argument("--units", type=int, default=30)
-    e.add_argument("--fs", type=float, default=30000.0)
-    e.add_argument("--noise-uv", type=float, default=7.0)
-    e.add_argument("--uv-per-bit", type=float, default=2.34)
+    e.add_argument("--fs", type=float, default=30000.0, help="sampling rate, Hz")
+    e.add_argument("--noise-uv", type=float, default=7.0, help="background noise, uV rms per channel")
+    e.add_argument("--uv-per-bit", type=float, default=2.34, help="ADC resolution")
     e.add_argument("--no-lfp", action="store_true")
 
 
@@ -61,11 +73,88 @@ def _simulate(args, kind):
             n_frames=args.frames, height=args.height, width=args.width, n_cells=args.cells, fps=args.fps,
             gain=args.gain, offset=args.offset, read_noise=args.read_noise, photons_baseline=args.photons,
             background=args.background, nucleus=not args.no_nucleus, motion_px=args.motion,
-            dtype=args.dtype or "uint16", bit_depth=args.bit_depth, seed=args.seed, pixel_um=args.pixel_um)
+            dtype=args.dtype or "uint16", bit_depth=_bit_depth(args), seed=args.seed, pixel_um=args.pixel_um)
     return sim.simulate_ephys(
         duration_s=args.duration, n_channels=args.channels, fs=args.fs, n_units=args.units,
         lfp=not args.no_lfp, noise_uv=args.noise_uv, uv_per_bit=args.uv_per_bit,
         dtype=args.dtype or "int16", seed=args.seed)
+
+
+def _bit_depth(args) -> int:
+    """--bit-depth, by default 16 or the imaging type's width if smaller."""
+    import numpy as np
+
+    width = 8 * np.dtype(args.dtype or "uint16").itemsize
+    return min(16, width) if args.bit_depth is None else args.bit_depth
+
+
+def _check_options(args, kinds) -> None:
+    """Every option the simulation of ``kinds`` uses, checked before any work; a ValueError names the
+    option. (The simulators check their sizes and names themselves, but name their parameters, and
+    `both` would simulate the movie before the recording's sizes are checked.)"""
+    import numpy as np
+
+    def check(opt, value, ok, want):
+        if not ok:
+            raise ValueError(f"{opt} must be {want}, got {value:g}" if isinstance(value, (int, float))
+                             else f"{opt} must be {want}, got {value!r}")
+
+    def number(opt, value, low, strict=False):
+        good = math.isfinite(value) and (value > low if strict else value >= low)
+        check(opt, value, good, f"a finite number {'>' if strict else '>='} {low:g}")
+
+    check("--seed", args.seed, args.seed >= 0, "a whole number >= 0")
+    check_dtype(args.dtype)
+    if args.dtype is not None and len(kinds) > 1:
+        raise ValueError("--dtype applies to one kind of recording: with `both` the movie is uint16 and the "
+                         "recording int16; to choose a type, simulate imaging and ephys separately")
+    dt = None if args.dtype is None else np.dtype(args.dtype)
+    if "imaging" in kinds:
+        for opt, v in (("--frames", args.frames), ("--height", args.height), ("--width", args.width)):
+            check(opt, v, v >= 1, "at least 1")
+        check("--cells", args.cells, args.cells >= 0, "at least 0")
+        number("--fps", args.fps, 0, strict=True)
+        number("--gain", args.gain, 0, strict=True)
+        check("--offset", args.offset, math.isfinite(args.offset), "a finite number")
+        number("--read-noise", args.read_noise, 0)
+        number("--photons", args.photons, 0)
+        number("--motion", args.motion, 0)
+        number("--pixel-um", args.pixel_um, 0, strict=True)
+        if dt is not None and dt.kind not in "iu":
+            raise ValueError(f"--dtype: imaging writes integer samples (e.g. uint16, int16, uint8), not {dt}")
+        width = 8 * (dt or np.dtype("uint16")).itemsize
+        if args.bit_depth is not None and not 1 <= args.bit_depth <= width:
+            raise ValueError(f"--bit-depth must be 1..{width} for {dt or 'uint16'}, got {args.bit_depth}")
+    if "ephys" in kinds:
+        number("--duration", args.duration, 0, strict=True)
+        check("--channels", args.channels, args.channels >= 1, "at least 1")
+        check("--units", args.units, args.units >= 0, "at least 0")
+        number("--fs", args.fs, 0, strict=True)
+        if round(args.duration * args.fs) < 1:
+            raise ValueError(f"--duration {args.duration:g} s at --fs {args.fs:g} Hz is less than one sample")
+        number("--noise-uv", args.noise_uv, 0)
+        number("--uv-per-bit", args.uv_per_bit, 0, strict=True)
+        if dt is not None and not (dt.kind in "iu" or dt in (np.float32, np.float64)):  # NWB: no float16
+            raise ValueError(f"--dtype: ephys writes integer (e.g. int16) or float32/float64 samples, not {dt}")
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """OUT is a new file (or, with --force, not a folder) in a folder that exists or can be created."""
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a folder")
+    if os.path.lexists(out) and not force:  # a dangling symbolic link counts: writing would follow or replace it
+        raise FileExistsError(f"{out} exists (use --force to overwrite)")
+    folder = out.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"cannot write {out}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {out}: folder {folder} is not writable")
+    if folder == out.parent:  # a file can really be created there (os.access says yes in /proc, as root)
+        from ..simulate_nwb import temporary_next_to
+
+        temporary_next_to(out, ".probe").unlink()
 
 
 def run(args) -> int:
@@ -74,54 +163,60 @@ def run(args) -> int:
         raise ValueError(f"OUT must end with .npz, .npy or .nwb, got {out.name!r}")
     if args.kind == "both" and out.suffix != ".nwb":
         raise ValueError(f"`both` writes one NWB file: OUT must end with .nwb, got {out.name!r}")
-    if out.is_dir():
-        raise IsADirectoryError(f"{out} is a folder")
-    if out.exists() and not args.force:
-        raise FileExistsError(f"{out} exists (use --force to overwrite)")
-    check_dtype(args.dtype)
-    if args.kind in ("imaging", "both") and not args.fps > 0:
-        raise ValueError(f"--fps must be > 0, got {args.fps}")
     kinds = ("imaging", "ephys") if args.kind == "both" else (args.kind,)
+    _check_options(args, kinds)
+    _check_out(out, args.force)
     t0 = time.perf_counter()
     sims = {k: _simulate(args, k) for k in kinds}
     dt = time.perf_counter() - t0
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot write {out}: {e.strerror or e}") from None
     if out.suffix == ".nwb":
         from ..simulate_nwb import write_nwb
 
-        write_nwb(out, sims.get("imaging"), sims.get("ephys"))  # atomic: a temporary renamed over OUT
+        # atomic: a temporary published as OUT, never replacing a file without --force
+        write_nwb(out, sims.get("imaging"), sims.get("ephys"), overwrite=args.force)
     else:
-        _write_arrays(out, sims[args.kind])
+        _write_arrays(out, sims[args.kind], overwrite=args.force)
     for k, res in sims.items():
         print(f"necoda simulate {k}: {_summary(k, res)}; simulated in {dt:.2f} s -> {out}")
     return 0
 
 
-def _write_arrays(out: Path, res) -> None:
+def _write_arrays(out: Path, res, overwrite: bool = False) -> None:
+    from ..nwb.atomic import _sigterm_as_exit
+    from ..simulate_nwb import publish, temporary_next_to
+
     main = res.movie if hasattr(res, "movie") else res.data
-    # atomic: write a temporary file next to OUT, then rename it over OUT (never a half-written OUT)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if out.suffix == ".npy":
-                np.save(fh, main)
-            else:
-                fields = {}
-                for f in dataclasses.fields(res):
-                    v = getattr(res, f.name)
-                    if f.name == "params":
-                        fields["params_json"] = np.array(json.dumps(v, default=float))
-                    elif v is not None:
-                        fields[f.name] = np.asarray(v)
-                np.savez(fh, **fields)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give OUT the usual permissions
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # atomic: write a temporary file next to OUT, then publish it as OUT (never a half-written OUT); SIGTERM
+    # and SIGHUP (main thread only) become an exit that removes the temporary, as in `necoda compress`
+    tmp = None
+    with _sigterm_as_exit():
+        try:
+            tmp = temporary_next_to(out, out.suffix)
+            try:
+                with open(tmp, "wb") as fh:
+                    if out.suffix == ".npy":
+                        np.save(fh, main)
+                    else:
+                        fields = {}
+                        for f in dataclasses.fields(res):
+                            v = getattr(res, f.name)
+                            if f.name == "params":
+                                fields["params_json"] = np.array(json.dumps(v, default=float))
+                            elif v is not None:
+                                fields[f.name] = np.asarray(v)
+                        np.savez(fh, **fields)
+            except OSError as e:  # name OUT, not the temporary
+                raise OSError(f"writing {out} failed: {e.strerror or e}") from e
+            publish(tmp, out, overwrite)
+        except BaseException:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            raise
 
 
 def _summary(kind: str, res) -> str:
@@ -130,4 +225,4 @@ def _summary(kind: str, res) -> str:
         return (f"movie {res.movie.shape} {res.movie.dtype}, {p['n_cells']} cells, {int(res.spikes.sum())} spikes, "
                 f"gain {p['gain']:g}/photon, offset {p['offset']:g}, saturated {p['saturated_fraction']:.2%}")
     return (f"data {res.data.shape} {res.data.dtype} at {p['fs']:g} Hz, {p['n_units']} units, "
-            f"{res.spike_times.size} spikes, {p['uv_per_bit']:g} uV/bit")
+            f"{res.spike_times.size} spikes, {p['uv_per_bit']:g} uV/bit, saturated {p['saturated_fraction']:.2%}")
