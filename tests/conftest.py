@@ -39,3 +39,14 @@ def _run_outside_the_repository(tmp_path_factory):
     os.chdir(tmp_path_factory.mktemp("cwd"))
     yield
     os.chdir(old)
+
+
+@pytest.fixture
+def no_simulation(monkeypatch):
+    """Argument errors must come before any work: simulating (necoda_filter.simulate) fails the test."""
+    from necoda_filter import simulate
+
+    def boom(*a, **k):
+        raise AssertionError("simulated before the arguments were checked")
+    monkeypatch.setattr(simulate, "simulate_imaging", boom)
+    monkeypatch.setattr(simulate, "simulate_ephys", boom)

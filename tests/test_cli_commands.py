@@ -293,10 +293,19 @@ def test_train_without_torch_says_so(tmp_path, capsys, monkeypatch, package, how
     assert list(tmp_path.iterdir()) == []  # no model folder, no temporary
 
 
-def _fake_trainer(monkeypatch):
-    """Replace the trainer (the CLI's argument handling is under test); returns its recorded kwargs."""
+def _install_trainer(monkeypatch, train):
+    """Replace the trainer by ``train(out, **kw)`` (the CLI's handling is under test; torch not needed)."""
     import types
 
+    fake = types.ModuleType("necoda_filter.train.train")
+    fake.train = train
+    monkeypatch.setitem(sys.modules, "necoda_filter.train.train", fake)
+    monkeypatch.setattr("necoda_filter.commands.train._require_train_extra", lambda: None)
+    return fake
+
+
+def _fake_trainer(monkeypatch):
+    """A trainer that records its kwargs and writes a stub package; returns the recorded kwargs."""
     seen = {}
 
     def fake_train(out, **kw):
@@ -304,10 +313,7 @@ def _fake_trainer(monkeypatch):
         (out / "weights.pt").write_text("w")
         return "necoda-0000000000000000"
 
-    fake = types.ModuleType("necoda_filter.train.train")
-    fake.train = fake_train
-    monkeypatch.setitem(sys.modules, "necoda_filter.train.train", fake)
-    monkeypatch.setattr("necoda_filter.commands.train._require_train_extra", lambda: None)  # torch not needed
+    _install_trainer(monkeypatch, fake_train)
     return seen
 
 
@@ -355,7 +361,6 @@ def test_train_refuses_an_existing_model_folder_without_force(tmp_path, capsys):
 def test_train_writes_the_package_atomically(tmp_path, monkeypatch):
     """A failing run leaves neither a package nor a temporary folder, and keeps the old package (--force);
     a run that finishes replaces it whole. (The trainer is faked: the CLI's file handling is under test.)"""
-    import types
 
     m = tmp_path / "m"
     m.mkdir()
@@ -371,10 +376,7 @@ def test_train_writes_the_package_atomically(tmp_path, monkeypatch):
         (out / "tables.json").write_text("{}")
         return "necoda-0000000000000000"
 
-    fake = types.ModuleType("necoda_filter.train.train")
-    fake.train = failing
-    monkeypatch.setitem(sys.modules, "necoda_filter.train.train", fake)
-    monkeypatch.setattr("necoda_filter.commands.train._require_train_extra", lambda: None)  # torch not needed
+    fake = _install_trainer(monkeypatch, failing)
     with pytest.raises(RuntimeError, match="disk full"):
         cli.main(["train", "--out", str(m), "--force", "--sims", "1", "--steps", "1"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

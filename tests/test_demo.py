@@ -6,19 +6,10 @@ import os
 
 import pytest
 
-from necoda_filter import cli, modes, simulate
+from necoda_filter import cli, modes
 from necoda_filter.commands import demo
 
 SMALL = ["--frames", "20", "--size", "32", "--seconds", "0.1", "--channels", "8"]
-
-
-@pytest.fixture
-def no_simulation(monkeypatch):
-    """Argument errors must come before any work: simulating fails the test."""
-    def boom(*a, **k):
-        raise AssertionError("the demo simulated data before rejecting its arguments")
-    monkeypatch.setattr(simulate, "simulate_imaging", boom)
-    monkeypatch.setattr(simulate, "simulate_ephys", boom)
 
 
 def _err(capsys, argv) -> str:

@@ -643,17 +643,6 @@ def _main_err(capsys, argv):
     return lines[0]
 
 
-@pytest.fixture
-def no_simulation(monkeypatch):
-    """Option errors must come before any work: simulating fails the test."""
-    from necoda_filter import simulate
-
-    def boom(*a, **k):
-        raise AssertionError("simulated before the options were checked")
-    monkeypatch.setattr(simulate, "simulate_imaging", boom)
-    monkeypatch.setattr(simulate, "simulate_ephys", boom)
-
-
 @pytest.mark.parametrize("argv, words", [
     (["imaging", "--pixel-um", "0"], ["--pixel-um", "> 0"]),            # was an OverflowError traceback
     (["imaging", "--pixel-um", "-1"], ["--pixel-um", "> 0"]),           # was "could not broadcast"

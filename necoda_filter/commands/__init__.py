@@ -14,17 +14,24 @@ def check_dtype(value, option: str = "--dtype") -> None:
         raise ValueError(f"{option}: unknown data type {value!r}") from None
 
 
-def positive_int(text: str) -> int:
-    """argparse type of counts such as ``--workers``: an integer of at least 1 (0 or -2 were taken as 1)."""
-    import argparse
+def whole_number(minimum: int, meaning: str = ""):
+    """An argparse type: an integer of at least ``minimum`` (``meaning`` says what the minimum means)."""
+    def parse(text: str) -> int:
+        import argparse
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum}{meaning} or more, not {value}")
+        return value
+
+    return parse
+
+
+#: argparse type of counts such as ``--workers``: an integer of at least 1 (0 or -2 were taken as 1)
+positive_int = whole_number(1)
 
 
 def missing(packages) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import math
 
+from . import whole_number
+
 
 def add_arguments(p):
     p.add_argument("file", help="HDF5 or NWB file, or a zarr store (folder)")
@@ -11,21 +13,8 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--provenance", action="store_true",
                    help="also list every necoda_* attribute stored with each dataset (version, source, noise model...)")
-    p.add_argument("--chunks", type=_count, default=8, metavar="N",
+    p.add_argument("--chunks", type=whole_number(0, " (all)"), default=8, metavar="N",
                    help="chunk headers sampled per dataset to report modes (default 8; 0 = all)")
-
-
-def _count(text: str) -> int:
-    """argparse type of --chunks: a whole number >= 0 (-1 was taken as "all", like 0)."""
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (all) or more, not {value}")
-    return value
 
 
 def dataset_info(d, max_chunks: int = 8) -> dict:
