@@ -41,7 +41,7 @@ import numpy as np
 
 from .simulate import EphysSim, ImagingSim
 
-__all__ = ["write_nwb", "publish", "temporary_next_to"]
+__all__ = ["write_nwb", "new_file", "publish", "temporary_next_to"]
 
 SESSION_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -184,6 +184,31 @@ def publish(tmp, path, overwrite: bool = False) -> None:
         os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def new_file(path, suffix: str, overwrite: bool = False):
+    """Yield a new temporary ``.<stem>.<random>.tmp<suffix>`` next to ``path`` to write; when the block ends
+    without error, :func:`publish` it as ``path``. It is removed on any error, Ctrl-C, SIGTERM or SIGHUP
+    (the signals become an exit, main thread only, as in ``necoda compress``), and an OSError while writing
+    names ``path``, not the temporary."""
+    from .nwb.atomic import _sigterm_as_exit
+
+    path, tmp = Path(path), None
+    with _sigterm_as_exit():
+        try:
+            tmp = temporary_next_to(path, suffix)
+            try:
+                yield tmp
+            except OSError as e:
+                msg = e.strerror or str(e).replace(str(tmp), str(path))
+                raise _renamed(e, f"writing {path} failed: {msg}") from e
+            publish(tmp, path, overwrite)
+        except BaseException:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            raise
+
+
 def write_nwb(path, imaging: ImagingSim | None = None, ephys: EphysSim | None = None, *,
               imaging_io: dict | None = None, ephys_io: dict | None = None, ground_truth: bool = True,
               identifier: str | None = None, session_description: str | None = None,
@@ -212,26 +237,10 @@ def write_nwb(path, imaging: ImagingSim | None = None, ephys: EphysSim | None = 
         _add_imaging(nwb, imaging, device, imaging_io, ground_truth)
     if ephys is not None:
         _add_ephys(nwb, ephys, device, ephys_io, ground_truth)
-    from .nwb.atomic import _sigterm_as_exit
-
-    tmp = None
-    # SIGTERM / SIGHUP (main thread only) become an exit that removes the temporary, as in `necoda compress`
-    with _sigterm_as_exit():
-        try:
-            # the temporary ends in .nwb whatever path's suffix (pynwb warns about a name without it)
-            tmp = temporary_next_to(path, ".nwb")
-            try:
-                with warnings.catch_warnings():  # hdmf: a plugin filter "may not be available on all installations"
-                    warnings.filterwarnings("ignore", message=".*may not be available")
-                    with NWBHDF5IO(str(tmp), "w") as io:
-                        io.write(nwb)
-            except OSError as e:  # name the file asked for, not the temporary
-                msg = os.strerror(e.errno) if e.errno else str(e).replace(str(tmp), str(path))
-                raise _renamed(e, f"writing {path} failed: {msg}") from e
-            publish(tmp, path, overwrite)
-        except BaseException:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-            raise
+    # the temporary ends in .nwb whatever path's suffix (pynwb warns about a name without it)
+    with new_file(path, ".nwb", overwrite) as tmp:
+        with warnings.catch_warnings():  # hdmf: a plugin filter "may not be available on all installations"
+            warnings.filterwarnings("ignore", message=".*may not be available")
+            with NWBHDF5IO(str(tmp), "w") as io:
+                io.write(nwb)
     return path

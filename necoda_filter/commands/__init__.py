@@ -48,3 +48,13 @@ def missing(packages) -> list[str]:
         if not found:
             out.append(name)
     return out
+
+
+def check_learned_bound(max_error, max_error_noise, exact: str) -> None:
+    """Refuse a learned-mode safeguard bound below one raw unit (``--max-error`` < 1, ``--max-error-noise``
+    0): the safeguard codes the residual within the bound less a one-unit margin (docs/LEARNED.md), so every
+    chunk would be stored raw, a file larger than its input. ``exact``: the option that asks for a copy."""
+    if max_error_noise == 0 or (max_error is not None and max_error < 1):
+        raise ValueError("the learned mode's safeguard needs a bound of at least one raw unit (--max-error >= 1, "
+                         "or --max-error-noise > 0: K times the chunk's noise sigma, itself at least one unit); "
+                         f"for an exact copy use {exact}")

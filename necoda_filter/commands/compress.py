@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import sys
 
-from . import positive_int
+from . import check_learned_bound, positive_int
 
 
 def add_arguments(p) -> None:
@@ -63,12 +63,8 @@ def run(args) -> int:
     if "bounded" in used and args.max_error is None and args.max_error_noise is None:
         raise ValueError("the bounded mode needs a bound: --max-error E (raw units) or --max-error-noise K "
                          "(noise sigmas)")
-    if args.imaging == "learned" and (args.max_error_noise == 0 or (args.max_error is not None and args.max_error < 1)):
-        # the safeguard codes the residual within the bound less a one-unit margin (docs/LEARNED.md): below
-        # one raw unit every chunk would be stored raw, a file larger than its input
-        raise ValueError("the learned mode's safeguard needs a bound of at least one raw unit (--max-error >= 1, or "
-                         "--max-error-noise > 0: K times the chunk's noise sigma, itself at least one unit); for an "
-                         "exact copy use --imaging lossless")
+    if args.imaging == "learned":
+        check_learned_bound(args.max_error, args.max_error_noise, "--imaging lossless")
     settings = Settings(imaging=args.imaging, ephys=args.ephys, quality=args.quality, max_error=args.max_error,
                         max_error_noise=args.max_error_noise, level=args.level)
     reports = recompress_file(args.input, args.output, settings, workers=args.workers,

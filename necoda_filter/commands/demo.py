@@ -21,7 +21,7 @@ import tempfile
 import textwrap
 import time
 
-from . import positive_int
+from . import check_learned_bound, positive_int
 
 #: the file name used in a temporary folder, or inside an existing folder given as --out
 DEMO_NAME = "necoda_demo.nwb"
@@ -116,13 +116,11 @@ def _settings(args) -> tuple[dict, dict]:
             out.append(_io(mode, bounds))
         except ValueError as e:
             raise ValueError(f"{opt} {mode}: {e}") from None
-    if args.imaging_mode == "learned" and (args.max_error_noise == 0
-                                           or (args.max_error is not None and args.max_error < 1)):
-        # as `necoda compress`: the safeguard codes the residual within the bound less a one-unit margin
-        # (docs/LEARNED.md); below one raw unit every chunk would be stored raw
-        raise ValueError("--imaging-mode learned: the learned mode's safeguard needs a bound of at least one raw "
-                         "unit (--max-error >= 1, --max-error-noise > 0); for an exact copy use --imaging-mode "
-                         "lossless")
+    if args.imaging_mode == "learned":
+        try:
+            check_learned_bound(args.max_error, args.max_error_noise, "--imaging-mode lossless")
+        except ValueError as e:
+            raise ValueError(f"--imaging-mode learned: {e}") from None
     return out[0], out[1]
 
 

@@ -14,7 +14,6 @@ unless ``--force`` is given.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -186,37 +185,23 @@ def run(args) -> int:
 
 
 def _write_arrays(out: Path, res, overwrite: bool = False) -> None:
-    from ..nwb.atomic import _sigterm_as_exit
-    from ..simulate_nwb import publish, temporary_next_to
+    from ..simulate_nwb import new_file
 
     main = res.movie if hasattr(res, "movie") else res.data
-    # atomic: write a temporary file next to OUT, then publish it as OUT (never a half-written OUT); SIGTERM
-    # and SIGHUP (main thread only) become an exit that removes the temporary, as in `necoda compress`
-    tmp = None
-    with _sigterm_as_exit():
-        try:
-            tmp = temporary_next_to(out, out.suffix)
-            try:
-                with open(tmp, "wb") as fh:
-                    if out.suffix == ".npy":
-                        np.save(fh, main)
-                    else:
-                        fields = {}
-                        for f in dataclasses.fields(res):
-                            v = getattr(res, f.name)
-                            if f.name == "params":
-                                fields["params_json"] = np.array(json.dumps(v, default=float))
-                            elif v is not None:
-                                fields[f.name] = np.asarray(v)
-                        np.savez(fh, **fields)
-            except OSError as e:  # name OUT, not the temporary
-                raise OSError(f"writing {out} failed: {e.strerror or e}") from e
-            publish(tmp, out, overwrite)
-        except BaseException:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-            raise
+    # atomic: a temporary next to OUT, published as OUT when complete (never a half-written OUT, never a
+    # file replaced without --force); removed on an error, Ctrl-C, SIGTERM or SIGHUP
+    with new_file(out, out.suffix, overwrite) as tmp, open(tmp, "wb") as fh:
+        if out.suffix == ".npy":
+            np.save(fh, main)
+        else:
+            fields = {}
+            for f in dataclasses.fields(res):
+                v = getattr(res, f.name)
+                if f.name == "params":
+                    fields["params_json"] = np.array(json.dumps(v, default=float))
+                elif v is not None:
+                    fields[f.name] = np.asarray(v)
+            np.savez(fh, **fields)
 
 
 def _summary(kind: str, res) -> str:
