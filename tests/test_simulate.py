@@ -734,3 +734,18 @@ def test_necoda_help_says_simulate_writes_nwb(capsys):
     out = " ".join(capsys.readouterr().out.split())
     start = out.index("simulate write a simulated")
     assert ".nwb" in out[start:start + 300]
+
+
+def test_simulate_nwb_says_when_nwbinspector_will_guess_the_movie_is_transposed(tmp_path, capsys):
+    """nwbinspector's check_data_orientation reports a series with fewer frames than pixels per side as
+    CRITICAL (a guess from the shape). `simulate` says so, naming the fix, and only then."""
+    nwbinspector = pytest.importorskip("nwbinspector")  # noqa: F841
+    short = tmp_path / "short.nwb"
+    assert _run_cli(["imaging", str(short), "--frames", "10", "--height", "16", "--width", "12", "--cells", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "check_data_orientation" in err and "--frames >= 16" in err
+    assert [c for c, _ in _inspect(short)] == ["check_data_orientation"]  # the note is about a real report
+    long = tmp_path / "long.nwb"
+    assert _run_cli(["imaging", str(long), "--frames", "16", "--height", "16", "--width", "12", "--cells", "1"]) == 0
+    assert "check_data_orientation" not in capsys.readouterr().err
+    assert _inspect(long) == []

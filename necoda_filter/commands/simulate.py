@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -181,6 +182,11 @@ def run(args) -> int:
         _write_arrays(out, sims[args.kind], overwrite=args.force)
     for k, res in sims.items():
         print(f"necoda simulate {k}: {_summary(k, res)}; simulated in {dt:.2f} s -> {out}")
+    if out.suffix == ".nwb" and "imaging" in sims and args.frames < max(args.height, args.width):
+        print(f"note: the movie has fewer frames ({args.frames}) than pixels per side ({args.height}x{args.width}); "
+              "nwbinspector's check_data_orientation guesses from the shape that such a series is transposed "
+              "and reports it as CRITICAL, although it is time-first as NWB requires (use --frames >= "
+              f"{max(args.height, args.width)} for a file it passes)", file=sys.stderr)
     return 0
 
 
