@@ -182,3 +182,88 @@ def test_rois_come_from_the_rows_with_stored_traces_and_the_series_plane(sim, tm
         del f["acquisition/TwoPhotonSeries/imaging_plane"]
     with h5py.File(src, "r") as f:
         assert find_rois(f["acquisition/TwoPhotonSeries/data"]) is None  # ambiguous: none taken
+
+
+def test_pixel_masks_of_another_field_of_view_are_not_used(sim, tmp_path):
+    """QA: a pixel_mask has no frame shape of its own, so a segmentation of the full frame was applied to a
+    binned (or cropped) movie on the same plane: its pixels were clipped to the smaller frame and its ROI
+    traces compared with traces of other pixels. Pixels outside the frame, or reference_images that name a
+    series of another frame shape, now rule it out; reference_images naming the series itself rule it in."""
+    from pynwb.ophys import ImageSegmentation, TwoPhotonSeries
+
+    src = tmp_path / "sim.nwb"
+    write_nwb(src, imaging=sim, ground_truth=False)
+    binned = sim.movie.reshape(96, 24, 2, 20, 2).mean(axis=(2, 4)).astype(sim.movie.dtype)
+    with pynwb.NWBHDF5IO(str(src), "a") as io:
+        nwb = io.read()
+        plane = nwb.imaging_planes["ImagingPlane"]
+        nwb.add_acquisition(TwoPhotonSeries(name="Binned", data=binned, imaging_plane=plane, rate=30.0,
+                                            unit="n.a."))
+        mod = nwb.create_processing_module(name="ophys", description="segmentations")
+        seg = ImageSegmentation(name="ImageSegmentation")
+        mod.add(seg)
+        big = seg.create_plane_segmentation(name="A_FullFrameOfATwiceLargerMovie", imaging_plane=plane,
+                                            description="drawn on a 96x80 frame")
+        big.add_roi(pixel_mask=[(90, 70, 1.0), (91, 70, 1.0), (2, 3, 1.0)])
+        small = seg.create_plane_segmentation(name="B_OnTheBinnedMovie", imaging_plane=plane,
+                                              description="drawn on the binned movie",
+                                              reference_images=nwb.acquisition["Binned"])
+        small.add_roi(pixel_mask=[(5, 6, 1.0), (5, 7, 1.0)])  # inside both frames
+        io.write(nwb)
+    with h5py.File(src, "r") as f:
+        assert find_rois(f["acquisition/TwoPhotonSeries/data"]) is None  # neither is this movie's
+        on_binned = find_rois(f["acquisition/Binned/data"])
+        assert on_binned.path.endswith("B_OnTheBinnedMovie") and on_binned.masks.shape == (1, 24, 20)
+        assert on_binned.masks[0, 5, 6] and on_binned.masks.sum() == 2
+
+
+def test_evaluate_of_a_slow_electrical_series_reports_no_spike_band_and_still_draws(tmp_path, monkeypatch):
+    """QA: an ElectricalSeries sampled below 100 Hz ended the whole evaluation ("zero-size array to reduction
+    operation maximum") in its snippet figure, losing every dataset's report; and spike metrics were
+    computed on a band that does not exist below ~1.3 kHz. A figure that fails no longer ends the report."""
+    from necoda_filter.commands import evaluate as ev
+
+    ep = simulate.simulate_ephys(duration_s=0.5, n_channels=4, n_units=2, seed=1)
+    src, out, rep = tmp_path / "slow.nwb", tmp_path / "out.nwb", tmp_path / "rep"
+    write_nwb(src, ephys=ep)
+    with h5py.File(src, "r+") as f:
+        f["acquisition/ElectricalSeries/starting_time"].attrs["rate"] = 30.0
+    assert cli.main(["compress", str(src), str(out), "--quiet"]) == 0
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(rep)]) == 0
+    d = json.loads((rep / "report.json").read_text())["datasets"][0]
+    assert "30 Hz" in d["no_spike_band"] and "spike_f1" not in d and "file_units" not in d
+    assert d["figures"] == ["acquisition__ElectricalSeries__data_snippet.png"]
+    assert (rep / d["figures"][0]).stat().st_size > 0 and "no spike metrics" in (rep / "report.md").read_text()
+
+    def broken(*a, **k):
+        raise RuntimeError("a figure went wrong")
+
+    monkeypatch.setattr(ev, "_ephys_figures", broken)
+    rep2 = tmp_path / "rep2"
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(rep2)]) == 0
+    d = json.loads((rep2 / "report.json").read_text())["datasets"][0]
+    assert d["figures"] == [] and "a figure went wrong" in d["figure_error"]
+    assert "No figure for" in (rep2 / "report.md").read_text() and d["max_abs"] == 0
+
+
+def test_roi_trace_figure_names_where_its_rois_come_from(sim, tmp_path, monkeypatch):
+    """QA: the ROI-trace figure always said "ROIs detected on the original" and labelled ROIs by position."""
+    from necoda_filter.commands import evaluate as ev
+
+    seen = {}
+    real = ev._imaging_figures
+
+    def spy(ow, dw, masks, out, name, roi_source, roi_ids=None):
+        seen.update(source=roi_source, ids=None if roi_ids is None else list(roi_ids))
+        return real(ow, dw, masks, out, name, roi_source, roi_ids)
+
+    monkeypatch.setattr(ev, "_imaging_figures", spy)
+    src, out, rep = tmp_path / "sim.nwb", tmp_path / "out.nwb", tmp_path / "rep"
+    write_nwb(src, imaging=sim)
+    with h5py.File(src, "r+") as f:  # ids a lab might have: not the row positions
+        ids = f["processing/ophys/ImageSegmentation/GroundTruthROIs/id"]
+        ids[...] = np.arange(100, 100 + len(ids))
+    assert cli.main(["compress", str(src), str(out), "--imaging", "lossless", "--quiet"]) == 0
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(rep)]) == 0
+    assert "GroundTruthROIs" in seen["source"] and seen["ids"] == list(range(100, 106))
+    assert (rep / "acquisition__TwoPhotonSeries__data_roi_traces.png").is_file()

@@ -16,7 +16,8 @@ For every necoda-compressed dataset of COMPRESSED with a dataset of the same pat
   of the original's and the decoded movie's ROI traces against the traces the file stores for them;
   otherwise ROIs are detected on the original with :func:`metrics.detect_rois`), ephys (with the share
   of the file's Units spikes found by detection, ``file_units``, :mod:`necoda_filter.nwb.units`) ``spike_f1`` /
-  ``waveform_r_median`` / ``n_spikes`` (:func:`metrics.ephys_fidelity`) — the ``necoda bench`` metrics;
+  ``waveform_r_median`` / ``n_spikes`` (:func:`metrics.ephys_fidelity`) — the ``necoda bench`` metrics (a
+  series sampled below ``SPIKE_BAND_MIN_FS``, e.g. LFP, has no spike band: ``no_spike_band`` says so);
 - PNG figures: imaging — an example frame original / decoded / error map and ROI traces overlaid;
   ephys — a spike snippet (raw and 300–6000 Hz) overlaid on neighbouring channels, with the error;
 - ``report.json`` and ``report.md`` in the report folder (default ``<COMPRESSED>.necoda-report``).
@@ -34,6 +35,10 @@ import numpy as np
 
 BLOCK_BYTES = 64 << 20
 ROI_MAX_FRAMES = 200
+#: spike-band metrics need the 300-6000 Hz band: ``metrics.bandpass`` caps its top at 0.45 fs, so below this
+#: rate (an LFP or behaviour-rate ElectricalSeries) there is no band of at least an octave to detect spikes in
+SPIKE_BAND_LO = 300.0
+SPIKE_BAND_MIN_FS = 2 * SPIKE_BAND_LO / 0.45
 
 
 def add_arguments(p) -> None:
@@ -256,19 +261,41 @@ def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, win
             if file_rois is not None:
                 res["file_traces"] = _against_file_traces(o.file, file_rois, ow, dw, wrows)
             if figures and report_dir is not None:
-                figs += _imaging_figures(ow, dw, masks, report_dir, o.name)
+                figs += _figures(res, lambda: _imaging_figures(
+                    ow, dw, masks, report_dir, o.name, res["roi_source"],
+                    None if file_rois is None else file_rois.ids))
         elif kind == "ephys" and ow.ndim in (1, 2) and fs:
-            units = spike_samples(o, fs, wrows)  # the file's Units (sorted units, or a simulation's truth)
-            fid = metrics.ephys_fidelity(ow, dw, fs, true_times=None if units is None else units[1])
-            res.update({k: fid[k] for k in ("spike_f1", "waveform_r_median", "n_spikes", "n_spikes_dec")})
-            if units is not None:
-                res["file_units"] = {"path": units[0], "n_spikes": fid["n_true"],
-                                     "found_orig": fid["true_recall_orig"], "found_dec": fid["true_recall_dec"]}
+            band = fs >= SPIKE_BAND_MIN_FS
+            if band:
+                units = spike_samples(o, fs, wrows)  # the file's Units (sorted units, or a simulation's truth)
+                fid = metrics.ephys_fidelity(ow, dw, fs, true_times=None if units is None else units[1])
+                res.update({k: fid[k] for k in ("spike_f1", "waveform_r_median", "n_spikes", "n_spikes_dec")})
+                if units is not None:
+                    res["file_units"] = {"path": units[0], "n_spikes": fid["n_true"],
+                                         "found_orig": fid["true_recall_orig"], "found_dec": fid["true_recall_dec"]}
+            else:
+                res["no_spike_band"] = (f"sampled at {fs:g} Hz: no 300-6000 Hz spike band (needs "
+                                        f">= {SPIKE_BAND_MIN_FS:.0f} Hz), so no spike metrics")
             if figures and report_dir is not None:
-                figs += _ephys_figures(ow if ow.ndim == 2 else ow[:, None], dw if dw.ndim == 2 else dw[:, None],
-                                       fs, report_dir, o.name)
+                figs += _figures(res, lambda: _ephys_figures(
+                    ow if ow.ndim == 2 else ow[:, None], dw if dw.ndim == 2 else dw[:, None],
+                    fs, report_dir, o.name, band))
     res["figures"] = [str(p.name) for p in figs]
     return res
+
+
+def _figures(res: dict, make) -> list[Path]:
+    """The figures ``make()`` draws; a figure that fails is reported in ``res["figure_error"]`` instead of
+    ending the whole evaluation (the metrics of every dataset are still written)."""
+    try:
+        return make()
+    except Exception as e:  # noqa: BLE001
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+        res["figure_error"] = f"{type(e).__name__}: {e}"
+        print(f"necoda evaluate: warning: no figure for {res['path']}: {res['figure_error']}", file=sys.stderr)
+        return []
 
 
 def _against_file_traces(f, file_rois, ow, dw, wrows) -> list[dict]:
@@ -290,7 +317,9 @@ def _slug(path: str) -> str:
     return path.strip("/").replace("/", "__")
 
 
-def _imaging_figures(ow, dw, masks, out: Path, name: str) -> list[Path]:
+def _imaging_figures(ow, dw, masks, out: Path, name: str, roi_source: str, roi_ids=None) -> list[Path]:
+    """Example frame original / decoded / error; the six most variable ROIs' traces (``roi_ids``: the
+    labels of ``masks``' rows, e.g. the file's PlaneSegmentation ids; default their positions)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -333,11 +362,11 @@ def _imaging_figures(ow, dw, masks, out: Path, name: str) -> list[Path]:
             axx = ax[row, 0]
             axx.plot(to[i], color="black", lw=1.0, label="original")
             axx.plot(td[i], color="tab:red", lw=0.9, ls="--", label="decoded")
-            axx.set_ylabel(f"ROI {i}\nr={r[i]:.4f}", fontsize=8)
+            axx.set_ylabel(f"ROI {i if roi_ids is None else roi_ids[i]}\nr={r[i]:.4f}", fontsize=8)
             if row == 0:
                 axx.legend(loc="upper right", fontsize=8)
         ax[-1, 0].set_xlabel("frame")
-        fig.suptitle(f"{name}: ROI mean traces (ROIs detected on the original)")
+        fig.suptitle(f"{name}: ROI mean traces (ROIs: {roi_source})")
         fig.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.08, hspace=0.15)
         p = out / f"{_slug(name)}_roi_traces.png"
         fig.savefig(p, dpi=110)
@@ -346,7 +375,10 @@ def _imaging_figures(ow, dw, masks, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def _ephys_figures(ow, dw, fs, out: Path, name: str) -> list[Path]:
+def _ephys_figures(ow, dw, fs, out: Path, name: str, band: bool = True) -> list[Path]:
+    """The largest spike of the original (``band``: in its 300-6000 Hz band; otherwise, for a slow series
+    without that band, the largest deviation from the channel's median) on up to five neighbouring
+    channels, original and decoded overlaid (raw, and band-passed when there is a band), and the error."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -354,23 +386,29 @@ def _ephys_figures(ow, dw, fs, out: Path, name: str) -> list[Path]:
 
     from .. import metrics
 
-    # the largest spike of the original's spike band; then band-pass only a segment around it
-    yo = metrics.bandpass(ow, fs)
+    def feature(x):  # what "the largest spike" is measured on
+        if band:
+            return metrics.bandpass(x, fs)
+        x = x.astype(np.float64)
+        return -np.abs(x - np.median(x, axis=0))
+
+    yo = feature(ow)
     t, ch = np.unravel_index(int(np.argmin(yo)), yo.shape)
     del yo
-    m = int(0.1 * fs)
+    h = max(int(0.01 * fs), 8)  # +-10 ms, at least 8 samples each side
+    m = max(int(0.1 * fs), 4 * h)
     s0, s1 = max(0, t - m), min(ow.shape[0], t + m)
-    yo = metrics.bandpass(ow[s0:s1], fs)
-    yd = metrics.bandpass(dw[s0:s1], fs)
     ow, dw = ow[s0:s1], dw[s0:s1]
     t -= s0
-    h = int(0.01 * fs)
-    t0, t1 = max(0, t - h), min(ow.shape[0], t + h)
+    t0, t1 = max(0, t - h), min(ow.shape[0], t + h + 1)
     chans = list(range(max(0, ch - 2), min(ow.shape[1], ch + 3)))
     ms = (np.arange(t0, t1) - t) / fs * 1000
-    fig, ax = plt.subplots(1, 3, figsize=(14, 5.4))
+    views = [(ow, dw, "raw")]
+    if band:
+        views.append((metrics.bandpass(ow, fs), metrics.bandpass(dw, fs), "300-6000 Hz band"))
+    fig, ax = plt.subplots(1, len(views) + 1, figsize=(4.7 * (len(views) + 1), 5.4))
     labels = [f"ch {c}" for c in chans]
-    for k, (xo, xd, title) in enumerate([(ow, dw, "raw"), (yo, yd, "300-6000 Hz band")]):
+    for k, (xo, xd, title) in enumerate(views):
         span = max(1.0, float(np.ptp(xo[t0:t1, chans])))
         for j, c in enumerate(chans):
             off = j * span
@@ -380,19 +418,21 @@ def _ephys_figures(ow, dw, fs, out: Path, name: str) -> list[Path]:
                        label="decoded" if j == 0 else None)
         ax[k].set_yticks([j * span for j in range(len(chans))], labels, fontsize=8)
         ax[k].set_title(f"{title}\n(channels {span:.3g} raw units apart)", fontsize=10)
-        ax[k].set_xlabel("ms from the spike")
+        ax[k].set_xlabel("ms from the spike" if band else "ms from the largest deviation")
     err = dw[t0:t1, chans].astype(np.float64) - ow[t0:t1, chans].astype(np.float64)
     emax = float(np.abs(err).max())
     step = 2.5 * max(1.0, emax)
     for j, c in enumerate(chans):
-        ax[2].step(ms, err[:, j] + j * step, lw=0.8, where="mid")
-    ax[2].set_yticks([j * step for j in range(len(chans))], labels, fontsize=8)
-    ax[2].set_title(f"error (decoded - original), max |e| {emax:.3g}\n(channels {step:.3g} raw units apart)",
-                    fontsize=10)
-    ax[2].set_xlabel("ms from the spike")
+        ax[-1].step(ms, err[:, j] + j * step, lw=0.8, where="mid")
+    ax[-1].set_yticks([j * step for j in range(len(chans))], labels, fontsize=8)
+    ax[-1].set_title(f"error (decoded - original), max |e| {emax:.3g}\n(channels {step:.3g} raw units apart)",
+                     fontsize=10)
+    ax[-1].set_xlabel(ax[0].get_xlabel())
     handles, names = ax[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="upper right", ncol=2, fontsize=9, frameon=False)
-    fig.suptitle(f"{name}: largest spike of the original (ch {ch}, t = {(t + s0) / fs:.3f} s)")
+    what = "largest spike of the original" if band else \
+        f"largest deviation of the original (sampled at {fs:g} Hz: no spike band)"
+    fig.suptitle(f"{name}: {what} (ch {ch}, t = {(t + s0) / fs:.3f} s)")
     fig.subplots_adjust(left=0.05, right=0.98, top=0.83, bottom=0.1, wspace=0.22)
     p = out / f"{_slug(name)}_snippet.png"
     fig.savefig(p, dpi=110)
@@ -461,6 +501,8 @@ def markdown(res: dict) -> str:
             src = "the file's" if d.get("file_traces") is not None else "detected"
             fid = (f"ROI r median {_fmt(d.get('roi_r_median'))}, p05 {_fmt(d.get('roi_r_p05'))} "
                    f"({d.get('n_rois', 0)} ROIs, {src})")
+        elif d.get("no_spike_band"):
+            fid = f"no spike metrics: {d['no_spike_band']}"
         else:
             fid = (f"spike F1 {_fmt(d.get('spike_f1'))}, waveform r {_fmt(d.get('waveform_r_median'))} "
                    f"({d.get('n_spikes', 0)} spikes)")
@@ -500,6 +542,9 @@ def markdown(res: dict) -> str:
                       f"{_fmt(d['recorded_max_abs'])} against the data it was compressed from: the original given "
                       "holds decoded data (e.g. a `necoda decompress` copy), so these figures say nothing about what "
                       "compression changed.", ""]
+    for d in res["datasets"]:
+        if d.get("figure_error"):
+            lines += [f"No figure for `{d['path']}`: {d['figure_error']}", ""]
     for d in res["datasets"]:
         for f in d.get("figures", []):
             lines.append(f"![{d['path']}]({f})")

@@ -29,6 +29,8 @@ class FileROIs:
     rows: np.ndarray
     masks: np.ndarray
     traces: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
+    #: the table's ``id`` of each of ``rows`` (what a lab calls ROI 17)
+    ids: np.ndarray | None = None
 
 
 def _type(obj) -> str | None:
@@ -93,17 +95,59 @@ def _series_over(f: h5py.File, ps: h5py.Group, n_frames: int) -> list[tuple[str,
     return sorted(found, key=lambda t: t[0])
 
 
+def _frame_of_references(ps: h5py.Group, series: h5py.Group) -> tuple | None:
+    """The frame shape of the images a PlaneSegmentation was drawn on (its ``reference_images``): ``()``
+    when they include ``series`` itself, None when it names none (or none that resolves)."""
+    refs = ps.get("reference_images")
+    if not isinstance(refs, h5py.Group):
+        return None
+    shapes = []
+    for k in refs:
+        obj = refs.get(k)  # None for a dangling link
+        if not isinstance(obj, h5py.Group):
+            continue
+        if _same_object(obj, series):
+            return ()
+        data = obj.get("data")
+        if isinstance(data, h5py.Dataset) and data.ndim == 3:
+            shapes.append(tuple(data.shape[1:]))
+    return shapes[0] if shapes and all(sh == shapes[0] for sh in shapes) else None
+
+
+def _pixel_mask_fits(ps: h5py.Group, hw: tuple) -> bool:
+    """Every pixel of the ``pixel_mask`` lies inside an ``hw`` frame (a mask drawn on another field of
+    view, e.g. the full frame of a cropped or binned copy of the movie, does not)."""
+    pm = ps["pixel_mask"]
+    if pm.dtype.names is None or not {"x", "y"} <= set(pm.dtype.names) or len(pm) == 0:
+        return False
+    step = 1 << 20
+    for i in range(0, len(pm), step):
+        blk = pm[i:i + step]
+        x, y = np.asarray(blk["x"], dtype=np.float64), np.asarray(blk["y"], dtype=np.float64)
+        if x.min() < 0 or y.min() < 0 or x.max() >= hw[0] or y.max() >= hw[1]:
+            return False
+    return True
+
+
 def _plane_segmentations(f: h5py.File, series: h5py.Group, hw: tuple) -> list[str]:
     """PlaneSegmentations that may segment ``series``: masks of the frame's shape on the series' imaging
-    plane; when the series names no (existing) plane, only if all such segmentations share one plane."""
+    plane; when the series names no (existing) plane, only if all such segmentations share one plane.
+    A ``pixel_mask`` has no shape of its own: its frame is that of its ``reference_images`` when they
+    name other series, and every pixel must lie inside the frame (so a segmentation of the full frame is
+    not applied to a binned, cropped or otherwise re-sampled movie on the same plane)."""
     plane = series.get("imaging_plane")  # None when missing or dangling
     found = []
 
     def visit(name, obj):
         if not isinstance(obj, h5py.Group) or _type(obj) != "PlaneSegmentation":
             return
-        shape = (obj["image_mask"].shape[1:] if isinstance(obj.get("image_mask"), h5py.Dataset) else
-                 hw if isinstance(obj.get("pixel_mask"), h5py.Dataset) else None)
+        if isinstance(obj.get("image_mask"), h5py.Dataset):
+            shape = tuple(obj["image_mask"].shape[1:])
+        elif isinstance(obj.get("pixel_mask"), h5py.Dataset):
+            ref = _frame_of_references(obj, series)
+            shape = hw if (ref == () or ref is None or ref == hw) and _pixel_mask_fits(obj, hw) else None
+        else:
+            shape = None
         if shape is not None and tuple(shape) == hw:
             found.append(("/" + name, obj.get("imaging_plane")))
 
@@ -148,5 +192,6 @@ def find_rois(series_data: h5py.Dataset, max_rois: int = 50) -> FileROIs | None:
             have = np.array([k for k, r in enumerate(rows) if int(r) in col_of], dtype=np.int64)
             if len(have):
                 traces.append((p, have, np.array([col_of[int(rows[k])] for k in have], dtype=np.int64)))
-        return FileROIs(path, n, rows, masks, traces)
+        ids = np.asarray(ps["id"][:], dtype=np.int64)[rows] if "id" in ps else rows
+        return FileROIs(path, n, rows, masks, traces, ids)
     return None
