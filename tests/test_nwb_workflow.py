@@ -317,6 +317,53 @@ def test_recompressing_decoded_lossy_data_keeps_it_marked_lossy(tmp_path):
             assert not provenance.earlier_lossy(e) and "before" not in describe(f["acquisition/ElectricalSeries/data"])
 
 
+def test_lossy_after_lossy_and_decoded_copies_say_so(tmp_path, capsys):
+    """QA: learned -> learned showed only the last run's error (1836 where the acquired data was 5654 away):
+    the earlier lossy run is now named whenever there is one; a `necoda decompress` copy of lossy data was
+    "no necoda-compressed datasets" in info and silent in nwbinspector, and is now listed as a decoded copy."""
+    if not mode_available("learned"):
+        pytest.skip("learned mode not available")
+    from necoda_filter.commands import info as info_cmd
+    from necoda_filter.commands.info import describe
+
+    src, l1, l2, plain = (tmp_path / n for n in ("in.nwb", "l1.nwb", "l2.nwb", "plain.nwb"))
+    make_nwb(src, T=40, H=32, W=32, N=2000)
+    assert cli(compress_cmd, src, l1, "--imaging", "learned", "--workers", 1, "--quiet") == 0
+    assert cli(compress_cmd, l1, l2, "--imaging", "learned", "--workers", 1, "--quiet") == 0
+    assert cli(decompress_cmd, l2, plain, "--workers", 1, "--quiet") == 0
+    with h5py.File(l1) as f:
+        first = provenance.read(f["acquisition/TwoPhotonSeries/data"])
+    with h5py.File(l2) as f:
+        text = describe(f["acquisition/TwoPhotonSeries/data"])
+    assert "LOSSILY compressed before" in text and f"{first['max_abs_error']:.4g}" in text, text
+    with h5py.File(plain) as f:
+        text = describe(f["acquisition/TwoPhotonSeries/data"])
+        assert text.startswith("data was decoded from necoda compression") and text.count("mode learned") == 2
+        assert describe(f["acquisition/ElectricalSeries/data"]) == (
+            f"data was decoded from necoda compression by {provenance.read(f['acquisition/ElectricalSeries/data'])['decompressed_by']}; "
+            "it was compressed losslessly (bit-exact).")
+    capsys.readouterr()
+    assert cli(info_cmd, l2) == 0
+    assert "LOSSY before: mode learned" in capsys.readouterr().out
+    assert cli(info_cmd, plain) == 0
+    out = capsys.readouterr().out
+    assert "decoded copy: it holds LOSSILY" in out and "no necoda-compressed" not in out
+
+
+def test_info_table_names_unreadable_chunk_headers(tmp_path, capsys):
+    """QA: a chunk whose header could not be read was left out of the table's chunk count without a word."""
+    from necoda_filter.commands import info as info_cmd
+
+    p = tmp_path / "x.h5"
+    with h5py.File(p, "w") as f:
+        d = f.create_dataset("x", data=np.arange(4096, dtype=np.int16).reshape(1024, 4), chunks=(256, 4),
+                             compression=Necoda(mode="lossless"))
+        d.id.write_direct_chunk((256, 0), b"\0" * 64)  # a damaged chunk
+    assert cli(info_cmd, p, "--chunks", 0) == 0
+    out = capsys.readouterr().out
+    assert "lossless×3; 1 chunk header(s) UNREADABLE" in out
+
+
 def test_comment_appending_keeps_existing_text(tmp_path):
     with h5py.File(tmp_path / "c.h5", "w") as f:
         g = f.create_group("ts")

@@ -71,11 +71,11 @@ def _fmt(v, spec=".4g") -> str:
 def describe(dset: h5py.Dataset) -> str | None:
     """One sentence on the necoda compression of ``dset``, or None when it is not necoda-compressed."""
     row = dataset_info(dset, max_chunks=8)
-    if "necoda" not in row["filters"]:
-        return None
     from .. import provenance
 
     prov = provenance.read(dset) or {}
+    if "necoda" not in row["filters"]:
+        return _decoded_text(prov)
     modes_ = row.get("chunk_modes") or {}
 
     lossy = prov.get("lossy")
@@ -105,9 +105,33 @@ def describe(dset: h5py.Dataset) -> str | None:
                      f"{', by necoda-filter ' + h['version'] if h.get('version') else ''})")
     elif prov:
         text += "; measured at write time: " + (", ".join(provenance.fidelity_bits(prov)) or "n/a")
+        text += _before_text(provenance.earlier_lossy(prov))
     elif lossy:
         text += "; no fidelity was recorded when it was written (compare with the original: `necoda evaluate`)"
     return text + "."
+
+
+def _decoded_text(prov: dict) -> str | None:
+    """A `necoda decompress` copy: the data is plain now, but what it holds may have been coded lossily."""
+    from .. import provenance
+
+    if not prov.get("decompressed_by"):
+        return None
+    runs = ([prov] if prov.get("lossy") else []) + provenance.earlier_lossy(prov)
+    text = f"data was decoded from necoda compression by {prov['decompressed_by']}"
+    if runs:
+        return text + "; it holds LOSSILY compressed data (" + "; ".join(map(_earlier_text, runs)) + ")."
+    return text + "; it was compressed losslessly (bit-exact)."
+
+
+def _before_text(earlier: list) -> str:
+    """For lossy data compressed lossily again: the earlier runs, whose errors add to this one's (the
+    figures measured at write time compare with the data each run was given, not the acquired data)."""
+    if not earlier:
+        return ""
+    return ("; against the data it was given, which had been LOSSILY compressed before ("
+            + "; ".join(_earlier_text(h) for h in earlier)
+            + "): errors relative to the acquired data add up (`necoda evaluate ACQUIRED.nwb THIS.nwb`)")
 
 
 def _model_label(model_id: str) -> str:
@@ -139,11 +163,14 @@ def fidelity_text(row: dict) -> str:
     from .. import provenance
 
     prov = row.get("provenance")
+    if prov and prov.get("decompressed_by") and "necoda" not in row.get("filters", []):
+        return "decoded copy: " + (_decoded_text(prov) or "").split("; ", 1)[-1].rstrip(".")
     if not prov:
         return "not recorded (written without `necoda compress`)" if _lossy_chunks(row.get("chunk_modes")) else "-"
-    if prov.get("lossy"):
-        return "LOSSY: " + (", ".join(provenance.fidelity_bits(prov)) or "no figures")
     earlier = provenance.earlier_lossy(prov)
+    if prov.get("lossy"):
+        return ("LOSSY: " + (", ".join(provenance.fidelity_bits(prov)) or "no figures")
+                + ("; LOSSY before: " + "; ".join(map(_earlier_text, earlier)) if earlier else ""))
     return "bit-exact (checked)" + ("; LOSSY before: " + "; ".join(map(_earlier_text, earlier)) if earlier else "")
 
 
@@ -252,7 +279,7 @@ def file_info(path, include_all=False, max_chunks=8) -> list[dict]:
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset) and obj.chunks is not None:
                 r = dataset_info(obj, max_chunks)
-                if include_all or "necoda" in r["filters"]:
+                if include_all or "necoda" in r["filters"] or "provenance" in r:  # also decoded copies
                     rows.append(r)
         f.visititems(visit)
     return rows
@@ -299,6 +326,9 @@ def run(args) -> int:
             modes_ += f" in {r['chunks_sampled']} of {r['chunks_total']} chunks sampled"
         if r.get("qualities"):
             modes_ += f" (quality {', '.join(map(str, r['qualities']))})"
+        if r.get("unreadable_chunk_headers"):
+            modes_ += (f"; {r['unreadable_chunk_headers']} chunk header(s) UNREADABLE (damaged chunks: reading "
+                       "them fails)")
         req = r.get("requested", {})
         opts = ", ".join(f"{k}={v}" for k, v in req.items() if k != "mode")
         mode_txt = f"{req.get('mode', '-')}{' (' + opts + ')' if opts else ''}: {modes_}" if req else "-"
