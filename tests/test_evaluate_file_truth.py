@@ -267,3 +267,23 @@ def test_roi_trace_figure_names_where_its_rois_come_from(sim, tmp_path, monkeypa
     assert cli.main(["evaluate", str(src), str(out), "--report", str(rep)]) == 0
     assert "GroundTruthROIs" in seen["source"] and seen["ids"] == list(range(100, 106))
     assert (rep / "acquisition__TwoPhotonSeries__data_roi_traces.png").is_file()
+
+
+def test_evaluate_against_the_source_of_an_earlier_lossy_run_is_not_a_mismatch(sim, tmp_path, capsys):
+    """QA: evaluating the acquired file against a learned copy of a learned copy warned that it "is not the
+    file it was compressed from": the error of two lossy runs adds up. A file that matches no step still does."""
+    src, l1, l2, rep = tmp_path / "a.nwb", tmp_path / "l1.nwb", tmp_path / "l2.nwb", tmp_path / "rep"
+    write_nwb(src, imaging=sim, ground_truth=False)
+    for a, b in ((src, l1), (l1, l2)):
+        assert cli.main(["compress", str(a), str(b), "--imaging", "learned", "--quality", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(src), str(l2), "--report", str(rep), "--no-figures"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    d = json.loads((rep / "report.json").read_text())["datasets"][0]
+    assert d["earlier_lossy_runs"] == 1 and not d["source_mismatch"]
+    assert d["recorded_max_abs"] < d["max_abs"] <= d["recorded_max_abs_chain"]
+    assert "compressed lossily 2 times" in (rep / "report.md").read_text()
+    with h5py.File(src, "r+") as f:  # now another movie: more than both runs' errors together
+        f["acquisition/TwoPhotonSeries/data"][:] = 65535
+    assert cli.main(["evaluate", str(src), str(l2), "--report", str(rep), "--no-figures"]) == 0
+    assert "is not the file it was compressed from" in capsys.readouterr().err

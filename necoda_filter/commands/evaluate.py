@@ -110,12 +110,20 @@ def _check_source(res: dict, o, c, original) -> None:
     (0 for a lossy dataset) means ORIGINAL is a decoded copy of it, e.g. made by ``necoda decompress``."""
     from .. import provenance
 
-    rec = (provenance.read(c) or {}).get("max_abs_error")
+    prov = provenance.read(c) or {}
+    rec = prov.get("max_abs_error")
     mx = res.get("max_abs")
     if rec is None or mx is None or not math.isfinite(rec) or not math.isfinite(mx):
         return
     res["recorded_max_abs"] = rec
-    res["source_mismatch"] = bool(mx > rec * (1 + 1e-6) + 1e-9)
+    # data compressed lossily before (necoda_history): ORIGINAL may be the source of any run of the chain,
+    # and the errors of the runs add up to at most the sum of their maxima
+    earlier = [h.get("max_abs_error") for h in provenance.earlier_lossy(prov)]
+    chain = rec + sum(e for e in earlier if isinstance(e, (int, float)) and math.isfinite(e))
+    if earlier:
+        res["earlier_lossy_runs"] = len(earlier)
+        res["recorded_max_abs_chain"] = chain
+    res["source_mismatch"] = bool(mx > chain * (1 + 1e-6) + 1e-9)
     res["original_is_decoded"] = bool(rec > 0 and mx < rec / 2)
     if res["source_mismatch"]:
         print(f"necoda evaluate: warning: {c.name}: max error {mx:.6g} here but {rec:.6g} measured when it was "
@@ -542,6 +550,11 @@ def markdown(res: dict) -> str:
                       f"{_fmt(d['recorded_max_abs'])} against the data it was compressed from: the original given "
                       "holds decoded data (e.g. a `necoda decompress` copy), so these figures say nothing about what "
                       "compression changed.", ""]
+    for d in res["datasets"]:
+        if d.get("earlier_lossy_runs") and not d.get("source_mismatch"):
+            lines += [f"`{d['path']}` was compressed lossily {d['earlier_lossy_runs'] + 1} times (`necoda info`); the "
+                      f"maximum errors recorded at each run add up to {_fmt(d['recorded_max_abs_chain'])}, so an "
+                      "original from any step of that chain is consistent with the error measured here.", ""]
     for d in res["datasets"]:
         if d.get("figure_error"):
             lines += [f"No figure for `{d['path']}`: {d['figure_error']}", ""]
