@@ -14,8 +14,12 @@
  * buffer of *buf_size bytes, the input freed); on failure return 0 and leave *buf untouched.
  *
  * cd_values layout (docs/FORMAT.md, version NECODA_CD_LAYOUT_VERSION):
- *   [0] layout version  [1] mode id (255 = auto)  [2..NECODA_CD_USER_SLOTS-1] mode options
+ *   [0] layout version  [1] mode id (255 = auto)  [2..7] mode options
+ *   [NECODA_CD_MODEL_SLOT, +1] model id (64 bits, low word first; 0, 0 = default model)
  *   then, appended by set_local: type class, type size, signed, byte order, rank, chunk dims...
+ * Layout 1 has NECODA_CD_USER_SLOTS_V1 user slots (no model id: the default model); it is what
+ * necoda_filter.Necoda writes unless a model is named, and what older files hold. cd_values are parsed
+ * by the version in slot 0.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -37,11 +41,23 @@
 #ifndef NECODA_CD_USER_SLOTS
 #error "NECODA_CD_USER_SLOTS must be defined by the build"
 #endif
+#if !defined(NECODA_CD_USER_SLOTS_V1) || !defined(NECODA_CD_MODEL_SLOT)
+#error "NECODA_CD_USER_SLOTS_V1 and NECODA_CD_MODEL_SLOT must be defined by the build"
+#endif
+#if NECODA_CD_MODEL_SLOT + 2 > NECODA_CD_USER_SLOTS || NECODA_CD_USER_SLOTS_V1 > NECODA_CD_MODEL_SLOT
+#error "the model id slots must lie after the layout-1 user slots and inside the current ones"
+#endif
 #define NECODA_MODE_AUTO 255u
 #define H5Z_FILTER_SHUFFLE 2
 #define NECODA_MAX_RANK 8
 
 #define EXPORT __attribute__((visibility("default")))
+
+/* user slots of cd_values whose slot 0 holds ``version`` (0 for an unknown version) */
+static size_t user_slots_of(unsigned version) {
+    return version == NECODA_CD_LAYOUT_VERSION ? (size_t)NECODA_CD_USER_SLOTS
+           : version == 1u ? (size_t)NECODA_CD_USER_SLOTS_V1 : 0u;
+}
 
 /* ---- the slice of the HDF5 ABI we use (stable since HDF5 1.10: hid_t is 64-bit) ---------------- */
 typedef int64_t hid_t;
@@ -285,18 +301,23 @@ static herr_t necoda_set_local(hid_t dcpl, hid_t type, hid_t space) {
     unsigned user[NECODA_CD_USER_SLOTS];
     memset(user, 0, sizeof user);
     if (H5.Pget_filter_by_id2(dcpl, NECODA_FILTER_ID, &flags, &nelmts, user, 0, NULL, NULL) < 0) return -1;
+    size_t nuser;
     if (nelmts == 0) { /* the filter id with no options: the cd_values of necoda_filter.Necoda() (a test
-                        * compares them). Slots 2-3 and 4-5 hold max_error and max_error_noise as doubles,
-                        * low word first: unset is NaN (all zero would mean a bound of 0, and mode "auto"
-                        * would then store every movie chunk raw) */
-        user[0] = NECODA_CD_LAYOUT_VERSION;
+                        * compares them): layout 1, the default model. Slots 2-3 and 4-5 hold max_error and
+                        * max_error_noise as doubles, low word first: unset is NaN (all zero would mean a
+                        * bound of 0, and mode "auto" would then store every movie chunk raw) */
+        user[0] = 1u;
         user[1] = NECODA_MODE_AUTO;
         user[2] = 0u; user[3] = 0x7FF80000u;
         user[4] = 0u; user[5] = 0x7FF80000u;
-    } else if (user[0] != NECODA_CD_LAYOUT_VERSION) {
+        nuser = NECODA_CD_USER_SLOTS_V1;
+    } else if ((nuser = user_slots_of(user[0])) == 0) {
         report("necoda_set_local", "unknown necoda cd_values layout version (create the filter with necoda_filter.Necoda)", 1);
         return -1;
     }
+    /* the user slots of that layout only: cd_values copied whole from another necoda dataset (h5py's
+     * create_dataset_like, a layout-1 dataset's cd_values) hold set_local's slots after them */
+    for (size_t i = nuser; i < NECODA_CD_USER_SLOTS; i++) user[i] = 0u;
     /* necoda codes the chunk as an array of the dataset's type, so it must see the chunk as the type's
      * values: a filter before it that changes the size (scaleoffset, nbit, fletcher32, a compressor) made
      * every chunk unreadable, and shuffle (bytes regrouped) broke bounded mode's error bound and the learned
@@ -321,8 +342,8 @@ static herr_t necoda_set_local(hid_t dcpl, hid_t type, hid_t space) {
         report("necoda_set_local", "necoda needs a chunked dataset of rank 1 to 8", 1);
         return -1;
     }
-    memcpy(values, user, sizeof user);
-    size_t n = NECODA_CD_USER_SLOTS;
+    memcpy(values, user, nuser * sizeof user[0]);
+    size_t n = nuser;
     values[n++] = (unsigned)H5.Tget_class(type);
     values[n++] = (unsigned)H5.Tget_size(type);
     values[n++] = H5.Tget_class(type) == H5T_INTEGER ? (unsigned)H5.Tget_sign(type) : 1u;
@@ -443,8 +464,8 @@ static void put_le(unsigned char *p, uint64_t v, int n) {
 /* the container's size, or 0 when the chunk cannot be described (cd_values not set by set_local, size
  * mismatch, an unknown type): the caller then reports the failure */
 static size_t raw_container(size_t cd_nelmts, const unsigned cd[], size_t nbytes, size_t *buf_size, void **buf) {
-    const size_t u = NECODA_CD_USER_SLOTS;
-    if (cd_nelmts < u + 5) return 0;
+    const size_t u = cd_nelmts ? user_slots_of(cd[0]) : 0u; /* by the layout version in slot 0 */
+    if (!u || cd_nelmts < u + 5) return 0;
     const unsigned cls = cd[u], size = cd[u + 1], sign = cd[u + 2], be = cd[u + 3], rank = cd[u + 4];
     const int code = dtype_code(cls, size, sign);
     if (!code || rank < 1 || rank > NECODA_MAX_RANK || cd_nelmts < u + 5 + rank) return 0;

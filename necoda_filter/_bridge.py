@@ -28,7 +28,7 @@ def filter(flags: int, cd_values: tuple, data: memoryview) -> bytes:
 
 
 def encode(cd_values, data) -> bytes:
-    mode, opts = options.user_options(cd_values[: options.CD_USER_SLOTS])
+    mode, opts = options.user_options(cd_values)  # by the layout version in slot 0
     dtype, shape = options.chunk_layout(cd_values)
     want = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     if len(data) != want:  # stored flat, such a chunk could never be read back as the dataset's chunk
@@ -36,6 +36,8 @@ def encode(cd_values, data) -> bytes:
                          f"({want} bytes): a filter before necoda in the pipeline changed them; necoda must "
                          "come first")
     arr = np.frombuffer(data, dtype=dtype).reshape(shape)
+    # a model named by the cd_values and not installed here fails the write (chunk.encode would store it raw)
+    options.require_model(mode, opts, arr.shape, arr.dtype)
     return chunk.encode(arr, mode, **opts)
 
 

@@ -172,7 +172,7 @@ def _check_pipeline(cd_values, shuffle: bool, scaleoffset) -> None:
         raise ValueError("necoda cannot follow HDF5's scaleoffset filter (it changes the bytes necoda codes): "
                          "drop scaleoffset=; for a bounded lossy store use Necoda(mode='bounded', max_error=...)")
     if shuffle:
-        mode, _ = options.user_options(tuple(cd_values or ())[: options.CD_USER_SLOTS])
+        mode, _ = options.user_options(tuple(cd_values or ()))
         if mode not in ("lossless", "raw"):
             raise ValueError(f"shuffle=True regroups the bytes necoda mode {mode!r} codes (its error bound and model "
                              "would apply to shuffled bytes): drop shuffle=True, necoda does its own prediction")

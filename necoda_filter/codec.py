@@ -6,6 +6,10 @@ order: an F-ordered chunk (zarr v2 ``order="F"``) is coded in its own axis order
 learned mode) and decodes to an F-ordered array (container format version 2). Big-endian chunks are
 refused: chunks store little-endian samples, and a byte-level consumer (zarr v2 views the decoded bytes as
 the array's dtype) would read them byte-swapped; zarr v3 (:mod:`necoda_filter.zarr3`) handles byte order.
+
+``model=`` (learned/auto) takes a built-in name, a content id or a package folder and is kept as the id,
+so the config (zarr's ``.zarray``) names the model portably; a config naming a model that is not
+installed here opens, and encoding or decoding a learned chunk then fails naming the id.
 """
 from __future__ import annotations
 
@@ -21,10 +25,12 @@ from .dtypes import UnsupportedDtype
 class NecodaCodec(Codec):
     codec_id = FILTER_NAME
 
-    def __init__(self, mode: str = "auto", max_error=None, max_error_noise=None, quality=None, level=None):
+    def __init__(self, mode: str = "auto", max_error=None, max_error_noise=None, quality=None, level=None,
+                 model=None, *, _strict_model: bool = True):
         self.mode = mode
         self.options = options.check_options(
-            mode, dict(max_error=max_error, max_error_noise=max_error_noise, quality=quality, level=level))
+            mode, dict(max_error=max_error, max_error_noise=max_error_noise, quality=quality, level=level,
+                       model=model), strict_model=_strict_model)
 
     def encode(self, buf):
         arr = buf if isinstance(buf, np.ndarray) else ensure_ndarray(buf)
@@ -45,6 +51,7 @@ class NecodaCodec(Codec):
                           "the filter (necoda does its own prediction)", UserWarning, stacklevel=2)
         # an F-ordered chunk (zarr v2 order="F") is coded in its own axis order and decodes to an F-ordered
         # array: the same bytes in memory, as numcodecs requires (chunk.ORDER_KEY)
+        options.require_model(self.mode, self.options, arr.shape, arr.dtype)  # never stored raw for want of it
         return chunk.encode(arr, self.mode, **self.options)
 
     def decode(self, buf, out=None):
@@ -65,7 +72,7 @@ class NecodaCodec(Codec):
     def from_config(cls, config):
         config = dict(config)
         config.pop("id", None)
-        return cls(**config)
+        return cls(**config, _strict_model=False)  # a stored config opens where its model is not installed
 
     def get_config(self):
         return {"id": self.codec_id, "mode": self.mode, **self.options}

@@ -21,15 +21,22 @@ class Necoda(FilterRefBase):
     :param quality: learned: rate/quality level, 1 (smallest files) .. the model's n_quality (imaging-v2.1: 1..9,
         default 6, ~1000x on a two-photon movie; docs/LEARNED.md).
     :param level: lossless: entropy-coder effort.
+    :param model: learned/auto: the learned model, as a built-in name (``"imaging-v2.1"``), a content id
+        (``"necoda-<16 hex>"``, installed here or on ``NECODA_MODEL_PATH``) or a package folder (the output
+        of ``necoda train``). Resolved now (``LookupError`` naming it when not found); the dataset's
+        cd_values store its id, so later writes use the same model. Readers need the package: built in, or
+        its folder on ``NECODA_MODEL_PATH`` (docs/LEARNED.md). Default: the built-in ``imaging-v2.1``.
     """
 
     filter_name = "necoda"
     filter_id = FILTER_ID
 
-    def __init__(self, mode: str = "auto", max_error=None, max_error_noise=None, quality=None, level=None):
+    def __init__(self, mode: str = "auto", max_error=None, max_error_noise=None, quality=None, level=None,
+                 model=None):
         self.mode = mode
         self.options = options.check_options(
-            mode, dict(max_error=max_error, max_error_noise=max_error_noise, quality=quality, level=level))
+            mode, dict(max_error=max_error, max_error_noise=max_error_noise, quality=quality, level=level,
+                       model=model))
         self.filter_options = options.to_cd_values(mode, **self.options)
 
     def __repr__(self):

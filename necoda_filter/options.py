@@ -1,18 +1,22 @@
 """User options <-> HDF5 cd_values: the one table (docs/FORMAT.md, "cd_values").
 
 Slots 0..CD_USER_SLOTS-1 are written by :class:`necoda_filter.Necoda`; the C shim's ``set_local``
-appends ``type class, type size, signed, byte order (0 LE, 1 BE), rank, chunk dims...``.
+appends ``type class, type size, signed, byte order (0 LE, 1 BE), rank, chunk dims...``. cd_values are
+parsed by the layout version in slot 0 and written in the lowest layout that holds them: layout 1
+(CD_USER_SLOTS_V1 user slots: the default model; also every file written before models could be chosen)
+unless a model is named, layout 2 (CD_USER_SLOTS, the model id in the last two) when one is.
 """
 from __future__ import annotations
 
 import math
 import numbers
+import os
 import struct
 
 import numpy as np
 
 from . import modes
-from .constants import CD_LAYOUT_VERSION, CD_USER_SLOTS
+from .constants import CD_LAYOUT_VERSION, CD_MODEL_SLOT, CD_USER_SLOTS, CD_USER_SLOTS_V1
 from .dtypes import from_hdf5
 
 MODE_AUTO = 255
@@ -25,17 +29,94 @@ OPTION_SLOTS = {
     "quality": (6, "u32"),
     "level": (7, "u32"),
 }
-OPTION_NAMES = tuple(OPTION_SLOTS)
+#: the learned model (name, content id or package folder; stored as its id): layout 2 slots
+#: CD_MODEL_SLOT, CD_MODEL_SLOT + 1
+MODEL_OPTION = "model"
+OPTION_NAMES = (*OPTION_SLOTS, MODEL_OPTION)
+#: user slots per cd_values layout version
+USER_SLOTS = {1: CD_USER_SLOTS_V1, CD_LAYOUT_VERSION: CD_USER_SLOTS}
+#: modes that code chunks with a learned model
+MODEL_MODES = ("learned", "auto")
 
 
-def _learned_levels() -> int | None:
-    """Quality levels of the default learned model (None when the learned mode is unavailable)."""
+def _learned_levels(pkg=None) -> int | None:
+    """Quality levels of ``pkg`` or the default learned model (None when the learned mode is unavailable)."""
     try:
         from .models import registry
 
-        return int(registry.default().tables["n_quality"])
+        return int((pkg or registry.default()).tables["n_quality"])
     except Exception:  # noqa: BLE001 — no model installed: the mode itself will say so
         return None
+
+
+def check_model(mode: str, model, strict: bool = True):
+    """``(content id, package or None)`` of the ``model=`` option: a name of a built-in package, a content
+    id (``necoda-<16 hex>``) or a package folder. Raises ValueError when ``mode`` never uses a model, and
+    :class:`necoda_filter.models.registry.ModelNotFound` (a LookupError) naming ``model`` when it is not
+    found. ``strict=False`` (a codec rebuilt from a stored config) accepts a well-formed id that is not
+    installed here: decoding and encoding then say so, naming the id."""
+    from .models import registry
+
+    if mode not in MODEL_MODES:
+        raise ValueError(f"necoda option model={model!r} applies to mode 'learned' or 'auto' only, not {mode!r}")
+    if isinstance(model, registry.ModelPackage):
+        return model.id, model
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if not isinstance(model, str) or not model:
+        raise TypeError(f"necoda option model must be a model name, id (necoda-<16 hex digits>) or package "
+                        f"folder, got {model!r}")
+    try:
+        pkg = registry.resolve(model)
+    except registry.ModelNotFound as e:
+        if registry.is_model_id(model):
+            if not strict:
+                return model, None
+            raise registry.ModelNotFound(
+                f"necoda model {model!r} is not installed: put its package folder (the output of `necoda train`) "
+                f"on {registry.ENV_VAR}, or give the folder itself as model=") from None
+        if "changed on disk" in str(e) or "not a complete" in str(e):
+            raise
+        builtin = sorted(p.name for p in registry.BUILTIN_DIR.iterdir() if (p / "tables.json").is_file())
+        raise registry.ModelNotFound(
+            f"necoda model {model!r} not found: give a built-in model name ({', '.join(builtin)}), a model id "
+            f"(necoda-<16 hex digits>) or a package folder (encoder.onnx, decoder.onnx, tables.json)") from None
+    return pkg.id, pkg
+
+
+def require_model(mode: str, opts: dict, shape, dtype) -> None:
+    """Before a chunk is written with ``opts`` (a dataset's cd_values, a codec's config): when they name a
+    model and the chunk will be coded with the learned mode, that model must be installed in this process,
+    else :class:`ModelNotFound` naming the id and ``NECODA_MODEL_PATH``. (``chunk.encode`` stores a chunk
+    its mode cannot code raw; a missing model is the writer's setup, never a reason to store raw.)"""
+    model = opts.get(MODEL_OPTION)
+    if model and modes.resolve(mode, shape, dtype) == "learned":
+        from .models import registry
+
+        if registry.is_model_id(model):
+            registry.require_for_writing(model)
+        else:
+            check_model(mode, model)
+
+
+def model_words(model_id: str | None) -> tuple[int, int]:
+    """The two cd_values slots of a model id: its 64 bits, low word first; (0, 0) = the default model."""
+    if not model_id:
+        return 0, 0
+    from .models import registry
+
+    if not registry.is_model_id(model_id):
+        raise ValueError(f"not a necoda model id: {model_id!r}")
+    v = int(model_id[len(registry.ID_PREFIX):], 16)
+    return v & 0xFFFFFFFF, v >> 32
+
+
+def model_from_words(lo: int, hi: int) -> str | None:
+    """The model id held by two cd_values slots (None for 0, 0: the default model)."""
+    from .models import registry
+
+    v = (int(hi) << 32) | int(lo)
+    return f"{registry.ID_PREFIX}{v:0{registry.ID_HEX}x}" if v else None
 
 
 BOUNDED_NEEDS_A_BOUND = "mode='bounded' needs max_error= (raw units) or max_error_noise= (noise units)"
@@ -51,15 +132,20 @@ def check_bound(name: str, v) -> float:
     return v
 
 
-def check_options(mode: str, options: dict) -> dict:
-    """Validate user options; returns the options that are set (not None)."""
+def check_options(mode: str, options: dict, strict_model: bool = True) -> dict:
+    """Validate user options; returns the options that are set (not None). ``model`` is resolved and
+    returned as its content id (:func:`check_model`; ``strict_model``)."""
     if mode not in modes.MODE_CHOICES:
         raise ValueError(f"unknown necoda mode {mode!r}; choose one of {', '.join(modes.MODE_CHOICES)}")
     out = {}
+    pkg = None
     for k, v in options.items():
-        if k not in OPTION_SLOTS:
+        if k not in OPTION_NAMES:
             raise TypeError(f"unknown necoda option {k!r}; options are {', '.join(OPTION_NAMES)}")
         if v is None:
+            continue
+        if k == MODEL_OPTION:
+            out[k], pkg = check_model(mode, v, strict_model)
             continue
         kind = OPTION_SLOTS[k][1]
         if kind == "f64":
@@ -73,11 +159,11 @@ def check_options(mode: str, options: dict) -> dict:
         out[k] = v
     if mode in ("lossless", "raw") and ("max_error" in out or "max_error_noise" in out):
         raise ValueError(f"mode={mode!r} is exact; max_error/max_error_noise need mode='bounded' or 'learned'")
-    if "quality" in out and mode in ("learned", "auto"):
-        nq = _learned_levels()
+    if "quality" in out and mode in MODEL_MODES and (pkg is not None or MODEL_OPTION not in out):
+        nq = _learned_levels(pkg)
         if nq is not None and not 1 <= out["quality"] <= nq:
-            raise ValueError(f"necoda option quality must be 1..{nq} (levels of the built-in learned model), "
-                             f"got {out['quality']}")
+            which = (f"model {pkg.path.name} ({pkg.id})" if pkg is not None else "the built-in learned model")
+            raise ValueError(f"necoda option quality must be 1..{nq} (levels of {which}), got {out['quality']}")
     if "level" in out:
         from .modes.lossless import MAX_LEVEL
 
@@ -90,9 +176,12 @@ def check_options(mode: str, options: dict) -> dict:
 
 
 def to_cd_values(mode: str = "auto", **options) -> tuple:
+    """The user slots of cd_values, in the lowest layout that holds the options: layout 1 (8 slots) unless
+    a model is named, layout 2 (10 slots, the model id's 64 bits in the last two) when one is."""
     opts = check_options(mode, options)
-    cd = [0] * CD_USER_SLOTS
-    cd[0] = CD_LAYOUT_VERSION
+    version = CD_LAYOUT_VERSION if opts.get(MODEL_OPTION) else 1
+    cd = [0] * USER_SLOTS[version]
+    cd[0] = version
     cd[1] = MODE_AUTO if mode == "auto" else modes.MODE_IDS[mode]
     for k, (slot, kind) in OPTION_SLOTS.items():
         if kind == "f64":
@@ -100,18 +189,30 @@ def to_cd_values(mode: str = "auto", **options) -> tuple:
             cd[slot], cd[slot + 1] = lo, hi
         else:
             cd[slot] = opts.get(k, 0)
+    if version >= 2:
+        cd[CD_MODEL_SLOT], cd[CD_MODEL_SLOT + 1] = model_words(opts[MODEL_OPTION])
     return tuple(cd)
 
 
+def user_slots(cd) -> int:
+    """Number of user slots of cd_values, by the layout version in slot 0 (ValueError if unknown)."""
+    version = int(cd[0])
+    if version not in USER_SLOTS:
+        raise ValueError(f"necoda cd_values layout version {version} is not supported (this necoda-filter "
+                         f"reads {', '.join(map(str, sorted(USER_SLOTS)))})")
+    return USER_SLOTS[version]
+
+
 def user_options(cd) -> tuple[str, dict]:
-    """(mode name, options) from the user slots of cd_values (empty cd = defaults)."""
+    """(mode name, options) from the user slots of cd_values (empty cd = defaults). ``cd`` may be the
+    whole cd_values (what set_local appended after the user slots is ignored) in any known layout;
+    a model named by the slots is returned as ``options["model"]`` (its id; not resolved)."""
     cd = tuple(int(c) for c in cd)
     if not cd:
         return "auto", {}
-    if cd[0] != CD_LAYOUT_VERSION:
-        raise ValueError(f"necoda cd_values layout version {cd[0]} is not supported (expected {CD_LAYOUT_VERSION})")
-    if len(cd) < CD_USER_SLOTS:
-        raise ValueError(f"necoda cd_values too short ({len(cd)} < {CD_USER_SLOTS})")
+    n = user_slots(cd)
+    if len(cd) < n:
+        raise ValueError(f"necoda cd_values too short ({len(cd)} < {n} for layout version {cd[0]})")
     mode = "auto" if cd[1] == MODE_AUTO else modes.MODE_NAMES.get(cd[1])
     if mode is None:
         raise ValueError(f"necoda cd_values name unknown mode id {cd[1]}")
@@ -123,13 +224,22 @@ def user_options(cd) -> tuple[str, dict]:
                 opts[k] = v
         elif cd[slot]:
             opts[k] = cd[slot]
+    if n > CD_MODEL_SLOT + 1:
+        model = model_from_words(cd[CD_MODEL_SLOT], cd[CD_MODEL_SLOT + 1])
+        if model is not None:
+            if mode not in MODEL_MODES:
+                raise ValueError(f"necoda cd_values name model {model} for mode {mode!r}, which uses no model")
+            opts[MODEL_OPTION] = model
     return mode, opts
 
 
 def chunk_layout(cd) -> tuple[np.dtype, tuple]:
-    """(dtype as stored in the file, chunk shape) from the slots appended by set_local."""
+    """(dtype as stored in the file, chunk shape) from the slots appended by set_local (after the user
+    slots of the layout version in slot 0)."""
     cd = tuple(int(c) for c in cd)
-    base = CD_USER_SLOTS
+    if not cd:
+        raise ValueError("necoda cd_values lack the dtype/chunk slots set_local appends")
+    base = user_slots(cd)
     if len(cd) < base + 5:
         raise ValueError("necoda cd_values lack the dtype/chunk slots set_local appends")
     tclass, size, signed, order, rank = cd[base:base + 5]

@@ -23,13 +23,17 @@ class NecodaZarrCodec(ArrayBytesCodec):
     config: dict = field(default_factory=dict)
 
     def __init__(self, mode: str = "auto", **opts):
+        # model= (learned/auto: a built-in name, content id or package folder) is kept as its id, so the
+        # array's metadata names the model portably; metadata naming a model not installed here opens
+        # (from_dict), and writing or reading a learned chunk then fails naming the id
+        strict = opts.pop("_strict_model", True)
         object.__setattr__(self, "mode", mode)
-        object.__setattr__(self, "config", options.check_options(mode, opts))
+        object.__setattr__(self, "config", options.check_options(mode, opts, strict_model=strict))
 
     @classmethod
     def from_dict(cls, data):
         cfg = dict(data.get("configuration") or {})
-        return cls(**cfg)
+        return cls(**cfg, _strict_model=False)
 
     def to_dict(self):
         return {"name": FILTER_NAME, "configuration": {"mode": self.mode, **self.config}}
@@ -72,6 +76,7 @@ class NecodaZarrCodec(ArrayBytesCodec):
 
     def _encode_sync(self, chunk_array, chunk_spec):
         arr = np.ascontiguousarray(chunk_array.as_numpy_array())
+        options.require_model(self.mode, self.config, arr.shape, arr.dtype)  # never stored raw for want of it
         return chunk_spec.prototype.buffer.from_bytes(chunk.encode(arr, self.mode, **self.config))
 
     def compute_encoded_size(self, input_byte_length, chunk_spec):

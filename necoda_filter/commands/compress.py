@@ -15,6 +15,11 @@ def add_arguments(p) -> None:
     p.add_argument("--ephys", choices=["lossless", "bounded"], default="lossless",
                    help="mode for ElectricalSeries/SpikeEventSeries data (default: lossless)")
     p.add_argument("--quality", type=int, default=None, help="learned: rate/quality level, 1 = smallest files (built-in model: 1..9, default 6)")
+    p.add_argument("--model", default=None, metavar="NAME|ID|FOLDER",
+                   help="--imaging learned: the model, a built-in name (default imaging-v2.1), a model id "
+                        "(necoda-<16 hex>, on NECODA_MODEL_PATH) or a package folder (the output of `necoda train`). "
+                        "Its id is stored in the dataset's filter options, so later h5py appends use it too; "
+                        "readers need the folder on NECODA_MODEL_PATH (docs/LEARNED.md)")
     p.add_argument("--max-error", type=float, default=None,
                    help="bounded/learned: every sample within this many raw units of the original")
     p.add_argument("--max-error-noise", type=float, default=None,
@@ -49,6 +54,8 @@ def run(args) -> int:
     modes_now = f"--imaging {args.imaging} --ephys {args.ephys}"
     if args.quality is not None and args.imaging != "learned":
         raise ValueError(f"--quality applies to --imaging learned only (here: {modes_now})")
+    if args.model is not None and args.imaging != "learned":
+        raise ValueError(f"--model applies to --imaging learned only (here: {modes_now})")
     for opt, val in (("--max-error", args.max_error), ("--max-error-noise", args.max_error_noise)):
         if val is not None and not used & {"bounded", "learned"}:
             raise ValueError(f"{opt} applies to the bounded and learned modes only, and {modes_now} is lossless: "
@@ -63,10 +70,18 @@ def run(args) -> int:
     if "bounded" in used and args.max_error is None and args.max_error_noise is None:
         raise ValueError("the bounded mode needs a bound: --max-error E (raw units) or --max-error-noise K "
                          "(noise sigmas)")
+    if args.model is not None:  # resolved now (a clear error naming it, before any file is touched)
+        from .. import options
+        from ..models.registry import ModelNotFound
+
+        try:
+            options.check_model("learned", args.model)
+        except (ModelNotFound, TypeError) as e:
+            raise ValueError(f"--model: {e}") from None
     if args.imaging == "learned":
         check_learned_bound(args.max_error, args.max_error_noise, "--imaging lossless")
     settings = Settings(imaging=args.imaging, ephys=args.ephys, quality=args.quality, max_error=args.max_error,
-                        max_error_noise=args.max_error_noise, level=args.level)
+                        max_error_noise=args.max_error_noise, level=args.level, model=args.model)
     reports = recompress_file(args.input, args.output, settings, workers=args.workers,
                               overwrite=args.overwrite, progress=not args.quiet, only=args.only)
     if not reports:

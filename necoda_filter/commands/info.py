@@ -40,7 +40,7 @@ def dataset_info(d, max_chunks: int = 8) -> dict:
     }
     if necoda_cd is not None:
         try:
-            mode, opts = options.user_options(necoda_cd[:options.CD_USER_SLOTS])
+            mode, opts = options.user_options(necoda_cd)
             row["requested"] = {"mode": mode, **opts}
         except ValueError as e:
             row["requested"] = {"error": str(e)}

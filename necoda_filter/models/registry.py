@@ -159,19 +159,79 @@ def default() -> ModelPackage:
     return _default
 
 
+#: a model id: "necoda-" and the first 16 hex digits of the package's sha256
+ID_PREFIX = "necoda-"
+ID_HEX = 16
+
+
+def is_model_id(s) -> bool:
+    """Whether ``s`` is spelled like a model id (``necoda-`` + 16 lowercase hex digits)."""
+    return (isinstance(s, str) and s.startswith(ID_PREFIX) and len(s) == len(ID_PREFIX) + ID_HEX
+            and all(c in "0123456789abcdef" for c in s[len(ID_PREFIX):]))
+
+
+#: package folder (resolved) -> (size and mtime of its files, content id): a folder named again (every
+#: chunk a worker encodes with ``model=FOLDER``) is hashed again only when one of its files changed
+_dir_ids: dict[str, tuple[tuple, str]] = {}
+
+
+def _dir_id(p: Path) -> str:
+    key = str(p.resolve())
+    sig = tuple((f, st.st_size, st.st_mtime_ns) for f in (*FILES, *OPTIONAL_FILES)
+                if (st := _stat(p / f)) is not None)
+    with _lock:
+        hit = _dir_ids.get(key)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    mid = model_id_of_dir(p)
+    with _lock:
+        _dir_ids[key] = (sig, mid)
+    return mid
+
+
+def _stat(f: Path):
+    try:
+        return f.stat()
+    except OSError:
+        return None
+
+
 def resolve(name_or_id: str | None) -> ModelPackage:
-    """A package by id (``necoda-...``), built-in folder name, or path; ``None`` = default."""
+    """A package by id (``necoda-...``), built-in folder name, or path; ``None`` = default.
+
+    A package given as a folder is remembered by its id for the rest of the process: chunks written
+    with it here (the HDF5 filter names models by id) find it without ``NECODA_MODEL_PATH``."""
     if not name_or_id:
         return default()
-    if name_or_id.startswith("necoda-"):
+    if is_model_id(name_or_id):
         return get(name_or_id)
     p = BUILTIN_DIR / name_or_id
     if not (p / "tables.json").is_file():
         p = Path(name_or_id).expanduser()
     if (p / "tables.json").is_file():
-        mid = model_id_of_dir(p)
+        try:
+            mid = _dir_id(p)
+        except OSError as e:  # e.g. encoder.onnx missing
+            raise ModelNotFound(f"necoda model folder {name_or_id!r} is not a complete model package "
+                                f"({', '.join(FILES)}): {e}") from None
         with _lock:
             if mid not in _by_id:
-                _by_id[mid] = _load(mid, p)
+                _by_id[mid] = _load(mid, p.resolve())  # absolute: still found after a chdir, or by a worker
             return _by_id[mid]
     raise ModelNotFound(f"necoda model {name_or_id!r} not found (give an id, a built-in name or a package folder)")
+
+
+def require_for_writing(model_id: str) -> ModelPackage:
+    """The package with this id, for writing chunks with it (the id comes from a dataset's cd_values or
+    a codec's config). Raises :class:`ModelNotFound` naming the id and the remedy: the writer must never
+    fall back to storing the chunk uncompressed."""
+    try:
+        return get(model_id)
+    except ModelNotFound as e:
+        if "changed on disk" in str(e):
+            raise
+        raise ModelNotFound(
+            f"necoda model {model_id!r} (named by the dataset's necoda filter options / codec config) is not "
+            f"installed in this process, so chunks cannot be written with it: put its package folder "
+            f"(encoder.onnx, decoder.onnx, tables.json; the output of `necoda train`) on {ENV_VAR}, or name "
+            f"the folder (model=FOLDER) in this process first") from None

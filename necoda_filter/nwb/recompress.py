@@ -30,7 +30,6 @@ import h5py
 import numpy as np
 
 from .. import modes, options, provenance
-from ..constants import CD_USER_SLOTS
 from ..filters import Necoda
 from ..mainthread import check, result
 from .atomic import check_paths, open_input
@@ -56,12 +55,15 @@ class Settings:
     max_error: float | None = None
     max_error_noise: float | None = None
     level: int | None = None
+    #: learned imaging: the model (built-in name, content id or package folder); None = the default
+    model: str | None = None
 
     def filter_for(self, kind: str) -> Necoda:
         mode = self.imaging if kind == "imaging" else self.ephys
         opts = {}
         if mode == "learned":
-            opts = dict(quality=self.quality, max_error=self.max_error, max_error_noise=self.max_error_noise)
+            opts = dict(quality=self.quality, max_error=self.max_error, max_error_noise=self.max_error_noise,
+                        model=self.model)
         elif mode == "bounded":
             opts = dict(max_error=self.max_error, max_error_noise=self.max_error_noise)
         elif mode == "lossless":
@@ -148,8 +150,14 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
     has, sole, cd = necoda_filter_info(dst)
     if not (has and sole):
         raise RuntimeError(f"{dst.name}: the necoda filter is not the dataset's only filter")
-    fmode, fopts = options.user_options(cd[:CD_USER_SLOTS])
+    fmode, fopts = options.user_options(cd)
     fdtype, fshape = options.chunk_layout(cd)
+    if fopts.get(options.MODEL_OPTION):
+        # the workers get the model's package folder, not only the id the cd_values hold: a worker process
+        # that is spawned (not forked) would not know a model given as a folder (off NECODA_MODEL_PATH)
+        from ..models import registry
+
+        fopts = {**fopts, options.MODEL_OPTION: str(registry.require_for_writing(fopts[options.MODEL_OPTION]).path)}
     if tuple(fshape) != tuple(chunks):
         raise RuntimeError(f"{dst.name}: chunk shape in cd_values {fshape} != {chunks}")
     fillv = np.asarray(dst.fillvalue, dtype=fdtype)
@@ -239,7 +247,8 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
         "mode": mode_name,
         "lossy": lossy,
         "model_id": ",".join(sorted(acc["models"])),
-        "options": {k: v for k, v in filt.options.items()},
+        # the model is recorded as model_id (the ids the chunk headers name)
+        "options": {k: v for k, v in filt.options.items() if k != options.MODEL_OPTION},
         # learned chunks: the quality level they were coded at (a list if several: chunks of another model)
         "quality": (min(acc["qualities"]) if len(acc["qualities"]) == 1 else sorted(acc["qualities"]))
         if acc["qualities"] else None,

@@ -46,6 +46,9 @@ def _encode_chunk(arr: np.ndarray, mode: str, opts: dict, valid: tuple, sigma) -
     # chunk (its activations re-faulted every time) and lowered no peak (one-thread worker, 5 chunks:
     # 0.55 s/chunk and 980 MB with neither shrunk, 0.67 s and 740 MB with the decoder's, 0.75 s and 720 MB
     # with both)
+    from .. import options
+
+    options.require_model(mode, opts, arr.shape, arr.dtype)  # a model that vanished: an error, never raw chunks
     enc = chunk.encode(arr, mode, **opts)
     h = chunk.info(enc)
     with runtime.arena_shrink():
