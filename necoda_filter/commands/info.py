@@ -26,10 +26,12 @@ def dataset_info(d, max_chunks: int = 8) -> dict:
     from ..constants import FILTER_ID
 
     plist = d.id.get_create_plist()
-    filters, necoda_cd = [], None
+    filters, necoda_cd, after = [], None, []  # after: (pipeline position, id) of the filters after necoda
     for i in range(plist.get_nfilters()):
         fid, _, cd, name = plist.get_filter(i)
         filters.append("necoda" if fid == FILTER_ID else h5py._hl.filters.get_filter_name(fid))
+        if necoda_cd is not None:
+            after.append((i, fid))
         if fid == FILTER_ID:
             necoda_cd = cd
     stored = d.id.get_storage_size()
@@ -52,8 +54,8 @@ def dataset_info(d, max_chunks: int = 8) -> dict:
             row["ratio"] = round(n * chunk_bytes / stored, 3) if stored else None
 
         def buffer(i):
-            _, buf = d.id.read_direct_chunk(d.id.get_chunk_info(i).chunk_offset)
-            return buf
+            mask, buf = d.id.read_direct_chunk(d.id.get_chunk_info(i).chunk_offset)
+            return _undo_later_filters(buf, mask, after)
 
         row.update(_chunk_headers(buffer, n, max_chunks))
     from .. import provenance
@@ -62,6 +64,24 @@ def dataset_info(d, max_chunks: int = 8) -> dict:
     if prov:
         row["provenance"] = {k: _jsonable(v) for k, v in prov.items()}
     return row
+
+
+def _undo_later_filters(buf: bytes, mask: int, after: list) -> bytes:
+    """A stored chunk's necoda container: the filters after necoda in the pipeline (the checksum and
+    compressors HDF5 allows there) undone, last first. A filter that is not undone here raises."""
+    import h5py
+    import zlib
+
+    for pos, fid in reversed(after):
+        if mask & (1 << pos):  # HDF5 skipped this filter for this chunk
+            continue
+        if fid == h5py.h5z.FILTER_FLETCHER32:
+            buf = bytes(buf)[:-4]
+        elif fid == h5py.h5z.FILTER_DEFLATE:
+            buf = zlib.decompress(bytes(buf))
+        else:
+            raise ValueError(f"filter {fid} after necoda: chunk headers not read")
+    return buf
 
 
 def _fmt(v, spec=".4g") -> str:
@@ -78,10 +98,13 @@ def describe(dset: h5py.Dataset) -> str | None:
         return _decoded_text(prov)
     modes_ = row.get("chunk_modes") or {}
 
+    requested = (row.get("requested") or {}).get("mode")
     lossy = prov.get("lossy")
-    if lossy is None:
+    if lossy is None and modes_:
         lossy = _lossy_chunks(modes_)
-    mode = prov.get("mode") or ", ".join(sorted(modes_)) or "?"
+    elif lossy is None:  # no chunk header read (none written, or unreadable): what the filter asks for
+        lossy = True if requested in ("learned", "bounded") else None if requested == "auto" else False
+    mode = prov.get("mode") or ", ".join(sorted(modes_)) or requested or "?"
     bits = []
     quality = prov.get("quality", row.get("qualities"))
     if isinstance(quality, list) and len(quality) == 1:
@@ -94,7 +117,8 @@ def describe(dset: h5py.Dataset) -> str | None:
     if model:
         bits.append(f"model {model}")
     ratio = prov.get("ratio", row.get("ratio"))
-    flags = (["LOSSY"] if lossy else [] if mode == "lossless" else ["lossless"]) + ([", ".join(bits)] if bits else [])
+    flags = ((["LOSSY"] if lossy else ["lossy or lossless: no chunk header read"] if lossy is None
+              else [] if mode == "lossless" else ["lossless"]) + ([", ".join(bits)] if bits else []))
     text = (f"data is necoda-compressed{' by necoda-filter ' + prov['version'] if prov.get('version') else ''}"
             f" with mode {mode}{' (' + '; '.join(flags) + ')' if flags else ''}"
             f", ratio {_fmt(ratio)}")
