@@ -287,3 +287,40 @@ def test_evaluate_against_the_source_of_an_earlier_lossy_run_is_not_a_mismatch(s
         f["acquisition/TwoPhotonSeries/data"][:] = 65535
     assert cli.main(["evaluate", str(src), str(l2), "--report", str(rep), "--no-figures"]) == 0
     assert "is not the file it was compressed from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("by", ["electrodes", "electrode_group"])
+def test_unit_spikes_are_matched_only_on_their_own_probe(tmp_path, by):
+    """QA: every Units spike was looked for in every spike-band ElectricalSeries, so with two probes probe B
+    reported the share of probe A's spikes found in its recording (0.015). Units now count on the series
+    that holds their electrodes (or electrode group)."""
+    from datetime import datetime, timezone
+
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.ecephys import ElectricalSeries
+
+    from necoda_filter.nwb.units import spike_samples
+
+    ep = simulate.simulate_ephys(duration_s=0.2, n_channels=4, n_units=2, seed=5)
+    nwb = NWBFile(session_description="two probes", identifier="x", session_start_time=datetime(2024, 1, 1,
+                                                                                                 tzinfo=timezone.utc))
+    dev = nwb.create_device(name="amp")
+    groups = [nwb.create_electrode_group(name=f"probe{p}", description=p, location="CA1", device=dev) for p in "AB"]
+    for g in groups:
+        for _ in range(4):
+            nwb.add_electrode(group=g, location="CA1")
+    for k, p in enumerate("AB"):
+        nwb.add_acquisition(ElectricalSeries(name=f"Probe{p}", data=ep.data, rate=ep.fs,
+                                             electrodes=nwb.create_electrode_table_region(
+                                                 list(range(4 * k, 4 * k + 4)), p)))
+    times = np.sort(ep.spike_times) / ep.fs
+    unit = {"electrodes": [0, 1]} if by == "electrodes" else {"electrode_group": groups[0]}
+    nwb.add_unit(spike_times=times, **unit)
+    src = tmp_path / "two.nwb"
+    with NWBHDF5IO(str(src), "w") as io:
+        io.write(nwb)
+    with h5py.File(src, "r") as f:
+        a = f["acquisition/ProbeA/data"]
+        path, s = spike_samples(a, ep.fs, a.shape[0])
+        assert path == "/units" and np.array_equal(s, np.round(times * ep.fs).astype(np.int64))
+        assert spike_samples(f["acquisition/ProbeB/data"], ep.fs, a.shape[0]) is None
