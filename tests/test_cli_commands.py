@@ -386,3 +386,19 @@ def test_train_writes_the_package_atomically(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     assert sorted(p.name for p in m.iterdir()) == ["tables.json", "train_log.txt", "weights.pt"]
     assert (m / "weights.pt").read_text() == "new"
+
+
+def test_training_batches_from_a_recording_without_rois():
+    """QA: `necoda train RECORDING` always failed ("cannot reshape array of size 0 into shape (0,newaxis)"):
+    a recording's chunks have no soma masks, and the mask filter reshaped an empty stack with -1."""
+    import numpy as np
+
+    from necoda_filter.simulate import simulate_imaging
+    from necoda_filter.train.data import chunks_of, sample_batch
+    from necoda_filter.train.train import BASELINE  # numpy only: torch is imported inside train()
+
+    movie = simulate_imaging(n_frames=64, height=64, width=64, n_cells=4, seed=0).movie
+    chunks = chunks_of(movie, None, BASELINE, chunk_frames=64)  # a recording: no clean movie, no footprints
+    assert chunks and chunks[0].rois is None
+    x, y, q, masks = sample_batch(chunks, np.random.default_rng(0), patch=(32, 64, 64))
+    assert x.shape[:2] == (4, 2) and y.shape[1] == 1 and [m.shape[0] for m in masks] == [0, 0, 0, 0]

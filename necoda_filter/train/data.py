@@ -98,7 +98,7 @@ def sample_batch(chunks, rng, patch=(32, 64, 64), qualities=(0, 1, 2, 3), base_s
         v = c.v[sl] - b
         tg = c.clean[sl] - b
         m = np.zeros((0, ph, pw), bool) if c.rois is None else c.rois[:, sl[1], sl[2]]
-        m = m[m.reshape(len(m), -1).sum(axis=1) >= min_roi_px]
+        m = m[m.reshape(len(m), ph * pw).sum(axis=1) >= min_roi_px]  # (len 0: a recording, no ROIs)
         if rng.random() < 0.5:  # augment: flips
             v, tg, b, m = v[:, :, ::-1], tg[:, :, ::-1], b[:, ::-1], m[:, :, ::-1]
         if rng.random() < 0.5:
