@@ -324,3 +324,52 @@ def test_unit_spikes_are_matched_only_on_their_own_probe(tmp_path, by):
         path, s = spike_samples(a, ep.fs, a.shape[0])
         assert path == "/units" and np.array_equal(s, np.round(times * ep.fs).astype(np.int64))
         assert spike_samples(f["acquisition/ProbeB/data"], ep.fs, a.shape[0]) is None
+
+
+def test_evaluate_report_folder_is_replaced_whole_never_written_through(sim, tmp_path, capsys, monkeypatch):
+    """QA: --report DIR was written in place: a report.json or figure there that was a symbolic link to
+    ORIGINAL or COMPRESSED overwrote that input, a user's own report.md was replaced, figures of an earlier
+    report stayed next to a report that did not mention them, and a failed run left a mix of old and new.
+    The report is now made in a new folder that then takes DIR's place; DIR must be new, empty or an
+    earlier necoda report."""
+    import os
+
+    from necoda_filter.commands import evaluate as ev
+
+    src, out = tmp_path / "sim.nwb", tmp_path / "out.nwb"
+    write_nwb(src, imaging=sim)
+    assert cli.main(["compress", str(src), str(out), "--imaging", "lossless", "--quiet"]) == 0
+    before = src.read_bytes()
+
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    os.symlink(src, trap / "report.json")
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(trap)]) == 1
+    assert "not an earlier necoda report" in capsys.readouterr().err and src.read_bytes() == before
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(mine)]) == 1
+    assert (mine / "notes.txt").read_text() == "my notes" and sorted(os.listdir(mine)) == ["notes.txt"]
+
+    rep = tmp_path / "rep"
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(rep)]) == 0
+    first = sorted(os.listdir(rep))
+    assert "report.md" in first and any(n.endswith(".png") for n in first)
+    fig = next(n for n in first if n.endswith(".png"))
+    (rep / fig).unlink()
+    os.symlink(out, rep / fig)  # a link to COMPRESSED where a figure goes
+    out_bytes = out.read_bytes()
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(rep), "--no-figures"]) == 0
+    assert sorted(os.listdir(rep)) == ["report.json", "report.md"]  # no stale figure
+    assert out.read_bytes() == out_bytes
+
+    def boom(*a, **k):
+        raise OSError("interrupted")
+
+    monkeypatch.setattr(ev, "evaluate_dataset", boom)
+    md = (rep / "report.md").read_text()
+    assert cli.main(["evaluate", str(src), str(out), "--report", str(rep)]) == 1
+    assert (rep / "report.md").read_text() == md and sorted(os.listdir(rep)) == ["report.json", "report.md"]
+    assert [n for n in os.listdir(tmp_path) if "necoda-tmp" in n or "necoda-old" in n] == []

@@ -28,7 +28,9 @@ import json
 import math
 import os
 import posixpath
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -463,8 +465,7 @@ def evaluate_files(original, compressed, report_dir=None, figures=True, **window
         raise ValueError(f"ORIGINAL and COMPRESSED are the same file ({compressed}): give the file before "
                          "recompression first, then the output of `necoda compress`")
     report_dir = Path(report_dir) if report_dir else compressed.with_name(compressed.name + ".necoda-report")
-    if report_dir.exists() and not report_dir.is_dir():
-        raise NotADirectoryError(f"report folder {report_dir} exists and is not a folder (--report names a folder)")
+    _check_report_dir(report_dir)
     out = {"original": str(original), "compressed": str(compressed), "necoda_version": __version__,
            "original_file_bytes": original.stat().st_size, "compressed_file_bytes": compressed.stat().st_size,
            "datasets": []}
@@ -480,17 +481,85 @@ def evaluate_files(original, compressed, report_dir=None, figures=True, **window
                 raise ValueError(f"{compressed} has no necoda-compressed dataset to evaluate{hint}")
             raise ValueError(f"none of the {n} necoda-compressed dataset(s) of {compressed} has a counterpart of "
                              f"the same path, shape and dtype in {original}: is it the file it was compressed from?")
-        report_dir.mkdir(parents=True, exist_ok=True)
-        for path in pairs:
-            o, c = fo[path], fc[path]
-            res = evaluate_dataset(o, c, _kind(o, c), report_dir, figures=figures, **window)
-            _check_source(res, o, c, original)
-            out["datasets"].append(res)
-    out["file_ratio"] = out["original_file_bytes"] / max(1, out["compressed_file_bytes"])
-    (report_dir / "report.json").write_text(json.dumps(_clean(out), indent=2))
-    (report_dir / "report.md").write_text(markdown(out))
+        report_dir.parent.mkdir(parents=True, exist_ok=True)
+        # the report is made in a new folder next to DIR and then takes DIR's place: nothing in DIR is
+        # written through (a link there to an input or to a user's file), no stale figure of an earlier
+        # report stays, and an interrupted run leaves DIR as it was
+        tmp = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}.necoda-tmp-", dir=report_dir.parent))
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())
+            for path in pairs:
+                o, c = fo[path], fc[path]
+                res = evaluate_dataset(o, c, _kind(o, c), tmp, figures=figures, **window)
+                _check_source(res, o, c, original)
+                out["datasets"].append(res)
+            out["file_ratio"] = out["original_file_bytes"] / max(1, out["compressed_file_bytes"])
+            (tmp / "report.json").write_text(json.dumps(_clean(out), indent=2))
+            (tmp / "report.md").write_text(markdown(out))
+            _replace_dir(tmp, report_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     out["report_dir"] = str(report_dir)
     return out
+
+
+REPORT_FILES = ("report.json", "report.md")
+
+
+def _earlier_report(folder: Path) -> set | None:
+    """The file names of an earlier ``necoda evaluate`` report in ``folder`` (its report.json and
+    report.md and the figures that report.json lists), or None when ``folder`` holds no such report."""
+    try:
+        rep = json.loads((folder / "report.json").read_text())
+        figs = {f for d in rep["datasets"] for f in d.get("figures", [])}
+        if "necoda_version" not in rep or not all(isinstance(f, str) and "/" not in f for f in figs):
+            return None
+    except Exception:  # noqa: BLE001  (missing, unreadable, not JSON, not ours)
+        return None
+    return set(REPORT_FILES) | figs
+
+
+def _check_report_dir(report_dir: Path) -> None:
+    """``--report DIR`` may be new, empty, or an earlier necoda report (which the new one replaces whole);
+    a folder holding anything else is refused: it is not ours to replace."""
+    if os.path.islink(report_dir) and not report_dir.exists():
+        raise FileExistsError(f"report folder {report_dir} is a broken symbolic link")
+    if not report_dir.exists():
+        return
+    if not report_dir.is_dir():
+        raise NotADirectoryError(f"report folder {report_dir} exists and is not a folder (--report names a folder)")
+    names = {p.name for p in report_dir.iterdir()}
+    if not names:
+        return
+    ours = _earlier_report(report_dir)
+    other = sorted(names - (ours or set()))
+    if ours is None or other:
+        shown = ", ".join(other[:4]) + (", ..." if len(other) > 4 else "")
+        raise FileExistsError(f"report folder {report_dir} holds files that are not an earlier necoda report "
+                              f"({shown}): give a new or empty folder")
+
+
+def _replace_dir(new: Path, dst: Path) -> None:
+    """Put folder ``new`` at ``dst``, replacing the earlier report there (checked by _check_report_dir)."""
+    if not os.path.lexists(dst):
+        os.rename(new, dst)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.necoda-old-", dir=dst.parent))
+    os.rmdir(old)
+    os.rename(dst, old)
+    try:
+        os.rename(new, dst)
+    except BaseException:
+        os.rename(old, dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else os.unlink(old)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def markdown(res: dict) -> str:
