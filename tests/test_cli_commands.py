@@ -365,6 +365,7 @@ def test_train_writes_the_package_atomically(tmp_path, monkeypatch):
     m = tmp_path / "m"
     m.mkdir()
     (m / "weights.pt").write_text("old")
+    (m / "tables.json").write_text("{}")  # a model package: what --force may replace
     (m / "stale.txt").write_text("from the old package")
 
     def failing(out, **kw):
@@ -402,3 +403,22 @@ def test_training_batches_from_a_recording_without_rois():
     assert chunks and chunks[0].rois is None
     x, y, q, masks = sample_batch(chunks, np.random.default_rng(0), patch=(32, 64, 64))
     assert x.shape[:2] == (4, 2) and y.shape[1] == 1 and [m.shape[0] for m in masks] == [0, 0, 0, 0]
+
+
+def test_train_force_replaces_only_an_earlier_model_package(tmp_path, capsys, monkeypatch):
+    """QA: `necoda train --out . --force` renamed the current folder away and deleted it with its data;
+    --force would also have deleted a folder holding the recording being trained on."""
+    seen = _fake_trainer(monkeypatch)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("mine")
+    np.save(data / "rec.npy", np.zeros((40, 16, 16), np.uint16))
+    args = ["--sims", "1", "--steps", "1", "--force"]
+    assert "not a model package" in _err(capsys, ["train", "--out", str(data), *args])
+    monkeypatch.chdir(data)
+    (data / "tables.json").write_text("{}")  # even a package is not replaced while the command runs in it
+    assert "current folder" in _err(capsys, ["train", "--out", ".", *args])
+    assert "current folder" in _err(capsys, ["train", "--out", str(tmp_path), *args])
+    monkeypatch.chdir(tmp_path)
+    assert "holds the recording" in _err(capsys, ["train", str(data / "rec.npy"), "--out", str(data), *args])
+    assert sorted(p.name for p in data.iterdir()) == ["notes.txt", "rec.npy", "tables.json"] and not seen

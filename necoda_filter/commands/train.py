@@ -13,7 +13,8 @@ def add_arguments(p):
                         "(its dataset 'data')")
     p.add_argument("--out", default="necoda_model", help="output package folder (default ./necoda_model); written "
                                                          "complete or not at all (a temporary folder renamed at the end)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--force", action="store_true", help="replace an earlier model package at --out (never a folder "
+                   "that is not one, the current folder, or one holding a recording)")
     p.add_argument("--simulator", default="necoda_filter.simulate:simulate_imaging", help="module:function of the simulator")
     p.add_argument("--sims", type=int, default=10, help="number of simulated movies (default 10)")
     p.add_argument("--minutes", type=float, default=20.0, help="training time budget in minutes (default 20)")
@@ -133,9 +134,32 @@ def _check_args(args):
         raise FileNotFoundError(f"no such file: {args.init}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise FileExistsError(f"--out {args.out} exists and is not a folder")
-    if os.path.isdir(args.out) and os.listdir(args.out) and not getattr(args, "force", False):
-        raise FileExistsError(f"--out {args.out} exists and is not empty (--force replaces it)")
+    if os.path.isdir(args.out) and os.listdir(args.out):
+        if not getattr(args, "force", False):
+            raise FileExistsError(f"--out {args.out} exists and is not empty (--force replaces it)")
+        _check_replaceable(args.out, args.recordings)
     return patch, lambdas
+
+
+def _check_replaceable(out: str, recordings) -> None:
+    """``--force`` replaces an earlier model package, and nothing else: not a folder without one (the
+    current folder, a data folder), not the folder the command runs in or one of its parents, not a folder
+    holding a recording to train on."""
+    import os
+    from pathlib import Path
+
+    here = Path.cwd().resolve()
+    o = Path(out).resolve()
+    if o == here or o in here.parents:
+        raise ValueError(f"--out {out} is the current folder or holds it: --force would delete it; "
+                         "give a new folder or an earlier model package")
+    if not (o / "tables.json").is_file():
+        raise ValueError(f"--out {out} is not a model package (no tables.json): --force replaces only an "
+                         "earlier `necoda train` output; give a new folder")
+    for rec in recordings:
+        path = Path(split_recording(rec)[0]).resolve()
+        if o in path.parents:
+            raise ValueError(f"--out {out} holds the recording {rec}: --force would delete it")
 
 
 def run(args) -> int:
