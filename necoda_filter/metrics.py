@@ -14,7 +14,8 @@ from collections import deque
 import numpy as np
 
 __all__ = [
-    "error_stats", "noise_rmse", "estimate_noise_imaging", "estimate_noise_ephys", "bandpass",
+    "error_stats", "noise_rmse", "estimate_noise_imaging", "estimate_noise_ephys", "estimate_noise_events",
+    "bandpass",
     "detect_rois", "roi_traces", "trace_correlations", "imaging_fidelity", "detect_spikes",
     "match_spikes", "ephys_reference", "ephys_fidelity",
 ]
@@ -201,7 +202,8 @@ def estimate_noise_imaging(movie, window: int = 16, n_bins: int = 50, pct_range:
     Frame-to-frame motion adds variance to d and biases the gain up (about +12 % for 1 px rms
     jitter on simulated 2p data); use a motion-corrected movie when it matters. At most
     ``max_frames`` frames (the first ones) and ``max_pixels`` pixels (a regular spatial subsample)
-    are used, for speed.
+    are used, for speed. Non-finite samples (the NaN border of a registered float movie, inf) are left
+    out: the frames with no finite sample, then the pixels not finite in every remaining frame.
     """
     x = np.asarray(movie)
     if x.ndim != 3:
@@ -211,17 +213,25 @@ def estimate_noise_imaging(movie, window: int = 16, n_bins: int = 50, pct_range:
     H, W = x.shape[1:]
     step = int(np.ceil(np.sqrt(H * W / max_pixels))) if H * W > max_pixels else 1
     x = x[:, ::step, ::step]
-    npx = x.shape[1] * x.shape[2]
-    t_used = x.shape[0]
+    xf = x.reshape(x.shape[0], -1)
+    masked = xf.dtype.kind == "f" and not np.isfinite(xf).all()
+    if masked:  # NaN borders of a registered movie, inf: only pixels finite in every (not all-NaN) frame
+        fin = np.isfinite(xf)
+        keep_t = fin.any(axis=1)
+        xf = xf[keep_t][:, fin[keep_t].all(axis=0)]
+    npx = xf.shape[1]
+    t_used = xf.shape[0]
     w = int(max(2, min(int(window) // 2 * 2, 2 * (t_used // 8))))
     out = {"gain": float("nan"), "offset": float("nan"), "sigma": float("nan"), "ok": False,
            "sigma_fallback": float("nan"), "read_var": float("nan"), "n_frames": int(T), "window": w,
            "slope_rel_spread": float("inf"), "reason": "", "points": ([], [])}
+    if masked and (t_used < 2 or npx == 0):
+        out["reason"] = "no pixel is finite in 2 or more frames"
+        return out
     if t_used < 2 or npx == 0:
         out["sigma"] = out["sigma_fallback"] = 0.0
         out["reason"] = "fewer than 2 frames"
         return out
-    xf = x.reshape(t_used, npx)
 
     # robust fallback sigma: MAD of temporal differences (<= ~5000 pixels, for speed)
     dd = np.diff(xf[:, ::max(1, npx // 5000)].astype(np.float64), axis=0)
@@ -374,11 +384,62 @@ def _mad_sd_columns(y: np.ndarray, ch_block: int = 64) -> np.ndarray:
 def estimate_noise_ephys(x, fs: float, lo: float = 300.0, hi: float = 6000.0) -> np.ndarray:
     """Per-channel noise sd of a (T, C) recording (or (T,) single channel):
     sigma_c = median(|y_c - median(y_c)|) / 0.6745 with y = :func:`bandpass` (lo..hi Hz,
-    default 300-6000) of x. The MAD ignores the sparse spikes. Returns float64 (C,) ((1,) for 1-D)."""
+    default 300-6000) of x. The MAD ignores the sparse spikes. Returns float64 (C,) ((1,) for 1-D).
+
+    Non-finite samples (NaN gaps, inf) are left out: they are filled with the channel's median for the
+    filter and the MAD is taken over the finite samples only (the filter's ringing at a gap's edges is
+    as sparse as spikes); a channel without finite samples gets NaN."""
     x = np.asarray(x)
     if x.ndim == 1:
         x = x[:, None]
-    return _mad_sd_columns(bandpass(x, fs, lo, hi))
+    if x.dtype.kind != "f" or np.isfinite(x).all():
+        return _mad_sd_columns(bandpass(x, fs, lo, hi))
+    fin = np.isfinite(x)
+    out = np.full(x.shape[1], np.nan)
+    filled = np.array(x, dtype=np.float64)
+    for c in range(x.shape[1]):
+        if fin[:, c].any():
+            filled[~fin[:, c], c] = np.median(filled[fin[:, c], c])
+        else:
+            filled[:, c] = 0.0
+    y = bandpass(filled, fs, lo, hi)
+    for c in range(x.shape[1]):
+        yc = y[fin[:, c], c].astype(np.float64)
+        if yc.size:
+            out[c] = np.median(np.abs(yc - np.median(yc))) / 0.6745
+    return out
+
+
+def estimate_noise_events(x, edge: float = 0.25) -> np.ndarray:
+    """Per-channel noise sd of spike snippets (events, samples) or (events, channels, samples), e.g. a
+    SpikeEventSeries: sigma_c = median |d| / 0.6745 / sqrt(2) of the differences d of consecutive samples
+    *within* each snippet, over its first and last ``edge`` fraction of samples (at least 2 each: the
+    baseline around the spike, which a snippet is centred on). Differences across events (axis 0) would
+    measure waveform and baseline variability, not noise. Finite samples only; a channel without any
+    gets NaN. Returns float64 (C,) ((1,) for 2-D input)."""
+    x = np.asarray(x)
+    if x.ndim == 2:
+        x = x[:, None, :]
+    if x.ndim != 3:
+        raise ValueError(f"expected (events, samples) or (events, channels, samples), got {x.shape}")
+    S = x.shape[2]
+    if S < 3:
+        raise ValueError(f"snippets of {S} sample(s): too short to estimate noise within them")
+    m = max(2, int(round(S * edge)))
+    idx = np.unique(np.r_[np.arange(0, min(m, S)), np.arange(max(0, S - m), S)])
+    xf = x.astype(np.float64)
+    d = np.concatenate([np.diff(xf[:, :, idx[idx < S // 2]], axis=2),
+                        np.diff(xf[:, :, idx[idx >= S // 2]], axis=2)], axis=2)
+    out = np.full(x.shape[1], np.nan)
+    for c in range(x.shape[1]):
+        dc = d[:, c].ravel()
+        dc = dc[np.isfinite(dc)]
+        if dc.size:
+            med = float(np.median(np.abs(dc))) / 0.6745 / np.sqrt(2.0)
+            if med == 0.0:  # coarsely quantised: rms of the differences instead
+                med = float(np.sqrt(np.mean(dc * dc) / 2.0))
+            out[c] = med
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

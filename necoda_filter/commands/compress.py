@@ -11,7 +11,10 @@ def add_arguments(p) -> None:
     p.add_argument("input", metavar="IN.nwb", help="NWB (HDF5) file to read; never modified")
     p.add_argument("output", metavar="OUT.nwb", help="file to write (atomically: temp file + rename)")
     p.add_argument("--imaging", choices=["learned", "bounded", "lossless"], default="lossless",
-                   help="mode for TwoPhotonSeries/OnePhotonSeries/ImageSeries data (default: lossless)")
+                   help="mode for TwoPhotonSeries/OnePhotonSeries/ImageSeries data (default: lossless). learned "
+                        "codes only T x H x W integer movies (>= 8 frames, >= 16 px per side, as mode auto; not "
+                        "/stimulus): other image data (RGB video, line scans, single frames, volumes, floats) is "
+                        "coded losslessly, or bounded when an imaging bound is given; the output says which")
     p.add_argument("--ephys", choices=["lossless", "bounded"], default="lossless",
                    help="mode for ElectricalSeries/SpikeEventSeries data (default: lossless)")
     p.add_argument("--quality", type=int, default=None, help="learned: rate/quality level, 1 = smallest files (built-in model: 1..9, default 6)")
@@ -21,11 +24,27 @@ def add_arguments(p) -> None:
                         "Its id is stored in the dataset's filter options, so later h5py appends use it too; "
                         "readers need the folder on NECODA_MODEL_PATH (docs/LEARNED.md)")
     p.add_argument("--max-error", type=float, default=None,
-                   help="bounded/learned: every sample within this many raw units of the original")
+                   help="bounded/learned: every sample within this many raw units of the original, for every kind "
+                        "whose mode takes a bound (imaging: counts of the movie; ephys: the stored sample units, "
+                        "ADC counts for integer data; the two scales are unrelated, see --ephys-max-error). "
+                        "With --imaging learned --ephys bounded, name the kind instead")
     p.add_argument("--max-error-noise", type=float, default=None,
-                   help="bounded/learned: error bound in noise sigmas. bounded: K times the noise sigma at each "
-                        "sample's brightness (a photon-transfer fit per chunk: brighter samples have more shot noise, "
-                        "so a larger bound in raw units); learned: K times the chunk's noise sigma")
+                   help="bounded/learned: error bound in noise sigmas, for every kind whose mode takes a bound. "
+                        "bounded: K times the noise sigma at each sample's brightness (a photon-transfer fit per "
+                        "chunk: brighter samples have more shot noise, so a larger bound in raw units; ephys: the "
+                        "chunk's noise; SpikeEventSeries: the noise within the snippets); learned: K times the "
+                        "chunk's noise sigma")
+    p.add_argument("--imaging-max-error", type=float, default=None, metavar="E",
+                   help="like --max-error, for imaging only (raw counts of the movie; for --imaging learned: its "
+                        "safeguard). Either --imaging-* option replaces the shared ones for imaging")
+    p.add_argument("--imaging-max-error-noise", type=float, default=None, metavar="K",
+                   help="like --max-error-noise, for imaging only (noise sigmas of the movie)")
+    p.add_argument("--ephys-max-error", type=float, default=None, metavar="E",
+                   help="like --max-error, for ephys only, in the stored sample units (ADC counts for integer "
+                        "data, before NWB's conversion to volts; volts/µV when stored as float). Either --ephys-* "
+                        "option replaces the shared ones for ephys")
+    p.add_argument("--ephys-max-error-noise", type=float, default=None, metavar="K",
+                   help="like --max-error-noise, for ephys only (noise sigmas of the recording)")
     p.add_argument("--level", type=int, default=None, help="lossless: entropy-coder effort, 1..12 (pcodec levels; default 8)")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="parallel encoder processes (default: CPUs available; 1 = no pool)")
@@ -60,6 +79,12 @@ def run(args) -> int:
         if val is not None and not used & {"bounded", "learned"}:
             raise ValueError(f"{opt} applies to the bounded and learned modes only, and {modes_now} is lossless: "
                              f"add --imaging bounded|learned or --ephys bounded")
+    for kind, mode in (("imaging", args.imaging), ("ephys", args.ephys)):
+        for suffix in ("max_error", "max_error_noise"):
+            opt = f"--{kind}-{suffix.replace('_', '-')}"
+            if getattr(args, f"{kind}_{suffix}") is not None and mode == "lossless":
+                raise ValueError(f"{opt} applies to --{kind} bounded" + ("|learned" if kind == "imaging" else "")
+                                 + f" only (here: {modes_now})")
     if args.level is not None and "lossless" not in used:
         raise ValueError(f"--level applies to the lossless mode only (here: {modes_now})")
     if args.level is not None:
@@ -67,9 +92,16 @@ def run(args) -> int:
 
         if not 1 <= args.level <= MAX_LEVEL:
             raise ValueError(f"--level must be 1..{MAX_LEVEL} (pcodec compression levels), got {args.level}")
-    if "bounded" in used and args.max_error is None and args.max_error_noise is None:
-        raise ValueError("the bounded mode needs a bound: --max-error E (raw units) or --max-error-noise K "
-                         "(noise sigmas)")
+    settings = Settings(imaging=args.imaging, ephys=args.ephys, quality=args.quality, max_error=args.max_error,
+                        max_error_noise=args.max_error_noise, level=args.level, model=args.model,
+                        imaging_max_error=args.imaging_max_error,
+                        imaging_max_error_noise=args.imaging_max_error_noise,
+                        ephys_max_error=args.ephys_max_error, ephys_max_error_noise=args.ephys_max_error_noise)
+    settings.check()  # a shared bound that would also reach a learned movie: the user names the kind
+    for kind, mode in (("imaging", args.imaging), ("ephys", args.ephys)):
+        if mode == "bounded" and settings.bounds(kind) == (None, None):
+            raise ValueError(f"the bounded mode needs a bound: --max-error E (raw units) or --max-error-noise K "
+                             f"(noise sigmas), or --{kind}-max-error E / --{kind}-max-error-noise K for {kind} only")
     if args.model is not None:  # resolved now (a clear error naming it, before any file is touched)
         from .. import options
         from ..models.registry import ModelNotFound
@@ -79,9 +111,12 @@ def run(args) -> int:
         except (ModelNotFound, TypeError) as e:
             raise ValueError(f"--model: {e}") from None
     if args.imaging == "learned":
-        check_learned_bound(args.max_error, args.max_error_noise, "--imaging lossless")
-    settings = Settings(imaging=args.imaging, ephys=args.ephys, quality=args.quality, max_error=args.max_error,
-                        max_error_noise=args.max_error_noise, level=args.level, model=args.model)
+        try:
+            check_learned_bound(*settings.bounds("imaging"), "--imaging lossless")
+        except ValueError as e:
+            if settings.own_bounds("imaging") == (None, None):
+                raise
+            raise ValueError(str(e).replace("--max-error", "--imaging-max-error")) from None
     reports = recompress_file(args.input, args.output, settings, workers=args.workers,
                               overwrite=args.overwrite, progress=not args.quiet, only=args.only)
     if not reports:
@@ -93,13 +128,13 @@ def run(args) -> int:
     print(f"wrote {args.output}")
     for r in reports:
         p = r.provenance
-        print(f"  {r.path}: {p['kind']} {r.shape} {r.dtype}, mode {p['mode']}, chunks {tuple(r.chunks)}, "
+        mode = p["mode"] + (f" ({r.mode_reason})" if r.mode_reason else "")
+        print(f"  {r.path}: {p['kind']} {r.shape} {r.dtype}, mode {mode}, chunks {tuple(r.chunks)}, "
               f"ratio {_fmt(p['ratio'])}, max error {_fmt(p['max_abs_error'], '.6g')}, PSNR {_fmt(p['psnr_db'], '.2f')} dB, "
               f"noise-unit RMSE {_fmt(p['noise_rmse'])}, {r.seconds:.1f} s")
+        for note in r.notes:
+            print(f"    note: {note}")
         other = {m: n for m, n in p["chunk_modes"].items() if m != p["mode"]}
-        if other:
-            why = (" (raw: the mode could not code them and they were kept as they are, e.g. a learned safeguard "
-                   "bound below one raw unit when --max-error-noise times the chunk's noise is that small; the "
-                   "reason is logged above)" if "raw" in other else "")
-            print(f"    note: chunks stored with other modes: {other}{why}", file=sys.stderr)
+        if other and "raw" not in other:  # raw chunks are explained by a note (with the encoder's reason)
+            print(f"    note: chunks stored with other modes: {other}", file=sys.stderr)
     return 0

@@ -47,28 +47,100 @@ NOISE_FRAMES = 256           # imaging: first frames used for the photon-transfe
 NOISE_SECONDS = 2.0          # ephys: first seconds used for the per-channel noise
 
 
+#: the units of ``max_error`` for each kind of series (messages)
+BOUND_UNITS = {"imaging": "counts of the movie",
+               "ephys": "the stored sample units: ADC counts for integer data, which NWB's conversion attribute "
+                        "turns into volts"}
+
+
 @dataclass
 class Settings:
     imaging: str = "lossless"
     ephys: str = "lossless"
     quality: int | None = None
+    #: the bound of every kind that uses one (bounded, and learned's safeguard) unless that kind has its own
     max_error: float | None = None
     max_error_noise: float | None = None
     level: int | None = None
     #: learned imaging: the model (built-in name, content id or package folder); None = the default
     model: str | None = None
+    #: per-kind bounds: when either of a kind's two is given, that kind ignores the shared two above
+    imaging_max_error: float | None = None
+    imaging_max_error_noise: float | None = None
+    ephys_max_error: float | None = None
+    ephys_max_error_noise: float | None = None
 
-    def filter_for(self, kind: str) -> Necoda:
-        mode = self.imaging if kind == "imaging" else self.ephys
+    def mode_of(self, kind: str) -> str:
+        return self.imaging if kind == "imaging" else self.ephys
+
+    def own_bounds(self, kind: str) -> tuple:
+        """The bounds given for ``kind`` alone: (max_error, max_error_noise)."""
+        if kind == "imaging":
+            return self.imaging_max_error, self.imaging_max_error_noise
+        return self.ephys_max_error, self.ephys_max_error_noise
+
+    def bounds(self, kind: str) -> tuple:
+        """(max_error, max_error_noise) that apply to ``kind``: its own when either is given, else the shared."""
+        own = self.own_bounds(kind)
+        return own if own != (None, None) else (self.max_error, self.max_error_noise)
+
+    def check(self) -> None:
+        """Refuse a shared bound that would reach a learned movie although it was (most likely) meant for the
+        bounded other kind: one number cannot be a sensible bound in both ephys and imaging units, and a
+        learned safeguard of a few raw units costs most of the learned ratio."""
+        shared = self.max_error is not None or self.max_error_noise is not None
+        modes_ = {self.imaging, self.ephys}
+        if shared and modes_ == {"learned", "bounded"}:
+            learned = "imaging" if self.imaging == "learned" else "ephys"
+            bounded = "ephys" if learned == "imaging" else "imaging"
+            if self.own_bounds(learned) == (None, None):
+                raise ValueError(
+                    f"--max-error/--max-error-noise apply to every kind that takes a bound, here also the safeguard "
+                    f"of the learned {learned}, where a bound of a few raw units costs most of the learned ratio. "
+                    f"Name the kind: --{bounded}-max-error E or --{bounded}-max-error-noise K for the bounded "
+                    f"{bounded} (E in {BOUND_UNITS[bounded]}), and add --{learned}-max-error E / "
+                    f"--{learned}-max-error-noise K only if the learned {learned} should have a safeguard too "
+                    f"(E in {BOUND_UNITS[learned]})")
+
+    def filter_for(self, kind: str, mode: str | None = None) -> Necoda:
+        mode = mode or self.mode_of(kind)
+        max_error, max_error_noise = self.bounds(kind)
         opts = {}
         if mode == "learned":
-            opts = dict(quality=self.quality, max_error=self.max_error, max_error_noise=self.max_error_noise,
+            opts = dict(quality=self.quality, max_error=max_error, max_error_noise=max_error_noise,
                         model=self.model)
         elif mode == "bounded":
-            opts = dict(max_error=self.max_error, max_error_noise=self.max_error_noise)
+            opts = dict(max_error=max_error, max_error_noise=max_error_noise)
         elif mode == "lossless":
             opts = dict(level=self.level)
         return Necoda(mode=mode, **opts)
+
+    def choose_mode(self, kind: str, chunks: tuple, dtype, path: str = "") -> tuple[str, str]:
+        """(mode, why) for a dataset of ``kind`` with these chunks: the asked mode, except that the learned
+        mode (a two-photon/one-photon movie model) is used only for chunks mode "auto" would code with it
+        (:func:`necoda_filter.modes.is_imaging_shaped`: T x H x W integer movies) and not for stimuli; the rest
+        is coded bounded when a bound applies to ``kind``, else losslessly. ``why`` says why (or "")."""
+        mode = self.mode_of(kind)
+        if mode != "learned":
+            return mode, ""
+        dt = np.dtype(dtype)
+        if str(path).startswith("/stimulus/"):
+            why = "a stimulus (what was presented), not a recording"
+        elif modes.is_imaging_shaped(chunks, dt):
+            return mode, ""
+        elif len(chunks) != 3:
+            why = f"{len(chunks)}-D data, not a T x H x W movie"
+        elif dt.kind not in "iu":
+            why = f"{dt} data, not an integer movie"
+        elif chunks[0] < modes.AUTO_LEARNED_MIN_FRAMES:
+            why = f"{chunks[0]} frame(s), fewer than {modes.AUTO_LEARNED_MIN_FRAMES}"
+        else:
+            why = f"frames of {chunks[1]} x {chunks[2]} pixels, under {modes.AUTO_LEARNED_MIN_SIDE} per side"
+        if not str(path).startswith("/stimulus/"):
+            why += (f"; learned is for T x H x W integer movies, >= {modes.AUTO_LEARNED_MIN_FRAMES} frames, >= "
+                    f"{modes.AUTO_LEARNED_MIN_SIDE} px per side, as mode auto")
+        fallback = "bounded" if self.bounds(kind) != (None, None) else "lossless"
+        return fallback, why
 
 
 @dataclass
@@ -80,15 +152,31 @@ class DatasetReport:
     chunks: tuple
     provenance: dict = field(default_factory=dict)
     seconds: float = 0.0
+    #: what differs from what was asked, in words (e.g. chunks stored raw, and why)
+    notes: list = field(default_factory=list)
+    #: why the dataset's mode is not the one asked for its kind ("" when it is)
+    mode_reason: str = ""
 
 
-def _noise_sigma(src: h5py.Dataset, kind: str, fs: float):
-    """Noise level for noise-unit RMSE, estimated on the first part of the data (bounded memory)."""
+def _noise_sigma(src: h5py.Dataset, kind: str, fs: float, events: bool = False):
+    """Noise level for noise-unit RMSE, estimated on the first part of the data (bounded memory), over
+    its finite samples. ``events``: rows are spike snippets (SpikeEventSeries), whose noise is measured
+    along the sample axis (the last), not across events."""
     from .. import metrics
 
     row_bytes = int(np.prod(src.shape[1:], dtype=np.int64)) * src.dtype.itemsize
     rows = max(2, min(src.shape[0], NOISE_SAMPLE_MAX // max(row_bytes, 1)))
     try:
+        if events:
+            sample = src[:rows]
+            if sample.ndim not in (2, 3):
+                return None, {"method": "unavailable", "reason": f"event data of rank {sample.ndim}"}
+            sig_c = metrics.estimate_noise_events(sample)
+            sig = float(np.nanmedian(sig_c)) if np.isfinite(sig_c).any() else math.nan
+            model = {"method": "metrics.estimate_noise_events", "events": int(sample.shape[0]),
+                     "sigma_channels": [float(v) if np.isfinite(v) else None for v in sig_c[:64]], "sigma": sig,
+                     "axis": "samples within each event (the baseline at both ends)"}
+            return (sig if sig > 0 else None), model
         if kind == "imaging":
             sample = src[:min(rows, NOISE_FRAMES)]
             if sample.ndim != 3:
@@ -106,8 +194,10 @@ def _noise_sigma(src: h5py.Dataset, kind: str, fs: float):
         if sample.ndim > 2:
             return None, {"method": "unavailable", "reason": "ephys data of rank > 2"}
         sig = metrics.estimate_noise_ephys(sample, fs)
+        if not np.isfinite(sig).any():
+            return None, {"method": "unavailable", "reason": "no finite samples"}
         model = {"method": "metrics.estimate_noise_ephys", "fs": fs, "samples": int(rows),
-                 "sigma_median": float(np.median(sig))}
+                 "sigma_median": float(np.nanmedian(sig))}
         if sample.ndim == 1:
             sig = float(sig[0])
         return sig, model
@@ -142,7 +232,32 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
     fs = sampling_rate(src.parent) if kind == "ephys" else DEFAULT_FS
     events = _attr_str(src.parent, "neurodata_type") == "SpikeEventSeries"  # rows are events, not samples
     chunks = plan_chunks(kind, src.shape, src.dtype.itemsize, None if events else fs)
-    filt = settings.filter_for(kind)
+    mode, why = settings.choose_mode(kind, chunks, src.dtype, src.name)
+    notes = []
+    if why:
+        why = f"asked {settings.mode_of(kind)}: {why}"
+        log.info("necoda: %s: mode %s (%s)", src.name, mode, why)
+    filt = settings.filter_for(kind, mode)
+    with np.errstate(all="ignore"):
+        sigma, noise_model = _noise_sigma(src, kind, fs, events)
+    if events and filt.options.get("max_error_noise") is not None:
+        # the bounded mode's noise model measures noise along axis 0 (time), which for event snippets runs
+        # across events (waveform variability, several times the noise): the bound is set in raw units here
+        # from the noise measured within the snippets
+        k = float(filt.options["max_error_noise"])
+        if sigma is None:
+            raise ValueError(f"{src.name}: --max-error-noise needs the noise of the spike snippets, which could "
+                             f"not be estimated ({noise_model.get('reason', '')}): give --ephys-max-error E "
+                             f"(raw units) instead")
+        e = k * float(sigma)
+        if filt.options.get("max_error") is not None:
+            e = min(e, float(filt.options["max_error"]))
+        if np.dtype(src.dtype).kind in "iu":
+            e = float(math.floor(e))
+        noise_model = {**noise_model, "max_error_noise": k, "max_error": e}
+        filt = Necoda(mode="bounded", max_error=e)
+        notes.append(f"max_error_noise={k:g} on spike snippets: max_error={e:g} raw units = {k:g} x the noise sigma "
+                     f"{float(sigma):.3g} measured within the snippets")
     maxshape = src.maxshape
     fill = src.fillvalue
     dst = dg.create_dataset(name, shape=src.shape, dtype=src.dtype, chunks=chunks, maxshape=maxshape,
@@ -162,14 +277,13 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
         raise RuntimeError(f"{dst.name}: chunk shape in cd_values {fshape} != {chunks}")
     fillv = np.asarray(dst.fillvalue, dtype=fdtype)
 
-    with np.errstate(all="ignore"):
-        sigma, noise_model = _noise_sigma(src, kind, fs)
     row_bytes = int(np.prod(src.shape[1:], dtype=np.int64)) * src.dtype.itemsize * chunks[0]
     src = _with_chunk_cache(src, chunks, per_chunk=row_bytes > SLAB_MAX)
 
     shape = src.shape
     acc = {"n": 0, "sse": 0.0, "max_abs": 0.0, "lo": math.inf, "hi": -math.inf, "noise_sse": 0.0,
-           "stored": 0, "modes": {}, "models": set(), "qualities": set(), "version": 1}
+           "stored": 0, "modes": {}, "models": set(), "qualities": set(), "version": 1, "inexact": 0,
+           "raw_reasons": {}}
     window: deque = deque()
     depth = workers + 1  # chunks in flight: every worker busy, one queued; bounds memory
     raw_bytes = int(np.prod(shape, dtype=np.int64)) * src.dtype.itemsize
@@ -188,6 +302,11 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
             acc["noise_sse"] += st.get("noise_sse", 0.0)
             acc["stored"] += st["stored"]
             acc["version"] = max(acc["version"], st["version"])
+            if st.get("exact") is False:
+                acc["inexact"] += 1
+            if st.get("raw_reason") is not None:
+                r = st["raw_reason"] or "see the warning logged above"
+                acc["raw_reasons"][r] = acc["raw_reasons"].get(r, 0) + 1
             mname = modes.MODE_NAMES.get(st["mode_id"], str(st["mode_id"]))
             acc["modes"][mname] = acc["modes"].get(mname, 0) + 1
             if st["model_id"]:
@@ -235,12 +354,14 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
     psnr = metrics.psnr_db(rng, rmse)
     noise_rmse = math.sqrt(acc["noise_sse"] / n) if sigma is not None else math.nan
     mode_name = modes.resolve(fmode) if fmode != "auto" else "auto"
-    lossy = any(modes.get(m).lossy for m in acc["modes"] if m in modes.MODE_IDS)
+    # lossy = some chunk of a lossy mode did not decode to its original bits: bounded with max_error 0 (or a
+    # bound no sample needed) returns integers exactly, and is then recorded and described as lossless
+    lossy = acc["inexact"] > 0
     if acc["modes"] and set(acc["modes"]) - {mode_name}:
         log.warning("necoda: %s: chunks stored with modes %s (requested %s)", src.name, acc["modes"], mode_name)
     noise_sigma = None
     if sigma is not None:
-        noise_sigma = float(np.median(sigma)) if np.ndim(sigma) else float(sigma)
+        noise_sigma = float(np.nanmedian(sigma)) if np.ndim(sigma) else float(sigma)
     prov = {
         "version": __version__,
         "format_version": acc["version"],  # the newest container version among its chunks
@@ -269,8 +390,14 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     # the caller writes ``prov`` as attributes after copying the source dataset's own attributes
+    if acc["raw_reasons"]:
+        notes.append("chunks stored raw: " + "; ".join(f"{n} x {r}" for r, n in acc["raw_reasons"].items()))
+    if not lossy and mode_name in modes.MODE_IDS and modes.get(mode_name).lossy:
+        notes.append(f"mode {mode_name} returned every sample exactly (measured): recorded as lossless")
+    for n_ in notes:
+        log.info("necoda: %s: %s", src.name, n_)
     return DatasetReport(src.name, kind, tuple(shape), str(src.dtype), tuple(chunks), prov,
-                         time.perf_counter() - t0)
+                         time.perf_counter() - t0, notes, why)
 
 
 def _resolve_only(src_path, paths) -> set:
@@ -306,6 +433,7 @@ def recompress_file(src_path, dst_path, settings: Settings | None = None, worker
     these series (paths of their ``data``, of the series group, or links to either; the leading "/" is
     optional); a path that names no recompressible series data is an error."""
     settings = settings or Settings()
+    settings.check()
     # validate the settings (and that the modes are available) before touching the disk
     for kind in ("imaging", "ephys"):
         f = settings.filter_for(kind)

@@ -4,6 +4,7 @@ The chunk functions are at module level: they run in worker processes (pickled b
 """
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import zlib
@@ -49,7 +50,8 @@ def _encode_chunk(arr: np.ndarray, mode: str, opts: dict, valid: tuple, sigma) -
     from .. import options
 
     options.require_model(mode, opts, arr.shape, arr.dtype)  # a model that vanished: an error, never raw chunks
-    enc = chunk.encode(arr, mode, **opts)
+    with _Reasons() as why:  # why a chunk is stored raw (chunk.encode logs it)
+        enc = chunk.encode(arr, mode, **opts)
     h = chunk.info(enc)
     with runtime.arena_shrink():
         dec = chunk.decode(enc)
@@ -67,8 +69,15 @@ def _encode_chunk(arr: np.ndarray, mode: str, opts: dict, valid: tuple, sigma) -
         if not np.array_equal(o.view(u), d.view(u)):
             raise RuntimeError(f"necoda {modes.MODE_NAMES[h.mode_id]} chunk did not round-trip exactly: "
                                "refusing to write it")
+    if h.mode_id == modes.MODE_IDS["raw"] and mode != "raw":
+        st["raw_reason"] = why.text or ("lossless coding was not smaller than the raw chunk" if not
+                                        modes.get(modes.resolve(mode, arr.shape, arr.dtype)).lossy else "")
+    o0, d0 = o, d
     o, d, mismatch, lo, hi = finite_pair(o, d)
     es = metrics.error_stats(o, d)
+    if lossy:  # a lossy mode can return the chunk exactly (bounded with max_error 0): then nothing was lost
+        u = np.dtype(f"u{o0.dtype.itemsize}")
+        st["exact"] = bool(not mismatch and es["max_abs"] == 0 and np.array_equal(o0.view(u), d0.view(u)))
     st["sse"] = math.inf if mismatch else es["rmse"] ** 2 * n
     st["max_abs"] = math.inf if mismatch else es["max_abs"]
     st["lo"] = lo
@@ -81,6 +90,28 @@ def _encode_chunk(arr: np.ndarray, mode: str, opts: dict, valid: tuple, sigma) -
         nr = metrics.noise_rmse(o, d, sigma)
         st["noise_sse"] = math.inf if mismatch else nr * nr * n
     return enc, st
+
+
+class _Reasons(logging.Handler):
+    """Collects the warnings ``chunk.encode`` logs while it runs (why a chunk fell back to raw)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.text = ""
+
+    def emit(self, record):
+        if not self.text:
+            msg = record.getMessage()
+            # "necoda learned encoder could not handle a (...) chunk (ValueError: why); stored raw" -> "why"
+            i, j = msg.find(": ", msg.find("could not handle")), msg.rfind("); stored raw")
+            self.text = msg[i + 2:j] if "could not handle" in msg and 0 <= i < j else msg
+
+    def __enter__(self):
+        logging.getLogger("necoda_filter").addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("necoda_filter").removeHandler(self)
 
 
 def _decode_chunk(buf: bytes, filter_mask: int, shape: tuple, dtype: str, gzip_level: int | None) -> bytes:
