@@ -197,6 +197,30 @@ def test_noise_bound_bad_fit_falls_back():
     assert p["emax"] <= 13
 
 
+@pytest.mark.parametrize("rim", ["zero", "nan"])
+def test_noise_bound_ignores_a_constant_rim(rim):
+    """QA: a rim constant over the chunk (zeros or NaN left by registration, dead pixels) made the quietest
+    bin's variance 0, so the noise floor s0 and every low-level bound were 0 (NaN: s0 NaN): a float movie
+    with a 5-pixel NaN rim went from 11x to 3x with max error 0. The fit now uses the pixels that vary."""
+    rng = np.random.default_rng(7)
+    x = _poisson_movie(64, 50.0, 100, rng).astype(np.float32 if rim == "nan" else np.int16)
+    clean_out, clean_buf = _rt(x, "bounded", max_error_noise=0.5)
+    y = x.copy()
+    y[:, :5] = np.nan if rim == "nan" else 0
+    y[:, :, :5] = np.nan if rim == "nan" else 0
+    out, buf = _rt(y, "bounded", max_error_noise=0.5)
+    p, pc = chunk.info(buf).params, chunk.info(clean_buf).params
+    assert np.isfinite(p["emax"]) and p["emax"] > 0.8 * pc["emax"]  # the same bound as without the rim
+    if "nm" in p:  # integers: the noise floor (the bound of the darkest levels) as well
+        assert p["nm"]["s0"] > 0.8 * pc["nm"]["s0"]
+    live = (slice(None), slice(5, None), slice(5, None))
+    assert np.abs(out[live].astype(np.float64) - y[live]).max() <= p["emax"]
+    assert np.abs(out[live].astype(np.float64) - y[live]).max() > 0  # the bound is used, not collapsed to 0
+    if rim == "nan":
+        assert np.isnan(out[:, :5]).all() and np.isnan(out[:, :, :5]).all()
+    assert len(clean_buf) < x.nbytes / 3 and len(buf) < 1.5 * len(clean_buf)
+
+
 # ---------------------------------------------------------------------------------------------- real data
 @pytest.mark.skipif(not EPHYS.exists(), reason="../shared/data is absent")
 def test_real_ephys():

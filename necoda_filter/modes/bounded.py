@@ -91,6 +91,12 @@ def noise_model(arr: np.ndarray, rng: tuple | None = None) -> dict:
         # robust: median of d² / (2 * median of chi²₁)
         s2 = float(np.median(d * d)) / (2 * 0.45493642311957283)
         return {"g": 0.0, "o": 0.0, "s0": math.sqrt(max(s2, 0.0)), "fit": "floor"}
+    # pixels constant over the chunk (a zero or NaN rim left by registration, dead pixels, a crop) have no
+    # noise to measure: in the fit they made the quietest bin's variance, hence the floor s0 and every
+    # low-level bound, 0 (a 5-pixel NaN rim took a float movie from 11x to 3x). Fit the pixels that vary.
+    live = np.isfinite(mu) & np.isfinite(v) & (v > 0)
+    if live.sum() >= 10 and not live.all():
+        mu, v = mu[live], v[live]
     nb = int(min(20, max(1, mu.size // 50)))
     edges = np.quantile(mu, np.linspace(0, 1, nb + 1))
     idx = np.clip(np.searchsorted(edges, mu, side="right") - 1, 0, nb - 1)
