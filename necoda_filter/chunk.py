@@ -6,14 +6,21 @@ import logging
 import numpy as np
 
 from . import container, modes
-from .constants import ORDER_PARAM_SINCE
+from .constants import ORDER_PARAM_SINCE, PAD_PARAM_SINCE
 from .dtypes import code_of
 from .options import BOUNDED_NEEDS_A_BOUND, check_bound
 
 log = logging.getLogger("necoda_filter")
 
-#: container parameter naming the coded core of a chunk whose trailing hyperplanes are all zero
+#: container parameter naming the coded core of a chunk whose trailing hyperplanes are padding (one value)
 CORE_KEY = "_core"
+#: container parameter (format version 3) holding the value of that padding when it is not zero: its bit
+#: pattern as an unsigned integer of the dtype's size (exact for every dtype: NaN payloads, -0.0)
+PAD_KEY = "_pad"
+#: padding that is not zero counts only where it is at least this many samples along an axis: a run of equal
+#: samples that short at the end of real data (a 1-D chunk ending on a repeated value) is no padding, and
+#: marking it would only move an ordinary chunk to format version 3 (unreadable by older releases)
+MIN_PAD_SAMPLES = 64
 #: container parameter of a chunk given in Fortran order (format version 2): it is coded in its own axis
 #: order, and decodes to a Fortran-ordered array, so a byte-level consumer gets back the bytes it gave
 ORDER_KEY = "_order"
@@ -24,29 +31,57 @@ def _fortran_only(arr: np.ndarray) -> bool:
     return arr.ndim >= 2 and arr.flags.f_contiguous and not arr.flags.c_contiguous
 
 
-def _zero_padded_core(arr: np.ndarray) -> tuple | None:
-    """Shape of ``arr`` without its trailing all-zero hyperplanes, or None when there are none.
+def _bits(arr: np.ndarray) -> np.ndarray:
+    """``arr`` viewed as unsigned integers of its item size, in its byte order: equal bits, equal integers."""
+    return arr.view(f"{arr.dtype.str[0]}u{arr.dtype.itemsize}")
 
-    HDF5 hands filters full-size edge chunks padded with the fill value (0 unless set): left in, that
-    padding would distort what lossy modes estimate from a chunk (noise model, baseline, network input).
-    The padding is restored exactly on decode."""
+
+def _padded_core(arr: np.ndarray) -> tuple | None:
+    """``(core shape, padding bits)`` of ``arr`` when its trailing hyperplanes along some axes all hold its
+    last sample (bit for bit), or None when there are none.
+
+    HDF5 hands filters full-size edge chunks padded with the dataset's fill value (0 unless set; 65535 or -1
+    are common "missing" markers), zarr and numcodecs with the array's fill value: left in, that padding
+    would distort what lossy modes estimate from a chunk (noise model, baseline, network input — the learned
+    network smears a step to 65535 into the real pixels). The padding is restored exactly on decode.
+    Padding bits 0 (+0.0 for floats) are the only padding format versions 1 and 2 know; other padding must
+    span at least ``MIN_PAD_SAMPLES`` samples along an axis."""
     if arr.ndim == 0 or arr.size == 0:
         return None
-    if arr.dtype.kind == "f":  # padding is +0.0: test the bits, or -0.0 planes would be cut (+0.0 on decode)
-        arr = arr.view(f"u{arr.dtype.itemsize}")
+    bits = _bits(arr)  # compare bits: -0.0 is no +0.0 padding, and NaN padding equals itself
+    v = bits.reshape(-1)[-1]
+    pad = int(v)
     core = list(arr.shape)
+    differs = None
     for ax in range(arr.ndim):
-        if not np.any(np.take(arr, -1, axis=ax)):  # cheap test on the last hyperplane first
+        if np.all(np.take(bits, -1, axis=ax) == v):  # cheap test on the last hyperplane first
+            if differs is None:
+                differs = bits != v if pad else bits  # (zero padding: the test of format versions 1 and 2)
             other = tuple(i for i in range(arr.ndim) if i != ax)
-            nz = np.flatnonzero(np.any(arr, axis=other))
-            core[ax] = int(nz[-1]) + 1 if nz.size else 0
+            nz = np.flatnonzero(np.any(differs, axis=other))
+            c = int(nz[-1]) + 1 if nz.size else 0
+            if pad and (arr.shape[ax] - c) * (arr.size // arr.shape[ax]) < MIN_PAD_SAMPLES:
+                continue
+            core[ax] = c
     if 0 in core or tuple(core) == arr.shape:
         return None
-    return tuple(core)
+    return tuple(core), pad
+
+
+def _fill(out: np.ndarray, pad: int) -> None:
+    """Set every sample of ``out`` to the padding whose bits are ``pad``."""
+    if pad:
+        _bits(out)[...] = pad
+    else:
+        out[...] = 0
 
 
 def encode(arr: np.ndarray, mode: str = "auto", **options) -> bytes:
     """Compress one chunk into a self-describing necoda container.
+
+    Trailing hyperplanes that all hold the chunk's last sample (an edge chunk's padding) are left out of what
+    the mode codes and restored exactly on decode (``_core``, and ``_pad`` with format version 3 when that
+    value is not zero).
 
     If the mode cannot handle the chunk (it raises), or a lossless mode does not beat raw size,
     the chunk is stored raw inside the container: data is never lost and never written unmarked.
@@ -72,13 +107,14 @@ def encode(arr: np.ndarray, mode: str = "auto", **options) -> bytes:
     raw_size = arr.nbytes
     enc = None
     if name != "raw":
-        core = _zero_padded_core(arr)
+        padded = _padded_core(arr)
         try:
-            if core is None:
+            if padded is None:
                 enc = m.encode(arr, **options)
             else:
+                core, pad = padded
                 enc = m.encode(np.ascontiguousarray(arr[tuple(slice(0, c) for c in core)]), **options)
-                enc.params = {**enc.params, CORE_KEY: list(core)}
+                enc.params = {**enc.params, CORE_KEY: list(core), **({PAD_KEY: pad} if pad else {})}
         except Exception as e:  # noqa: BLE001 — any failure falls back to raw, loudly in the log
             log.warning("necoda %s encoder could not handle a %s %s chunk (%s: %s); stored raw",
                         name, arr.shape, arr.dtype, type(e).__name__, e)
@@ -88,14 +124,16 @@ def encode(arr: np.ndarray, mode: str = "auto", **options) -> bytes:
     if enc is None:
         m = modes.get("raw")
         enc = m.encode(arr)
-    params, version = enc.params, 1
+    params = enc.params
+    version = PAD_PARAM_SINCE if params and PAD_KEY in params else 1  # the lowest version that describes it
     if fortran:
-        params, version = {**(params or {}), ORDER_KEY: "F"}, ORDER_PARAM_SINCE
+        params, version = {**(params or {}), ORDER_KEY: "F"}, max(version, ORDER_PARAM_SINCE)
     return container.pack(m.mode_id, arr.dtype, arr.shape, enc.payload, params, enc.model_id, version)
 
 
 def _open(buf):
-    """(header, payload, mode, params without the container keys, core shape or None) of a chunk."""
+    """(header, payload, mode, params without the container keys, core shape or None, padding bits) of a
+    chunk."""
     h, payload = container.unpack(buf)
     if h.mode_id not in modes.MODE_NAMES:
         raise container.CorruptChunk(f"necoda chunk uses unknown mode id {h.mode_id}")
@@ -113,7 +151,16 @@ def _open(buf):
                 or not all(isinstance(c, int) and 0 < c <= s for c, s in zip(params_core, h.shape))):
             raise container.CorruptChunk(f"necoda chunk has an invalid core shape {params_core!r}")
         core = tuple(params_core)
-    return h, payload, m, params, core
+    pad = 0
+    if PAD_KEY in params:
+        params = {k: v for k, v in params.items() if k != PAD_KEY}
+        pad = h.params[PAD_KEY]
+        # written only with a core, by format version 3, and never 0 (zero padding is written without it)
+        if (core is None or h.version < PAD_PARAM_SINCE or type(pad) is not int
+                or not 0 < pad < 1 << (8 * h.dtype.itemsize)):
+            raise container.CorruptChunk(f"necoda chunk has an invalid padding value {pad!r} "
+                                         f"(format version {h.version}, core {core})")
+    return h, payload, m, params, core, pad
 
 
 def _run(h, m, fn):
@@ -141,11 +188,15 @@ def _check(arr, shape, dtype):
 
 def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
     """Decode one necoda chunk. Raises ``container.CorruptChunk`` on anything invalid."""
-    h, payload, m, params, core = _open(buf)
+    h, payload, m, params, core, pad = _open(buf)
     arr = _check(_run(h, m, lambda: m.decode(payload, core or h.shape, h.dtype, params, h.model_id)),
                  core or h.shape, h.dtype)
     if core is not None:
-        full = np.zeros(h.shape, dtype=h.dtype)
+        if pad:
+            full = np.empty(h.shape, dtype=h.dtype)
+            _fill(full, pad)
+        else:
+            full = np.zeros(h.shape, dtype=h.dtype)
         full[tuple(slice(0, c) for c in core)] = arr
         arr = full
     if ORDER_KEY in h.params:  # given in Fortran order: give it back so (same values, same bytes in memory)
@@ -166,19 +217,19 @@ def decode_box(buf, out: np.ndarray, start) -> np.ndarray:
 
     Equal to ``out[...] = decode(buf)[box]``; modes that can (learned chunks with a packed decoder) write
     the box straight into ``out`` — a view into a reader's array — without a chunk-sized temporary."""
-    h, payload, m, params, core = _open(buf)
+    h, payload, m, params, core, pad = _open(buf)
     start = tuple(int(s) for s in start)
     if out.ndim != len(h.shape) or len(start) != out.ndim or out.dtype != h.dtype or any(
             s < 0 or s + n > c for s, n, c in zip(start, out.shape, h.shape)):
         raise ValueError(f"box at {start} of shape {out.shape} {out.dtype} is not inside a {h.shape} {h.dtype} chunk")
     shape = core or h.shape
-    # the part of the box inside the coded core; the rest is zero padding
+    # the part of the box inside the coded core; the rest is padding (zero, or the value ``pad`` holds)
     inner = tuple(max(0, min(s + n, c) - s) for s, n, c in zip(start, out.shape, shape))
     if 0 in inner:
-        out[...] = 0
+        _fill(out, pad)
         return out
     if inner != out.shape:
-        out[...] = 0
+        _fill(out, pad)
     view = out[tuple(slice(0, n) for n in inner)]
     if "into" in getattr(m, "decode_options", ()):
         got = _run(h, m, lambda: m.decode(payload, shape, h.dtype, params, h.model_id, into=(view, start)))

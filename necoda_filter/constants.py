@@ -11,9 +11,12 @@ FILTER_NAME = "necoda"
 #: Version of the chunk container (docs/FORMAT.md): the newest this package reads and writes. Decoders
 #: refuse versions they do not know. A chunk is written with the lowest version that describes it, so
 #: every chunk an older reader can decode correctly stays readable by it.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: The container version that introduced the ``_order`` parameter (an F-ordered chunk, docs/FORMAT.md).
 ORDER_PARAM_SINCE = 2
+#: The container version that introduced the ``_pad`` parameter (padding around the core that is not zero:
+#: an edge chunk of a dataset whose fill value is not 0, docs/FORMAT.md).
+PAD_PARAM_SINCE = 3
 
 #: Newest version of the cd_values layout (docs/FORMAT.md): 2 adds the model id. As for chunks, cd_values
 #: are written with the lowest layout that describes them: 1 (no model slots) unless a model is named, so

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from necoda_filter import chunk, container
-from necoda_filter.constants import FORMAT_VERSION
+from necoda_filter.constants import FORMAT_VERSION, ORDER_PARAM_SINCE
 from necoda_filter.container import CorruptChunk
 
 
@@ -43,7 +43,7 @@ def test_fortran_order_needs_format_version_2():
     f = np.asfortranarray(np.arange(6 * 7 * 8, dtype=np.uint16).reshape(6, 7, 8))
     b = chunk.encode(f, "lossless")
     h = chunk.info(b)
-    assert h.version == 2 == FORMAT_VERSION and h.params["_order"] == "F" and h.shape == (6, 7, 8)
+    assert h.version == 2 == ORDER_PARAM_SINCE and h.params["_order"] == "F" and h.shape == (6, 7, 8)
     d = chunk.decode(b)
     assert d.flags.f_contiguous and np.array_equal(d, f)
     out = np.zeros(f.size, np.uint16)
