@@ -174,6 +174,8 @@ def append_comment(group, text: str) -> None:
     dtype = h5py.string_dtype("utf-8")
     if "comments" in group.attrs:
         old = group.attrs["comments"]
+        if isinstance(old, np.ndarray):  # an array of strings (not what NWB specifies, but it happens): lines
+            old = "\n".join(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in old.ravel())
         if isinstance(old, bytes):
             old = old.decode("utf-8", "replace")
         old = str(old)

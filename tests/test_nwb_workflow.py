@@ -413,6 +413,10 @@ def test_comment_appending_keeps_existing_text(tmp_path):
         assert g.attrs["comments"] == text
         assert h.attrs["comments"] == "keep me\n" + text
         assert h5py.check_string_dtype(h.attrs.get_id("comments").dtype).encoding == "ascii"
+        a = f.create_group("ts3")  # QA: an array of strings became the text "['a' 'b']"
+        a.attrs["comments"] = np.array(["first line", "second"], dtype=h5py.string_dtype())
+        provenance.append_comment(a, text)
+        assert a.attrs["comments"] == "first line\nsecond\n" + text
 
 
 # --------------------------------------------------------------------------------------------------
