@@ -245,3 +245,15 @@ def decode_box(buf, out: np.ndarray, start) -> np.ndarray:
 def info(buf) -> container.Header:
     """Header of a chunk without decoding its payload."""
     return container.parse_header(buf)
+
+
+def check_layout(got_dtype, got_shape, dtype, shape) -> None:
+    """A chunk's header (dtype, shape) against what its dataset stores (dtype, chunk shape): the same kind and
+    sample size, and as many samples, else CorruptChunk (the rule of the HDF5 shim, ``read`` and the codecs)."""
+    expected = np.dtype(dtype)
+    if got_dtype.itemsize != expected.itemsize or got_dtype.kind != expected.kind:
+        raise container.CorruptChunk(
+            f"necoda chunk holds {got_dtype} data but the dataset type is {expected}")
+    if int(np.prod(got_shape, dtype=np.int64)) != int(np.prod(shape, dtype=np.int64)):
+        raise container.CorruptChunk(
+            f"necoda chunk holds {tuple(got_shape)} samples but the dataset's chunks are {tuple(shape)}")

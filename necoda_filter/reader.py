@@ -7,17 +7,33 @@ cannot land inside the pools' locking), decodes them in parallel with :func:`nec
 and places each decoded chunk's selected part into the output array — a box of a learned chunk is
 decoded straight into it, with no chunk-sized temporary, and a box spanning few frames from the latent
 frames around it only (``chunk.decode_box``; one frame reads about 2× faster than through h5py, which
-decodes every touched chunk whole). Values are identical to ``dataset[selection]``, with one exception
-that comes from HDF5: in a file still open for writing, chunks of a *lossy* dataset that HDF5 holds in
-its chunk cache, not yet flushed, read back through h5py as the values written, uncompressed; ``read``
-returns what is stored (``read_direct_chunk`` flushes a cached chunk first), as h5py does after
-``f.flush()`` or reopening.
+decodes every touched chunk whole). Values are identical to ``dataset[selection]``; two things to know:
+
+* in a file open for writing, ``read_direct_chunk`` first flushes the dataset's chunk cache: a chunk
+  cached dirty would be encoded now, and encoded *again* when a later write to it (the next frames of
+  an acquisition) decodes, modifies and re-encodes it — for a lossy dataset the errors of each coding
+  add up, and bounded mode's ``max_error`` no longer holds. So a dataset of a file open for writing
+  whose filter mode (cd_values) is lossy or ``auto`` is read with plain ``dataset[selection]`` (the
+  values written, from the cache); lossless and raw datasets of such a file are read chunk by chunk
+  (their flush changes no value).
+* ``read`` is not atomic against writes to the same dataset from other threads: h5py's own read is
+  one ``H5Dread`` under h5py's lock, ``read`` takes that lock once per chunk, so a read running while
+  another thread writes may return some chunks from before the write and some from after it.
+
+Every stored chunk's header is checked against the dataset (element type kind and size, number of
+samples, as the HDF5 filter does) before anything is decoded: a chunk that does not belong there raises
+:class:`UnreadableChunk` (a ``CorruptChunk``, and an ``OSError`` like h5py's error) naming the chunk,
+and so does a chunk HDF5 cannot read (damaged file); only a chunk never written reads as the fill value.
 
 Parallelism: about half of a lossless/bounded chunk decode runs in pcodec, which holds the GIL (the
 other half, the C prediction kernels called through ctypes, releases it), so threads alone scale to
 about 1.3x. By default multi-chunk reads are therefore decoded in a persistent pool of worker processes
-that write into an output array in shared memory (an unlinked file in /dev/shm, so nothing is left
-behind even if the process is killed) — no decoded data is copied between processes.
+that write into an output array in shared memory — no decoded data is copied between processes. It is a
+file in /dev/shm (else the temporary folder) without a name (``O_TMPFILE``, else unlinked as soon as it
+is created), which the workers open through ``/proc/<reader pid>/fd/<fd>``, so nothing is left behind
+even if the process is killed. Where the workers cannot open that (no ``/proc``; checked when the pool
+starts) they open the file by its name ``necoda-read-<pid>-<id>``, unlinked when the read ends; such
+files of processes killed during a read are removed when a later pool starts (any process's).
 ``executor="thread"`` uses a persistent thread pool instead (best for codecs that release the GIL, and on a busy
 machine where the extra processes get no extra CPU), ``"serial"`` decodes in the calling thread — still
 faster than h5py slicing, which copies every decoded chunk three more times. Reads touching less than
@@ -96,6 +112,12 @@ if hasattr(os, "register_at_fork"):
 
 class _Fallback(Exception):
     pass
+
+
+class UnreadableChunk(chunk.container.CorruptChunk, OSError):
+    """A stored chunk that cannot be read as the dataset's chunk: its header names another element type or
+    number of samples, its header is invalid, or it is stored unfiltered with the wrong size. h5py raises
+    OSError for such a chunk; this is also a ``CorruptChunk``, what corrupt chunk payloads raise."""
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -196,15 +218,23 @@ def _worker_init(parent: int | None = None, hdf5_files=frozenset(), warmup_barri
         threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="necoda-parent-watch").start()
 
 
-def _noop():
+def _noop(probe: str | None = None):
     """Warm-up task: waits until every worker runs one, so each worker has run its initializer (closed
-    its copies of the parent's HDF5 files) when the pool is handed out."""
+    its copies of the parent's HDF5 files) when the pool is handed out. Returns whether the worker could
+    open ``probe``, the parent's unlinked file as ``/proc/<pid>/fd/<fd>`` (see :class:`_SharedOutput`)."""
+    ok = False
+    if probe is not None:
+        try:
+            with open(probe, "r+b"):
+                ok = True
+        except OSError:
+            pass
     if _warmup_barrier is not None:
         try:
             _warmup_barrier.wait(timeout=60)
         except threading.BrokenBarrierError:
             pass
-    return os.getpid()
+    return ok
 
 
 def _new_process_pool(workers: int) -> ProcessPoolExecutor:
@@ -220,14 +250,28 @@ def _new_process_pool(workers: int) -> ProcessPoolExecutor:
 
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     ctx = mp.get_context(method)
+    _sweep_stale_outputs()
     # one warm-up task per worker, held at a barrier until all have started: otherwise one worker could
     # run several while another had not yet closed the parent's HDF5 files (another process or thread
     # then failed to open one of them for writing: "unable to lock file")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
                                initargs=(os.getpid(), _open_hdf5_files() if method == "fork" else frozenset(),
                                          ctx.Barrier(workers)))
-    for f in [pool.submit(_noop) for _ in range(workers)]:
-        f.result()
+    probe = None
+    try:
+        try:
+            probe = _SharedOutput((1,), np.uint8, by_fd=True)
+        except OSError:
+            pass
+        ok = [f.result() for f in [pool.submit(_noop, probe and probe.worker_path) for _ in range(workers)]]
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        if probe is not None:
+            probe.close()
+    # whether the workers open the shared output through /proc (unlinked at once) or by its name
+    pool.necoda_outputs_by_fd = probe is not None and all(ok)
     return pool
 
 
@@ -470,15 +514,30 @@ def _normalize(selection, shape) -> list[_Axis]:
 # --------------------------------------------------------------------------------------------------
 
 def _decode(buf, filter_mask: int, chunk_shape, dtype) -> np.ndarray:
+    """The decoded chunk, in the dataset's chunk shape. ``buf`` passed :func:`_check_stored`."""
     if filter_mask & 1:  # the filter was skipped for this chunk: raw bytes of the file type
         return np.frombuffer(buf, dtype=dtype).reshape(chunk_shape)
     arr = chunk.decode(buf)
-    if arr.shape != tuple(chunk_shape):
-        if arr.size != int(np.prod(chunk_shape)):
-            raise chunk.container.CorruptChunk(
-                f"necoda chunk holds shape {arr.shape}, the dataset's chunks are {tuple(chunk_shape)}")
-        arr = arr.reshape(chunk_shape)
-    return arr
+    chunk.check_layout(arr.dtype, arr.shape, dtype, chunk_shape)
+    return arr if arr.shape == tuple(chunk_shape) else arr.reshape(chunk_shape)
+
+
+def _check_stored(buf, filter_mask: int, chunk_shape, dtype, where: str) -> None:
+    """Raise :class:`UnreadableChunk` (naming the chunk, ``where``) unless ``buf`` can be the dataset's
+    chunk: a necoda header with the dataset's element kind and size and number of samples — the rule of
+    the HDF5 filter (``_bridge.decode_owned``), checked before any decode work — or, stored unfiltered,
+    exactly the chunk's bytes."""
+    if filter_mask & 1:
+        want = int(np.prod(chunk_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if len(buf) != want:
+            raise UnreadableChunk(f"{where} is stored unfiltered (filter mask {filter_mask}) in {len(buf)} "
+                                  f"bytes; a {tuple(chunk_shape)} {np.dtype(dtype)} chunk has {want}")
+        return
+    try:
+        h = chunk.info(buf)
+        chunk.check_layout(h.dtype, h.shape, dtype, chunk_shape)
+    except chunk.container.CorruptChunk as e:
+        raise UnreadableChunk(f"{where}: {e}") from None
 
 
 def _local_index(lsel):
@@ -533,21 +592,93 @@ def _process_task(path, nbytes, out_shape, out_dtype, tasks, chunk_shape, chunk_
     return len(tasks)
 
 
-def _shared_output(shape, dtype):
-    nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
-    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-    path = os.path.join(folder, f"necoda-read-{os.getpid()}-{uuid.uuid4().hex}")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+_OUTPUT_PREFIX = "necoda-read-"
+
+
+def _output_folder() -> str:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+class _SharedOutput:
+    """The output array of a process-pool read: a file in /dev/shm mapped by the reader and its workers.
+
+    ``by_fd``: the file has no name (``O_TMPFILE``; else it is unlinked as soon as it is created) and the
+    workers open it as ``/proc/<pid>/fd/<fd>`` (``worker_path``), so a reader killed (SIGKILL, SIGTERM)
+    leaves nothing behind; else they open it by name and it is unlinked by :meth:`close` (a killed
+    reader's file is removed by :func:`_sweep_stale_outputs` when a later pool starts). ``arr`` stays
+    valid after :meth:`close`."""
+
+    def __init__(self, shape, dtype, by_fd: bool):
+        count = int(np.prod(shape, dtype=np.int64))
+        self.nbytes = max(1, count * np.dtype(dtype).itemsize)
+        folder = _output_folder()
+        self.path = self.fd = None
+        if by_fd and hasattr(os, "O_TMPFILE"):
+            with contextlib.suppress(OSError):  # a file that never has a name (Linux; tmpfs supports it)
+                self.fd = os.open(folder, os.O_RDWR | os.O_TMPFILE, 0o600)
+        if self.fd is None:
+            self.path = os.path.join(folder, f"{_OUTPUT_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if by_fd and self.path is not None:
+                os.unlink(self.path)
+                self.path = None
+            os.ftruncate(self.fd, self.nbytes)
+            mm = mmap.mmap(self.fd, self.nbytes)
+        except BaseException:
+            self.close()
+            raise
+        self.worker_path = f"/proc/{os.getpid()}/fd/{self.fd}" if by_fd else self.path
+        self.arr = np.frombuffer(mm, dtype=dtype, count=count).reshape(shape)
+
+    def close(self) -> None:
+        """Unlink the file (when it has a name) and close the descriptor the workers open it through."""
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self.path = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+#: output files younger than this are never swept (a live reader of another PID namespace sharing /dev/shm)
+_SWEEP_MIN_AGE_S = 60.0
+
+
+def _sweep_stale_outputs() -> None:
+    """Remove the named output files (``necoda-read-<pid>-<id>``) of processes that no longer exist: left
+    behind by readers killed during a read where the workers open the file by name (or by versions of
+    this module that always did)."""
+    import time
+
+    folder = _output_folder()
     try:
-        os.ftruncate(fd, nbytes)
-        mm = mmap.mmap(fd, nbytes)
-    except BaseException:
-        os.close(fd)
-        os.unlink(path)
-        raise
-    os.close(fd)
-    out = np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
-    return path, nbytes, out
+        names = [n for n in os.listdir(folder) if n.startswith(_OUTPUT_PREFIX)]
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        try:
+            pid = int(name[len(_OUTPUT_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except OSError:  # alive, another user's: leave it
+            continue
+        path = os.path.join(folder, name)
+        try:
+            st = os.stat(path)
+            if st.st_uid == os.getuid() and now - st.st_mtime >= _SWEEP_MIN_AGE_S:
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------------------------------
@@ -565,6 +696,20 @@ def _mostly_gil_free(got) -> bool:
         return False
 
 
+def _not_allocated(dsid, off, err: BaseException) -> bool:
+    """Whether the dataset's chunk index holds no chunk at ``off``, whose ``read_direct_chunk`` raised
+    ``err`` (False when that cannot be told)."""
+    by_coord = getattr(dsid, "get_chunk_info_by_coord", None)
+    if by_coord is None:  # HDF5 < 1.10.5: by the error
+        if isinstance(err, MemoryError):
+            return dsid.get_storage_size() == 0
+        return isinstance(err, RuntimeError) and "not allocated" in str(err)
+    try:
+        return by_coord(tuple(off)).byte_offset is None
+    except Exception:  # noqa: BLE001 — a damaged index: not known to be missing
+        return False
+
+
 def _missing_chunk_value(dataset):
     """What ``dataset[...]`` holds where no chunk was written: h5py reads into a zeroed array and HDF5
     writes the fill value over it, unless the fill value is undefined or the fill time is "never"."""
@@ -577,11 +722,32 @@ def _missing_chunk_value(dataset):
     return dataset.fillvalue
 
 
-def _is_plain_necoda(dataset) -> bool:
+def _necoda_cd_values(dataset) -> tuple | None:
+    """The cd_values of a chunked dataset whose filter pipeline is exactly the necoda filter, else None."""
     if dataset.chunks is None:
-        return False
+        return None
     plist = dataset.id.get_create_plist()
-    return plist.get_nfilters() == 1 and plist.get_filter(0)[0] == FILTER_ID
+    if plist.get_nfilters() != 1:
+        return None
+    f = plist.get_filter(0)
+    return tuple(f[2]) if f[0] == FILTER_ID else None
+
+
+#: mode ids of cd_values slot 1 (every layout) whose chunks decode to exactly the values written
+_LOSSLESS_MODE_IDS = frozenset((modes.MODE_IDS["raw"], modes.MODE_IDS["lossless"]))
+
+
+def _may_be_lossy(cd_values) -> bool:
+    """Whether chunks written with these cd_values may be coded lossy (mode auto, bounded, learned, or not
+    known here); empty cd_values are the defaults (auto)."""
+    return len(cd_values) < 2 or int(cd_values[1]) not in _LOSSLESS_MODE_IDS
+
+
+def _rereads_lossy(dataset, cd_values) -> bool:
+    """True for a possibly lossy dataset of a file open for writing, which :func:`read` reads with plain
+    slicing: ``read_direct_chunk`` would flush a chunk HDF5 caches dirty, coding it once more than it is
+    when later writes complete it (module docstring)."""
+    return _may_be_lossy(cd_values) and dataset.file.mode == "r+"
 
 
 def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers: int | None = None,
@@ -615,7 +781,8 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
         _check_out_type(out, dataset.dtype)
     if not dataset.id.valid:  # what dataset[...] raises, with a message saying why
         raise RuntimeError("cannot read a closed dataset (its file was closed)")
-    if not _is_plain_necoda(dataset) or dataset.dtype.fields is not None:
+    cd_values = _necoda_cd_values(dataset)
+    if cd_values is None or dataset.dtype.fields is not None or _rereads_lossy(dataset, cd_values):
         return _plain(dataset, selection, out)
     try:
         axes = _normalize(selection, dataset.shape)
@@ -659,19 +826,29 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
             fill.append(_missing_chunk_value(dataset))
         return fill[0]
 
+    def where(off):
+        return f"chunk at offset {off} of dataset {dataset.name!r}"
+
     def fetch(off):
+        """(filter mask, stored bytes) of the chunk at ``off``, checked against the dataset; None for a
+        chunk never written (its values are the fill value)."""
         try:
-            return dsid.read_direct_chunk(off)
-        except (RuntimeError, OSError, ValueError):
+            got = dsid.read_direct_chunk(off)
+        except (RuntimeError, OSError, ValueError, MemoryError) as e:
+            # RuntimeError "chunk storage is not allocated" for a chunk never written; MemoryError when
+            # no chunk is written yet (no chunk index: H5Dget_chunk_storage_size leaves the size h5py
+            # allocates its buffer with unset). But also OSError for a stored chunk HDF5 cannot read (a
+            # damaged file: "addr overflow"), which h5py slicing raises: only a chunk the index does not
+            # hold is missing.
             if not dsid.valid:  # its file was closed meanwhile (by another thread): not a missing chunk
                 raise RuntimeError("cannot read a closed dataset (its file was closed)") from None
-            return None  # not allocated: fill value
-        except MemoryError:
-            # no chunk written yet, so no chunk index: H5Dget_chunk_storage_size leaves the size h5py
-            # allocates its buffer with unset (an arbitrary value), instead of failing
-            if dsid.get_storage_size() == 0:
+            if _not_allocated(dsid, off, e):
                 return None
-            raise
+            if isinstance(e, MemoryError):
+                raise
+            raise OSError(f"cannot read the stored {where(off)}: {type(e).__name__}: {e}") from e
+        _check_stored(got[1], got[0], chunks, dtype, where(off))
+        return got
 
     mode = executor
     if mode == "auto":
@@ -729,9 +906,10 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
     inline_ok = not threading.current_thread().daemon
 
     def run_processes(stop):
-        path, nbytes, shm = _shared_output(shape, dtype)
-        try:
-            with _using(_process_pool, workers) as pool:
+        with _using(_process_pool, workers) as pool:
+            output = _SharedOutput(shape, dtype, by_fd=getattr(pool, "necoda_outputs_by_fd", False))
+            path, nbytes, shm = output.worker_path, output.nbytes, output.arr
+            try:
                 # batches of chunks per task: enough tasks to balance the workers, few enough to keep the
                 # per-task overhead (pickling, opening the shared file) small
                 target = max(1, min(16, len(plan) // (4 * workers)))
@@ -759,8 +937,8 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
                         _result(f, stop)
                 finally:  # an error or an interrupt: no task left to write into the output
                     _cancel_and_wait(futures)
-        finally:
-            os.unlink(path)
+            finally:
+                output.close()
         if out is not None:  # the workers wrote into shared memory: one copy into the caller's array
             np.copyto(out_full, shm)
         return returned(shm)

@@ -1,0 +1,225 @@
+"""``necoda_filter.read`` on damaged and hostile files, and what it must not change (QA round 13):
+only a chunk never written reads as the fill value (a stored chunk HDF5 cannot read raises, as h5py does);
+a stored chunk whose header does not fit the dataset raises before any decode work; reads in a file open
+for writing leave a lossy dataset's chunks to be encoded once; the process executor's shared-memory
+output leaves nothing behind when the reader is killed."""
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from necoda_filter import Necoda, chunk, read, reader
+from necoda_filter.container import CorruptChunk
+
+EXECUTORS = ["serial", "thread", "process"]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_unreadable_stored_chunk_raises_not_fill(tmp_path, executor):
+    """A stored chunk whose address lies past the end of the file (a damaged chunk index): h5py raises
+    OSError ("addr overflow"); read() returned the fill value for it, silently. A chunk never written
+    still reads as the fill value."""
+    a = np.random.default_rng(0).integers(0, 30000, (64, 32)).astype("<i2")
+    p = tmp_path / "d.h5"
+    with h5py.File(p, "w", libver="earliest") as f:  # v1 B-tree chunk index: no checksum over addresses
+        f.create_dataset("x", data=a, chunks=(8, 32), compression=Necoda(mode="lossless"), fillvalue=-1)
+        h = f.create_dataset("holes", shape=(64, 32), dtype="<i2", chunks=(8, 32),
+                             compression=Necoda(mode="lossless"), fillvalue=-1)
+        h[8:16] = 5
+        f.create_dataset("empty", shape=(16, 8), dtype="<u2", chunks=(4, 8), compression=Necoda(mode="lossless"),
+                         fillvalue=7)  # no chunk index: read_direct_chunk raises MemoryError
+        addr = f["x"].id.get_chunk_info_by_coord((56, 0)).byte_offset
+    raw = bytearray(p.read_bytes())
+    key = struct.pack("<Q", addr)
+    assert raw.count(key) == 1
+    i = raw.index(key)
+    raw[i:i + 8] = struct.pack("<Q", len(raw) + 4096)
+    p.write_bytes(bytes(raw))
+    with h5py.File(p, "r") as f:
+        with pytest.raises(OSError):
+            f["x"][...]
+        with pytest.raises(OSError, match=r"chunk at offset \(56, 0\) of dataset '/x'"):
+            read(f["x"], executor=executor, workers=2)
+        assert np.array_equal(read(f["x"], np.s_[:56], executor=executor, workers=2), a[:56])
+        want = np.full((64, 32), -1, "<i2")
+        want[8:16] = 5
+        assert np.array_equal(read(f["holes"], executor=executor, workers=2), want)
+        assert np.array_equal(f["holes"][...], want)
+        assert np.array_equal(read(f["empty"], executor=executor, workers=2), np.full((16, 8), 7, "<u2"))
+
+
+FOREIGN = [
+    ("<i2", np.arange(60000, 60008, dtype="<u2")),          # 60000 read as -5536
+    ("<i2", np.arange(100000, 100008, dtype="<i4")),       # same count, other size
+    ("<f4", np.arange(16777217, 16777225, dtype="<i4")),   # int bits as float
+    ("<i4", np.linspace(0.5, 3.5, 8).astype("<f4")),
+    ("u1", np.arange(-4, 4, dtype="i1")),
+]
+
+
+@pytest.mark.parametrize("dt,arr", FOREIGN, ids=[f"{a.dtype}-in-{np.dtype(d)}" for d, a in FOREIGN])
+def test_chunk_of_another_dtype_raises_like_h5py(tmp_path, dt, arr):
+    """A valid necoda chunk of another element type put in place with write_direct_chunk: h5py raises
+    OSError (the filter checks the header's kind and size); read() returned it cast to the dataset's type."""
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        d = f.create_dataset("d", shape=(16,), dtype=dt, chunks=(8,), compression=Necoda(mode="lossless"))
+        d[:] = 1
+        d.id.write_direct_chunk((8,), chunk.encode(arr, "lossless"), filter_mask=0)
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        with pytest.raises(OSError):
+            f["d"][...]
+        for ex in EXECUTORS:
+            with pytest.raises(OSError, match=rf"chunk at offset \(8,\) of dataset '/d'.*{arr.dtype} data"):
+                read(f["d"], executor=ex, workers=2)
+            with pytest.raises(CorruptChunk):
+                read(f["d"], executor=ex, workers=2)
+            assert np.array_equal(read(f["d"], np.s_[:8], executor=ex, workers=2), np.ones(8, dt))
+
+
+def test_oversized_chunk_refused_before_decoding(tmp_path, monkeypatch):
+    """A chunk whose header holds many more samples than the dataset's chunk (a few KB can claim GBs):
+    refused from its header, before anything is decoded — read() decoded it whole first."""
+    big = np.zeros((64, 64), "<i2")
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        d = f.create_dataset("x", data=np.ones((8, 4), "<i2"), chunks=(4, 4), compression=Necoda(mode="lossless"))
+        d.id.write_direct_chunk((4, 0), chunk.encode(big, "lossless"), filter_mask=0)
+
+    def refusing(fn):
+        def decode(buf, *a, **k):
+            if chunk.info(buf).shape != (4, 4):
+                raise AssertionError("decoded a chunk whose header does not fit the dataset")
+            return fn(buf, *a, **k)
+        return decode
+
+    monkeypatch.setattr(chunk, "decode", refusing(chunk.decode))
+    monkeypatch.setattr(chunk, "decode_box", refusing(chunk.decode_box))
+    with h5py.File(tmp_path / "b.h5", "r") as f:
+        for ex in ("serial", "thread"):
+            for sel in (Ellipsis, np.s_[4:6, 1:3], np.s_[::2]):
+                with pytest.raises(OSError, match=r"chunk at offset \(4, 0\).*\(64, 64\) samples"):
+                    read(f["x"], sel, executor=ex, workers=2)
+
+
+@pytest.mark.parametrize("nbytes", [32, 74])
+def test_raw_chunk_of_wrong_size_names_the_chunk(tmp_path, nbytes):
+    """A chunk stored with the filter skipped (filter_mask=1) and of the wrong size: an error naming the
+    chunk, not numpy's "cannot reshape"."""
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        d = f.create_dataset("x", data=np.zeros((16, 4), "<i2"), chunks=(8, 4),
+                             compression=Necoda(mode="lossless"))
+        d.id.write_direct_chunk((8, 0), bytes(range(nbytes)), filter_mask=1)
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        for ex in EXECUTORS:
+            with pytest.raises(OSError, match=rf"chunk at offset \(8, 0\).*unfiltered.* {nbytes} bytes.* 64"):
+                read(f["x"], executor=ex, workers=2)
+
+
+def test_reads_while_writing_keep_lossy_bound(tmp_path):
+    """A lossy dataset written frame by frame, each frame read back at once (a live-analysis loop): the
+    chunk stays in HDF5's cache and is encoded once. read_direct_chunk flushed it at every read, each
+    later frame then re-encoded it: errors added up past max_error (9 for 2)."""
+    a = np.random.default_rng(0).normal(1000, 40, (32, 24, 24)).astype("<i2")
+    mode, opts = "bounded", {"max_error": 2}
+    p = tmp_path / "w.h5"
+    with h5py.File(p, "w") as f:
+        d = f.create_dataset("x", shape=a.shape, dtype="<i2", chunks=a.shape,
+                             compression=Necoda(mode=mode, **opts))
+        for t in range(a.shape[0]):
+            d[t] = a[t]
+            assert np.array_equal(read(d, np.s_[t], executor="serial"), d[t])
+        assert np.array_equal(read(d, executor="thread", workers=2), d[...])
+    with h5py.File(p, "r") as f:
+        err = int(np.abs(f["x"][...].astype(int) - a).max())
+    with h5py.File(tmp_path / "once.h5", "w") as f:
+        f.create_dataset("x", data=a, chunks=a.shape, compression=Necoda(mode=mode, **opts))
+    with h5py.File(tmp_path / "once.h5", "r") as f:
+        once = int(np.abs(f["x"][...].astype(int) - a).max())
+    assert err == once <= 2
+
+
+_KILLED_READER = r"""
+import sys
+import h5py
+from necoda_filter import read
+with h5py.File(sys.argv[1], "r") as f:
+    d = f["x"]
+    read(d, executor="process", workers=2)
+    print("reading", flush=True)
+    while True:
+        read(d, executor="process", workers=2)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, /dev/shm")
+@pytest.mark.parametrize("sig", ["SIGKILL"])  # SIGTERM: the same (its default action)
+def test_killed_process_read_leaves_no_shared_memory_file(tmp_path, sig):
+    """A reader killed during read(executor="process"): its output file in /dev/shm (RAM) was left behind."""
+    p = tmp_path / "k.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("x", data=np.random.default_rng(0).integers(0, 4000, (256, 64, 64)).astype("<u2"),
+                         chunks=(4, 64, 64), compression=Necoda(mode="lossless"))
+    folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    if folder is None:
+        pytest.skip("no writable /dev/shm")
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_KILLED_READER), str(p)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "reading"
+        # it reads in a loop: kill it as soon as an output file shows up by name (a read is running), or
+        # (the file has no name) after half a second of reading
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline and not any(
+                n.startswith(f"necoda-read-{child.pid}-") for n in os.listdir(folder)):
+            time.sleep(0.002)
+        os.kill(child.pid, getattr(signal, sig))
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    time.sleep(0.2)
+    left = [n for n in os.listdir(folder) if n.startswith(f"necoda-read-{child.pid}-")]
+    for n in left:  # do not leave what this test caused
+        os.unlink(os.path.join(folder, n))
+    assert left == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, /dev/shm")
+def test_pool_start_sweeps_outputs_of_dead_readers(tmp_path):
+    """Output files named by readers that died (older versions, or where workers open them by name)
+    are removed when a pool starts; a live process's file is kept."""
+    folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    if folder is None:
+        pytest.skip("no writable /dev/shm")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = os.path.join(folder, f"necoda-read-{dead.pid}-{'0' * 32}")
+    live = os.path.join(folder, f"necoda-read-{os.getppid()}-{'1' * 32}")
+    fresh_dead = os.path.join(folder, f"necoda-read-{dead.pid}-{'2' * 32}")
+    for path in (stale, live, fresh_dead):
+        with open(path, "wb") as fh:
+            fh.write(b"x" * 100)
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(live, (old, old))
+    try:
+        with h5py.File(tmp_path / "s.h5", "w") as f:
+            f.create_dataset("x", data=np.ones((8, 8, 8), "<u2"), chunks=(2, 8, 8),
+                             compression=Necoda(mode="lossless"))
+        reader.shutdown_pool()
+        with h5py.File(tmp_path / "s.h5", "r") as f:
+            assert np.array_equal(read(f["x"], executor="process", workers=2), np.ones((8, 8, 8), "<u2"))
+        assert not os.path.exists(stale)
+        assert os.path.exists(live)
+        assert os.path.exists(fresh_dead)  # too recent to be swept (a reader of another PID namespace)
+    finally:
+        for path in (stale, live, fresh_dead):
+            if os.path.exists(path):
+                os.unlink(path)
