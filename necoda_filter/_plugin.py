@@ -121,6 +121,9 @@ def _teach_h5py_the_name() -> None:
     import h5py
     from h5py._hl import filters as hf
 
+    from . import exitflush
+
+    exitflush.watch_h5py(h5py)  # a failed File.close keeps the exit flush off HDF5's ids (exitflush.py)
     if int(h5py.__version__.split(".")[0]) != 3 or not hasattr(hf, "fill_dcpl"):
         return
     if FILTER_NAME not in hf.encode:
@@ -180,8 +183,8 @@ def _check_pipeline(cd_values, shuffle: bool, scaleoffset) -> None:
 
 def _cd_values(compression_opts) -> tuple:
     """cd_values for ``compression="necoda"`` / ``compression=FILTER_ID`` from ``compression_opts``:
-    None or () (defaults, as ``Necoda()``), a dict of :class:`Necoda` options, or the cd_values of a
-    ``Necoda(...).filter_options``. Anything else is a clear error here, never a file whose chunks the
+    None or () (defaults, as ``Necoda()``), a dict of :class:`Necoda` options, a ``Necoda(...)`` object, or
+    the cd_values of a ``Necoda(...).filter_options``. Anything else is a clear error here, never a file whose chunks the
     filter stores raw: short tuples were padded with zeros (``max_error=0``: imaging in mode "auto" was then
     stored uncompressed); empty cd_values get the same defaults in the C shim too."""
     from collections.abc import Iterable, Mapping
@@ -191,7 +194,16 @@ def _cd_values(compression_opts) -> tuple:
 
     if compression_opts is None:
         return Necoda().filter_options
+    if isinstance(compression_opts, Necoda):  # the filter object itself (a Mapping too): its cd_values
+        return compression_opts.filter_options
+    if getattr(compression_opts, "filter_id", None) is not None:  # another plugin's filter object
+        raise TypeError(f"necoda compression_opts must be a dict of Necoda options or a Necoda(...) object, got "
+                        f"{compression_opts!r}; pass another filter as compression= (without compression='necoda')")
     if isinstance(compression_opts, Mapping):
+        unknown = [k for k in compression_opts if k != "mode" and k not in options.OPTION_NAMES]
+        if unknown:  # the package's own message (as the zarr v3 codec's), not Necoda.__init__'s TypeError
+            raise TypeError(f"unknown necoda option {unknown[0]!r}; options are mode, "
+                            f"{', '.join(options.OPTION_NAMES)}")
         return Necoda(**compression_opts).filter_options
     if isinstance(compression_opts, (str, bytes)) or not isinstance(compression_opts, Iterable):
         raise TypeError(f"necoda compression_opts must be a dict of Necoda options (e.g. {{'mode': 'lossless'}}) "

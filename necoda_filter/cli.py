@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
 import sys
 
 COMMANDS: list[tuple[str, str, str]] = [
@@ -53,13 +55,60 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         # whoever read our output stopped (`necoda info FILE | head`): not an error to report. Point stdout
         # at /dev/null so the interpreter's final flush does not raise again (Python's documented recipe).
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, OSError) as e:
-        print(f"necoda {args.command}: error: {e}", file=sys.stderr)
+        print(f"necoda {args.command}: error: {error_message(e, _output_of(args))}", file=sys.stderr)
         return 1
+    except RuntimeError as e:  # h5py raises RuntimeError for some failed writes (a full disk while closing)
+        if io_errno(e) is None:
+            raise
+        print(f"necoda {args.command}: error: {error_message(e, _output_of(args))}", file=sys.stderr)
+        return 1
+
+
+_HDF5_ERRNO = re.compile(r"\berrno = (\d+)")
+_HDF5_DETAIL = re.compile(r"\((?:file (?:write|read) failed|unable to extend file|[^()]*\berrno = \d+)", re.I)
+#: the failure was writing (an output), not e.g. opening an input
+_WRITING = re.compile(r"write failed|unable to extend|close", re.I)
+#: the hidden temporary ``necoda compress``/``decompress`` write (nwb/atomic.py): ``.OUT.necoda-tmp-PID``
+_HIDDEN_TEMPORARY = re.compile(r"(?:^|(?<=[/'\"\s]))\.([^/'\"\s]+)\.necoda-tmp-\d+(?=$|['\"\s,:;)])")
+
+
+def io_errno(e: BaseException) -> int | None:
+    """The errno of an I/O failure: ``e.errno``, or the one HDF5 names in the message h5py gives a
+    RuntimeError (``... errno = 28, error message = 'No space left on device' ...``); None if neither."""
+    err = getattr(e, "errno", None)
+    if isinstance(err, int) and err > 0:
+        return err
+    m = _HDF5_ERRNO.search(str(e))
+    return int(m.group(1)) if m and int(m.group(1)) > 0 else None
+
+
+def error_message(e: BaseException, output=None) -> str:
+    """One line for the error ``e``: HDF5's multi-line I/O detail (time, descriptor, buffer address, the
+    hidden temporary's name) becomes its summary and the system's reason, e.g. ``writing out.nwb: Can't
+    close file: No space left on device``; ``output`` (the file the command writes) is named when the
+    failure is a write."""
+    text = str(e)
+    err = io_errno(e)
+    m = _HDF5_DETAIL.search(text)
+    if err is not None and m is not None:
+        lead = re.sub(r"^\[Errno \d+\]\s*", "", text[:m.start()]).split(", errno =")[0].strip().rstrip(":,")
+        reason = os.strerror(err)
+        text = f"{lead}: {reason}" if lead else reason
+        if output is not None and str(output) not in text and _WRITING.search(str(e)):
+            text = f"writing {output} failed: {text}"
+    text = _HIDDEN_TEMPORARY.sub(lambda m: m.group(1), text)  # .OUT.necoda-tmp-123 -> OUT
+    return " ".join(text.split())
+
+
+def _output_of(args):
+    for name in ("output", "out"):
+        v = getattr(args, name, None)
+        if isinstance(v, (str, os.PathLike)):
+            return v
+    return None
 
 
 if __name__ == "__main__":

@@ -55,23 +55,35 @@ class NecodaCodec(Codec):
         return chunk.encode(arr, self.mode, **self.options)
 
     def decode(self, buf, out=None):
-        arr = chunk.decode(ensure_contiguous_ndarray(buf))
+        buf = ensure_contiguous_ndarray(buf)
         if out is not None:
+            # checked against the header before decoding: a few KB of hostile or damaged chunk could
+            # otherwise make us allocate and fill what its header claims (up to container.MAX_CHUNK_BYTES)
             out = ensure_ndarray(out)
             if out.dtype == object:  # numcodecs: never decode into an object array (samples, not bytes)
                 raise TypeError("necoda cannot decode into an object array")
-            if out.nbytes != arr.nbytes:
-                raise ValueError(f"output buffer has {out.nbytes} bytes, the chunk decodes to {arr.nbytes}")
+            h = chunk.info(buf)
+            if out.nbytes != h.nbytes:
+                raise ValueError(f"output buffer has {out.nbytes} bytes, the chunk decodes to {h.nbytes}")
+            if out.dtype.itemsize == h.dtype.itemsize and out.dtype != np.uint8:
+                # an output typed like the samples (zarr 2 passes the chunk's array): a chunk of another
+                # type of that size would be reinterpreted (a uint16 chunk in an int16 array read 60000 as
+                # -5536): refused by the HDF5 shim's rule (same kind). Outputs of another item size, and
+                # uint8, are numcodecs' byte-level convention (the bytes of the chunk, whatever their view).
+                chunk.check_layout(h.dtype, h.shape, out.dtype, h.shape)
             if not (out.flags.c_contiguous or out.flags.f_contiguous):
                 # reshape(-1) of such an array is a copy: the decoded chunk would never reach ``out``
                 raise ValueError("an output array with contiguous memory is required")
-            return ndarray_copy(arr, out)
-        return arr
+            return ndarray_copy(chunk.decode(buf), out)
+        return chunk.decode(buf)
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         config.pop("id", None)
+        unknown = [k for k in config if k != "mode" and k not in options.OPTION_NAMES]
+        if unknown:  # the package's own message (as the zarr v3 codec's), not __init__'s TypeError
+            raise TypeError(f"unknown necoda option {unknown[0]!r}; options are mode, {', '.join(options.OPTION_NAMES)}")
         return cls(**config, _strict_model=False)  # a stored config opens where its model is not installed
 
     def get_config(self):

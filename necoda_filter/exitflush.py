@@ -11,10 +11,20 @@ Importing ``necoda_filter`` registers the handler. So does the HDF5 plugin, when
 the filter: its ``set_local`` callback imports the package, even in a process that uses the plugin
 through ``HDF5_PLUGIN_PATH`` alone. Files closed normally are not touched, nor, in a forked child, the
 files it inherited from its parent (they are the parent's to write).
+
+After a failed close the handler touches no HDF5 id at all. When closing a file or dataset fails (a full
+disk, or this filter failing to encode a cached chunk, e.g. for a model that is not installed), HDF5 2.0
+frees the object but keeps its id: the id still reads as valid, and any call that reaches the object
+(``H5Iget_file_id``, ``H5Fget_intent``, a flush, which walks every open dataset) crashes the process
+(SIGSEGV after the error had been reported). Nothing HDF5 exposes tells such an id from a good one, so
+the failures are noted where they happen — h5py's ``File.close`` raising (:func:`watch_h5py`) and the
+filter's encode failing (``_bridge.filter`` calls :func:`note_failure`) — and the handler then leaves every
+file to HDF5's own shutdown.
 """
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import sys
@@ -24,12 +34,46 @@ log = logging.getLogger("necoda_filter")
 #: files open when this process was forked: the parent's to write, never flushed from the child
 _inherited: set = set()
 
+#: why HDF5's ids can no longer be trusted in this process (a close or an encode failed), or None
+_broken: str | None = None
+
+
+def note_failure(what: str) -> None:
+    """Record that closing an HDF5 object failed in this process (or may have: the filter failed to encode
+    a chunk, which HDF5 may have been flushing for a close): the exit handler then touches no id."""
+    global _broken
+    if _broken is None:
+        _broken = what
+
+
+def watch_h5py(h5py) -> None:
+    """Note every failing ``h5py.File.close`` (:func:`note_failure`); idempotent. Called when the filter is
+    registered (``_plugin``), once h5py is imported."""
+    File = getattr(getattr(getattr(h5py, "_hl", None), "files", None), "File", None)
+    close = getattr(File, "close", None)
+    if close is None or getattr(close, "_necoda_watch", False):
+        return
+
+    @functools.wraps(close)
+    def watched_close(self):
+        try:
+            return close(self)
+        except BaseException as e:
+            note_failure(f"closing an HDF5 file failed ({type(e).__name__}: {e})")
+            raise
+
+    watched_close._necoda_watch = True
+    File.close = watched_close
+
 
 def flush_open_files() -> int:
     """Flush every HDF5 file h5py's library has open for writing (through a file, group, dataset or other
     object id); returns how many files were flushed."""
     h5py = sys.modules.get("h5py")
     if h5py is None:  # no h5py in this process: no files of ours to flush
+        return 0
+    if _broken is not None:  # HDF5 may hold ids of freed objects: touching any of them can crash
+        log.debug("necoda: not flushing HDF5 files at exit: %s earlier in this process", _broken)
         return 0
     try:
         # every open object, not only file ids: `d = h5py.File(p, "w").create_dataset(...)` keeps the file
@@ -70,7 +114,7 @@ def _open_files(h5py, objs) -> dict:
 
 def _after_fork_in_child() -> None:
     h5py = sys.modules.get("h5py")
-    if h5py is not None:
+    if h5py is not None and _broken is None:
         try:
             _inherited.update(_open_files(h5py, h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_ALL)))
         except Exception:
@@ -78,5 +122,7 @@ def _after_fork_in_child() -> None:
 
 
 atexit.register(flush_open_files)
+if "h5py" in sys.modules:
+    watch_h5py(sys.modules["h5py"])
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

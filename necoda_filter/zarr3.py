@@ -62,15 +62,19 @@ class NecodaZarrCodec(ArrayBytesCodec):
         return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
 
     def _decode_sync(self, chunk_bytes, chunk_spec):
-        arr = chunk.decode(chunk_bytes.as_numpy_array())
+        data = chunk_bytes.as_numpy_array()
+        # the header is checked before decoding: a few KB of hostile or damaged chunk could otherwise make
+        # us allocate and fill what its header claims (up to container.MAX_CHUNK_BYTES)
+        h = chunk.info(data)
         want = np.dtype(chunk_spec.dtype.to_native_dtype())
         shape = tuple(chunk_spec.shape)
         # chunks store little-endian samples: the one legitimate cast is to a big-endian array dtype
-        if arr.dtype.newbyteorder("<") != want.newbyteorder("<"):
-            raise CorruptChunk(f"necoda chunk holds {arr.dtype} samples, the zarr array's dtype is {want}")
+        if h.dtype.newbyteorder("<") != want.newbyteorder("<"):
+            raise CorruptChunk(f"necoda chunk holds {h.dtype} samples, the zarr array's dtype is {want}")
         # chunk.encode stores a 0-d chunk as shape (1,)
-        if arr.shape != shape and not (shape == () and arr.shape == (1,)):
-            raise CorruptChunk(f"necoda chunk has shape {arr.shape}, the zarr array's chunks are {shape}")
+        if tuple(h.shape) != shape and not (shape == () and tuple(h.shape) == (1,)):
+            raise CorruptChunk(f"necoda chunk has shape {tuple(h.shape)}, the zarr array's chunks are {shape}")
+        arr = chunk.decode(data)
         arr = arr.astype(want, copy=False).reshape(shape)
         return chunk_spec.prototype.nd_buffer.from_numpy_array(arr)
 
