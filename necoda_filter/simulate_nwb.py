@@ -29,7 +29,6 @@ a symbolic link, even a dangling one), with it by a rename over ``path``.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import tempfile
 import uuid
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .nwb.atomic import publish  # the one publish of every writer (compress, decompress, simulate, demo)
 from .simulate import EphysSim, ImagingSim
 
 __all__ = ["write_nwb", "new_file", "publish", "temporary_next_to"]
@@ -124,10 +124,6 @@ def _add_ephys(nwb, sim: EphysSim, device, io: dict | None, ground_truth: bool) 
         nwb.add_unit(spike_times=(sim.spike_times[sim.spike_units == u] / fs).astype(np.float64))
 
 
-_NO_HARD_LINKS = {errno.EPERM, errno.EACCES, errno.ENOSYS, errno.EXDEV, errno.EMLINK,
-                  getattr(errno, "ENOTSUP", errno.EPERM), getattr(errno, "EOPNOTSUPP", errno.EPERM)}
-
-
 def _renamed(e: OSError, message: str) -> OSError:
     """An OSError of the same kind as ``e`` (PermissionError, ...) with ``message``."""
     try:
@@ -150,40 +146,6 @@ def temporary_next_to(path: Path, suffix: str) -> Path:
     return Path(tmp)
 
 
-def publish(tmp, path, overwrite: bool = False) -> None:
-    """Give the complete temporary ``tmp`` the name ``path`` (same folder). ``overwrite``: rename it over
-    whatever ``path`` is. Without it never replace anything, also not what appeared at ``path`` while the
-    temporary was written (nor a dangling symbolic link): a hard link then the temporary's name removed,
-    FileExistsError when ``path`` exists; where hard links are unsupported, ``path`` is first claimed by an
-    exclusive create and the temporary renamed over that placeholder."""
-    tmp, path = os.fspath(tmp), Path(path)
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    exists = FileExistsError(f"{path} exists (it appeared while it was written; not overwritten)")
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise exists from None
-    except OSError as e:
-        if e.errno not in _NO_HARD_LINKS:
-            raise
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        except FileExistsError:
-            raise exists from None
-        os.close(fd)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            raise
-        return
-    with contextlib.suppress(OSError):
-        os.unlink(tmp)
-
-
 @contextlib.contextmanager
 def new_file(path, suffix: str, overwrite: bool = False):
     """Yield a new temporary ``.<stem>.<random>.tmp<suffix>`` next to ``path`` to write; when the block ends
@@ -198,9 +160,20 @@ def new_file(path, suffix: str, overwrite: bool = False):
             tmp = temporary_next_to(path, suffix)
             try:
                 yield tmp
-            except OSError as e:
-                msg = e.strerror or str(e).replace(str(tmp), str(path))
-                raise _renamed(e, f"writing {path} failed: {msg}") from e
+            except (OSError, RuntimeError) as e:
+                # h5py raises RuntimeError for some write failures of a closing file (a full disk:
+                # "Disable slist on flush dest failure failed (... errno = 28 ...)"): an I/O error too
+                from .cli import io_errno
+
+                err = io_errno(e)
+                if not isinstance(e, OSError) and err is None:
+                    raise
+                msg = os.strerror(err) if err is not None else (e.strerror or str(e))
+                msg = " ".join(msg.replace(str(tmp), str(path)).replace(tmp.name, path.name).split())
+                new = _renamed(e, f"writing {path} failed: {msg}") if isinstance(e, OSError) else \
+                    OSError(f"writing {path} failed: {msg}")
+                new.errno = err
+                raise new from e
             publish(tmp, path, overwrite)
         except BaseException:
             if tmp is not None:

@@ -6,7 +6,9 @@ from . import positive_int
 
 def add_arguments(p) -> None:
     p.add_argument("input", metavar="IN.nwb", help="file with necoda-compressed datasets; never modified")
-    p.add_argument("output", metavar="OUT.nwb", help="file to write (atomically: temp file + rename)")
+    p.add_argument("output", metavar="OUT.nwb",
+                   help="file to write (atomically: a temporary published as OUT when complete; without "
+                        "--overwrite never replacing a file, also not one that appears meanwhile)")
     p.add_argument("--gzip", nargs="?", type=int, const=4, default=None, metavar="LEVEL",
                    help="store the data with HDF5's standard gzip filter (level 0-9, default 4) instead of "
                         "uncompressed")

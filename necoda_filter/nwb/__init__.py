@@ -9,7 +9,8 @@ SpikeEventSeries, recognised by the ``neurodata_type`` attribute of their group)
 Modules:
 
 * :mod:`.plan` — what to recompress (target kinds, sampling rate) and how to chunk it;
-* :mod:`.atomic` — input/output path checks and atomic output (temporary file renamed when complete);
+* :mod:`.atomic` — input/output path checks and atomic output (a temporary file published when complete,
+  never replacing a file without ``overwrite``);
 * :mod:`.copier` — object-by-object copy with re-pointed references;
 * :mod:`.workers` — chunk encoding/decoding in worker processes, the pool, progress bars;
 * :mod:`.rewrite` — what compress and decompress share: the copy into an atomic output, off the main thread;
@@ -26,18 +27,20 @@ a test), patch it in the module that uses it (``nwb.recompress._encode_chunk``,
 """
 from __future__ import annotations
 
-from .atomic import TMP_MARK, atomic_output, check_paths, clean_stale_temps, open_input, temp_pattern
+from .atomic import TMP_MARK, atomic_output, check_paths, clean_stale_temps, open_input, publish, temp_pattern
 from .copier import Copier
 from .decompress import decompress_dataset, decompress_file
-from .plan import TARGET_TYPES, necoda_filter_info, plan_chunks, sampling_rate, target_kind
+from .plan import (TARGET_TYPES, necoda_filter_info, not_target_reason, plan_chunks, sampling_rate, series_data,
+                   series_group, target_kind)
 from .recompress import DatasetReport, Settings, recompress_dataset, recompress_file
 from .verify import structure_diff
 from .workers import finite_pair, make_executor
 
 __all__ = [
     "TARGET_TYPES", "TMP_MARK",
-    "target_kind", "sampling_rate", "plan_chunks", "necoda_filter_info",
-    "temp_pattern", "clean_stale_temps", "check_paths", "open_input", "atomic_output",
+    "target_kind", "series_group", "series_data", "not_target_reason", "sampling_rate", "plan_chunks",
+    "necoda_filter_info",
+    "temp_pattern", "clean_stale_temps", "check_paths", "open_input", "atomic_output", "publish",
     "Copier",
     "finite_pair", "make_executor",
     "Settings", "DatasetReport", "recompress_dataset", "recompress_file",

@@ -1,12 +1,16 @@
 """Input and output paths, and atomic output.
 
 Files are written atomically: to a temporary ``.<OUT>.necoda-tmp-<pid>`` in OUT's directory, fsync'ed and
-renamed over OUT only when complete; the temporary is removed on any error, Ctrl-C, SIGTERM or SIGHUP, and stale
-temporaries of dead processes (SIGKILL) are removed by the next run for the same OUT.
+published as OUT only when complete (:func:`publish`): without ``overwrite`` by a hard link that fails when
+OUT exists, also when it appeared while the run was writing (another program, or a second run writing the
+same OUT: that file is left as it is and this run's output is not kept), with it by a rename over OUT. The
+temporary is removed on any error, Ctrl-C, SIGTERM or SIGHUP, and stale temporaries of dead processes
+(SIGKILL) are removed by the next run for the same OUT.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import signal
@@ -49,6 +53,47 @@ def clean_stale_temps(out: Path) -> list[Path]:
     return removed
 
 
+#: errors of os.link where the file system has no hard links (FAT/exFAT, some network volumes)
+_NO_HARD_LINKS = {errno.EPERM, errno.EACCES, errno.ENOSYS, errno.EXDEV, errno.EMLINK,
+                  getattr(errno, "ENOTSUP", errno.EPERM), getattr(errno, "EOPNOTSUPP", errno.EPERM)}
+
+
+def publish(tmp, path, overwrite: bool = False) -> None:
+    """Give the complete temporary ``tmp`` the name ``path`` (same folder). ``overwrite``: rename it over
+    whatever ``path`` is. Without it never replace anything, also not what appeared at ``path`` while the
+    temporary was written (nor a dangling symbolic link): a hard link then the temporary's name removed,
+    FileExistsError (naming ``path``; ``tmp`` is left to the caller to remove) when ``path`` exists; where
+    hard links are unsupported, ``path`` is first claimed by an exclusive create and the temporary renamed
+    over that placeholder."""
+    tmp, path = os.fspath(tmp), Path(path)
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    exists = FileExistsError(f"{path} exists: it appeared while this run was writing it (another program or run "
+                             f"created it) and was left as it is; this run's output was not kept")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise exists from None
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+            raise
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except FileExistsError:
+            raise exists from None
+        os.close(fd)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
 def check_paths(src, dst, overwrite: bool = False) -> tuple[Path, Path]:
     src = Path(src)
     dst = Path(dst)
@@ -62,8 +107,9 @@ def check_paths(src, dst, overwrite: bool = False) -> tuple[Path, Path]:
         raise ValueError(f"refusing to overwrite the input file {src} (input and output are the same file)")
     if dst.is_dir():  # before the --overwrite advice: --overwrite never replaces a folder
         raise IsADirectoryError(f"output {dst} is a directory (give the path of the file to write)")
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"output {dst} exists (use --overwrite to replace it)")
+    if os.path.lexists(dst) and not overwrite:  # a dangling symbolic link counts: it would be replaced
+        what = "" if dst.exists() else f" (a symbolic link to {os.readlink(dst)}, which does not exist)"
+        raise FileExistsError(f"output {dst} exists{what} (use --overwrite to replace it)")
     if not dst.parent.exists():
         raise FileNotFoundError(f"output folder {dst.parent} does not exist")
     if not dst.parent.is_dir():
@@ -109,14 +155,29 @@ def _sigterm_as_exit():
             signal.signal(sig, h)
 
 
+def _claim_temp(dst: Path) -> Path:
+    """Create (empty) and return this process's temporary for ``dst``: ``.<OUT>.necoda-tmp-<pid>``, or
+    ``...-<pid>-<n>`` when that name is taken (another thread of this process writing the same OUT: each
+    run keeps its own temporary, and the later one to finish finds OUT there)."""
+    base = dst.parent / f".{dst.name}{TMP_MARK}{os.getpid()}"
+    for n in range(1, 1000):
+        tmp = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"too many temporaries for {dst} in {dst.parent} (names {base.name}-N)")
+
+
 @contextlib.contextmanager
-def atomic_output(dst: Path):
-    """Yield a temporary path next to ``dst``; on success fsync it and rename it to ``dst``."""
+def atomic_output(dst: Path, overwrite: bool = False):
+    """Yield a temporary path next to ``dst``; on success fsync it and :func:`publish` it as ``dst``
+    (``overwrite``: replacing what is there; without it a ``dst`` that exists by then, also one that
+    appeared meanwhile, is a FileExistsError and the temporary is removed)."""
     dst = Path(dst)
     clean_stale_temps(dst)
-    tmp = dst.parent / f".{dst.name}{TMP_MARK}{os.getpid()}"
-    if tmp.exists():
-        tmp.unlink()
+    tmp = _claim_temp(dst)
     ok = False
     try:
         with _sigterm_as_exit():
@@ -126,7 +187,7 @@ def atomic_output(dst: Path):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, dst)
+            publish(tmp, dst, overwrite)
             ok = True
             with contextlib.suppress(OSError):
                 dfd = os.open(dst.parent, os.O_RDONLY)

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 
 from ..mainthread import check
+from .plan import is_series_data_link, object_key, series_data_index
 
 log = logging.getLogger("necoda_filter")
 
@@ -55,6 +56,13 @@ class Copier:
     datasets, and committed datatypes, are copied with H5Ocopy (filters, chunking, fill value and
     attributes unchanged). Object references in attributes and datasets are re-pointed afterwards.
     ``stop``: a flag (``[bool]``) checked before each object; once set the copy raises ``Stopped``.
+
+    Hard links: an object with several names is copied once, at the first name the walk reaches, and its
+    other names become hard links to the copy, except for the ``data`` of an NWB series (see
+    :func:`.plan.series_data_index`): it is copied (and handed to ``handler``) under its series
+    (``.../<series>/data``, where ``handler`` finds the series' attributes as ``.parent``) even when
+    another name (e.g. a root-level alias sorting before ``/acquisition``) comes first; those earlier
+    names are linked to it once the walk is done.
     """
 
     def __init__(self, src: h5py.File, dst: h5py.File, handler=None, stop=None):
@@ -66,17 +74,52 @@ class Copier:
         self._ref_attrs: list[tuple[str, str, str]] = []   # (src path, dst path, attribute name)
         self._ref_data: list[tuple[str, str]] = []         # (src path, dst path)
         self._map_cache: dict[str, object] = {}
+        self._series: dict = {}                            # key of a series' data -> its path
+        self._deferred: list[tuple] = []  # (dst group path, src group path, name, key): links made at the end
 
     @staticmethod
     def _key(obj) -> tuple:
-        info = h5py.h5o.get_info(obj.id)
-        return (info.fileno, getattr(info, "addr", None) or getattr(info, "token", None))
+        return object_key(obj)
 
     def run(self) -> None:
+        self._series = series_data_index(self.src)
         self.copy_attrs(self.src, self.dst)
         self._seen[self._key(self.src)] = "/"
         self._group(self.src, self.dst)
+        self._link_deferred()
         self._fix_refs()
+
+    def _link_deferred(self) -> None:
+        """The other names of series data reached first by a name outside its series: hard links to the
+        copy made under the series (or, should the walk never have reached it there, a copy here). In a
+        group that keeps link creation order, the links after the first deferred one are re-made in the
+        source's order, so that the group lists its members as the source does."""
+        groups: dict[str, str] = {}
+        for dpath, spath, name, key in self._deferred:
+            check(self.stop)
+            dg = self.dst[dpath]
+            groups.setdefault(dpath, spath)
+            if key in self._seen:
+                dg[name] = self.dst[self._seen[key]]
+                continue
+            sg = self.src[spath]  # not expected: the series' group is reached by the same walk
+            self._seen[key] = posixpath.join(dpath, name)
+            self._dataset(sg, sg[name], dg, name)
+        for dpath, spath in groups.items():
+            dg = self.dst[dpath]
+            if not _track_order(dg):
+                continue
+            order = list(self.src[spath])
+            deferred = {name for d, _, name, _ in self._deferred if d == dpath}
+            start = min((order.index(n) for n in deferred if n in order), default=len(order))
+            for i, name in enumerate(order[start:]):  # each re-made link goes last: the source's order
+                if dg.get(name, getlink=True) is None:
+                    continue
+                tmp = f".necoda-reorder-{i}"
+                while tmp in dg:
+                    tmp += "_"
+                dg.move(name, tmp)
+                dg.move(tmp, name)
 
     def copy_attrs(self, s, d, skip=None) -> None:
         """Copy every attribute of ``s`` (but those ``skip(name)`` is true for) onto ``d`` with its exact
@@ -119,22 +162,29 @@ class Copier:
             if key in self._seen:  # another hard link to an object already copied
                 dg[name] = self.dst[self._seen[key]]
                 continue
+            if key in self._series and not is_series_data_link(sg, name):
+                # a series' data reached by another name first: copied under its series, linked here later
+                self._deferred.append((dg.name, sg.name, name, key))
+                continue
             self._seen[key] = dpath
             if isinstance(obj, h5py.Group):
                 ng = dg.create_group(name, track_order=_track_order(obj) or None)
                 self.copy_attrs(obj, ng)
                 self._group(obj, ng)
             elif isinstance(obj, h5py.Dataset):
-                try:
-                    if self.handler is not None and self.handler(obj, dg, name):
-                        continue
-                    sg.copy(obj, dg, name)
-                except (OSError, ValueError) as e:  # e.g. a corrupt chunk: say which dataset of which file
-                    raise _naming(e, f"{self.src.filename}:{obj.name}") from e
-                self._note_refs(obj, dg[name])
+                self._dataset(sg, obj, dg, name)
             else:  # committed datatype
                 sg.copy(obj, dg, name)
                 self._note_refs(obj, dg[name])
+
+    def _dataset(self, sg: h5py.Group, obj: h5py.Dataset, dg: h5py.Group, name: str) -> None:
+        try:
+            if self.handler is not None and self.handler(obj, dg, name):
+                return
+            sg.copy(obj, dg, name)
+        except (OSError, ValueError) as e:  # e.g. a corrupt chunk: say which dataset of which file
+            raise _naming(e, f"{self.src.filename}:{obj.name}") from e
+        self._note_refs(obj, dg[name])
 
     def _link_file(self, fn: str, where: str) -> str:
         """File name for an external link in OUT. HDF5 looks for a relative name in the linking file's

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import provenance
 from ..mainthread import check, result
+from .atomic import check_paths, open_input
 from .plan import necoda_filter_info
 from .rewrite import _rewrite_file
 from .workers import _chunk_grid, _decode_chunk, _progress
@@ -81,12 +82,27 @@ def decompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, gzip_level:
     return dst
 
 
+def has_necoda_data(path) -> bool:
+    """Whether the HDF5 file at ``path`` has a dataset stored with the necoda filter (hard links only:
+    what an external link points to is not part of the file, and decompress copies the link)."""
+    with open_input(path) as f:
+        return bool(f.visititems(lambda name, obj: True if isinstance(obj, h5py.Dataset)
+                                 and necoda_filter_info(obj)[0] else None))
+
+
 def decompress_file(src_path, dst_path, gzip_level: int | None = None, workers: int | None = None,
                     overwrite: bool = False, progress: bool = True) -> list[str]:
     """Copy ``src_path`` to ``dst_path`` replacing every necoda-compressed dataset by a plain (or
-    gzip-compressed) one with the same chunking, readable by any HDF5 tool. Returns the dataset paths."""
+    gzip-compressed) one with the same chunking, readable by any HDF5 tool. Returns the dataset paths.
+    A file without any necoda-compressed dataset is refused (ValueError; nothing is written): it is
+    readable without the plugin as it is, and a copy would be made for nothing."""
     from .. import __version__
 
+    check_paths(src_path, dst_path, overwrite)
+    if not has_necoda_data(src_path):
+        raise ValueError(f"{src_path} holds no necoda-compressed dataset: nothing to decompress, {dst_path} not "
+                         "written (the file is readable without the necoda plugin as it is; necoda decompress "
+                         "decodes the datasets written by necoda compress or with compression=Necoda(...))")
     done: list[str] = []
 
     def handler(sds, dg, name, copier, executor, nworkers):

@@ -38,13 +38,111 @@ def _attr_str(obj, name) -> str | None:
     return str(v)
 
 
+def object_key(obj) -> tuple:
+    """(file number, address) of an HDF5 object: the same for every hard link to it."""
+    info = h5py.h5o.get_info(obj.id)
+    return (info.fileno, getattr(info, "addr", None) or getattr(info, "token", None))
+
+
+def _is_series_group(group) -> bool:
+    return isinstance(group, h5py.Group) and _attr_str(group, "neurodata_type") in TARGET_TYPES
+
+
+_INDEX_CACHE: dict = {}
+
+
+def series_data_index(f: h5py.File) -> dict:
+    """{:func:`object_key` of a dataset: path of a :data:`TARGET_TYPES` group that holds it (a hard link)
+    as its ``data``}, over every group of ``f``. A dataset can have several names (hard links): whether it
+    is a series' data is a property of the object, not of the name it is first reached by (a root-level
+    alias sorting before ``/acquisition``). Cached for files open read-only."""
+    cache_key = object_key(f) if f.mode == "r" else None
+    if cache_key is not None and cache_key in _INDEX_CACHE:
+        return _INDEX_CACHE[cache_key]
+    index: dict = {}
+
+    def visit(name, obj):
+        if _is_series_group(obj) and isinstance(obj.get("data", getlink=True), h5py.HardLink):
+            d = obj.get("data")
+            if isinstance(d, h5py.Dataset):
+                index.setdefault(object_key(d), posixpath.join(obj.name, "data"))
+
+    f.visititems(visit)
+    if cache_key is not None:
+        if len(_INDEX_CACHE) >= 8:
+            _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
+        _INDEX_CACHE[cache_key] = index
+    return index
+
+
+def is_series_data_link(group: h5py.Group, name: str) -> bool:
+    """Whether the link ``name`` of ``group`` is the ``data`` of a :data:`TARGET_TYPES` series."""
+    return name == "data" and _is_series_group(group)
+
+
+def series_group(dset: h5py.Dataset) -> h5py.Group | None:
+    """The :data:`TARGET_TYPES` group whose ``data`` ``dset`` is, whatever name it was opened by (its
+    parent when opened as ``.../data``, else a group holding another hard link to it), else None."""
+    name = dset.name
+    if not name:  # anonymous
+        return None
+    if posixpath.basename(name) == "data" and _is_series_group(dset.parent):
+        return dset.parent
+    try:
+        if h5py.h5o.get_info(dset.id).rc < 2:  # no other name
+            return None
+        path = series_data_index(dset.file).get(object_key(dset))
+    except (KeyError, OSError, RuntimeError):
+        return None
+    return dset.file[posixpath.dirname(path)] if path else None
+
+
+def series_data(dset: h5py.Dataset) -> h5py.Dataset:
+    """``dset`` opened by its name in its series (``.../<series>/data``) when it is a series' data reached
+    by another name (so that ``.parent`` is the series), else ``dset`` itself."""
+    g = series_group(dset)
+    if g is None or (posixpath.basename(dset.name) == "data" and dset.parent == g):
+        return dset
+    return g["data"]
+
+
+def not_target_reason(obj) -> str | None:
+    """Why ``obj`` (the ``data`` dataset of a series, or the series group) is not recompressed although it
+    belongs to a :data:`TARGET_TYPES` series; None when it is no series' data (or is recompressed)."""
+    if _is_series_group(obj):
+        d = obj.get("data")
+        if not isinstance(d, h5py.Dataset):
+            return f"the {_attr_str(obj, 'neurodata_type')} {obj.name} has no data dataset"
+        obj = d
+    if not isinstance(obj, h5py.Dataset):
+        return None
+    g = series_group(obj)
+    if g is None:
+        return None
+    what = f"the data of the {_attr_str(g, 'neurodata_type')} {g.name}"
+    if obj.shape is None or obj.ndim == 0:
+        return f"{what} is a scalar, not a series of samples"
+    if obj.size == 0:
+        if "external_file" in g:
+            return (f"{what} is empty: its frames are stored in external files (external_file), "
+                    "not in this file")
+        return f"{what} is empty ({obj.shape}): there is nothing to compress"
+    if obj.dtype.fields is not None:
+        return f"{what} has a compound dtype, which the necoda filter cannot code"
+    try:
+        code_of(obj.dtype)
+    except UnsupportedDtype as e:
+        return f"{what} has dtype {obj.dtype}, which the necoda filter cannot code ({e})"
+    return None
+
+
 def target_kind(dset: h5py.Dataset) -> str | None:
-    """"imaging" or "ephys" for the ``data`` of a recognised NWB TimeSeries, else None."""
-    if posixpath.basename(dset.name or "") != "data":
+    """"imaging" or "ephys" for the ``data`` of a recognised NWB TimeSeries (by any of the dataset's names:
+    see :func:`series_group`), else None."""
+    g = series_group(dset)
+    if g is None:
         return None
-    kind = TARGET_TYPES.get(_attr_str(dset.parent, "neurodata_type") or "")
-    if kind is None:
-        return None
+    kind = TARGET_TYPES[_attr_str(g, "neurodata_type")]
     if dset.size == 0 or dset.ndim == 0 or dset.dtype.fields is not None:
         return None
     try:

@@ -34,7 +34,8 @@ from ..filters import Necoda
 from ..mainthread import check, result
 from .atomic import check_paths, open_input
 from .copier import Copier
-from .plan import DEFAULT_FS, TARGET_TYPES, _attr_str, necoda_filter_info, plan_chunks, sampling_rate, target_kind
+from .plan import (DEFAULT_FS, TARGET_TYPES, _attr_str, necoda_filter_info, not_target_reason, plan_chunks,
+                   sampling_rate, target_kind)
 from .rewrite import _rewrite_file
 from .workers import _encode_chunk, _progress
 
@@ -420,7 +421,9 @@ def _resolve_only(src_path, paths) -> set:
                 obj = obj["data"]
             key = Copier._key(obj)[1] if isinstance(obj, h5py.Dataset) and obj.file == f else None
             if key not in targets:
-                raise ValueError(f"--only {p}: not the data of a {'/'.join(TARGET_TYPES)} in {src_path}")
+                why = not_target_reason(obj) if isinstance(obj, h5py.Dataset) else None
+                raise ValueError(f"--only {p}: {why} in {src_path}" if why else
+                                 f"--only {p}: not the data of a {'/'.join(TARGET_TYPES)} in {src_path}")
             keys.add(key)
     return keys
 

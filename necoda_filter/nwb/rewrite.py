@@ -33,7 +33,7 @@ def _rewrite_file(src_path, dst_path, overwrite, workers, handler) -> None:
     def run(stop):
         executor, nworkers = make_executor(workers)
         try:
-            with atomic_output(dst_path) as tmp:
+            with atomic_output(dst_path, overwrite) as tmp:
                 with open_input(src_path) as src:
                     ub = src.userblock_size
                     with _create_file(tmp, src) as dst:
