@@ -396,6 +396,36 @@ def test_relative_external_link_resolves_from_another_folder(tmp_path):
             assert (f.get("ext", getlink=True).filename == "raw.h5") == same_dir
 
 
+def test_virtual_dataset_with_a_relative_source_resolves_from_another_folder(tmp_path, monkeypatch):
+    """QA: a virtual dataset whose source file is named relative to IN (stitched acquisitions, converters
+    that build VDS over per-trial files) was copied verbatim, and in OUT written to another folder it read
+    back as its fill value, silently. Its source names are re-based like external links'; same-file and
+    absolute sources stay as they are. (A VDS that is a series' data is read and compressed.)"""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with h5py.File(tmp_path / "a" / "src.h5", "w") as f:
+        f["trace"] = np.arange(10, dtype="f8") + 1
+    src = tmp_path / "a" / "main.h5"
+    series_file(src, {"ts": ("TwoPhotonSeries", np.zeros((4, 6, 6), np.int16), 30.0)})
+    with h5py.File(src, "r+") as f:
+        f["local"] = np.arange(10, dtype="f8") * 2
+        lay = h5py.VirtualLayout(shape=(20,), dtype="f8")
+        lay[:10] = h5py.VirtualSource("src.h5", "trace", shape=(10,))
+        lay[10:] = h5py.VirtualSource(".", "local", shape=(10,))  # the same file
+        d = f.create_virtual_dataset("vds", lay, fillvalue=-1)
+        d.attrs["note"] = "kept"
+    want = np.concatenate([np.arange(10) + 1, np.arange(10) * 2]).astype("f8")
+    monkeypatch.chdir(tmp_path)  # HDF5 also tries the current folder: make that another one
+    for out in (tmp_path / "b" / "out.h5", tmp_path / "a" / "out.h5"):
+        nwb.recompress_file(src, out, workers=1, progress=False)
+        with h5py.File(out, "r") as f:
+            v = f["vds"]
+            assert v.is_virtual and v.fillvalue == -1 and v.attrs["note"] == "kept"
+            assert v[...].tolist() == want.tolist(), out
+            names = [m.file_name for m in v.virtual_sources()]
+            assert names == (["src.h5", "."] if out.parent == src.parent else ["../a/src.h5", "."])
+
+
 SLOW_SCRIPT = """
 import argparse, sys, time
 from necoda_filter import nwb

@@ -181,12 +181,56 @@ class Copier:
         try:
             if self.handler is not None and self.handler(obj, dg, name):
                 return
-            sg.copy(obj, dg, name)
+            if not (obj.is_virtual and self._copy_virtual(obj, dg, name)):
+                sg.copy(obj, dg, name)
         except (OSError, ValueError) as e:  # e.g. a corrupt chunk: say which dataset of which file
             raise _naming(e, f"{self.src.filename}:{obj.name}") from e
         self._note_refs(obj, dg[name])
 
-    def _link_file(self, fn: str, where: str) -> str:
+    def _copy_virtual(self, obj: h5py.Dataset, dg: h5py.Group, name: str) -> bool:
+        """A virtual dataset whose source files are named relative to IN's folder, re-created in OUT with
+        the names re-based on OUT's folder (:meth:`_link_file`), as external links are: HDF5 resolves them
+        against the virtual dataset's file, so a copy in another folder read fill values. False (nothing
+        done) when no source name changes."""
+        sp = obj.id.get_create_plist()
+        n = sp.get_virtual_count()
+        where = posixpath.join(dg.name, name)
+        names = [sp.get_virtual_filename(i) for i in range(n)]
+        new = [fn if fn == "." else self._link_file(fn, where, what="virtual dataset source") for fn in names]
+        if new == names:
+            return False
+        srcs = []
+        for i in range(n):
+            space = sp.get_virtual_srcspace(i)
+            if space.get_select_type() == h5py.h5s.SEL_ALL and space.get_simple_extent_ndims() == 0:
+                # a whole source dataset: HDF5 gives its extent only once the source is opened
+                shape = self._source_shape(names[i], sp.get_virtual_dsetname(i))
+                if shape is None:  # the source cannot be opened here: copied as it is, like a dangling link
+                    return False
+                space = h5py.h5s.create_simple(shape)
+            srcs.append(space)
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        fill = np.zeros((1,), dtype=obj.dtype)
+        sp.get_fill_value(fill)
+        dcpl.set_fill_value(fill)
+        for i in range(n):
+            dcpl.set_virtual(sp.get_virtual_vspace(i), new[i].encode(), sp.get_virtual_dsetname(i).encode(), srcs[i])
+        h5py.h5d.create(dg.id, name.encode(), obj.id.get_type(), obj.id.get_space(), dcpl=dcpl)
+        self.copy_attrs(obj, dg[name])
+        return True
+
+    def _source_shape(self, fn: str, dset: str) -> tuple | None:
+        """Shape of a virtual dataset's source ``dset`` in file ``fn`` (as named in IN), or None."""
+        try:
+            if fn == ".":
+                return tuple(self.src[dset].shape)
+            path = fn if os.path.isabs(fn) else os.path.join(os.path.dirname(os.path.abspath(self.src.filename)), fn)
+            with h5py.File(path, "r") as f:
+                return tuple(f[dset].shape)
+        except (OSError, KeyError, ValueError):
+            return None
+
+    def _link_file(self, fn: str, where: str, what: str = "external link") -> str:
         """File name for an external link in OUT. HDF5 looks for a relative name in the linking file's
         folder: when OUT is written to another folder and the file exists next to IN, the name is
         re-based on OUT's folder so that the link still resolves (otherwise it is kept as it was)."""
@@ -198,7 +242,7 @@ class Copier:
         if os.path.realpath(sdir) == os.path.realpath(ddir) or not os.path.exists(target):
             return fn
         new = os.path.relpath(target, ddir)
-        log.warning("necoda: external link %s: file %r written as %r (relative to the output's folder)", where, fn, new)
+        log.warning("necoda: %s %s: file %r written as %r (relative to the output's folder)", what, where, fn, new)
         return new
 
     def _map_ref(self, ref):
