@@ -190,7 +190,9 @@ def load_data(spec: str, *, key=None, dtype=None, channels=None, fs=None, max_fr
                     what = (f"{path}: {h5[1]} is a group, not a dataset" if isinstance(ds, h5py.Group)
                             else f"{path} has no dataset {h5[1]}")
                     raise ValueError(f"{what}; " + _hdf5_hint(f, path, ds))
-                arr = ds[: max_frames] if max_frames else ds[()]
+                from .reader import read  # a necoda dataset decodes in Python: errors say why (e.g. the model)
+
+                arr = read(ds, np.s_[: max_frames] if max_frames else ())
                 parent = ds.parent
                 if fs is None:
                     if "starting_time" in parent and "rate" in parent["starting_time"].attrs:

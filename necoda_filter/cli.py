@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         # at /dev/null so the interpreter's final flush does not raise again (Python's documented recipe).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, OSError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, LookupError, OSError) as e:  # LookupError: KeyError, ModelNotFound
         print(f"necoda {args.command}: error: {error_message(e, _output_of(args))}", file=sys.stderr)
         return 1
     except RuntimeError as e:  # h5py raises RuntimeError for some failed writes (a full disk while closing)

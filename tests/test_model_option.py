@@ -503,3 +503,19 @@ def test_chunks_flushed_during_shutdown_of_a_layout2_dataset_are_stored_raw(cust
         h = _header(d, (16, 0, 0))
         assert h.mode_id == 0 and h.shape == (16, 32, 32)
         assert np.array_equal(d[()], a)
+
+
+def test_commands_reading_a_file_whose_model_is_missing_name_it(custom, small_nwb, tmp_path):
+    """QA: decompress and evaluate of a file coded with a model that is not installed ended in tracebacks
+    (ModelNotFound is a LookupError, which the CLI did not catch); bench said only "filter returned failure"."""
+    folder, mid = custom
+    out = tmp_path / "c.nwb"
+    assert _necoda("compress", small_nwb, out, "--imaging", "learned", "--model", folder, "--quiet").returncode == 0
+    for cmd in (["decompress", out, tmp_path / "d.nwb", "--quiet"],
+                ["evaluate", small_nwb, out, "--no-figures", "--report", tmp_path / "rep"],
+                ["bench", f"{out}:/acquisition/TwoPhotonSeries/data", "--codecs", "zstd", "--no-plots",
+                 "--no-progress", "--out", tmp_path / "bo"]):
+        r = _necoda(*cmd)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, (cmd, r.stderr)
+        assert mid in r.stderr and registry.ENV_VAR in r.stderr, (cmd, r.stderr)
+    assert not (tmp_path / "d.nwb").exists()
