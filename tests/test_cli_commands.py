@@ -422,3 +422,48 @@ def test_train_force_replaces_only_an_earlier_model_package(tmp_path, capsys, mo
     monkeypatch.chdir(tmp_path)
     assert "holds the recording" in _err(capsys, ["train", str(data / "rec.npy"), "--out", str(data), *args])
     assert sorted(p.name for p in data.iterdir()) == ["notes.txt", "rec.npy", "tables.json"] and not seen
+
+
+TERM_TRAIN = r"""
+import sys, time, types
+fake = types.ModuleType("necoda_filter.train.train")
+def train(out, **kw):
+    (out / "weights.pt").write_text("half")
+    print("training", flush=True)
+    time.sleep(60)
+fake.train = train
+sys.modules["necoda_filter.train.train"] = fake
+import necoda_filter.commands.train as t
+t._require_train_extra = lambda: None
+from necoda_filter import cli
+sys.exit(cli.main(["train", "--out", sys.argv[1], "--sims", "1", "--steps", "1"]))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_train_stopped_by_a_signal_leaves_no_temporary_folder(tmp_path, sig):
+    """QA: SIGTERM/SIGHUP during `necoda train` left `.OUT.necoda-tmp-PID/` behind, and no later run removed
+    it. The signals now end the run through its clean-up; a killed run's folder goes at the next run."""
+    import signal
+    import subprocess
+
+    out = tmp_path / "m"
+    p = subprocess.Popen([sys.executable, "-c", TERM_TRAIN, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        for line in p.stdout:  # the log's first line comes before
+            if line.strip() == "training":
+                break
+        p.send_signal(getattr(signal, sig))
+        assert p.wait(timeout=30) != 0
+    finally:
+        p.kill()
+    assert sorted(x.name for x in tmp_path.iterdir()) == []
+
+
+def test_stale_temporary_folders_of_dead_runs_are_removed(tmp_path, monkeypatch):
+    seen = _fake_trainer(monkeypatch)  # noqa: F841
+    dead = tmp_path / ".m.necoda-tmp-999999999"  # no such process
+    dead.mkdir()
+    (dead / "weights.pt").write_text("from a killed run")
+    assert cli.main(["train", "--out", str(tmp_path / "m"), "--sims", "1", "--steps", "1"]) == 0
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["m"]

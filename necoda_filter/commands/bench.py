@@ -6,7 +6,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from . import check_dtype
@@ -80,11 +79,16 @@ def _check_not_input(bench, spec: str, out: Path) -> None:
 
 def _write_atomic(bench, res, out: Path, plots: bool) -> None:
     """Write OUT/results.* via a temporary folder inside OUT, each file renamed into place when complete."""
+    from ..nwb.atomic import claim_temp_folder, clean_stale_temps, sigterm_as_exit
+
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".necoda-bench-", dir=out))
+    marker = out / "results"  # the temporary is OUT/.results.necoda-tmp-<pid>: a killed run's is removed
+    clean_stale_temps(marker)
+    tmp = claim_temp_folder(marker)
     try:
-        for p in bench.write_outputs(res, tmp, plots=plots):
-            os.replace(p, out / p.name)
+        with sigterm_as_exit():  # SIGTERM/SIGHUP: an exit that runs the clean-up below
+            for p in bench.write_outputs(res, tmp, plots=plots):
+                os.replace(p, out / p.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -485,18 +485,21 @@ def evaluate_files(original, compressed, report_dir=None, figures=True, **window
         # the report is made in a new folder next to DIR and then takes DIR's place: nothing in DIR is
         # written through (a link there to an input or to a user's file), no stale figure of an earlier
         # report stays, and an interrupted run leaves DIR as it was
-        tmp = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}.necoda-tmp-", dir=report_dir.parent))
+        from ..nwb.atomic import claim_temp_folder, clean_stale_temps, sigterm_as_exit
+
+        clean_stale_temps(report_dir)  # left by runs that were killed (SIGKILL)
+        tmp = claim_temp_folder(report_dir)
         try:
-            os.chmod(tmp, 0o777 & ~_umask())
-            for path in pairs:
-                o, c = fo[path], fc[path]
-                res = evaluate_dataset(o, c, _kind(o, c), tmp, figures=figures, **window)
-                _check_source(res, o, c, original)
-                out["datasets"].append(res)
-            out["file_ratio"] = out["original_file_bytes"] / max(1, out["compressed_file_bytes"])
-            (tmp / "report.json").write_text(json.dumps(_clean(out), indent=2))
-            (tmp / "report.md").write_text(markdown(out))
-            _replace_dir(tmp, report_dir)
+            with sigterm_as_exit():  # SIGTERM/SIGHUP: an exit that runs the clean-up below
+                for path in pairs:
+                    o, c = fo[path], fc[path]
+                    res = evaluate_dataset(o, c, _kind(o, c), tmp, figures=figures, **window)
+                    _check_source(res, o, c, original)
+                    out["datasets"].append(res)
+                out["file_ratio"] = out["original_file_bytes"] / max(1, out["compressed_file_bytes"])
+                (tmp / "report.json").write_text(json.dumps(_clean(out), indent=2))
+                (tmp / "report.md").write_text(markdown(out))
+                _replace_dir(tmp, report_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -527,6 +530,10 @@ def _check_report_dir(report_dir: Path) -> None:
         raise FileExistsError(f"report folder {report_dir} is a broken symbolic link")
     if not report_dir.exists():
         return
+    here = Path.cwd().resolve()
+    if report_dir.resolve() == here or report_dir.resolve() in here.parents:
+        raise ValueError(f"report folder {report_dir} is the current folder or holds it: the report replaces the "
+                         "folder whole; give another folder")
     if not report_dir.is_dir():
         raise NotADirectoryError(f"report folder {report_dir} exists and is not a folder (--report names a folder)")
     names = {p.name for p in report_dir.iterdir()}
@@ -555,11 +562,6 @@ def _replace_dir(new: Path, dst: Path) -> None:
         raise
     shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else os.unlink(old)
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def markdown(res: dict) -> str:

@@ -176,30 +176,32 @@ def run(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     # the package is built in a temporary folder next to --out and renamed at the end: an interrupted or
     # failed run leaves no half-written model (and an existing one, with --force, stays until then)
-    tmp = out.parent / f".{out.name}.necoda-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        with open(tmp / "train_log.txt", "w") as logf:
-            def log(msg):
-                print(msg, flush=True)
-                logf.write(msg + "\n")
-                logf.flush()
+    from ..nwb.atomic import claim_temp_folder, clean_stale_temps, sigterm_as_exit
 
-            log("necoda " + " ".join(sys.argv[1:]))
-            mid = train(tmp, simulator=args.simulator, n_sims=args.sims, recordings=args.recordings,
-                        minutes=args.minutes, max_steps=args.steps, threads=args.threads, seed=args.seed,
-                        width=args.width, lr=args.lr, init=args.init, lambdas=lambdas, patch=patch,
-                        **({} if args.trace_weight is None else {"trace_weight": args.trace_weight}), log=log)
-            log(f"model id {mid}, package {out}")
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.necoda-old-{os.getpid()}"
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    clean_stale_temps(out)  # left by runs that were killed (SIGKILL)
+    tmp = claim_temp_folder(out)
+    with sigterm_as_exit():  # SIGTERM/SIGHUP: an exit that runs the clean-up below
+        try:
+            with open(tmp / "train_log.txt", "w") as logf:
+                def log(msg):
+                    print(msg, flush=True)
+                    logf.write(msg + "\n")
+                    logf.flush()
+
+                log("necoda " + " ".join(sys.argv[1:]))
+                mid = train(tmp, simulator=args.simulator, n_sims=args.sims, recordings=args.recordings,
+                            minutes=args.minutes, max_steps=args.steps, threads=args.threads, seed=args.seed,
+                            width=args.width, lr=args.lr, init=args.init, lambdas=lambdas, patch=patch,
+                            **({} if args.trace_weight is None else {"trace_weight": args.trace_weight}), log=log)
+                log(f"model id {mid}, package {out}")
+            old = None
+            if out.exists():
+                old = out.parent / f".{out.name}.necoda-old-{os.getpid()}"
+                os.rename(out, old)
+            os.rename(tmp, out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return 0

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -37,7 +38,8 @@ def temp_pattern(out: Path) -> re.Pattern:
 
 
 def clean_stale_temps(out: Path) -> list[Path]:
-    """Remove temporaries left for ``out`` by processes that no longer exist (e.g. after SIGKILL)."""
+    """Remove temporaries (files or folders ``.<OUT>.necoda-tmp-<pid>[-n]``) left for ``out`` by processes that
+    no longer exist (e.g. after SIGKILL)."""
     removed = []
     pat = temp_pattern(out)
     try:
@@ -48,7 +50,10 @@ def clean_stale_temps(out: Path) -> list[Path]:
         m = pat.match(p.name)
         if m and not _pid_alive(int(m.group(1))):
             with contextlib.suppress(OSError):
-                p.unlink()
+                if p.is_dir() and not p.is_symlink():  # a folder being built (train, evaluate --report)
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 removed.append(p)
     return removed
 
@@ -134,7 +139,7 @@ class _Terminated(SystemExit):
 
 
 @contextlib.contextmanager
-def _sigterm_as_exit():
+def sigterm_as_exit():
     """Turn SIGTERM and SIGHUP (terminal or ssh session closed) into an exception (so cleanup runs)
     while the block runs in the main thread; a signal already ignored (``nohup``) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
@@ -180,7 +185,7 @@ def atomic_output(dst: Path, overwrite: bool = False):
     tmp = _claim_temp(dst)
     ok = False
     try:
-        with _sigterm_as_exit():
+        with sigterm_as_exit():
             yield tmp
             fd = os.open(tmp, os.O_RDONLY)
             try:
@@ -199,3 +204,20 @@ def atomic_output(dst: Path, overwrite: bool = False):
         if not ok:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+_sigterm_as_exit = sigterm_as_exit  # the name the package's writers used
+
+
+def claim_temp_folder(out: Path) -> Path:
+    """Create and return this process's temporary folder for ``out`` (``.<OUT>.necoda-tmp-<pid>[-n]`` next
+    to it, the name :func:`clean_stale_temps` removes once this process is gone)."""
+    base = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}"
+    for n in range(1, 1000):
+        tmp = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {out}")
