@@ -50,3 +50,19 @@ def no_simulation(monkeypatch):
         raise AssertionError("simulated before the arguments were checked")
     monkeypatch.setattr(simulate, "simulate_imaging", boom)
     monkeypatch.setattr(simulate, "simulate_ephys", boom)
+
+
+def series_file(path, groups: dict, **extra):
+    """A plain HDF5 file with ``{name: (neurodata_type, data, rate or None)}`` TimeSeries-like groups (a rate
+    writes ``starting_time`` with it), and ``extra`` objects at the root (``name=value``)."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for name, (ntype, data, rate) in groups.items():
+            g = f.create_group(name)
+            g.attrs["neurodata_type"] = ntype
+            g.create_dataset("data", data=data)
+            if rate is not None:
+                g.create_dataset("starting_time", data=0.0).attrs["rate"] = rate
+        for k, v in extra.items():
+            f[k] = v

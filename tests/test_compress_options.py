@@ -9,19 +9,11 @@ import numpy as np
 import pytest
 
 from necoda_filter import cli, metrics, nwb
+from conftest import series_file
 
 RNG = np.random.default_rng(13)
 
 
-def series_file(path, groups: dict):
-    """A plain HDF5 file with ``{path: (neurodata_type, data, rate or None)}`` TimeSeries-like groups."""
-    with h5py.File(path, "w") as f:
-        for name, (ntype, data, rate) in groups.items():
-            g = f.create_group(name)
-            g.attrs["neurodata_type"] = ntype
-            g.create_dataset("data", data=data)
-            if rate is not None:
-                g.create_dataset("starting_time", data=0.0).attrs["rate"] = rate
 
 
 def movie(t=16, h=32, w=32):

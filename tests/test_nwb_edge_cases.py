@@ -27,6 +27,7 @@ import pytest
 from necoda_filter import FILTER_ID, chunk, cli, nwb, provenance
 from necoda_filter.commands import compress as compress_cmd
 from necoda_filter.commands import decompress as decompress_cmd
+from conftest import series_file
 
 pynwb = pytest.importorskip("pynwb")
 
@@ -48,19 +49,6 @@ def ignore_necoda(path, name):
 def has_necoda(d: h5py.Dataset) -> bool:
     pl = d.id.get_create_plist()
     return FILTER_ID in [pl.get_filter(i)[0] for i in range(pl.get_nfilters())]
-
-
-def series_file(path, groups: dict, **extra):
-    """A plain HDF5 file with ``{name: (neurodata_type, data, rate or None)}`` TimeSeries-like groups."""
-    with h5py.File(path, "w") as f:
-        for name, (ntype, data, rate) in groups.items():
-            g = f.create_group(name)
-            g.attrs["neurodata_type"] = ntype
-            g.create_dataset("data", data=data)
-            if rate is not None:
-                g.create_dataset("starting_time", data=0.0).attrs["rate"] = rate
-        for k, v in extra.items():
-            f[k] = v
 
 
 @pytest.fixture(scope="module")

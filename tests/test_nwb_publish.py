@@ -20,6 +20,7 @@ import pytest
 
 from necoda_filter import FILTER_ID, cli, nwb, simulate_nwb
 from necoda_filter.nwb import atomic, plan
+from conftest import series_file
 
 
 def has_necoda(d: h5py.Dataset) -> bool:
@@ -27,14 +28,6 @@ def has_necoda(d: h5py.Dataset) -> bool:
     return FILTER_ID in [pl.get_filter(i)[0] for i in range(pl.get_nfilters())]
 
 
-def series_file(path, groups: dict):
-    """A plain HDF5 file with ``{name: (neurodata_type, data, rate)}`` TimeSeries-like groups."""
-    with h5py.File(path, "w") as f:
-        for name, (ntype, data, rate) in groups.items():
-            g = f.create_group(name)
-            g.attrs["neurodata_type"] = ntype
-            g.create_dataset("data", data=data)
-            g.create_dataset("starting_time", data=0.0).attrs["rate"] = rate
 
 
 def temps(folder) -> list[str]:
