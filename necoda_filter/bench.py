@@ -75,6 +75,34 @@ def _parse_sim(spec: str):
     return parts[1], kw
 
 
+def _check_sim_params(fn, kw: dict, spec: str) -> None:
+    """Each ``k=v`` of a ``sim:`` spec names a parameter of the simulator ``fn``, and a number where its
+    default is a number: an error names the parameter and the value (``n_frames=abc`` gave only
+    "invalid literal for int() with base 10: 'abc'")."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # takes anything: the simulator checks its parameters itself
+    for k, v in kw.items():
+        if k not in params:
+            known = ", ".join(n for n, p in params.items() if p.default is not inspect.Parameter.empty)
+            raise ValueError(f"bad simulation parameter {k!r} in {spec!r}: {fn.__name__} has no such parameter "
+                             f"(it takes {known})")
+        default = params[k].default
+        if v is None and "None" in str(params[k].annotation):
+            continue
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"bad simulation parameter {k}={v!r} in {spec!r}: expected a number "
+                                 f"(default {default!r})")
+            if isinstance(default, int) and isinstance(v, float) and not v.is_integer():
+                raise ValueError(f"bad simulation parameter {k}={v!r} in {spec!r}: expected a whole number "
+                                 f"(default {default!r})")
+            if isinstance(default, int):
+                kw[k] = int(v)  # n_frames=300.0
+
+
 def _literal(v: str):
     low = v.lower()
     if low in ("true", "false"):
@@ -156,6 +184,7 @@ def load_data(spec: str, *, key=None, dtype=None, channels=None, fs=None, max_fr
     if spec.startswith("sim:"):
         from . import simulate
         kind, kw = _parse_sim(spec)
+        _check_sim_params(simulate.simulate_imaging if kind == IMAGING else simulate.simulate_ephys, kw, spec)
         if kind == IMAGING:
             sim = simulate.simulate_imaging(**kw)
             arr = sim.movie
@@ -174,6 +203,12 @@ def load_data(spec: str, *, key=None, dtype=None, channels=None, fs=None, max_fr
     else:
         h5 = _split_h5(spec)
         path = Path(h5[0] if h5 else spec)
+        if path.is_dir():  # not raw binary: say what it is
+            if any((path / m).is_file() for m in ("zarr.json", ".zarray", ".zgroup")):
+                raise IsADirectoryError(f"{path} is a zarr store: bench reads .npy, .npz, .tif, raw binary and "
+                                        "HDF5/NWB datasets (file.nwb:/path/to/dataset); zarr stores are not supported")
+            raise IsADirectoryError(f"{path} is a folder: DATA is a file (.npy, .npz, .tif, raw binary), an HDF5/NWB "
+                                    "dataset file.nwb:/path/to/dataset, or sim:imaging|sim:ephys")
         if not path.exists():
             raise FileNotFoundError(f"no such file: {path}")
         suffix = path.suffix.lower()
@@ -184,7 +219,9 @@ def load_data(spec: str, *, key=None, dtype=None, channels=None, fs=None, max_fr
             if not h5py.is_hdf5(path):
                 raise ValueError(f"{path} is not an HDF5 file: 'FILE:/path/to/dataset' names a dataset in an "
                                  "HDF5/NWB file")
-            with h5py.File(path, "r") as f:
+            from .nwb.atomic import open_input  # a file a writer holds locked gets compress's hint
+
+            with open_input(path) as f:
                 ds = f.get(h5[1])
                 if not isinstance(ds, h5py.Dataset):
                     what = (f"{path}: {h5[1]} is a group, not a dataset" if isinstance(ds, h5py.Group)
@@ -218,7 +255,9 @@ def load_data(spec: str, *, key=None, dtype=None, channels=None, fs=None, max_fr
         else:
             import h5py
             if h5py.is_hdf5(path):  # an NWB/HDF5 file without ':/path/to/dataset' is no raw binary
-                with h5py.File(path, "r") as f:
+                from .nwb.atomic import open_input
+
+                with open_input(path) as f:
                     raise ValueError(f"{path} is an HDF5 file: name the dataset to bench as "
                                      f"{path}:/path/to/dataset, " + _hdf5_hint(f, path))
             if dtype is None or channels is None:

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     p = build_parser()
-    args = p.parse_args(argv)
+    args = p.parse_args(_normalized(sys.argv[1:] if argv is None else [str(a) for a in argv]))
     if not getattr(args, "command", None):
         p.print_help()
         return 2
@@ -67,6 +67,19 @@ def main(argv=None) -> int:
         return 1
 
 
+def _normalized(argv: list[str]) -> list[str]:
+    """``argv`` with the words after the command passed through the command module's
+    ``normalize_argv(words)`` when it has one (decompress: ``--gzip`` with no level right after it)."""
+    modules = {name: modname for name, modname, _ in COMMANDS}
+    for i, tok in enumerate(argv):
+        if tok in modules:
+            fix = getattr(sys.modules.get(modules[tok]), "normalize_argv", None)
+            return argv[:i + 1] + fix(argv[i + 1:]) if fix else argv
+        if not tok.startswith("-"):
+            break
+    return argv
+
+
 _HDF5_ERRNO = re.compile(r"\berrno = (\d+)")
 _HDF5_DETAIL = re.compile(r"\((?:file (?:write|read) failed|unable to extend file|[^()]*\berrno = \d+)", re.I)
 #: the failure was writing (an output), not e.g. opening an input
@@ -89,18 +102,56 @@ def error_message(e: BaseException, output=None) -> str:
     """One line for the error ``e``: HDF5's multi-line I/O detail (time, descriptor, buffer address, the
     hidden temporary's name) becomes its summary and the system's reason, e.g. ``writing out.nwb: Can't
     close file: No space left on device``; ``output`` (the file the command writes) is named when the
-    failure is a write."""
+    failure is a write. A permission error names the file (``cannot open IN: permission denied``) or the
+    folder that cannot be written."""
     text = str(e)
     err = io_errno(e)
     m = _HDF5_DETAIL.search(text)
+    denied = _permission_message(e, text, err, m is not None)
+    if denied is not None:
+        return denied
     if err is not None and m is not None:
-        lead = re.sub(r"^\[Errno \d+\]\s*", "", text[:m.start()]).split(", errno =")[0].strip().rstrip(":,")
+        lead = _ERRNO_PREFIX.sub("", text[:m.start()]).split(", errno =")[0].strip().rstrip(":,")
         reason = os.strerror(err)
         text = f"{lead}: {reason}" if lead else reason
-        if output is not None and str(output) not in text and _WRITING.search(str(e)):
+        # whether HDF5 failed writing: judged on HDF5's own text (the part from its "[Errno N]"), not on a
+        # hint of ours before it ("... close it there ..." is no failed close)
+        hdf5_part = str(e)[str(e).rfind("[Errno"):] if "[Errno" in str(e) else str(e)
+        if output is not None and str(output) not in text and _WRITING.search(hdf5_part):
             text = f"writing {output} failed: {text}"
     text = _HIDDEN_TEMPORARY.sub(lambda m: m.group(1), text)  # .OUT.necoda-tmp-123 -> OUT
     return " ".join(text.split())
+
+
+_ERRNO_PREFIX = re.compile(r"\[Errno \d+\]\s*")
+#: the file HDF5 names in an I/O error: ``(unable to open file: name = 'x.nwb', errno = 13, ...``
+_HDF5_NAME = re.compile(r"\bname = '([^']*)'")
+
+
+def _permission_message(e: BaseException, text: str, err, hdf5: bool) -> str | None:
+    """``cannot open FILE: permission denied`` (an input), ``cannot write FILE: folder F is not writable``
+    (a new output), for an EACCES/EPERM error that names its file (HDF5's raw text, or an OSError's
+    filename: ``[Errno 13] Permission denied: '...'``); None for any other error, and for messages already
+    written for people (no file name attached)."""
+    import errno
+
+    if err not in (errno.EACCES, errno.EPERM):
+        return None
+    name = getattr(e, "filename", None)
+    if name is None and hdf5:
+        m = _HDF5_NAME.search(text)
+        name = m.group(1) if m else None
+    if not name:
+        return None
+    name = _HIDDEN_TEMPORARY.sub(lambda m: m.group(1), os.fsdecode(name))  # the hidden temporary -> OUT
+    folder = os.path.dirname(name) or "."
+    if not os.path.lexists(name):  # a new file: its folder refused it
+        if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
+            return f"cannot write {name}: folder {folder} is not writable (permission denied)"
+        return f"cannot write {name}: permission denied"
+    if os.path.isdir(name):
+        return f"cannot open {name}: permission denied (a folder)"
+    return f"cannot open {name}: permission denied"
 
 
 def _output_of(args):

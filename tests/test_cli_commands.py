@@ -239,6 +239,7 @@ def test_simulate_writes_atomically_and_keeps_existing(tmp_path, capsys, monkeyp
     assert np.array_equal(np.load(out), first)
     assert [p.name for p in tmp_path.iterdir()] == ["s.npy"]
     z = tmp_path / "sub" / "e.npz"
+    (tmp_path / "sub").mkdir()  # a missing folder is refused, as by every command (test_cli_messages.py)
     assert cli.main(["simulate", "ephys", str(z), "--duration", "0.01", "--channels", "4"]) == 0
     with np.load(z) as f:
         assert f["data"].shape == (300, 4)

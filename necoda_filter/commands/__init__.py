@@ -58,3 +58,39 @@ def check_learned_bound(max_error, max_error_noise, exact: str) -> None:
         raise ValueError("the learned mode's safeguard needs a bound of at least one raw unit (--max-error >= 1, "
                          "or --max-error-noise > 0: K times the chunk's noise sigma, itself at least one unit); "
                          f"for an exact copy use {exact}")
+
+
+#: what every command that writes says about the folder its output goes in (--help and errors)
+OUTPUT_FOLDER_RULE = "its folder must exist (missing folders are not created: a mistyped path is an error)"
+
+
+def check_output_folder(path, name: str | None = None) -> None:
+    """The rule every command that writes (compress, decompress, simulate, demo, evaluate --report, bench
+    --out, train --out) follows: the folder that is to hold the output ``path`` (a file or a folder the
+    command creates) must already exist and be writable; missing folders are never created, so that a typo
+    in a path is an error rather than a new folder tree. Checked before any work: an error names ``name``
+    (default ``path``) and the folder."""
+    import errno
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    name = str(path) if name is None else name
+    folder = path.parent
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if os.path.lexists(existing) and not existing.is_dir():  # a file where a folder should be
+        raise NotADirectoryError(f"cannot write {name}: {existing} is not a folder")
+    if existing != folder:
+        raise FileNotFoundError(f"cannot write {name}: folder {folder} does not exist (create it first; "
+                                "missing folders are not created)")
+    try:  # os.access is not enough: as root it says yes to read-only mounts and /proc
+        fd, probe = tempfile.mkstemp(prefix=".necoda-probe-", dir=folder)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
+            raise PermissionError(f"cannot write {name}: folder {folder} is not writable") from None
+        return  # e.g. ENOSPC: the write reports it
+    os.close(fd)
+    os.unlink(probe)

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import check_dtype
+from . import check_dtype, check_output_folder
 
 EPILOG = """\
 DATA is one of
@@ -33,7 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     p.add_argument("data", metavar="DATA", help="data file, HDF5 'file:/dataset', or sim:imaging|sim:ephys[:k=v,...]")
     p.add_argument("--codecs", default="all", help="'all' or a comma-separated list of codec families (see below)")
-    p.add_argument("--out", default=None, help="output folder (default: ./necoda-bench-<data name>)")
+    p.add_argument("--out", default=None, help="output folder (default: ./necoda-bench-<data name>); the folder "
+                                               "that holds it must exist (missing folders are not created: a "
+                                               "mistyped path is an error)")
     p.add_argument("--key", default=None,
                    help="array name inside an .npz file (default: 'movie' or 'data' when just one of them is "
                         "there, else the only array)")
@@ -62,8 +64,33 @@ def _check_args(args) -> None:
         if not ok:
             raise ValueError(f"{name} must be {what}, got {v}")
     check_dtype(args.dtype)
-    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise FileExistsError(f"--out {args.out} exists and is not a folder")
+    _check_codecs(args.codecs)
+    if args.out is not None:
+        _check_out(Path(args.out))
+
+
+def _check_codecs(codecs: str) -> None:
+    """An unknown codec family is named before the data is loaded (it was reported after)."""
+    from .. import anchors, bench
+    from ..modes import MODE_TABLE
+
+    families, necoda_modes = bench.parse_codecs(codecs)
+    unknown = [f for f in families or () if f not in anchors.FAMILIES]
+    unknown += [f"necoda-{m}" for m in sorted(necoda_modes or ()) if m not in MODE_TABLE or m == "raw"]
+    if unknown:
+        raise ValueError(f"--codecs: unknown codec famil{'ies' if len(unknown) > 1 else 'y'} "
+                         f"{', '.join(map(repr, unknown))}; choose from {', '.join(anchors.FAMILIES)} (necoda-MODE: "
+                         f"{', '.join('necoda-' + m for m in MODE_TABLE if m != 'raw')}) or 'all'")
+
+
+def _check_out(out: Path) -> None:
+    """OUT is a folder that exists, or can be created in a folder that exists, and can be written: checked
+    before the bench runs (an unwritable --out failed only after the whole benchmark)."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a folder")
+    check_output_folder(out, f"--out {out}")  # the folder OUT is created in (or OUT's parent) must exist
+    if out.is_dir():  # an earlier OUT: the results are written into it
+        check_output_folder(out / OUTPUT_NAMES[0], f"--out {out}")
 
 
 def _check_not_input(bench, spec: str, out: Path) -> None:
@@ -81,7 +108,7 @@ def _write_atomic(bench, res, out: Path, plots: bool) -> None:
     """Write OUT/results.* via a temporary folder inside OUT, each file renamed into place when complete."""
     from ..nwb.atomic import claim_temp_folder, clean_stale_temps, sigterm_as_exit
 
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(exist_ok=True)  # its folder exists (checked up front: missing folders are not created)
     marker = out / "results"  # the temporary is OUT/.results.necoda-tmp-<pid>: a killed run's is removed
     clean_stale_temps(marker)
     tmp = claim_temp_folder(marker)
@@ -105,6 +132,8 @@ def run(args) -> int:
             raise
         raise ValueError(f"bad simulation parameter in {args.data!r}: {e}") from None
     out = Path(args.out) if args.out else Path(f"necoda-bench-{data.name}")
+    if not args.out:
+        _check_out(out)
     _check_not_input(bench, args.data, out)
     print(f"necoda bench: {data.kind} {data.array.shape} {data.array.dtype} from {data.source} -> {out}/",
           file=sys.stderr)

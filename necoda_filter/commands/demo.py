@@ -21,7 +21,7 @@ import tempfile
 import textwrap
 import time
 
-from . import check_learned_bound, positive_int
+from . import check_learned_bound, check_output_folder, positive_int
 
 #: the file name used in a temporary folder, or inside an existing folder given as --out
 DEMO_NAME = "necoda_demo.nwb"
@@ -69,7 +69,8 @@ def add_arguments(p):
 
     p.add_argument("--out", metavar="FILE.nwb",
                    help=f"keep the NWB file: write it to FILE.nwb, or to FOLDER/{DEMO_NAME} when an existing "
-                        "folder is given; an existing file is never overwritten (default: a temporary folder, "
+                        "folder is given; an existing file is never overwritten; its folder must exist (missing "
+                        "folders are not created: a mistyped path is an error) (default: a temporary folder, "
                         "deleted when the demo ends)")
     p.add_argument("--frames", type=positive_int, default=300, help="movie frames (default 300)")
     p.add_argument("--size", type=positive_int, default=128, help="movie height and width in pixels (default 128)")
@@ -139,10 +140,9 @@ def _out_path(out: str) -> str:
     if os.path.lexists(path):
         raise FileExistsError(f"{path} exists; the demo never overwrites files (choose another --out)")
     folder = os.path.dirname(path)
-    if not os.path.isdir(folder):
+    if not os.path.isdir(folder) and not os.path.lexists(folder):
         raise FileNotFoundError(f"--out {out}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise PermissionError(f"--out {out}: folder {folder} is not writable")
+    check_output_folder(path, f"--out {out}")  # a file in the way, a folder that cannot be written
     return path
 
 

@@ -47,10 +47,15 @@ def add_arguments(p) -> None:
     p.add_argument("original", metavar="ORIGINAL.nwb", help="the file before recompression")
     p.add_argument("compressed", metavar="COMPRESSED.nwb", help="the output of `necoda compress`")
     p.add_argument("--report", metavar="DIR", default=None,
-                   help="folder for report.md, report.json and PNG figures (default: COMPRESSED.necoda-report)")
-    p.add_argument("--window-frames", type=int, default=500, help="imaging frames used for ROI fidelity")
-    p.add_argument("--window-seconds", type=float, default=5.0, help="ephys seconds used for spike fidelity")
-    p.add_argument("--window-mb", type=float, default=256.0, help="cap on the window's size in MB")
+                   help="folder for report.md, report.json and PNG figures (default: COMPRESSED.necoda-report); "
+                        "the folder that holds it must exist (missing folders are not created: a mistyped path is "
+                        "an error)")
+    p.add_argument("--window-frames", type=int, default=500,
+                   help="imaging frames used for ROI fidelity (default %(default)s)")
+    p.add_argument("--window-seconds", type=float, default=5.0,
+                   help="ephys seconds used for spike fidelity (default %(default)g)")
+    p.add_argument("--window-mb", type=float, default=256.0,
+                   help="cap on the window's size in MB (default %(default)g)")
     p.add_argument("--no-figures", action="store_true", help="metrics only")
 
 
@@ -457,8 +462,7 @@ def evaluate_files(original, compressed, report_dir=None, figures=True, **window
 
     original, compressed = Path(original), Path(compressed)
     for p in (original, compressed):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} does not exist")
+        _check_input(p)
         if not h5py.is_hdf5(p):
             raise ValueError(f"{p} is not an HDF5/NWB file")
     if original.samefile(compressed):
@@ -466,6 +470,9 @@ def evaluate_files(original, compressed, report_dir=None, figures=True, **window
                          "recompression first, then the output of `necoda compress`")
     report_dir = Path(report_dir) if report_dir else compressed.with_name(compressed.name + ".necoda-report")
     _check_report_dir(report_dir)
+    from . import check_output_folder
+
+    check_output_folder(report_dir, f"report folder {report_dir}")  # before the evaluation, not after it
     out = {"original": str(original), "compressed": str(compressed), "necoda_version": __version__,
            "original_file_bytes": original.stat().st_size, "compressed_file_bytes": compressed.stat().st_size,
            "datasets": []}
@@ -481,7 +488,6 @@ def evaluate_files(original, compressed, report_dir=None, figures=True, **window
                 raise ValueError(f"{compressed} has no necoda-compressed dataset to evaluate{hint}")
             raise ValueError(f"none of the {n} necoda-compressed dataset(s) of {compressed} has a counterpart of "
                              f"the same path, shape and dtype in {original}: is it the file it was compressed from?")
-        report_dir.parent.mkdir(parents=True, exist_ok=True)
         # the report is made in a new folder next to DIR and then takes DIR's place: nothing in DIR is
         # written through (a link there to an input or to a user's file), no stale figure of an earlier
         # report stays, and an interrupted run leaves DIR as it was
@@ -508,6 +514,19 @@ def evaluate_files(original, compressed, report_dir=None, figures=True, **window
 
 
 REPORT_FILES = ("report.json", "report.md")
+
+
+def _check_input(p: Path) -> None:
+    """ORIGINAL/COMPRESSED is an existing file; a folder (a zarr store) is named as what it is."""
+    if p.is_dir():
+        if any((p / m).is_file() for m in ("zarr.json", ".zarray", ".zgroup")):
+            raise IsADirectoryError(f"{p} is a zarr store: evaluate compares HDF5/NWB files")
+        raise IsADirectoryError(f"{p} is a folder, not an HDF5/NWB file")
+    if not p.exists():
+        raise FileNotFoundError(f"{p} does not exist" + (f" (a symbolic link to {os.readlink(p)}, which does "
+                                                         "not exist)" if os.path.islink(p) else ""))
+    if not p.is_file():
+        raise ValueError(f"{p} is not a regular file (an HDF5/NWB file is expected)")
 
 
 def _earlier_report(folder: Path) -> set | None:

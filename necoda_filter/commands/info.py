@@ -298,8 +298,10 @@ def file_info(path, include_all=False, max_chunks=8) -> list[dict]:
 
     from .. import FILTER_ID  # noqa: F401  (registers the filter so headers can be inspected)
 
+    from ..nwb.atomic import open_input  # a file locked by a writer: the hint compress gives
+
     rows = []
-    with h5py.File(path, "r") as f:
+    with open_input(path) as f:
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset) and obj.chunks is not None:
                 r = dataset_info(obj, max_chunks)
@@ -323,6 +325,8 @@ def run(args) -> int:
         if missing(["zarr"]):
             raise ValueError(f"{args.file} is a zarr store; reading it needs zarr: pip install zarr")
         rows = zarr_info(args.file, args.all, args.chunks)
+    elif os.path.isdir(args.file):
+        raise IsADirectoryError(f"{args.file} is a folder, not an HDF5/NWB file or a zarr store")
     elif not os.path.isfile(args.file) or not h5py.is_hdf5(args.file):
         raise ValueError(f"{args.file} is not an HDF5/NWB file or a zarr store")
     else:

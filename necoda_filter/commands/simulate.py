@@ -7,7 +7,9 @@ with the recording(s) as a TwoPhotonSeries and/or an ElectricalSeries and the gr
 (:mod:`necoda_filter.simulate_nwb`); ``both`` puts a movie and a recording in one NWB file (each with its
 default data type: ``--dtype`` is refused with ``both``).
 
-Every option is checked before anything is simulated (an error names the option). OUT is written to a
+Every option is checked before anything is simulated (an error names the option). OUT's suffix may be in any
+letter case (``x.NWB``); its folder must exist (missing folders are not created, as by every necoda command
+that writes: a mistyped path is an error, not a new folder tree). OUT is written to a
 temporary file next to it that is removed on any error, Ctrl-C, SIGTERM or SIGHUP, and is then published
 as OUT without ever replacing a file (also one that appeared during the run, or a dangling symbolic link)
 unless ``--force`` is given.
@@ -22,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import check_dtype
+from . import OUTPUT_FOLDER_RULE, check_dtype, check_output_folder
 
 import numpy as np
 
@@ -31,22 +33,25 @@ def add_arguments(parser) -> None:
     parser.add_argument("kind", choices=["imaging", "ephys", "both"],
                         help="what to simulate (both: a movie and a recording, into one .nwb)")
     parser.add_argument("out", help="output path: .npz (all fields), .npy (the recording only) or .nwb (the "
-                                    "recording as an NWB series, ground truth included)")
-    parser.add_argument("--seed", type=int, default=0)
+                                    "recording as an NWB series, ground truth included), in any letter case; "
+                                    f"{OUTPUT_FOLDER_RULE}")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists (never a folder)")
     g = parser.add_argument_group("imaging")
-    g.add_argument("--frames", type=int, default=500)
-    g.add_argument("--height", type=int, default=128)
-    g.add_argument("--width", type=int, default=128)
-    g.add_argument("--cells", type=int, default=40)
-    g.add_argument("--fps", type=float, default=30.0)
-    g.add_argument("--gain", type=float, default=100.0, help="raw units per photon")
-    g.add_argument("--offset", type=float, default=100.0, help="zero-photon level, raw units")
-    g.add_argument("--read-noise", type=float, default=0.5, help="read noise sd in photons")
-    g.add_argument("--photons", type=float, default=4.0, help="cell resting fluorescence, photons/pixel/frame")
-    g.add_argument("--background", choices=["2p", "1p"], default="2p")
-    g.add_argument("--no-nucleus", action="store_true")
-    g.add_argument("--motion", type=float, default=0.0, help="rigid jitter sd in pixels")
+    g.add_argument("--frames", type=int, default=500, help="movie frames (default %(default)s)")
+    g.add_argument("--height", type=int, default=128, help="frame height in pixels (default %(default)s)")
+    g.add_argument("--width", type=int, default=128, help="frame width in pixels (default %(default)s)")
+    g.add_argument("--cells", type=int, default=40, help="number of cells (default %(default)s)")
+    g.add_argument("--fps", type=float, default=30.0, help="frame rate, Hz (default %(default)g)")
+    g.add_argument("--gain", type=float, default=100.0, help="raw units per photon (default %(default)g)")
+    g.add_argument("--offset", type=float, default=100.0, help="zero-photon level, raw units (default %(default)g)")
+    g.add_argument("--read-noise", type=float, default=0.5, help="read noise sd in photons (default %(default)g)")
+    g.add_argument("--photons", type=float, default=4.0,
+                   help="cell resting fluorescence, photons/pixel/frame (default %(default)g)")
+    g.add_argument("--background", choices=["2p", "1p"], default="2p",
+                   help="background model: two-photon or one-photon (default %(default)s)")
+    g.add_argument("--no-nucleus", action="store_true", help="cells without a dark nucleus (default: with)")
+    g.add_argument("--motion", type=float, default=0.0, help="rigid jitter sd in pixels (default %(default)g)")
     g.add_argument("--dtype", default=None,
                    help="data type of the recording: imaging an integer type (default uint16), ephys an integer or "
                         "float type (default int16); not with `both` (simulate imaging and ephys separately to "
@@ -54,15 +59,16 @@ def add_arguments(parser) -> None:
     g.add_argument("--bit-depth", type=int, default=None,
                    help="imaging: samples are clipped to this many bits of --dtype (default 16, or the type's width "
                         "if smaller)")
-    g.add_argument("--pixel-um", type=float, default=1.0, help="pixel size in micrometres")
+    g.add_argument("--pixel-um", type=float, default=1.0, help="pixel size in micrometres (default %(default)g)")
     e = parser.add_argument_group("ephys")
-    e.add_argument("--duration", type=float, default=2.0, help="seconds")
-    e.add_argument("--channels", type=int, default=384)
-    e.add_argument("--units", type=int, default=30)
-    e.add_argument("--fs", type=float, default=30000.0, help="sampling rate, Hz")
-    e.add_argument("--noise-uv", type=float, default=7.0, help="background noise, uV rms per channel")
-    e.add_argument("--uv-per-bit", type=float, default=2.34, help="ADC resolution")
-    e.add_argument("--no-lfp", action="store_true")
+    e.add_argument("--duration", type=float, default=2.0, help="seconds (default %(default)g)")
+    e.add_argument("--channels", type=int, default=384, help="number of channels (default %(default)s)")
+    e.add_argument("--units", type=int, default=30, help="number of units (neurons) (default %(default)s)")
+    e.add_argument("--fs", type=float, default=30000.0, help="sampling rate, Hz (default %(default)g)")
+    e.add_argument("--noise-uv", type=float, default=7.0,
+                   help="background noise, uV rms per channel (default %(default)g)")
+    e.add_argument("--uv-per-bit", type=float, default=2.34, help="ADC resolution, uV per bit (default %(default)g)")
+    e.add_argument("--no-lfp", action="store_true", help="no local field potential (default: with)")
 
 
 def _simulate(args, kind):
@@ -139,29 +145,21 @@ def _check_options(args, kinds) -> None:
 
 
 def _check_out(out: Path, force: bool) -> None:
-    """OUT is a new file (or, with --force, not a folder) in a folder that exists or can be created."""
+    """OUT is a new file (or, with --force, not a folder) in a folder that exists and is writable (missing
+    folders are not created, as by every necoda command that writes)."""
     if out.is_dir():
         raise IsADirectoryError(f"{out} is a folder")
     if os.path.lexists(out) and not force:  # a dangling symbolic link counts: writing would follow or replace it
         raise FileExistsError(f"{out} exists (use --force to overwrite)")
-    folder = out.parent
-    while not os.path.lexists(folder) and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise NotADirectoryError(f"cannot write {out}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {out}: folder {folder} is not writable")
-    if folder == out.parent:  # a file can really be created there (os.access says yes in /proc, as root)
-        from ..simulate_nwb import temporary_next_to
-
-        temporary_next_to(out, ".probe").unlink()
+    check_output_folder(out)
 
 
 def run(args) -> int:
     out = Path(args.out)
-    if out.suffix not in (".npz", ".npy", ".nwb"):
+    suffix = out.suffix.lower()  # x.NWB is an NWB file too
+    if suffix not in (".npz", ".npy", ".nwb"):
         raise ValueError(f"OUT must end with .npz, .npy or .nwb, got {out.name!r}")
-    if args.kind == "both" and out.suffix != ".nwb":
+    if args.kind == "both" and suffix != ".nwb":
         raise ValueError(f"`both` writes one NWB file: OUT must end with .nwb, got {out.name!r}")
     kinds = ("imaging", "ephys") if args.kind == "both" else (args.kind,)
     _check_options(args, kinds)
@@ -169,20 +167,16 @@ def run(args) -> int:
     t0 = time.perf_counter()
     sims = {k: _simulate(args, k) for k in kinds}
     dt = time.perf_counter() - t0
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OSError(f"cannot write {out}: {e.strerror or e}") from None
-    if out.suffix == ".nwb":
+    if suffix == ".nwb":
         from ..simulate_nwb import write_nwb
 
         # atomic: a temporary published as OUT, never replacing a file without --force
         write_nwb(out, sims.get("imaging"), sims.get("ephys"), overwrite=args.force)
     else:
-        _write_arrays(out, sims[args.kind], overwrite=args.force)
+        _write_arrays(out, sims[args.kind], suffix, overwrite=args.force)
     for k, res in sims.items():
         print(f"necoda simulate {k}: {_summary(k, res)}; simulated in {dt:.2f} s -> {out}")
-    if out.suffix == ".nwb" and "imaging" in sims and args.frames < max(args.height, args.width):
+    if suffix == ".nwb" and "imaging" in sims and args.frames < max(args.height, args.width):
         print(f"note: the movie has fewer frames ({args.frames}) than pixels per side ({args.height}x{args.width}); "
               "nwbinspector's check_data_orientation guesses from the shape that such a series is transposed "
               "and reports it as CRITICAL, although it is time-first as NWB requires (use --frames >= "
@@ -190,14 +184,14 @@ def run(args) -> int:
     return 0
 
 
-def _write_arrays(out: Path, res, overwrite: bool = False) -> None:
+def _write_arrays(out: Path, res, suffix: str, overwrite: bool = False) -> None:
     from ..simulate_nwb import new_file
 
     main = res.movie if hasattr(res, "movie") else res.data
     # atomic: a temporary next to OUT, published as OUT when complete (never a half-written OUT, never a
     # file replaced without --force); removed on an error, Ctrl-C, SIGTERM or SIGHUP
-    with new_file(out, out.suffix, overwrite) as tmp, open(tmp, "wb") as fh:
-        if out.suffix == ".npy":
+    with new_file(out, suffix, overwrite) as tmp, open(tmp, "wb") as fh:
+        if suffix == ".npy":
             np.save(fh, main)
         else:
             fields = {}

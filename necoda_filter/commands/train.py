@@ -12,17 +12,19 @@ def add_arguments(p):
                         "file.h5:/path/to/dataset (as in necoda bench) or file.h5::path/to/dataset, or file.h5 "
                         "(its dataset 'data')")
     p.add_argument("--out", default="necoda_model", help="output package folder (default ./necoda_model); written "
-                                                         "complete or not at all (a temporary folder renamed at the end)")
+                                                         "complete or not at all (a temporary folder renamed at the end); "
+                                                         "the folder that holds it must exist (missing folders are not "
+                                                         "created: a mistyped path is an error)")
     p.add_argument("--force", action="store_true", help="replace an earlier model package at --out (never a folder "
                    "that is not one, the current folder, or one holding a recording)")
     p.add_argument("--simulator", default="necoda_filter.simulate:simulate_imaging", help="module:function of the simulator")
     p.add_argument("--sims", type=int, default=10, help="number of simulated movies (default 10)")
     p.add_argument("--minutes", type=float, default=20.0, help="training time budget in minutes (default 20)")
-    p.add_argument("--steps", type=int, default=100000, help="maximum steps")
+    p.add_argument("--steps", type=int, default=100000, help="maximum steps (default %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--width", type=int, default=24)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--width", type=int, default=24, help="feature channels of the network's first layers (default %(default)s)")
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default %(default)g)")
     p.add_argument("--init", default=None, help="warm start from a weights.pt written by an earlier run")
     p.add_argument("--lambdas", default=None, help="fixed rate-distortion weights, one per quality (comma-separated); "
                                                    "default: steered toward the built-in rate targets")
@@ -70,6 +72,9 @@ def _check_recording(spec: str) -> str:
     import re
 
     f, ds = split_recording(spec)
+    if os.path.isdir(f):
+        raise ValueError(f"recording {f} is a folder, not a file: use .npy, .npz or an HDF5/NWB dataset "
+                         "file.h5:/path/to/dataset")
     if not os.path.isfile(f):
         m = re.match(r"(.+?\.(?:h5|hdf5|nwb)):", f)  # missing.nwb:/acquisition/X/data -> missing.nwb
         raise FileNotFoundError(f"no such file: {m.group(1) if m else f}")
@@ -85,7 +90,9 @@ def _check_recording(spec: str) -> str:
         raise ValueError(f"{f} is not an HDF5 file (recording {spec})")
     if not h5:
         raise ValueError(f"unsupported recording {spec}: HDF5 files must be named .h5, .hdf5 or .nwb")
-    with h5py.File(f, "r") as h:
+    from ..nwb.atomic import open_input  # a file locked by a writer: the hint compress gives
+
+    with open_input(f) as h:
         if not isinstance(h.get(ds or "data"), h5py.Dataset):
             raise ValueError(f"{f} has no dataset /{ds or 'data'} (recording {spec}; name the dataset as "
                              f"{f}:/path/to/dataset)")
@@ -134,6 +141,9 @@ def _check_args(args):
         raise FileNotFoundError(f"no such file: {args.init}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise FileExistsError(f"--out {args.out} exists and is not a folder")
+    from . import check_output_folder
+
+    check_output_folder(os.path.abspath(args.out), f"--out {args.out}")  # before any training
     if os.path.isdir(args.out) and os.listdir(args.out):
         if not getattr(args, "force", False):
             raise FileExistsError(f"--out {args.out} exists and is not empty (--force replaces it)")
@@ -173,7 +183,6 @@ def run(args) -> int:
     import shutil
 
     out = Path(args.out).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
     # the package is built in a temporary folder next to --out and renamed at the end: an interrupted or
     # failed run leaves no half-written model (and an existing one, with --force, stays until then)
     from ..nwb.atomic import claim_temp_folder, clean_stale_temps, sigterm_as_exit
@@ -184,6 +193,7 @@ def run(args) -> int:
         try:
             with open(tmp / "train_log.txt", "w") as logf:
                 def log(msg):
+                    msg = msg.replace(str(tmp), str(out))  # "exported ... to OUT", not to the temporary
                     print(msg, flush=True)
                     logf.write(msg + "\n")
                     logf.flush()
