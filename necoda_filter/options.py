@@ -75,8 +75,8 @@ def check_model(mode: str, model, strict: bool = True):
             raise registry.ModelNotFound(
                 f"necoda model {model!r} is not installed: put its package folder (the output of `necoda train`) "
                 f"on {registry.ENV_VAR}, or give the folder itself as model=") from None
-        if "changed on disk" in str(e) or "not a complete" in str(e):
-            raise
+        if os.path.isdir(os.path.expanduser(model)) or "names both" in str(e):
+            raise  # a folder that exists: the registry says what is wrong with it (incomplete, changed, bad JSON)
         builtin = sorted(p.name for p in registry.BUILTIN_DIR.iterdir() if (p / "tables.json").is_file())
         raise registry.ModelNotFound(
             f"necoda model {model!r} not found: give a built-in model name ({', '.join(builtin)}), a model id "

@@ -218,14 +218,26 @@ def _worker_init(parent: int | None = None, hdf5_files=frozenset(), warmup_barri
         threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="necoda-parent-watch").start()
 
 
-def _noop(probe: str | None = None):
+def _open_shared(path, ident):
+    """Open the reader's shared output ``path`` in a worker, checking it is that file (``ident``: its
+    (st_dev, st_ino) in the reader): a ``/proc/<pid>/fd/<fd>`` seen through another PID namespace's /proc
+    could name some other process's file, which the decoded chunks would then overwrite."""
+    fh = open(path, "r+b")
+    st = os.fstat(fh.fileno())
+    if ident is not None and (st.st_dev, st.st_ino) != tuple(ident):
+        fh.close()
+        raise OSError(f"necoda read: {path} is not the reader's shared output file in this worker")
+    return fh
+
+
+def _noop(probe=None):
     """Warm-up task: waits until every worker runs one, so each worker has run its initializer (closed
     its copies of the parent's HDF5 files) when the pool is handed out. Returns whether the worker could
     open ``probe``, the parent's unlinked file as ``/proc/<pid>/fd/<fd>`` (see :class:`_SharedOutput`)."""
     ok = False
     if probe is not None:
         try:
-            with open(probe, "r+b"):
+            with _open_shared(*probe):
                 ok = True
         except OSError:
             pass
@@ -263,7 +275,7 @@ def _new_process_pool(workers: int) -> ProcessPoolExecutor:
             probe = _SharedOutput((1,), np.uint8, by_fd=True)
         except OSError:
             pass
-        ok = [f.result() for f in [pool.submit(_noop, probe and probe.worker_path) for _ in range(workers)]]
+        ok = [f.result() for f in [pool.submit(_noop, probe and (probe.worker_path, probe.ident)) for _ in range(workers)]]
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -575,9 +587,9 @@ def _decode_place(out, dsl, buf, filter_mask: int, chunk_shape, dtype, lsel) -> 
     _place(out, dsl, _decode(buf, filter_mask, chunk_shape, dtype), lsel)
 
 
-def _process_task(path, nbytes, out_shape, out_dtype, tasks, chunk_shape, chunk_dtype):
+def _process_task(path, ident, nbytes, out_shape, out_dtype, tasks, chunk_shape, chunk_dtype):
     """Worker process: decode chunks and write them into the shared output file."""
-    with open(path, "r+b") as fh:
+    with _open_shared(path, ident) as fh:
         mm = mmap.mmap(fh.fileno(), nbytes)
     try:
         out = np.frombuffer(mm, dtype=out_dtype).reshape(out_shape)
@@ -629,6 +641,8 @@ class _SharedOutput:
             self.close()
             raise
         self.worker_path = f"/proc/{os.getpid()}/fd/{self.fd}" if by_fd else self.path
+        st = os.fstat(self.fd)
+        self.ident = (st.st_dev, st.st_ino)  # the workers check they opened this very file
         self.arr = np.frombuffer(mm, dtype=dtype, count=count).reshape(shape)
 
     def close(self) -> None:
@@ -926,12 +940,12 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
                         batch.append(item)
                         batch_bytes += len(item[0])
                         if len(batch) >= target or batch_bytes >= (64 << 20):
-                            futures.append(_submit(pool, _process_task, path, nbytes, shape, dtype.str, batch,
+                            futures.append(_submit(pool, _process_task, path, output.ident, nbytes, shape, dtype.str, batch,
                                                    chunks, chunk_dtype.str, inline_ok=inline_ok))
                             batch, batch_bytes = [], 0
                             futures = _bound_in_flight(futures, inflight_limit, stop)
                     if batch:
-                        futures.append(_submit(pool, _process_task, path, nbytes, shape, dtype.str, batch,
+                        futures.append(_submit(pool, _process_task, path, output.ident, nbytes, shape, dtype.str, batch,
                                                chunks, chunk_dtype.str, inline_ok=inline_ok))
                     for f in futures:
                         _result(f, stop)

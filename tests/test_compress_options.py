@@ -134,6 +134,24 @@ def test_max_error_noise_on_spike_snippets_uses_the_noise_within_them(tmp_path):
     assert "max_error=" in comments
 
 
+def test_snippets_stored_samples_first_are_recognised_by_their_electrodes(tmp_path):
+    """QA: snippets stored (events, samples, channels), which hdmf does not refuse, had the noise measured
+    across channels (sigma 71 where the snippets' noise was 46): the electrodes region tells the axes."""
+    n, c, s, sigma = 300, 4, 32, 10.0
+    t = np.arange(s)
+    wave = -np.exp(-0.5 * ((t - s / 2) / 2.0) ** 2)
+    ev = (RNG.uniform(50, 400, (n, c, 1)) * wave + RNG.normal(0, 150, (n, 1, 1))  # a shared offset per event
+          + RNG.normal(0, sigma, (n, c, s))).astype(np.int16)
+    src = tmp_path / "in.h5"
+    series_file(src, {"sev": ("SpikeEventSeries", np.ascontiguousarray(ev.transpose(0, 2, 1)), None)})
+    with h5py.File(src, "r+") as f:
+        f["sev"].create_dataset("electrodes", data=np.arange(c))
+    assert compress(src, tmp_path / "o.h5", "--ephys", "bounded", "--max-error-noise", 1) == 0
+    nm = json.loads(prov(tmp_path / "o.h5", "sev/data")[0]["noise_model"])
+    assert "samples, channels" in nm["layout"] and len(nm["sigma_channels"]) == c
+    assert 0.8 * sigma < nm["sigma"] < 1.25 * sigma, nm
+
+
 def test_noise_estimates_use_finite_samples_only(tmp_path):
     """F8: one NaN sample made the noise estimate NaN (and the noise-unit RMSE inf)."""
     x = RNG.normal(0, 20, (30000, 2)).astype(np.float32)

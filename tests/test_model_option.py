@@ -519,3 +519,35 @@ def test_commands_reading_a_file_whose_model_is_missing_name_it(custom, small_nw
         assert r.returncode == 1 and "Traceback" not in r.stderr, (cmd, r.stderr)
         assert mid in r.stderr and registry.ENV_VAR in r.stderr, (cmd, r.stderr)
     assert not (tmp_path / "d.nwb").exists()
+
+
+def test_a_folder_named_like_a_builtin_model_is_never_silently_replaced_by_it(tmp_path, monkeypatch):
+    """QA: a trained package in ./imaging-v2.1 given as "imaging-v2.1", "./imaging-v2.1" or "imaging-v2.1/"
+    loaded the built-in model of that name. Path-like names are folders; a bare name that is both is refused."""
+    monkeypatch.chdir(tmp_path)
+    name = registry.DEFAULT_NAME
+    _, mid = _copy_model(tmp_path / name, note="mine")
+    assert Necoda(mode="learned", model=f"./{name}").options["model"] == mid
+    assert Necoda(mode="learned", model=f"{name}/").options["model"] == mid
+    with pytest.raises(registry.ModelNotFound, match="names both the built-in model and the folder"):
+        Necoda(mode="learned", model=name)
+    shutil.rmtree(tmp_path / name)
+    shutil.copytree(registry.BUILTIN_DIR / name, tmp_path / name)  # the same model: no ambiguity
+    assert Necoda(mode="learned", model=name).options["model"] == registry.default().id
+
+
+def test_broken_packages_are_named_with_what_is_wrong(tmp_path):
+    """QA: a split package without decoder_context.onnx was "not found ... give a package folder" although
+    the folder was given; a tables.json that is not JSON gave a bare JSONDecodeError."""
+    folder, _ = _copy_model(tmp_path / "m", note="broken")
+    (folder / "decoder_context.onnx").unlink()
+    with pytest.raises(registry.ModelNotFound, match="decoder_context.onnx is missing"):
+        Necoda(mode="learned", model=folder)
+    (folder / "tables.json").write_text("{not json")
+    with pytest.raises(registry.ModelNotFound, match="tables.json is not valid JSON"):
+        Necoda(mode="learned", model=folder)
+
+
+def test_missing_model_message_says_a_changed_package_has_another_id():
+    with pytest.raises(registry.ModelNotFound, match="changed or retrained in place"):
+        registry.get("necoda-0123456789abcdef")

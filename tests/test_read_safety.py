@@ -223,3 +223,22 @@ def test_pool_start_sweeps_outputs_of_dead_readers(tmp_path):
         for path in (stale, live, fresh_dead):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def test_workers_check_they_opened_the_readers_shared_file(tmp_path):
+    """The workers open the reader's unnamed output through /proc/<pid>/fd/<fd>; through another PID
+    namespace's /proc that path could be some other process's file, which they would overwrite. They
+    compare the file's identity with the reader's before writing."""
+    from necoda_filter import reader
+
+    out = reader._SharedOutput((4,), np.uint8, by_fd=False)
+    try:
+        with reader._open_shared(out.worker_path, out.ident):
+            pass
+        other = tmp_path / "someone-elses"
+        other.write_bytes(b"\0" * 4)
+        with pytest.raises(OSError, match="not the reader's shared output"):
+            reader._open_shared(str(other), out.ident)
+        assert other.read_bytes() == b"\0" * 4
+    finally:
+        out.close()

@@ -117,7 +117,10 @@ def _load(mid: str, path: Path) -> ModelPackage:
     got = model_id_of_bytes(*files)
     if got != mid:
         raise ModelNotFound(f"necoda model {mid} at {path} changed on disk (now {got})")
-    tables = json.loads(files[2])
+    try:
+        tables = json.loads(files[2])
+    except ValueError as e:
+        raise ModelNotFound(f"necoda model folder {path}: tables.json is not valid JSON ({e})") from None
     context = files[3] if len(files) > 3 else None
     if tables.get("decoder_split") and context is None:
         raise ModelNotFound(f"necoda model {mid} at {path}: its tables name a split decoder but "
@@ -138,7 +141,9 @@ def get(model_id: str) -> ModelPackage:
         if path is None:
             raise ModelNotFound(
                 f"necoda model {model_id!r} is not installed: this chunk was compressed with it. Put its "
-                f"package folder (encoder.onnx, decoder.onnx, tables.json) on {ENV_VAR} or upgrade necoda-filter")
+                f"package folder (encoder.onnx, decoder.onnx, tables.json, and decoder_context.onnx when it has "
+                f"one) on {ENV_VAR} or upgrade necoda-filter. A model is named by its content: a package "
+                f"changed or retrained in place after the file was written has another id and cannot decode it")
         pkg = _load(model_id, path)
         _by_id[model_id] = pkg
         return pkg
@@ -205,9 +210,17 @@ def resolve(name_or_id: str | None) -> ModelPackage:
         return default()
     if is_model_id(name_or_id):
         return get(name_or_id)
-    p = BUILTIN_DIR / name_or_id
-    if not (p / "tables.json").is_file():
-        p = Path(name_or_id).expanduser()
+    as_path = Path(name_or_id).expanduser()
+    pathlike = os.sep in name_or_id or "/" in name_or_id or name_or_id.startswith((".", "~"))
+    builtin = BUILTIN_DIR / name_or_id
+    if pathlike or not (builtin / "tables.json").is_file():
+        p = as_path  # "./imaging-v2", "models/x", "~/m": a folder, never a built-in's name
+    elif (as_path / "tables.json").is_file() and _dir_id(as_path) != _dir_id(builtin):
+        raise ModelNotFound(f"necoda model {name_or_id!r} names both the built-in model and the folder "
+                            f"{as_path.resolve()} (another model): give the folder as ./{name_or_id} or its full "
+                            "path, or the model's id")
+    else:
+        p = builtin
     if (p / "tables.json").is_file():
         try:
             mid = _dir_id(p)

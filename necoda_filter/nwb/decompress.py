@@ -101,8 +101,9 @@ def decompress_file(src_path, dst_path, gzip_level: int | None = None, workers: 
     check_paths(src_path, dst_path, overwrite)
     if not has_necoda_data(src_path):
         raise ValueError(f"{src_path} holds no necoda-compressed dataset: nothing to decompress, {dst_path} not "
-                         "written (the file is readable without the necoda plugin as it is; necoda decompress "
-                         "decodes the datasets written by necoda compress or with compression=Necoda(...))")
+                         "written (necoda decompress decodes the datasets a file itself stores with "
+                         "compression=Necoda(...) or through necoda compress; data it reaches through external "
+                         "links or virtual datasets lives in other files: decompress those)")
     done: list[str] = []
 
     def handler(sds, dg, name, copier, executor, nworkers):

@@ -159,6 +159,12 @@ class DatasetReport:
     mode_reason: str = ""
 
 
+def _electrode_count(series: h5py.Group) -> int | None:
+    """Number of electrodes of a series' ``electrodes`` region (None without one)."""
+    region = series.get("electrodes")
+    return int(region.shape[0]) if isinstance(region, h5py.Dataset) and region.ndim == 1 else None
+
+
 def _noise_sigma(src: h5py.Dataset, kind: str, fs: float, events: bool = False):
     """Noise level for noise-unit RMSE, estimated on the first part of the data (bounded memory), over
     its finite samples. ``events``: rows are spike snippets (SpikeEventSeries), whose noise is measured
@@ -172,11 +178,17 @@ def _noise_sigma(src: h5py.Dataset, kind: str, fs: float, events: bool = False):
             sample = src[:rows]
             if sample.ndim not in (2, 3):
                 return None, {"method": "unavailable", "reason": f"event data of rank {sample.ndim}"}
+            layout = "(events, channels, samples)"
+            if sample.ndim == 3:  # NWB orders snippets (events, channels, samples); hdmf does not enforce it
+                n_ch = _electrode_count(src.parent)
+                if n_ch is not None and sample.shape[2] == n_ch != sample.shape[1]:
+                    sample = np.swapaxes(sample, 1, 2)  # stored (events, samples, channels)
+                    layout = "(events, samples, channels): channels taken from the electrodes region"
             sig_c = metrics.estimate_noise_events(sample)
             sig = float(np.nanmedian(sig_c)) if np.isfinite(sig_c).any() else math.nan
             model = {"method": "metrics.estimate_noise_events", "events": int(sample.shape[0]),
                      "sigma_channels": [float(v) if np.isfinite(v) else None for v in sig_c[:64]], "sigma": sig,
-                     "axis": "samples within each event (the baseline at both ends)"}
+                     "axis": "samples within each event (the baseline at both ends)", "layout": layout}
             return (sig if sig > 0 else None), model
         if kind == "imaging":
             sample = src[:min(rows, NOISE_FRAMES)]
