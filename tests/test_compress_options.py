@@ -46,6 +46,15 @@ def test_a_shared_bound_is_refused_when_it_would_also_reach_a_learned_movie(tmp_
     assert not out.exists()
     with pytest.raises(ValueError, match="--ephys-max-error"):  # the API refuses it too
         nwb.Settings(imaging="learned", ephys="bounded", max_error=3).check()
+    # QA: refused also for a file with no imaging at all, where the shared bound can only mean the ephys
+    eph = tmp_path / "ephys_only.h5"
+    series_file(eph, {"es": ("ElectricalSeries", ephys(), 15000.0)})
+    assert compress(eph, out, "--imaging", "learned", "--ephys", "bounded", "--max-error", 3) == 0
+    assert json.loads(prov(out, "es/data")[0]["options"]) == {"max_error": 3.0}
+    out.unlink()
+    # ... and when --only leaves one kind
+    assert compress(src, out, "--imaging", "learned", "--ephys", "bounded", "--max-error", 3, "--only", "es") == 0
+    out.unlink()
     # a per-kind option on a kind whose mode takes no bound is an error (it would be ignored)
     assert compress(src, out, "--ephys-max-error", 2) == 1
     assert "--ephys-max-error applies to" in capsys.readouterr().err

@@ -98,7 +98,6 @@ def run(args) -> int:
                         imaging_max_error=args.imaging_max_error,
                         imaging_max_error_noise=args.imaging_max_error_noise,
                         ephys_max_error=args.ephys_max_error, ephys_max_error_noise=args.ephys_max_error_noise)
-    settings.check()  # a shared bound that would also reach a learned movie: the user names the kind
     for kind, mode in (("imaging", args.imaging), ("ephys", args.ephys)):
         if mode == "bounded" and settings.bounds(kind) == (None, None):
             raise ValueError(f"the bounded mode needs a bound: --max-error E (raw units) or --max-error-noise K "

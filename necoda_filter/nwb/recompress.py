@@ -85,12 +85,15 @@ class Settings:
         own = self.own_bounds(kind)
         return own if own != (None, None) else (self.max_error, self.max_error_noise)
 
-    def check(self) -> None:
+    def check(self, kinds=None) -> None:
         """Refuse a shared bound that would reach a learned movie although it was (most likely) meant for the
         bounded other kind: one number cannot be a sensible bound in both ephys and imaging units, and a
-        learned safeguard of a few raw units costs most of the learned ratio."""
+        learned safeguard of a few raw units costs most of the learned ratio. ``kinds``: the kinds of series
+        the file holds (None: assume both); with only one of them the shared bound is unambiguous."""
         shared = self.max_error is not None or self.max_error_noise is not None
         modes_ = {self.imaging, self.ephys}
+        if kinds is not None and not {"imaging", "ephys"} <= set(kinds):
+            return
         if shared and modes_ == {"learned", "bounded"}:
             learned = "imaging" if self.imaging == "learned" else "ephys"
             bounded = "ephys" if learned == "imaging" else "imaging"
@@ -413,6 +416,20 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
                          time.perf_counter() - t0, notes, why)
 
 
+def _target_kinds(src_path, only_keys=None) -> set:
+    """The kinds ("imaging", "ephys") of the series data of ``src_path`` that would be recompressed."""
+    kinds = set()
+    with open_input(src_path) as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                kind = target_kind(obj)
+                if kind is not None and (only_keys is None or Copier._key(obj)[1] in only_keys):
+                    kinds.add(kind)
+
+        f.visititems(visit)
+    return kinds
+
+
 def _resolve_only(src_path, paths) -> set:
     """Object addresses of the series data named by ``paths`` (see :func:`recompress_file`)."""
     with open_input(src_path) as f:
@@ -448,13 +465,13 @@ def recompress_file(src_path, dst_path, settings: Settings | None = None, worker
     these series (paths of their ``data``, of the series group, or links to either; the leading "/" is
     optional); a path that names no recompressible series data is an error."""
     settings = settings or Settings()
-    settings.check()
     # validate the settings (and that the modes are available) before touching the disk
     for kind in ("imaging", "ephys"):
         f = settings.filter_for(kind)
         modes.get(f.mode)
     check_paths(src_path, dst_path, overwrite)
     only_keys = None if only is None else _resolve_only(src_path, only)
+    settings.check(_target_kinds(src_path, only_keys))
     reports: list[DatasetReport] = []
     source_name = Path(src_path).name
 
