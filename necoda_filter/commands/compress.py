@@ -10,7 +10,9 @@ from . import OUTPUT_FOLDER_RULE, check_learned_bound, positive_int
 def add_arguments(p) -> None:
     p.add_argument("input", metavar="IN.nwb", help="NWB (HDF5) file to read; never modified")
     p.add_argument("output", metavar="OUT.nwb",
-                   help=f"file to write (atomically: temp file + rename); {OUTPUT_FOLDER_RULE}")
+                   help="file to write (atomically: a temporary published as OUT when complete; without "
+                        "--overwrite never replacing a file, also not one that appears meanwhile); "
+                        f"{OUTPUT_FOLDER_RULE}")
     p.add_argument("--imaging", choices=["learned", "bounded", "lossless"], default="lossless",
                    help="mode for TwoPhotonSeries/OnePhotonSeries/ImageSeries data (default: lossless). learned "
                         "codes only T x H x W integer movies (>= 8 frames, >= 16 px per side, as mode auto; not "

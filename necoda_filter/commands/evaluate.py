@@ -47,9 +47,10 @@ def add_arguments(p) -> None:
     p.add_argument("original", metavar="ORIGINAL.nwb", help="the file before recompression")
     p.add_argument("compressed", metavar="COMPRESSED.nwb", help="the output of `necoda compress`")
     p.add_argument("--report", metavar="DIR", default=None,
-                   help="folder for report.md, report.json and PNG figures (default: COMPRESSED.necoda-report); "
-                        "the folder that holds it must exist (missing folders are not created: a mistyped path is "
-                        "an error)")
+                   help="folder for report.md, report.json and PNG figures (default: COMPRESSED.necoda-report): new, "
+                        "empty, or an earlier necoda report, which is replaced whole (a folder holding anything "
+                        "else is refused); the folder that holds it must exist (missing folders are not created: "
+                        "a mistyped path is an error)")
     p.add_argument("--window-frames", type=int, default=500,
                    help="imaging frames used for ROI fidelity (default %(default)s)")
     p.add_argument("--window-seconds", type=float, default=5.0,
