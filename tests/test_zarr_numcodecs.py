@@ -348,3 +348,36 @@ def test_info_lists_the_necoda_arrays_of_a_zarr_store(tmp_path, capsys):
     assert "lossless×8 in 8 of 8" not in (out := capsys.readouterr().out) and "lossless×8" in out
     assert cli.main(["info", str(tmp_path)]) == 1  # a folder that is no zarr store
     assert "not an HDF5/NWB file or a zarr store" in capsys.readouterr().err
+
+
+def test_info_reads_format_2_stores_zarr_3_cannot_open(tmp_path, capsys):
+    """QA: `necoda info` on an NWB file in Zarr (hdmf-zarr writes zarr format 2) failed: zarr-python 3 refuses
+    its object arrays' metadata ("Invalid type: 0. Expected a string."), and under zarr-python 2 the zarr 3
+    API was missing. Format-2 stores are now read from their .zarray files and chunk files alone."""
+    import os
+
+    from necoda_filter import cli
+
+    a = _data((64, 20), np.int16)
+    g = zarr.open_group(tmp_path / "f.nwb.zarr", mode="w", zarr_format=2)
+    d = g.create_array("acquisition/es/data", shape=a.shape, chunks=(16, 20), dtype=a.dtype,
+                       compressors=numcodecs.get_codec({"id": "necoda", "mode": "lossless"}),
+                       chunk_key_encoding={"name": "v2", "separator": "/"})
+    d[:48] = a[:48]
+    text = tmp_path / "f.nwb.zarr" / "general" / "session_description"  # as hdmf-zarr writes text: zarr 3 refuses it
+    os.makedirs(text)
+    (text / ".zarray").write_text(json.dumps({"chunks": [1], "compressor": None, "dtype": "|O", "fill_value": 0,
+                                              "filters": [{"id": "json2", "encoding": "utf-8"}], "order": "C",
+                                              "shape": [1], "zarr_format": 2}))
+    with pytest.raises((TypeError, ValueError)):  # zarr-python 3 cannot open that array
+        zarr.open_group(tmp_path / "f.nwb.zarr", mode="r")["general/session_description"]
+    assert cli.main(["info", str(tmp_path / "f.nwb.zarr"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in rows] == ["/acquisition/es/data"]
+    r = rows[0]
+    assert r["chunk_modes"] == {"lossless": 3} and r["chunks_total"] == 4 and r["requested"] == {"mode": "lossless"}
+    stored = sum(os.path.getsize(os.path.join(p, n)) for p, _, ns in os.walk(tmp_path / "f.nwb.zarr/acquisition/es/data")
+                 for n in ns if not n.startswith("."))
+    assert r["stored_bytes"] == stored and r["raw_bytes"] == a.nbytes
+    assert cli.main(["info", str(tmp_path / "f.nwb.zarr"), "--all"]) == 0
+    assert "/general/session_description" in capsys.readouterr().out

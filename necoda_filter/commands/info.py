@@ -254,6 +254,8 @@ def zarr_info(path, include_all=False, max_chunks=8) -> list[dict]:
     def is_ours(c):
         return getattr(c, "codec_id", None) == "necoda" or type(c).__name__ == "NecodaZarrCodec"
 
+    if not os.path.isfile(os.path.join(str(path), "zarr.json")):
+        return _zarr2_info(path, include_all, max_chunks)  # format 2: read from its JSON, without zarr
     root = zarr.open(path, mode="r")
     arrays = [root] if isinstance(root, zarr.Array) else [a for _, a in root.members(max_depth=None)
                                                           if isinstance(a, zarr.Array)]
@@ -283,6 +285,64 @@ def zarr_info(path, include_all=False, max_chunks=8) -> list[dict]:
 
             def buffer(i, grid=grid, folder=folder, m=m):
                 f = os.path.join(folder, m.encode_chunk_key(grid[i]))
+                if not os.path.isfile(f):
+                    return None  # never written: the fill value
+                with open(f, "rb") as fh:
+                    return fh.read()
+
+            row.update(_chunk_headers(buffer, len(grid), max_chunks))
+        rows.append(row)
+    return rows
+
+
+def _zarr2_info(path, include_all=False, max_chunks=8) -> list[dict]:
+    """:func:`zarr_info` for a zarr format-2 store, read from its ``.zarray`` files and chunk files alone:
+    the same under zarr-python 2 and 3, and for stores zarr-python 3 cannot open (hdmf-zarr's NWB files hold
+    object arrays whose metadata it refuses)."""
+    import itertools
+    import math
+    import os
+    import re
+
+    import numpy as np
+
+    root = os.path.abspath(str(path))
+    rows = []
+    for folder, subdirs, files in sorted(os.walk(root)):
+        subdirs.sort()
+        if ".zarray" not in files:
+            continue
+        subdirs[:] = []  # an array's sub-folders hold its chunks ("/" separator), not other nodes
+        with open(os.path.join(folder, ".zarray")) as fh:
+            meta = json.load(fh)
+        codecs = [c for c in (*(meta.get("filters") or ()), meta.get("compressor")) if c]
+        ours = next((c for c in codecs if c.get("id") == "necoda"), None)
+        if ours is None and not include_all:
+            continue
+        shape, chunks, sep = meta["shape"], meta["chunks"], meta.get("dimension_separator") or "."
+        try:
+            dt = np.dtype(meta["dtype"])
+            raw = int(np.prod(shape, dtype=np.int64)) * dt.itemsize if dt.kind != "O" else None
+        except TypeError:  # structured dtypes given as lists
+            dt, raw = None, None
+        key = re.compile(r"^\d+(" + re.escape(sep) + r"\d+)*$")
+        stored = 0
+        for sub, _, names in os.walk(folder):
+            for n in names:
+                rel = os.path.relpath(os.path.join(sub, n), folder).replace(os.sep, "/")
+                if key.match(rel if sep == "/" else n):
+                    stored += os.path.getsize(os.path.join(sub, n))
+        rel = os.path.relpath(folder, root)
+        row = {"path": "/" if rel == "." else "/" + rel.replace(os.sep, "/"), "shape": list(shape),
+               "dtype": str(dt) if dt is not None else str(meta["dtype"]), "chunks": list(chunks),
+               "filters": [c.get("id") for c in codecs], "raw_bytes": raw, "stored_bytes": int(stored),
+               "ratio": round(raw / stored, 3) if raw and stored else None}
+        if ours is not None:
+            row["requested"] = {k: v for k, v in ours.items() if k != "id" and v is not None}
+            grid = list(itertools.product(*(range(math.ceil(n / c)) for n, c in zip(shape, chunks))))
+
+            def buffer(i, grid=grid, folder=folder, sep=sep):
+                f = os.path.join(folder, *sep.join(map(str, grid[i])).split("/"))
                 if not os.path.isfile(f):
                     return None  # never written: the fill value
                 with open(f, "rb") as fh:
