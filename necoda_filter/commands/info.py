@@ -245,8 +245,6 @@ def zarr_info(path, include_all=False, max_chunks=8) -> list[dict]:
     """:func:`file_info` for a zarr store (v2 or v3) on disk: its arrays coded with necoda (the numcodecs
     codec as compressor, or :class:`necoda_filter.zarr3.NecodaZarrCodec` as serializer, also inside a
     sharding codec, whose shards are then not opened to sample chunk headers)."""
-    import itertools
-    import math
     import os
 
     import zarr
@@ -280,27 +278,35 @@ def zarr_info(path, include_all=False, max_chunks=8) -> list[dict]:
         if holder is not None and holder is not ours:
             row["sharded"] = True
         elif holder is not None:
-            grid = list(itertools.product(*(range(math.ceil(s / c)) for s, c in zip(a.shape, a.chunks))))
-            folder = os.path.join(str(path), a.path)
-
-            def buffer(i, grid=grid, folder=folder, m=m):
-                f = os.path.join(folder, m.encode_chunk_key(grid[i]))
-                if not os.path.isfile(f):
-                    return None  # never written: the fill value
-                with open(f, "rb") as fh:
-                    return fh.read()
-
-            row.update(_chunk_headers(buffer, len(grid), max_chunks))
+            row.update(_chunk_file_headers(os.path.join(str(path), a.path), a.shape, a.chunks,
+                                           m.encode_chunk_key, max_chunks))
         rows.append(row)
     return rows
+
+
+def _chunk_file_headers(folder, shape, chunks, key_of, max_chunks) -> dict:
+    """:func:`_chunk_headers` of a zarr array stored as one file per chunk in ``folder`` (``key_of``: a
+    chunk's grid index -> its file name, "/" separating sub-folders); a missing file is a chunk never
+    written (the fill value)."""
+    import itertools
+    import os
+
+    grid = list(itertools.product(*(range(math.ceil(n / c)) for n, c in zip(shape, chunks))))
+
+    def buffer(i):
+        f = os.path.join(folder, *key_of(grid[i]).split("/"))
+        if not os.path.isfile(f):
+            return None
+        with open(f, "rb") as fh:
+            return fh.read()
+
+    return _chunk_headers(buffer, len(grid), max_chunks)
 
 
 def _zarr2_info(path, include_all=False, max_chunks=8) -> list[dict]:
     """:func:`zarr_info` for a zarr format-2 store, read from its ``.zarray`` files and chunk files alone:
     the same under zarr-python 2 and 3, and for stores zarr-python 3 cannot open (hdmf-zarr's NWB files hold
     object arrays whose metadata it refuses)."""
-    import itertools
-    import math
     import os
     import re
 
@@ -339,16 +345,8 @@ def _zarr2_info(path, include_all=False, max_chunks=8) -> list[dict]:
                "ratio": round(raw / stored, 3) if raw and stored else None}
         if ours is not None:
             row["requested"] = {k: v for k, v in ours.items() if k != "id" and v is not None}
-            grid = list(itertools.product(*(range(math.ceil(n / c)) for n, c in zip(shape, chunks))))
-
-            def buffer(i, grid=grid, folder=folder, sep=sep):
-                f = os.path.join(folder, *sep.join(map(str, grid[i])).split("/"))
-                if not os.path.isfile(f):
-                    return None  # never written: the fill value
-                with open(f, "rb") as fh:
-                    return fh.read()
-
-            row.update(_chunk_headers(buffer, len(grid), max_chunks))
+            row.update(_chunk_file_headers(folder, shape, chunks, lambda idx, sep=sep: sep.join(map(str, idx)),
+                                           max_chunks))
         rows.append(row)
     return rows
 
