@@ -152,10 +152,10 @@ def new_file(path, suffix: str, overwrite: bool = False):
     without error, :func:`publish` it as ``path``. It is removed on any error, Ctrl-C, SIGTERM or SIGHUP
     (the signals become an exit, main thread only, as in ``necoda compress``), and an OSError while writing
     names ``path``, not the temporary."""
-    from .nwb.atomic import _sigterm_as_exit
+    from .nwb.atomic import sigterm_as_exit
 
     path, tmp = Path(path), None
-    with _sigterm_as_exit():
+    with sigterm_as_exit():
         try:
             tmp = temporary_next_to(path, suffix)
             try:

@@ -605,7 +605,7 @@ sys.exit(main(sys.argv[2:]))
 @pytest.mark.parametrize("suffix, sig", [(".nwb", "SIGTERM"), (".nwb", "SIGHUP"), (".npz", "SIGTERM")])
 def test_sigterm_or_hangup_during_the_write_leaves_no_temporary(suffix, sig, tmp_path):
     """Bug: SIGTERM during the write left `.big.14942.tmp.nwb` next to OUT. As in `necoda compress`
-    (nwb.atomic._sigterm_as_exit), SIGTERM and SIGHUP now end the run cleanly: temporary removed, no OUT,
+    (nwb.atomic.sigterm_as_exit), SIGTERM and SIGHUP now end the run cleanly: temporary removed, no OUT,
     exit status 128 + the signal number."""
     import signal
     import subprocess

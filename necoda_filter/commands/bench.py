@@ -106,12 +106,12 @@ def _check_not_input(bench, spec: str, out: Path) -> None:
 
 def _write_atomic(bench, res, out: Path, plots: bool) -> None:
     """Write OUT/results.* via a temporary folder inside OUT, each file renamed into place when complete."""
-    from ..nwb.atomic import claim_temp_folder, clean_stale_temps, sigterm_as_exit
+    from ..nwb.atomic import claim_temp, clean_stale_temps, sigterm_as_exit
 
     out.mkdir(exist_ok=True)  # its folder exists (checked up front: missing folders are not created)
     marker = out / "results"  # the temporary is OUT/.results.necoda-tmp-<pid>: a killed run's is removed
     clean_stale_temps(marker)
-    tmp = claim_temp_folder(marker)
+    tmp = claim_temp(marker, folder=True)
     try:
         with sigterm_as_exit():  # SIGTERM/SIGHUP: an exit that runs the clean-up below
             for p in bench.write_outputs(res, tmp, plots=plots):

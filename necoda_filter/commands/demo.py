@@ -197,11 +197,11 @@ def run(args) -> int:
     keep = args.out is not None
     path = _out_path(args.out) if keep else None
 
-    from ..nwb.atomic import _sigterm_as_exit
+    from ..nwb.atomic import sigterm_as_exit
 
     # SIGTERM and SIGHUP (main thread only) become an exit that runs the cleanup (the temporary folder, the
     # NWB file's temporary), as in `necoda compress`
-    with _sigterm_as_exit():
+    with sigterm_as_exit():
         return _run(args, keep, path, imaging_io, ephys_io)
 
 

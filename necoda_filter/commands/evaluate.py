@@ -27,10 +27,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import posixpath
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -492,10 +490,10 @@ def evaluate_files(original, compressed, report_dir=None, figures=True, **window
         # the report is made in a new folder next to DIR and then takes DIR's place: nothing in DIR is
         # written through (a link there to an input or to a user's file), no stale figure of an earlier
         # report stays, and an interrupted run leaves DIR as it was
-        from ..nwb.atomic import claim_temp_folder, clean_stale_temps, sigterm_as_exit
+        from ..nwb.atomic import claim_temp, clean_stale_temps, replace_folder, sigterm_as_exit
 
         clean_stale_temps(report_dir)  # left by runs that were killed (SIGKILL)
-        tmp = claim_temp_folder(report_dir)
+        tmp = claim_temp(report_dir, folder=True)
         try:
             with sigterm_as_exit():  # SIGTERM/SIGHUP: an exit that runs the clean-up below
                 for path in pairs:
@@ -506,7 +504,7 @@ def evaluate_files(original, compressed, report_dir=None, figures=True, **window
                 out["file_ratio"] = out["original_file_bytes"] / max(1, out["compressed_file_bytes"])
                 (tmp / "report.json").write_text(json.dumps(_clean(out), indent=2))
                 (tmp / "report.md").write_text(markdown(out))
-                _replace_dir(tmp, report_dir)
+                replace_folder(tmp, report_dir)  # an earlier report, checked by _check_report_dir
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -565,23 +563,6 @@ def _check_report_dir(report_dir: Path) -> None:
         shown = ", ".join(other[:4]) + (", ..." if len(other) > 4 else "")
         raise FileExistsError(f"report folder {report_dir} holds files that are not an earlier necoda report "
                               f"({shown}): give a new or empty folder")
-
-
-def _replace_dir(new: Path, dst: Path) -> None:
-    """Put folder ``new`` at ``dst``, replacing the earlier report there (checked by _check_report_dir)."""
-    if not os.path.lexists(dst):
-        os.rename(new, dst)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.necoda-old-", dir=dst.parent))
-    os.rmdir(old)
-    os.rename(dst, old)
-    try:
-        os.rename(new, dst)
-    except BaseException:
-        os.rename(old, dst)
-        raise
-    shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else os.unlink(old)
-
 
 
 def markdown(res: dict) -> str:

@@ -178,17 +178,17 @@ def run(args) -> int:
 
     patch, lambdas = _check_args(args)  # a wrong argument first: it is the user's to fix whatever is installed
     _require_train_extra()
-    from ..train.train import train
-    import os
     import shutil
+
+    from ..train.train import train
 
     out = Path(args.out).absolute()
     # the package is built in a temporary folder next to --out and renamed at the end: an interrupted or
     # failed run leaves no half-written model (and an existing one, with --force, stays until then)
-    from ..nwb.atomic import claim_temp_folder, clean_stale_temps, sigterm_as_exit
+    from ..nwb.atomic import claim_temp, clean_stale_temps, replace_folder, sigterm_as_exit
 
     clean_stale_temps(out)  # left by runs that were killed (SIGKILL)
-    tmp = claim_temp_folder(out)
+    tmp = claim_temp(out, folder=True)
     with sigterm_as_exit():  # SIGTERM/SIGHUP: an exit that runs the clean-up below
         try:
             with open(tmp / "train_log.txt", "w") as logf:
@@ -204,13 +204,7 @@ def run(args) -> int:
                             width=args.width, lr=args.lr, init=args.init, lambdas=lambdas, patch=patch,
                             **({} if args.trace_weight is None else {"trace_weight": args.trace_weight}), log=log)
                 log(f"model id {mid}, package {out}")
-            old = None
-            if out.exists():
-                old = out.parent / f".{out.name}.necoda-old-{os.getpid()}"
-                os.rename(out, old)
-            os.rename(tmp, out)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_folder(tmp, out)  # an earlier package there: checked replaceable (--force) by _check_args
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

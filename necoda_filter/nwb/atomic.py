@@ -160,15 +160,19 @@ def sigterm_as_exit():
             signal.signal(sig, h)
 
 
-def _claim_temp(dst: Path) -> Path:
-    """Create (empty) and return this process's temporary for ``dst``: ``.<OUT>.necoda-tmp-<pid>``, or
-    ``...-<pid>-<n>`` when that name is taken (another thread of this process writing the same OUT: each
-    run keeps its own temporary, and the later one to finish finds OUT there)."""
+def claim_temp(dst: Path, folder: bool = False) -> Path:
+    """Create (an empty file, or with ``folder`` an empty folder) and return this process's temporary for
+    ``dst``: ``.<OUT>.necoda-tmp-<pid>``, or ``...-<pid>-<n>`` when that name is taken (another thread of
+    this process writing the same OUT: each run keeps its own temporary, and the later one to finish finds
+    OUT there). :func:`clean_stale_temps` removes it once this process is gone."""
     base = dst.parent / f".{dst.name}{TMP_MARK}{os.getpid()}"
     for n in range(1, 1000):
         tmp = base if n == 1 else base.with_name(f"{base.name}-{n}")
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+            if folder:
+                tmp.mkdir()
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
         except FileExistsError:
             continue
         return tmp
@@ -182,7 +186,7 @@ def atomic_output(dst: Path, overwrite: bool = False):
     appeared meanwhile, is a FileExistsError and the temporary is removed)."""
     dst = Path(dst)
     clean_stale_temps(dst)
-    tmp = _claim_temp(dst)
+    tmp = claim_temp(dst)
     ok = False
     try:
         with sigterm_as_exit():
@@ -206,18 +210,22 @@ def atomic_output(dst: Path, overwrite: bool = False):
                 tmp.unlink()
 
 
-_sigterm_as_exit = sigterm_as_exit  # the name the package's writers used
-
-
-def claim_temp_folder(out: Path) -> Path:
-    """Create and return this process's temporary folder for ``out`` (``.<OUT>.necoda-tmp-<pid>[-n]`` next
-    to it, the name :func:`clean_stale_temps` removes once this process is gone)."""
-    base = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}"
-    for n in range(1, 1000):
-        tmp = base if n == 1 else base.with_name(f"{base.name}-{n}")
-        try:
-            tmp.mkdir()
-            return tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name for {out}")
+def replace_folder(new: Path, dst: Path) -> None:
+    """Put the complete folder ``new`` (a temporary next to ``dst``) at ``dst``, replacing the folder there
+    (the caller decided it may): the old one is renamed aside first and removed last, and comes back if
+    the second rename fails."""
+    if not os.path.lexists(dst):
+        os.rename(new, dst)
+        return
+    old = dst.parent / f".{dst.name}.necoda-old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(dst, old)
+    try:
+        os.rename(new, dst)
+    except BaseException:
+        os.rename(old, dst)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.unlink(old)

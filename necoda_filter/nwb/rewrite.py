@@ -8,7 +8,7 @@ a lock held, and the cleanup then waited for it forever (see :func:`_rewrite_fil
 from __future__ import annotations
 
 from ..mainthread import check, off_main_thread
-from .atomic import _sigterm_as_exit, atomic_output, check_paths, open_input
+from .atomic import atomic_output, check_paths, open_input, sigterm_as_exit
 from .copier import Copier, _copy_userblock, _create_file
 from .workers import make_executor
 
@@ -45,5 +45,5 @@ def _rewrite_file(src_path, dst_path, overwrite, workers, handler) -> None:
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
 
-    with _sigterm_as_exit():  # signal handlers can only be set in the main thread
+    with sigterm_as_exit():  # signal handlers can only be set in the main thread
         off_main_thread(run)
