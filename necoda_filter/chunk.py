@@ -76,8 +76,10 @@ def _fill(out: np.ndarray, pad: int) -> None:
         out[...] = 0
 
 
-def encode(arr: np.ndarray, mode: str = "auto", **options) -> bytes:
+def encode(arr: np.ndarray, mode: str = "auto", *, on_raw=None, **options) -> bytes:
     """Compress one chunk into a self-describing necoda container.
+
+    ``on_raw``: called with the reason (text) when the chosen mode failed on the chunk and it is stored raw.
 
     Trailing hyperplanes that all hold the chunk's last sample (an edge chunk's padding) are left out of what
     the mode codes and restored exactly on decode (``_core``, and ``_pad`` with format version 3 when that
@@ -118,6 +120,8 @@ def encode(arr: np.ndarray, mode: str = "auto", **options) -> bytes:
         except Exception as e:  # noqa: BLE001 — any failure falls back to raw, loudly in the log
             log.warning("necoda %s encoder could not handle a %s %s chunk (%s: %s); stored raw",
                         name, arr.shape, arr.dtype, type(e).__name__, e)
+            if on_raw is not None:
+                on_raw(f"{type(e).__name__}: {e}")
             enc = None
         if enc is not None and not m.lossy and len(enc.payload) >= raw_size:
             enc = None

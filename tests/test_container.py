@@ -173,3 +173,15 @@ def test_bad_core_shape_refused():
     bad = container.pack(h.mode_id, h.dtype, h.shape, payload, params)
     with pytest.raises(CorruptChunk, match="core"):
         chunk.decode(bad)
+
+
+def test_encode_tells_why_a_chunk_is_stored_raw():
+    """`necoda compress` names the reason a chunk fell back to raw: chunk.encode hands it to ``on_raw``."""
+    why = []
+    x = np.zeros((16, 32, 32), np.float32)
+    x[0, 0, 0] = np.nan
+    assert chunk.info(chunk.encode(x, "learned", on_raw=why.append)).mode_id == 0
+    assert why == ["ValueError: learned mode cannot code NaN/inf"]
+    why.clear()
+    chunk.encode(np.arange(64, dtype=np.int16).reshape(8, 8), "lossless", on_raw=why.append)
+    assert why == []

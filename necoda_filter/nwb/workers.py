@@ -4,7 +4,6 @@ The chunk functions are at module level: they run in worker processes (pickled b
 """
 from __future__ import annotations
 
-import logging
 import math
 import sys
 import zlib
@@ -50,8 +49,8 @@ def _encode_chunk(arr: np.ndarray, mode: str, opts: dict, valid: tuple, sigma) -
     from .. import options
 
     options.require_model(mode, opts, arr.shape, arr.dtype)  # a model that vanished: an error, never raw chunks
-    with _Reasons() as why:  # why a chunk is stored raw (chunk.encode logs it)
-        enc = chunk.encode(arr, mode, **opts)
+    why: list[str] = []  # why the mode could not code the chunk, when it is stored raw
+    enc = chunk.encode(arr, mode, on_raw=why.append, **opts)
     h = chunk.info(enc)
     with runtime.arena_shrink():
         dec = chunk.decode(enc)
@@ -70,8 +69,8 @@ def _encode_chunk(arr: np.ndarray, mode: str, opts: dict, valid: tuple, sigma) -
             raise RuntimeError(f"necoda {modes.MODE_NAMES[h.mode_id]} chunk did not round-trip exactly: "
                                "refusing to write it")
     if h.mode_id == modes.MODE_IDS["raw"] and mode != "raw":
-        st["raw_reason"] = why.text or ("lossless coding was not smaller than the raw chunk" if not
-                                        modes.get(modes.resolve(mode, arr.shape, arr.dtype)).lossy else "")
+        lossy_mode = modes.get(modes.resolve(mode, arr.shape, arr.dtype)).lossy
+        st["raw_reason"] = why[0] if why else "" if lossy_mode else "lossless coding was not smaller than the raw chunk"
     o0, d0 = o, d
     o, d, mismatch, lo, hi = finite_pair(o, d)
     es = metrics.error_stats(o, d)
@@ -90,28 +89,6 @@ def _encode_chunk(arr: np.ndarray, mode: str, opts: dict, valid: tuple, sigma) -
         nr = metrics.noise_rmse(o, d, sigma)
         st["noise_sse"] = math.inf if mismatch else nr * nr * n
     return enc, st
-
-
-class _Reasons(logging.Handler):
-    """Collects the warnings ``chunk.encode`` logs while it runs (why a chunk fell back to raw)."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.text = ""
-
-    def emit(self, record):
-        if not self.text:
-            msg = record.getMessage()
-            # "necoda learned encoder could not handle a (...) chunk (ValueError: why); stored raw" -> "why"
-            i, j = msg.find(": ", msg.find("could not handle")), msg.rfind("); stored raw")
-            self.text = msg[i + 2:j] if "could not handle" in msg and 0 <= i < j else msg
-
-    def __enter__(self):
-        logging.getLogger("necoda_filter").addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        logging.getLogger("necoda_filter").removeHandler(self)
 
 
 def _decode_chunk(buf: bytes, filter_mask: int, shape: tuple, dtype: str, gzip_level: int | None) -> bytes:
