@@ -219,21 +219,22 @@ def _worker_init(parent: int | None = None, hdf5_files=frozenset(), warmup_barri
 
 
 def _open_shared(path, ident):
-    """Open the reader's shared output ``path`` in a worker, checking it is that file (``ident``: its
-    (st_dev, st_ino) in the reader): a ``/proc/<pid>/fd/<fd>`` seen through another PID namespace's /proc
-    could name some other process's file, which the decoded chunks would then overwrite."""
+    """Open the parent's shared array ``path`` (:class:`SharedArray`) in a worker, checking it is that file
+    (``ident``: its (st_dev, st_ino) in the parent): a ``/proc/<pid>/fd/<fd>`` seen through another PID
+    namespace's /proc could name some other process's file, which decoded chunks would then overwrite (or
+    an encoder would code in place of the parent's chunk)."""
     fh = open(path, "r+b")
     st = os.fstat(fh.fileno())
     if ident is not None and (st.st_dev, st.st_ino) != tuple(ident):
         fh.close()
-        raise OSError(f"necoda read: {path} is not the reader's shared output file in this worker")
+        raise OSError(f"necoda: {path} is not the parent's shared array file in this worker")
     return fh
 
 
 def _noop(probe=None):
     """Warm-up task: waits until every worker runs one, so each worker has run its initializer (closed
     its copies of the parent's HDF5 files) when the pool is handed out. Returns whether the worker could
-    open ``probe``, the parent's unlinked file as ``/proc/<pid>/fd/<fd>`` (see :class:`_SharedOutput`)."""
+    open ``probe``, the parent's unlinked file as ``/proc/<pid>/fd/<fd>`` (see :class:`SharedArray`)."""
     ok = False
     if probe is not None:
         try:
@@ -272,7 +273,7 @@ def _new_process_pool(workers: int) -> ProcessPoolExecutor:
     probe = None
     try:
         try:
-            probe = _SharedOutput((1,), np.uint8, by_fd=True)
+            probe = SharedArray((1,), np.uint8, by_fd=True)
         except OSError:
             pass
         ok = [f.result() for f in [pool.submit(_noop, probe and (probe.worker_path, probe.ident)) for _ in range(workers)]]
@@ -610,8 +611,9 @@ def _output_folder() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
-class _SharedOutput:
-    """The output array of a process-pool read: a file in /dev/shm mapped by the reader and its workers.
+class SharedArray:
+    """An array in a file in /dev/shm, mapped by the parent and its worker processes: the output of a
+    process-pool read, the chunks ``necoda compress`` and ``decompress`` pass to and from their workers.
 
     ``by_fd``: the file has no name (``O_TMPFILE``; else it is unlinked as soon as it is created) and the
     workers open it as ``/proc/<pid>/fd/<fd>`` (``worker_path``), so a reader killed (SIGKILL, SIGTERM)
@@ -920,7 +922,7 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
 
     def run_processes(stop):
         with _using(_process_pool, workers) as pool:
-            output = _SharedOutput(shape, dtype, by_fd=getattr(pool, "necoda_outputs_by_fd", False))
+            output = SharedArray(shape, dtype, by_fd=getattr(pool, "necoda_outputs_by_fd", False))
             path, nbytes, shm = output.worker_path, output.nbytes, output.arr
             try:
                 # batches of chunks per task: enough tasks to balance the workers, few enough to keep the

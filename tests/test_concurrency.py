@@ -584,13 +584,13 @@ def test_ctrl_c_in_compress_cannot_land_inside_a_pool_lock(tmp_path):
         OUT.unlink()
 
         # a Ctrl-C while the workers encode (slowed down: 0.2 s a chunk)
-        real = nwb.recompress._encode_chunk
+        real = nwb.recompress._encode_slot  # what the workers run (chunks in shared memory)
 
         def slow(*a):
             time.sleep(0.2)
             return real(*a)
 
-        nwb.recompress._encode_chunk = slow
+        nwb.recompress._encode_slot = slow
 
         def interrupt_when_writing():
             while not any(nwb.TMP_MARK in p.name for p in D.iterdir()):

@@ -591,7 +591,8 @@ def test_killed_midway_leaves_input_and_no_output(big_in, tmp_path, sig):
     ("ephys", (3100, 5), ">i2", 0),                 # big-endian file type
 ])
 @pytest.mark.parametrize("mode", ["lossless", "auto", "bounded"])
-def test_direct_chunk_bytes_equal_filter_pipeline(tmp_path, kind, shape, dtype, fill, mode):
+@pytest.mark.parametrize("workers", [1, 2])  # chunks read in this process / handed over in shared memory
+def test_direct_chunk_bytes_equal_filter_pipeline(tmp_path, kind, shape, dtype, fill, mode, workers):
     if not mode_available(mode if mode != "auto" else "lossless"):
         pytest.skip(f"{mode} mode not available yet")
     rng = np.random.default_rng(3)
@@ -606,7 +607,7 @@ def test_direct_chunk_bytes_equal_filter_pipeline(tmp_path, kind, shape, dtype, 
         g.create_dataset("starting_time", data=0.0).attrs["rate"] = fs
         g.create_dataset("data", data=data, fillvalue=np.array(fill, dtype=dtype))
     out = tmp_path / "out.h5"
-    nwb.recompress_file(tmp_path / "src.h5", out, settings, workers=2, progress=False)
+    nwb.recompress_file(tmp_path / "src.h5", out, settings, workers=workers, progress=False)
     with h5py.File(out, "r") as f, h5py.File(tmp_path / "ref.h5", "w") as g:
         d = f["ts/data"]
         chunks = nwb.plan_chunks(kind, shape, np.dtype(dtype).itemsize, fs)

@@ -231,13 +231,13 @@ def test_workers_check_they_opened_the_readers_shared_file(tmp_path):
     compare the file's identity with the reader's before writing."""
     from necoda_filter import reader
 
-    out = reader._SharedOutput((4,), np.uint8, by_fd=False)
+    out = reader.SharedArray((4,), np.uint8, by_fd=False)
     try:
         with reader._open_shared(out.worker_path, out.ident):
             pass
         other = tmp_path / "someone-elses"
         other.write_bytes(b"\0" * 4)
-        with pytest.raises(OSError, match="not the reader's shared output"):
+        with pytest.raises(OSError, match="not the parent's shared array"):
             reader._open_shared(str(other), out.ident)
         assert other.read_bytes() == b"\0" * 4
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 
 import h5py
 import numpy as np
@@ -13,7 +14,7 @@ from ..mainthread import check, result
 from .atomic import check_paths, open_input
 from .plan import necoda_filter_info
 from .rewrite import _rewrite_file
-from .workers import _chunk_grid, _decode_chunk, _progress
+from .workers import _chunk_grid, _decode_chunk, _decode_slot, _progress, shared_spec
 
 
 def _allocated_chunks(dset: h5py.Dataset) -> list[tuple[tuple, int]]:
@@ -51,25 +52,44 @@ def decompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, gzip_level:
         if sole:
             window: deque = deque()
             depth = max(2, 2 * workers)
+            # worker processes hand plain chunks back through a shared array of depth + 1 slots (chunk i
+            # in slot i % (depth + 1), written after chunk i - depth - 1 was drained), not through a pipe
+            shared = None
+            if gzip_level is None and isinstance(executor, ProcessPoolExecutor):
+                from ..reader import SharedArray
+
+                shared = SharedArray((depth + 1, int(np.prod(chunks)) * dst.dtype.itemsize), np.uint8,
+                                     by_fd=getattr(executor, "necoda_outputs_by_fd", False))
+                spec = shared_spec(shared)
 
             def drain(limit):
                 while len(window) > limit:
-                    off, nb, fut = window.popleft()
-                    dst.id.write_direct_chunk(off, result(fut, stop), filter_mask=0)
+                    off, nb, slot, fut = window.popleft()
+                    got = result(fut, stop)
+                    if slot is not None:
+                        got = shared.arr[slot, :got]
+                    dst.id.write_direct_chunk(off, got, filter_mask=0)
                     bar.update(nb)
 
             try:
-                for off, mask in _allocated_chunks(src):
+                for i, (off, mask) in enumerate(_allocated_chunks(src)):
                     check(stop)
                     _, buf = src.id.read_direct_chunk(off)
                     nb = int(np.prod([min(c, s - o) for o, s, c in zip(off, src.shape, chunks)])) * src.dtype.itemsize
-                    window.append((off, nb, executor.submit(_decode_chunk, buf, mask, chunks, file_dtype,
-                                                            gzip_level)))
+                    if shared is not None:
+                        slot = i % (depth + 1)
+                        fut = executor.submit(_decode_slot, spec, slot, buf, mask, chunks, file_dtype)
+                    else:
+                        slot = None
+                        fut = executor.submit(_decode_chunk, buf, mask, chunks, file_dtype, gzip_level)
+                    window.append((off, nb, slot, fut))
                     drain(depth)
                 drain(0)
             finally:
-                for _, _, fut in window:
+                for *_, fut in window:
                     fut.cancel()
+                if shared is not None:
+                    shared.close()
         else:  # necoda combined with other filters: let HDF5 run the whole pipeline
             for off in itertools.product(*_chunk_grid(src.shape, chunks)):
                 check(stop)

@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +38,7 @@ from .copier import Copier
 from .plan import (DEFAULT_FS, TARGET_TYPES, _attr_str, necoda_filter_info, not_target_reason, plan_chunks,
                    sampling_rate, target_kind)
 from .rewrite import _rewrite_file
-from .workers import _encode_chunk, _progress
+from .workers import _encode_chunk, _encode_slot, _progress, shared_spec
 
 log = logging.getLogger("necoda_filter")
 
@@ -333,27 +334,42 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
 
     grid0 = range(0, shape[0], chunks[0])
     rest = [list(range(0, s, c)) for s, c in zip(shape[1:], chunks[1:])]
+    per_row = math.prod(len(r) for r in rest)
+    # worker processes get the chunks through a shared array of depth + 1 chunk slots: chunk i goes to slot
+    # i % (depth + 1), whose last user (chunk i - depth - 1) has been drained before chunk i is read
+    shared = None
+    if isinstance(executor, ProcessPoolExecutor):
+        from ..reader import SharedArray
+
+        shared = SharedArray((depth + 1, *chunks), fdtype, by_fd=getattr(executor, "necoda_outputs_by_fd", False))
+        spec = shared_spec(shared)
+    i = 0
     try:
         for t in grid0:
             t1 = min(shape[0], t + chunks[0])
-            slab = src[t:t1] if row_bytes <= SLAB_MAX else None
+            # a row of several chunks is read at once (one pass over a contiguous source); a row that is
+            # one chunk is read straight into the chunk's buffer
+            slab = src[t:t1] if row_bytes <= SLAB_MAX and per_row > 1 else None
             for offs in itertools.product(*rest):
                 check(stop)
                 off = (t, *offs)
                 sel = tuple(slice(o, min(s, o + c)) for o, s, c in zip(off, shape, chunks))
+                valid = tuple(x.stop - x.start for x in sel)
+                arr = shared.arr[i % (depth + 1)] if shared is not None else np.empty(chunks, fdtype)
+                inner = tuple(slice(0, v) for v in valid)
+                if valid != tuple(chunks):  # edge chunk: the full chunk buffer HDF5 gives a filter, padded
+                    arr[...] = fillv        # with the fill value
                 if slab is not None:
-                    part = slab[(slice(None), *sel[1:])]
+                    arr[inner] = slab[(slice(None), *sel[1:])]
                 else:
-                    part = src[sel]
-                valid = part.shape
-                if tuple(valid) == tuple(chunks):
-                    arr = np.ascontiguousarray(part, dtype=fdtype)
-                else:  # edge chunk: the full chunk buffer HDF5 gives a filter, padded with the fill value
-                    arr = np.full(chunks, fillv, dtype=fdtype)
-                    arr[tuple(slice(0, v) for v in valid)] = part
-                fut = executor.submit(_encode_chunk, arr, fmode, fopts, valid, sigma)
-                window.append((off, part.nbytes, fut))
-                del arr, part
+                    src.read_direct(arr, source_sel=sel, dest_sel=inner)
+                if shared is not None:
+                    fut = executor.submit(_encode_slot, spec, i % (depth + 1), fmode, fopts, valid, sigma)
+                else:
+                    fut = executor.submit(_encode_chunk, arr, fmode, fopts, valid, sigma)
+                window.append((off, math.prod(valid) * src.dtype.itemsize, fut))
+                del arr
+                i += 1
                 drain(depth)
             del slab
         drain(0)
@@ -361,6 +377,8 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
         bar.close()
         for _, _, fut in window:
             fut.cancel()
+        if shared is not None:
+            shared.close()
 
     n = max(acc["n"], 1)
     rmse = math.sqrt(acc["sse"] / n)

@@ -5,6 +5,7 @@ The chunk functions are at module level: they run in worker processes (pickled b
 from __future__ import annotations
 
 import math
+import mmap
 import sys
 import zlib
 from concurrent.futures import Future
@@ -89,6 +90,74 @@ def _encode_chunk(arr: np.ndarray, mode: str, opts: dict, valid: tuple, sigma) -
         nr = metrics.noise_rmse(o, d, sigma)
         st["noise_sse"] = math.inf if mismatch else nr * nr * n
     return enc, st
+
+
+#: this worker's map of a parent's shared array: (path, ident, nbytes, writable, mmap) or None
+_shared_map = None
+
+
+def _shared(path: str, ident, nbytes: int, writable: bool) -> mmap.mmap:
+    """The parent's shared array file (``reader.SharedArray``), mapped once per array and kept: the chunks
+    of one dataset all pass through it. A new array replaces the map of the last one."""
+    global _shared_map
+    from ..reader import _open_shared
+
+    key = (path, tuple(ident) if ident is not None else None, int(nbytes), bool(writable))
+    if _shared_map is not None and _shared_map[:4] == key:
+        return _shared_map[4]
+    old, _shared_map = _shared_map, None
+    if old is not None:
+        try:
+            old[4].close()
+        except BufferError:  # an error's traceback still holds a view: unmapped when that is freed
+            pass
+    with _open_shared(path, ident) as fh:
+        mm = mmap.mmap(fh.fileno(), nbytes, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+    _shared_map = (*key, mm)
+    return mm
+
+
+def _slot(shared: tuple, slot: int, writable: bool = False) -> np.ndarray:
+    """Slot ``slot`` of the parent's shared array ``shared`` = (path, ident, nbytes, shape, dtype)."""
+    path, ident, nbytes, shape, dtype = shared
+    return np.frombuffer(_shared(path, ident, nbytes, writable), dtype=np.dtype(dtype),
+                         count=int(np.prod(shape, dtype=np.int64))).reshape(shape)[slot]
+
+
+def _release_slot(shared: tuple, slot: int, writable: bool = False) -> None:
+    """Drop this worker's page mappings of slot ``slot`` (the data stays in the shared file): otherwise
+    every worker's resident memory would count every slot it ever used."""
+    path, ident, nbytes, shape, dtype = shared
+    per = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize
+    page = mmap.PAGESIZE
+    lo = slot * per // page * page
+    hi = min(int(nbytes), -(-(slot + 1) * per // page) * page)
+    if hi > lo and hasattr(mmap, "MADV_DONTNEED"):
+        _shared(path, ident, nbytes, writable).madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
+def _encode_slot(shared: tuple, slot: int, mode: str, opts: dict, valid: tuple, sigma) -> tuple[bytes, dict]:
+    """:func:`_encode_chunk` on the chunk in slot ``slot`` of the parent's shared array (slots, *chunk
+    shape): the chunk is not pickled through a pipe (at 32 MB a chunk, those copies into fresh memory cost
+    more system time than a second encoder process saved)."""
+    try:
+        return _encode_chunk(_slot(shared, slot), mode, opts, valid, sigma)
+    finally:
+        _release_slot(shared, slot)
+
+
+def _decode_slot(shared: tuple, slot: int, buf: bytes, filter_mask: int, shape: tuple, dtype: str) -> int:
+    """:func:`_decode_chunk` (without deflate) into slot ``slot`` of the parent's shared array (slots,
+    chunk bytes) of uint8; returns the chunk's byte count."""
+    raw = _decode_chunk(buf, filter_mask, shape, dtype, None)
+    _slot(shared, slot, writable=True)[:len(raw)] = np.frombuffer(raw, np.uint8)
+    _release_slot(shared, slot, writable=True)
+    return len(raw)
+
+
+def shared_spec(arr) -> tuple:
+    """What a worker needs to find ``arr`` (a ``reader.SharedArray``): (path, ident, nbytes, shape, dtype)."""
+    return arr.worker_path, arr.ident, arr.nbytes, arr.arr.shape, arr.arr.dtype.str
 
 
 def _decode_chunk(buf: bytes, filter_mask: int, shape: tuple, dtype: str, gzip_level: int | None) -> bytes:
