@@ -17,7 +17,7 @@ import numpy as np
 from ._plugin import PLUGIN_PATH, missing_library
 
 LIBRARY_NAME = "libnecoda_kernels.so"
-ABI_VERSION = 7
+ABI_VERSION = 8
 
 _i64 = ctypes.c_int64
 _u64 = ctypes.c_uint64
@@ -68,6 +68,7 @@ def lib():
             "nk_dequant_uniform": [_vp, _int, _i64, _i64, _i64, _u64, _vp, _int],
             "nk_dequant_lut": [_vp, _int, _i64, _vp, _i64, _vp, _int],
             "nk_moments": [_vp, _int, _i64, _i64, _vp, _vp],
+            "nk_error_stats": [_vp, _vp, _int, _i64, _vp],
             "nk_cl_lorenzo": [_vp, _int, _i64, _i64, _i64, _u64, _i64, _i64, _vp, _int, _vp, _int, _int, _vp,
                               _int],
             "nk_learned_finish": [_vp, _i64, _i64, _i64, _i64, _i64, _i64, _vp, _i64, _i64, _i64, _i64, _i64,
@@ -379,6 +380,27 @@ def moments(x: np.ndarray, lo: int, hi: int):
     dsq = np.empty(K, np.uint64)
     _call("nk_moments", _p(x), code(x.dtype), T, K, _p(sums), _p(dsq))
     return sums.view(np.int64), dsq.view(np.int64)
+
+
+#: element types :func:`error_stats` takes (differences below 2**16: exact 64-bit sums)
+ERROR_STATS_DTYPES = frozenset(np.dtype(t) for t in ("i1", "u1", "i2", "u2"))
+#: :func:`error_stats` takes fewer samples than this (the squared differences then sum below 2**63)
+ERROR_STATS_MAX_N = 1 << 31
+
+
+def error_stats(a: np.ndarray, b: np.ndarray):
+    """One pass over two C-contiguous integer arrays of one 1- or 2-byte type and 1 <= size < 2**31:
+    exact (sum of b - a, sum of (b - a)**2, max |b - a|, min a, max a) as Python ints."""
+    if a.dtype != b.dtype or a.dtype not in ERROR_STATS_DTYPES or not a.dtype.isnative:
+        raise TypeError(f"error_stats takes two arrays of one native 1- or 2-byte integer type, not {a.dtype}, {b.dtype}")
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.flags.c_contiguous and b.flags.c_contiguous):
+        raise TypeError("error_stats: expected C-contiguous ndarrays")
+    if a.size != b.size or not 1 <= a.size < ERROR_STATS_MAX_N:
+        raise ValueError(f"error_stats: sizes {a.size} and {b.size} (equal, 1 .. 2**31 - 1)")
+    out = np.zeros(5, np.uint64)
+    _call("nk_error_stats", _p(a), _p(b), code(a.dtype), a.size, _p(out))
+    s1, s2, mx, lo, hi = (int(v) for v in out.view(np.int64))
+    return s1, s2, mx, lo, hi
 
 
 # ---------------------------------------------------------------------------------------------- closed loop

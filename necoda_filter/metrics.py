@@ -1,4 +1,5 @@
-"""Fidelity metrics shared by tests, ``necoda bench`` and evaluation. Pure numpy.
+"""Fidelity metrics shared by tests, ``necoda bench`` and evaluation. Numpy, and one C kernel (exact error
+ statistics of 1- and 2-byte integers, ``_kernels.error_stats``).
 
 Conventions: ``orig`` is the original array, ``dec`` the decoded one, compared in float64.
 Imaging movies are (T, H, W); ephys recordings are (T, C), channels last. Every summary ignores
@@ -9,6 +10,7 @@ processed in overlapping time blocks so long recordings need bounded memory.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
@@ -47,6 +49,17 @@ def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return b.astype(np.float64) - a.astype(np.float64)
 
 
+def _error_stats_kernel(orig: np.ndarray, dec: np.ndarray):
+    """The C kernel's exact (sum e, sum e^2, max |e|, min, max) for two arrays of one 1- or 2-byte
+    integer type, or None (other types, or no kernels: the numpy passes below)."""
+    from . import _kernels
+
+    if orig.dtype != dec.dtype or orig.dtype not in _kernels.ERROR_STATS_DTYPES or not orig.dtype.isnative \
+            or orig.size >= _kernels.ERROR_STATS_MAX_N or not _kernels.available():
+        return None
+    return _kernels.error_stats(np.ascontiguousarray(orig), np.ascontiguousarray(dec))
+
+
 def error_stats(orig, dec, data_range=None) -> dict:
     """Pointwise error statistics of ``dec`` against ``orig``.
 
@@ -69,6 +82,12 @@ def error_stats(orig, dec, data_range=None) -> dict:
     n = orig.size
     if n == 0:
         raise ValueError("empty arrays")
+    got = _error_stats_kernel(orig, dec)
+    if got is not None:  # 1- and 2-byte integers: one exact pass in C (0.1 s -> 0.01 s for 64x512x512)
+        s1, s2, mx, lo, hi = got
+        rmse = math.sqrt(s2 / n)  # the exact sum, rounded once
+        R = float(hi - lo) if data_range is None else float(data_range)
+        return {"max_abs": float(mx), "rmse": rmse, "psnr": psnr_db(R, rmse), "mean_error": s1 / n, "data_range": R}
     a = orig.reshape(orig.shape[0], -1) if orig.ndim > 1 else orig.reshape(-1, 1)
     b = dec.reshape(a.shape)
     mxs, los, his = [], [], []  # per-block extremes; np.max/np.min of them propagate NaN

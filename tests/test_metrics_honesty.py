@@ -36,6 +36,29 @@ def test_error_stats_matches_independent_computation(dtype):
     assert s["data_range"] == pytest.approx(float(o.max()) - float(o.min()), rel=1e-15)
 
 
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16"])
+@pytest.mark.parametrize("shape", [(1,), (3, 70001), (40, 6, 5)])
+def test_error_stats_kernel_equals_the_numpy_passes(dtype, shape, monkeypatch):
+    """1- and 2-byte integers go through one C pass (_kernels.error_stats): the same figures as the numpy
+    passes, extremes included (differences of +-65535, blocks of 32768 samples at full range)."""
+    from necoda_filter import _kernels
+
+    rng = np.random.default_rng(5)
+    info = np.iinfo(dtype)
+    o = rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
+    d = rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
+    o.flat[:40000:2], d.flat[:40000:2] = info.min, info.max  # the largest differences, many in one block
+    got = metrics.error_stats(o, d)
+    s1, s2, mx, lo, hi = _kernels.error_stats(o, d)
+    e = d.astype(np.int64) - o.astype(np.int64)
+    assert (s1, s2, mx, lo, hi) == (int(e.sum()), int((e * e).sum()), int(np.abs(e).max()), int(o.min()), int(o.max()))
+    monkeypatch.setattr(_kernels, "ERROR_STATS_DTYPES", frozenset())
+    ref = metrics.error_stats(o, d)
+    assert got.keys() == ref.keys()
+    for k in got:
+        assert got[k] == pytest.approx(ref[k], rel=1e-12, nan_ok=True), k  # one sample: no range, PSNR NaN
+
+
 @pytest.mark.parametrize("dtype", ["int64", "uint64"])
 def test_error_stats_and_noise_rmse_exact_for_large_64bit_values(dtype):
     # values near 2**62: converting to float64 before subtracting rounds each by up to 512 units
