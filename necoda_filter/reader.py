@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import itertools
 import mmap
 import os
@@ -611,9 +612,22 @@ def _output_folder() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
+def _shared_folders() -> list[str]:
+    """Where a :class:`SharedArray` may live, in order: /dev/shm (memory), then the temporary folder (a disk
+    file, cached in memory like any file) when /dev/shm is too small for it (Docker's default is 64 MB)."""
+    first = _output_folder()
+    rest = tempfile.gettempdir()
+    return [first] if os.path.realpath(rest) == os.path.realpath(first) else [first, rest]
+
+
 class SharedArray:
     """An array in a file in /dev/shm, mapped by the parent and its worker processes: the output of a
     process-pool read, the chunks ``necoda compress`` and ``decompress`` pass to and from their workers.
+
+    The file's space is reserved when it is created (``posix_fallocate``): a process that wrote into a
+    mapped page the file system had no room for would be killed by SIGBUS, not given an error. Where
+    /dev/shm has too little room the array goes to the temporary folder; where that has none either,
+    OSError (ENOSPC) names both.
 
     ``by_fd``: the file has no name (``O_TMPFILE``; else it is unlinked as soon as it is created) and the
     workers open it as ``/proc/<pid>/fd/<fd>`` (``worker_path``), so a reader killed (SIGKILL, SIGTERM)
@@ -624,8 +638,27 @@ class SharedArray:
     def __init__(self, shape, dtype, by_fd: bool):
         count = int(np.prod(shape, dtype=np.int64))
         self.nbytes = max(1, count * np.dtype(dtype).itemsize)
-        folder = _output_folder()
         self.path = self.fd = None
+        full = []
+        for folder in _shared_folders():
+            try:
+                self._create(folder, by_fd)
+                break
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise
+                full.append(folder)
+        else:
+            raise OSError(errno.ENOSPC, f"no room for a {self.nbytes / 1e6:.1f} MB shared array in "
+                                        f"{' or '.join(full)}")
+        self.worker_path = f"/proc/{os.getpid()}/fd/{self.fd}" if by_fd else self.path
+        st = os.fstat(self.fd)
+        self.ident = (st.st_dev, st.st_ino)  # the workers check they opened this very file
+        mm = self._map
+        del self._map
+        self.arr = np.frombuffer(mm, dtype=dtype, count=count).reshape(shape)
+
+    def _create(self, folder: str, by_fd: bool) -> None:
         if by_fd and hasattr(os, "O_TMPFILE"):
             with contextlib.suppress(OSError):  # a file that never has a name (Linux; tmpfs supports it)
                 self.fd = os.open(folder, os.O_RDWR | os.O_TMPFILE, 0o600)
@@ -637,14 +670,16 @@ class SharedArray:
                 os.unlink(self.path)
                 self.path = None
             os.ftruncate(self.fd, self.nbytes)
-            mm = mmap.mmap(self.fd, self.nbytes)
+            if hasattr(os, "posix_fallocate"):
+                try:
+                    os.posix_fallocate(self.fd, 0, self.nbytes)
+                except OSError as e:  # a file system that cannot reserve (nor emulate it): unreserved
+                    if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                        raise
+            self._map = mmap.mmap(self.fd, self.nbytes)
         except BaseException:
             self.close()
             raise
-        self.worker_path = f"/proc/{os.getpid()}/fd/{self.fd}" if by_fd else self.path
-        st = os.fstat(self.fd)
-        self.ident = (st.st_dev, st.st_ino)  # the workers check they opened this very file
-        self.arr = np.frombuffer(mm, dtype=dtype, count=count).reshape(shape)
 
     def close(self) -> None:
         """Unlink the file (when it has a name) and close the descriptor the workers open it through."""

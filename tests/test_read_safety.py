@@ -242,3 +242,71 @@ def test_workers_check_they_opened_the_readers_shared_file(tmp_path):
         assert other.read_bytes() == b"\0" * 4
     finally:
         out.close()
+
+
+def _no_room_in(monkeypatch, full):
+    """posix_fallocate fails with ENOSPC for files in the folders ``full`` (as a 64 MB /dev/shm would for a
+    larger shared array: writing into its unreserved pages would kill the process with SIGBUS)."""
+    import errno
+
+    real = os.posix_fallocate
+
+    def fallocate(fd, offset, length):
+        where = os.path.dirname(os.readlink(f"/proc/self/fd/{fd}"))
+        if any(where == os.path.realpath(f) for f in full):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/fd")
+def test_shared_array_moves_to_the_temporary_folder_when_shm_is_full(tmp_path, monkeypatch):
+    """Bug: the shared array's file was never reserved, so a /dev/shm smaller than it (Docker's 64 MB
+    default) killed the process writing into it by SIGBUS: read(executor="process") ended in
+    BrokenProcessPool, a compress would have died without an error. The space is now reserved when the
+    file is made; where /dev/shm has no room the array goes to the temporary folder; where neither has,
+    OSError (ENOSPC) names both."""
+    shm, tmp = tmp_path / "shm", tmp_path / "tmp"
+    shm.mkdir()
+    tmp.mkdir()
+    monkeypatch.setattr(reader, "_shared_folders", lambda: [str(shm), str(tmp)])
+    _no_room_in(monkeypatch, [shm])
+    out = reader.SharedArray((1000,), np.int32, by_fd=False)
+    try:
+        assert os.path.dirname(out.path) == str(tmp)
+        out.arr[:] = 7
+    finally:
+        out.close()
+    _no_room_in(monkeypatch, [shm, tmp])
+    with pytest.raises(OSError, match=f"no room for a .* shared array in {shm} or {tmp}"):
+        reader.SharedArray((1000,), np.int32, by_fd=True)
+    assert list(shm.iterdir()) == [] and list(tmp.iterdir()) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/fd")
+def test_compress_and_decompress_without_room_for_shared_chunks_use_pipes(tmp_path, monkeypatch):
+    """With no room for the shared chunk slots anywhere, compress and decompress hand chunks to and from
+    their worker processes through pipes instead: the same bytes as with room."""
+    from necoda_filter import nwb
+
+    from conftest import series_file
+
+    src = tmp_path / "in.h5"
+    movie = np.random.default_rng(4).integers(0, 3000, (150, 40, 36)).astype(np.uint16)
+    series_file(src, {"ts": ("TwoPhotonSeries", movie, 30.0)})
+    nwb.recompress_file(src, tmp_path / "ref.h5", workers=2, progress=False)
+    nwb.decompress_file(tmp_path / "ref.h5", tmp_path / "ref_plain.h5", workers=2, progress=False)
+    folders = reader._shared_folders()
+    _no_room_in(monkeypatch, folders)
+    nwb.recompress_file(src, tmp_path / "out.h5", workers=2, progress=False)
+    nwb.decompress_file(tmp_path / "out.h5", tmp_path / "plain.h5", workers=2, progress=False)
+    for a, b in (("ref.h5", "out.h5"), ("ref_plain.h5", "plain.h5")):
+        with h5py.File(tmp_path / a, "r") as fa, h5py.File(tmp_path / b, "r") as fb:
+            da, db = fa["ts/data"], fb["ts/data"]
+            assert da.id.get_num_chunks() == db.id.get_num_chunks() > 1
+            for i in range(da.id.get_num_chunks()):
+                off = da.id.get_chunk_info(i).chunk_offset
+                assert da.id.read_direct_chunk(off) == db.id.read_direct_chunk(off), (a, off)
+    with h5py.File(tmp_path / "plain.h5", "r") as f:
+        assert np.array_equal(f["ts/data"][...], movie)

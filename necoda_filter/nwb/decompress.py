@@ -3,6 +3,7 @@ gzip-compressed) one (:func:`decompress_file`)."""
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 
@@ -15,6 +16,8 @@ from .atomic import check_paths, open_input
 from .plan import necoda_filter_info
 from .rewrite import _rewrite_file
 from .workers import _chunk_grid, _decode_chunk, _decode_slot, _progress, shared_spec
+
+log = logging.getLogger("necoda_filter")
 
 
 def _allocated_chunks(dset: h5py.Dataset) -> list[tuple[tuple, int]]:
@@ -58,9 +61,12 @@ def decompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, gzip_level:
             if gzip_level is None and isinstance(executor, ProcessPoolExecutor):
                 from ..reader import SharedArray
 
-                shared = SharedArray((depth + 1, int(np.prod(chunks)) * dst.dtype.itemsize), np.uint8,
-                                     by_fd=getattr(executor, "necoda_outputs_by_fd", False))
-                spec = shared_spec(shared)
+                try:
+                    shared = SharedArray((depth + 1, int(np.prod(chunks)) * dst.dtype.itemsize), np.uint8,
+                                         by_fd=getattr(executor, "necoda_outputs_by_fd", False))
+                    spec = shared_spec(shared)
+                except OSError as e:  # no room in /dev/shm nor the temporary folder: through pipes
+                    log.info("necoda: %s: chunks come back from the workers through pipes (%s)", src.name, e)
 
             def drain(limit):
                 while len(window) > limit:

@@ -341,8 +341,11 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
     if isinstance(executor, ProcessPoolExecutor):
         from ..reader import SharedArray
 
-        shared = SharedArray((depth + 1, *chunks), fdtype, by_fd=getattr(executor, "necoda_outputs_by_fd", False))
-        spec = shared_spec(shared)
+        try:
+            shared = SharedArray((depth + 1, *chunks), fdtype, by_fd=getattr(executor, "necoda_outputs_by_fd", False))
+            spec = shared_spec(shared)
+        except OSError as e:  # no room in /dev/shm nor the temporary folder: through pipes, as before
+            log.info("necoda: %s: chunks go to the workers through pipes (%s)", src.name, e)
     i = 0
     try:
         for t in grid0:
