@@ -174,10 +174,11 @@ def _run(h, m, fn):
     except container.CorruptChunk:
         raise
     except Exception as e:  # noqa: BLE001 — anything a mode raises on bad bytes is a corrupt chunk
+        from ._kernels import KernelsUnavailable
         from .models.registry import ModelNotFound
 
-        if isinstance(e, (ModelNotFound, FileNotFoundError)):
-            raise  # the chunk names a model that is not installed here: not corruption
+        if isinstance(e, (ModelNotFound, FileNotFoundError, KernelsUnavailable)):
+            raise  # a model or the kernels library not installed here (a broken install): not corruption
         # KeyError / IndexError included: a parameter block or section table that lacks an entry
         raise container.CorruptChunk(f"necoda {modes.MODE_NAMES[h.mode_id]} payload could not be decoded: "
                                      f"{type(e).__name__}: {e}") from e

@@ -33,7 +33,7 @@ def code_of(dtype) -> int:
     dt = np.dtype(dtype)
     try:
         return _CODE_OF[dt.newbyteorder("<") if dt.itemsize > 1 else dt]
-    except KeyError:
+    except (KeyError, TypeError, ValueError):  # TypeError: numpy's variable-width StringDType has no byte order
         raise UnsupportedDtype(
             f"necoda cannot compress dtype {np.dtype(dtype)}; supported: "
             + ", ".join(str(d) for d in DTYPE_CODES.values())

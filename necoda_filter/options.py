@@ -134,7 +134,10 @@ def check_bound(name: str, v) -> float:
 
 def check_options(mode: str, options: dict, strict_model: bool = True) -> dict:
     """Validate user options; returns the options that are set (not None). ``model`` is resolved and
-    returned as its content id (:func:`check_model`; ``strict_model``)."""
+    returned as its content id (:func:`check_model`; ``strict_model``). An option the mode does not use
+    (``quality`` for lossless, ``level`` for learned) is refused, except with ``strict_model=False``: a
+    stored configuration being opened (zarr metadata, a numcodecs config), which earlier releases may have
+    written with such options."""
     if mode not in modes.MODE_CHOICES:
         raise ValueError(f"unknown necoda mode {mode!r}; choose one of {', '.join(modes.MODE_CHOICES)}")
     out = {}
@@ -159,6 +162,13 @@ def check_options(mode: str, options: dict, strict_model: bool = True) -> dict:
         out[k] = v
     if mode in ("lossless", "raw") and ("max_error" in out or "max_error_noise" in out):
         raise ValueError(f"mode={mode!r} is exact; max_error/max_error_noise need mode='bounded' or 'learned'")
+    if strict_model and mode != "auto":  # auto takes every option: its chunks go to learned or lossless
+        takes = modes.get(mode).options
+        unused = sorted(k for k in out if k not in takes)
+        if unused:
+            which = f"option {unused[0]} does" if len(unused) == 1 else f"options {', '.join(unused)} do"
+            raise ValueError(f"necoda {which} not apply to mode={mode!r}, which takes "
+                             f"{', '.join(takes) if takes else 'no options'}")
     if "quality" in out and mode in MODEL_MODES and (pkg is not None or MODEL_OPTION not in out):
         nq = _learned_levels(pkg)
         if nq is not None and not 1 <= out["quality"] <= nq:

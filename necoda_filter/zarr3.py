@@ -12,7 +12,7 @@ from zarr.abc.codec import ArrayBytesCodec
 
 from . import chunk, options
 from .constants import FILTER_NAME
-from .container import CorruptChunk
+from .container import MAX_NDIM, CorruptChunk
 from .dtypes import code_of
 
 
@@ -47,6 +47,8 @@ class NecodaZarrCodec(ArrayBytesCodec):
 
     def validate(self, *, shape, dtype, chunk_grid):
         code_of(dtype.to_native_dtype())  # refuse unsupported dtypes (bool, complex, ...) when the array is created
+        if len(shape) > MAX_NDIM:  # else created, and then no chunk could ever be written
+            raise ValueError(f"necoda chunks have at most {MAX_NDIM} dimensions; this array has {len(shape)}")
 
     def evolve_from_array_spec(self, array_spec):
         # sharding_indexed does not validate its inner codecs, but it evolves them when the array is created

@@ -381,3 +381,74 @@ def test_info_reads_format_2_stores_zarr_3_cannot_open(tmp_path, capsys):
     assert r["stored_bytes"] == stored and r["raw_bytes"] == a.nbytes
     assert cli.main(["info", str(tmp_path / "f.nwb.zarr"), "--all"]) == 0
     assert "/general/session_description" in capsys.readouterr().out
+
+
+def test_info_with_codecs_after_necoda_does_not_call_chunks_damaged(tmp_path, capsys):
+    """QA 15: with a bytes codec after necoda (zarr v3 Crc32c/Zstd after the serializer, zarr v2 Zstd after
+    necoda as a filter) `necoda info` parsed the stored bytes as necoda chunks and called every healthy
+    chunk UNREADABLE. Format 2: the later codecs are undone (numcodecs) and the headers sampled; format 3:
+    the headers are said not to be sampled."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    from necoda_filter import cli
+
+    a = _data((64, 32), np.int16)
+    for name, kw in {"v3_crc": dict(serializer=NecodaZarrCodec(mode="lossless"), compressors=Crc32cCodec()),
+                     "v3_zstd": dict(serializer=NecodaZarrCodec(mode="lossless"), compressors=ZstdCodec()),
+                     "v2_zstd": dict(filters=[NecodaCodec(mode="lossless")], compressors=numcodecs.Zstd(),
+                                     zarr_format=2)}.items():
+        z = zarr.create_array(tmp_path / f"{name}.zarr", shape=a.shape, chunks=(16, 32), dtype=a.dtype, **kw)
+        z[...] = a
+        assert cli.main(["info", str(tmp_path / f"{name}.zarr"), "--json"]) == 0
+        (row,) = json.loads(capsys.readouterr().out)
+        assert not row.get("unreadable_chunk_headers"), name
+        if name.startswith("v2"):
+            assert row["chunk_modes"] == {"lossless": 4}
+        else:
+            assert "followed by" in row["headers_not_sampled"] and "chunk_modes" not in row
+        assert cli.main(["info", str(tmp_path / f"{name}.zarr")]) == 0
+        assert "UNREADABLE" not in capsys.readouterr().out
+
+
+def test_unusable_arrays_and_options_are_refused_when_made(tmp_path):
+    """QA 15: a variable-length string dtype got numpy's internal "DescrNewByteOrder" error; a 9-d zarr v3
+    array was created and then no chunk could be written; options a mode does not use (quality for
+    lossless) were stored silently. Each is now a clear error when the codec or array is made, while a stored
+    configuration with such an option still opens (earlier releases wrote them)."""
+    from necoda_filter.dtypes import UnsupportedDtype
+
+    with pytest.raises(UnsupportedDtype, match="cannot compress dtype"):
+        NecodaCodec(mode="lossless").encode(np.array(["a", "bb"], dtype=np.dtypes.StringDType()))
+    with pytest.raises(ValueError, match="at most 8 dimensions"):
+        zarr.create_array(tmp_path / "nd.zarr", shape=(2,) * 9, dtype="u2", serializer=NecodaZarrCodec(mode="lossless"),
+                          compressors=None)
+    z = zarr.create_array(tmp_path / "8d.zarr", shape=(2,) * 8, dtype="u2", serializer=NecodaZarrCodec(mode="lossless"),
+                          compressors=None)
+    z[...] = 3
+    assert int(z[...].sum()) == 3 * 2**8
+    for mode, kw, bad in [("lossless", dict(quality=9), "option quality does"), ("raw", dict(level=5, quality=3),
+                          "options level, quality do"), ("learned", dict(level=3), "option level does")]:
+        with pytest.raises(ValueError, match=f"necoda {bad} not apply to mode='{mode}'"):
+            NecodaCodec(mode=mode, **kw)
+        with pytest.raises(ValueError, match=f"necoda {bad} not apply"):
+            NecodaZarrCodec(mode=mode, **kw)
+    assert NecodaCodec(mode="auto", quality=2, level=3).get_config()["level"] == 3  # auto takes every option
+    old = NecodaCodec.from_config({"id": "necoda", "mode": "lossless", "quality": 99})
+    assert old.options == {"quality": 99}
+    assert NecodaZarrCodec.from_dict({"name": "necoda", "configuration": {"mode": "lossless", "quality": 9}}).config
+
+
+def test_missing_kernels_library_is_an_install_error_not_a_corrupt_chunk(monkeypatch):
+    """QA 15: without the kernels library (a broken install) every learned or lossless chunk was reported as
+    CorruptChunk ("payload could not be decoded"); it is KernelsUnavailable, as a missing model is
+    ModelNotFound."""
+    from necoda_filter import _kernels
+
+    enc = NecodaCodec(mode="lossless").encode(_data((64, 8), np.int16))
+
+    def missing():
+        raise _kernels.KernelsUnavailable("libnecoda_kernels.so is missing")
+
+    monkeypatch.setattr(_kernels, "lib", missing)
+    with pytest.raises(_kernels.KernelsUnavailable):
+        NecodaCodec().decode(enc)

@@ -277,6 +277,9 @@ def zarr_info(path, include_all=False, max_chunks=8) -> list[dict]:
             row["requested"] = {k: v for k, v in cfg.items() if k not in ("id", "name") and v is not None}
         if holder is not None and holder is not ours:
             row["sharded"] = True
+        elif holder is not None and codecs[-1] is not ours:  # crc32c, zstd ... after necoda: not undone here
+            row["headers_not_sampled"] = "necoda is followed by " + ", ".join(
+                getattr(c, "codec_id", None) or type(c).__name__ for c in codecs[codecs.index(ours) + 1:])
         elif holder is not None:
             row.update(_chunk_file_headers(os.path.join(str(path), a.path), a.shape, a.chunks,
                                            m.encode_chunk_key, max_chunks))
@@ -284,10 +287,11 @@ def zarr_info(path, include_all=False, max_chunks=8) -> list[dict]:
     return rows
 
 
-def _chunk_file_headers(folder, shape, chunks, key_of, max_chunks) -> dict:
+def _chunk_file_headers(folder, shape, chunks, key_of, max_chunks, undo=()) -> dict:
     """:func:`_chunk_headers` of a zarr array stored as one file per chunk in ``folder`` (``key_of``: a
     chunk's grid index -> its file name, "/" separating sub-folders); a missing file is a chunk never
-    written (the fill value)."""
+    written (the fill value). ``undo``: the numcodecs codecs that follow necoda (format 2: later filters,
+    the compressor), last first."""
     import itertools
     import os
 
@@ -298,7 +302,10 @@ def _chunk_file_headers(folder, shape, chunks, key_of, max_chunks) -> dict:
         if not os.path.isfile(f):
             return None
         with open(f, "rb") as fh:
-            return fh.read()
+            buf = fh.read()
+        for c in undo:
+            buf = c.decode(buf)
+        return buf
 
     return _chunk_headers(buffer, len(grid), max_chunks)
 
@@ -345,8 +352,16 @@ def _zarr2_info(path, include_all=False, max_chunks=8) -> list[dict]:
                "ratio": round(raw / stored, 3) if raw and stored else None}
         if ours is not None:
             row["requested"] = {k: v for k, v in ours.items() if k != "id" and v is not None}
-            row.update(_chunk_file_headers(folder, shape, chunks, lambda idx, sep=sep: sep.join(map(str, idx)),
-                                           max_chunks))
+            after = codecs[codecs.index(ours) + 1:]  # what zarr applied to necoda's bytes before storing them
+            try:
+                import numcodecs
+
+                undo = [numcodecs.get_codec(dict(c)) for c in reversed(after)]
+            except Exception as e:  # noqa: BLE001 — a codec not installed here: its chunks cannot be opened
+                row["headers_not_sampled"] = f"{', '.join(c.get('id', '?') for c in after)}: {e}"
+            else:
+                row.update(_chunk_file_headers(folder, shape, chunks, lambda idx, sep=sep: sep.join(map(str, idx)),
+                                               max_chunks, undo))
         rows.append(row)
     return rows
 
@@ -406,6 +421,8 @@ def run(args) -> int:
         modes_ = ", ".join(f"{k}×{v}" for k, v in r.get("chunk_modes", {}).items()) or "-"
         if r.get("sharded"):
             modes_ = "(in shards: chunk headers not sampled)"
+        elif r.get("headers_not_sampled"):
+            modes_ = f"(chunk headers not sampled: {r['headers_not_sampled']})"
         if r.get("chunks_in_grid"):
             modes_ += f"; {r['chunks_total']} of {r['chunks_in_grid']} chunks written (ratio over those)"
         if r.get("chunks_sampled", 0) < r.get("chunks_total", 0):  # "lossless×8" alone read as "8 chunks"
