@@ -7,6 +7,7 @@ import importlib
 import os
 import re
 import sys
+from concurrent.futures import BrokenExecutor
 
 COMMANDS: list[tuple[str, str, str]] = [
     ("demo", "necoda_filter.commands.demo", "write an NWB file with compression='necoda' from built-in sample data, read it back in a fresh process, print ratio and speed"),
@@ -59,6 +60,10 @@ def main(argv=None) -> int:
         return 1
     except (FileNotFoundError, FileExistsError, ValueError, LookupError, OSError) as e:  # LookupError: KeyError, ModelNotFound
         print(f"necoda {args.command}: error: {error_message(e, _output_of(args))}", file=sys.stderr)
+        return 1
+    except BrokenExecutor as e:  # a worker process killed (the kernel's OOM killer, a signal): one line too
+        print(f"necoda {args.command}: error: a worker process died (killed, e.g. by the system when memory ran "
+              f"out; try fewer --workers); the run was stopped ({e})", file=sys.stderr)
         return 1
     except RuntimeError as e:  # h5py raises RuntimeError for some failed writes (a full disk while closing)
         if io_errno(e) is None:

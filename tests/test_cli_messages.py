@@ -346,3 +346,44 @@ def test_train_log_names_out_not_the_temporary(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert f"to {out} after 1 steps" in printed and "necoda-tmp" not in printed, printed
     assert f"to {out} after 1 steps" in (out / "train_log.txt").read_text()
+
+
+def test_a_dead_worker_process_is_one_line(tmp_path, h5, capsys, monkeypatch):
+    """QA 15: a worker process killed mid-run (the OOM killer, a signal) ended compress/decompress with a
+    BrokenProcessPool traceback; it is one line saying what happened (the clean-up was already right)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from necoda_filter.commands import compress
+
+    def died(args):
+        raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(compress, "run", died)
+    assert cli.main(["compress", str(h5), str(tmp_path / "out.h5")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("necoda compress: error: a worker process died") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["enum", "bool"])
+def test_compress_says_why_series_data_was_not_recompressed(tmp_path, kind, capsys):
+    """QA 15: an ElectricalSeries stored as an HDF5 enum (numpy sees int16) was planned for the filter, which
+    refused it: a traceback. It is copied as it is, and compress says why, as for a bool movie (which it
+    had reported as "no ... data found")."""
+    src = tmp_path / "in.h5"
+    with h5py.File(src, "w") as f:
+        g = f.create_group("s")
+        g.attrs["neurodata_type"] = "ElectricalSeries"
+        g.create_dataset("starting_time", data=0.0).attrs["rate"] = 1000.0
+        if kind == "enum":
+            dt = h5py.enum_dtype({"LOW": 0, "HIGH": 1}, basetype="i2")
+            g.create_dataset("data", data=np.zeros((100, 4), "i2"), dtype=dt)
+        else:
+            g.create_dataset("data", data=np.zeros((100, 4), bool))
+    out = tmp_path / "out.h5"
+    assert cli.main(["compress", str(src), str(out), "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "no series data in" in said and ("enum type" if kind == "enum" else "dtype bool") in said
+    with h5py.File(out, "r") as f:
+        assert f["s/data"].dtype == (h5py.enum_dtype({"LOW": 0, "HIGH": 1}, basetype="i2") if kind == "enum" else bool)
+        assert not f["s/data"].compression

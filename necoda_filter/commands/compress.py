@@ -122,6 +122,11 @@ def run(args) -> int:
     reports = recompress_file(args.input, args.output, settings, workers=args.workers,
                               overwrite=args.overwrite, progress=not args.quiet, only=args.only)
     if not reports:
+        skipped = _skipped_series(args.input)
+        if skipped:
+            print(f"necoda compress: no series data in {args.input} can be recompressed; copied it unchanged to "
+                  f"{args.output}: " + "; ".join(skipped))
+            return 0
         print(f"necoda compress: no TwoPhotonSeries/OnePhotonSeries/ImageSeries/ElectricalSeries/"
               f"SpikeEventSeries data found in {args.input}; copied it unchanged to {args.output}. "
               "(necoda compress recognises NWB series by their neurodata_type; to compress datasets of another "
@@ -140,3 +145,23 @@ def run(args) -> int:
         if other and "raw" not in other:  # raw chunks are explained by a note (with the encoder's reason)
             print(f"    note: chunks stored with other modes: {other}", file=sys.stderr)
     return 0
+
+
+def _skipped_series(path, limit: int = 5) -> list[str]:
+    """Why each series' data in ``path`` was not recompressed (:func:`nwb.not_target_reason`; at most
+    ``limit``, then how many more)."""
+    import h5py
+
+    from ..nwb import not_target_reason
+    from ..nwb.atomic import open_input
+
+    found: list[str] = []
+    with open_input(path) as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                why = not_target_reason(obj)
+                if why:
+                    found.append(why)
+
+        f.visititems(visit)
+    return found[:limit] + ([f"and {len(found) - limit} more"] if len(found) > limit else [])

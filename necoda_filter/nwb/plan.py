@@ -129,6 +129,8 @@ def not_target_reason(obj) -> str | None:
         return f"{what} is empty ({obj.shape}): there is nothing to compress"
     if obj.dtype.fields is not None:
         return f"{what} has a compound dtype, which the necoda filter cannot code"
+    if h5py.check_enum_dtype(obj.dtype) is not None:  # numpy sees its integer base type; HDF5 sees an enum
+        return f"{what} has an HDF5 enum type, which the necoda filter cannot code"
     try:
         code_of(obj.dtype)
     except UnsupportedDtype as e:
@@ -143,7 +145,7 @@ def target_kind(dset: h5py.Dataset) -> str | None:
     if g is None:
         return None
     kind = TARGET_TYPES[_attr_str(g, "neurodata_type")]
-    if dset.size == 0 or dset.ndim == 0 or dset.dtype.fields is not None:
+    if dset.size == 0 or dset.ndim == 0 or dset.dtype.fields is not None or h5py.check_enum_dtype(dset.dtype) is not None:
         return None
     try:
         code_of(dset.dtype)
