@@ -3,9 +3,7 @@ gzip-compressed) one (:func:`decompress_file`)."""
 from __future__ import annotations
 
 import itertools
-import logging
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 
 import h5py
 import numpy as np
@@ -15,9 +13,7 @@ from ..mainthread import check, result
 from .atomic import check_paths, open_input
 from .plan import necoda_filter_info
 from .rewrite import _rewrite_file
-from .workers import _chunk_grid, _decode_chunk, _decode_slot, _progress, shared_spec
-
-log = logging.getLogger("necoda_filter")
+from .workers import _chunk_grid, _decode_chunk, _decode_slot, _progress, shared_slots
 
 
 def _allocated_chunks(dset: h5py.Dataset) -> list[tuple[tuple, int]]:
@@ -57,16 +53,10 @@ def decompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, gzip_level:
             depth = max(2, 2 * workers)
             # worker processes hand plain chunks back through a shared array of depth + 1 slots (chunk i
             # in slot i % (depth + 1), written after chunk i - depth - 1 was drained), not through a pipe
-            shared = None
-            if gzip_level is None and isinstance(executor, ProcessPoolExecutor):
-                from ..reader import SharedArray
-
-                try:
-                    shared = SharedArray((depth + 1, int(np.prod(chunks)) * dst.dtype.itemsize), np.uint8,
-                                         by_fd=getattr(executor, "necoda_outputs_by_fd", False))
-                    spec = shared_spec(shared)
-                except OSError as e:  # no room in /dev/shm nor the temporary folder: through pipes
-                    log.info("necoda: %s: chunks come back from the workers through pipes (%s)", src.name, e)
+            shared = spec = None
+            if gzip_level is None:  # deflated chunks are small: they come back through the pipe
+                shared, spec = shared_slots(executor, (depth + 1, int(np.prod(chunks)) * dst.dtype.itemsize),
+                                            np.uint8, src.name)
 
             def drain(limit):
                 while len(window) > limit:

@@ -22,7 +22,6 @@ import logging
 import math
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,7 +37,7 @@ from .copier import Copier
 from .plan import (DEFAULT_FS, TARGET_TYPES, _attr_str, necoda_filter_info, not_target_reason, plan_chunks,
                    sampling_rate, target_kind)
 from .rewrite import _rewrite_file
-from .workers import _encode_chunk, _encode_slot, _progress, shared_spec
+from .workers import _encode_chunk, _encode_slot, _progress, shared_slots
 
 log = logging.getLogger("necoda_filter")
 
@@ -337,15 +336,7 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
     per_row = math.prod(len(r) for r in rest)
     # worker processes get the chunks through a shared array of depth + 1 chunk slots: chunk i goes to slot
     # i % (depth + 1), whose last user (chunk i - depth - 1) has been drained before chunk i is read
-    shared = None
-    if isinstance(executor, ProcessPoolExecutor):
-        from ..reader import SharedArray
-
-        try:
-            shared = SharedArray((depth + 1, *chunks), fdtype, by_fd=getattr(executor, "necoda_outputs_by_fd", False))
-            spec = shared_spec(shared)
-        except OSError as e:  # no room in /dev/shm nor the temporary folder: through pipes, as before
-            log.info("necoda: %s: chunks go to the workers through pipes (%s)", src.name, e)
+    shared, spec = shared_slots(executor, (depth + 1, *chunks), fdtype, src.name)
     i = 0
     try:
         for t in grid0:

@@ -4,6 +4,7 @@ The chunk functions are at module level: they run in worker processes (pickled b
 """
 from __future__ import annotations
 
+import logging
 import math
 import mmap
 import sys
@@ -158,6 +159,25 @@ def _decode_slot(shared: tuple, slot: int, buf: bytes, filter_mask: int, shape: 
     _slot(shared, slot, writable=True)[:len(raw)] = np.frombuffer(raw, np.uint8)
     _release_slot(shared, slot, writable=True)
     return len(raw)
+
+
+def shared_slots(executor, shape: tuple, dtype, name: str):
+    """``(array, spec)``: a ``reader.SharedArray`` of ``shape`` (slots, ...) through which ``executor``'s
+    worker processes get or return chunks, and what a worker needs to find it (:func:`shared_spec`);
+    ``(None, None)`` when ``executor`` is no process pool, or when neither /dev/shm nor the temporary folder
+    has room for the array (the chunks of dataset ``name`` then go through pipes)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ..reader import SharedArray
+
+    if not isinstance(executor, ProcessPoolExecutor):
+        return None, None
+    try:
+        arr = SharedArray(shape, dtype, by_fd=getattr(executor, "necoda_outputs_by_fd", False))
+    except OSError as e:
+        logging.getLogger("necoda_filter").info("necoda: %s: chunks pass through pipes (%s)", name, e)
+        return None, None
+    return arr, shared_spec(arr)
 
 
 def shared_spec(arr) -> tuple:
