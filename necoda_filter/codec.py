@@ -66,7 +66,8 @@ class NecodaCodec(Codec):
             if out.nbytes != h.nbytes:
                 raise ValueError(f"output buffer has {out.nbytes} bytes, the chunk decodes to {h.nbytes}")
             if out.dtype.itemsize == h.dtype.itemsize and out.dtype != np.uint8:
-                # an output typed like the samples (zarr 2 passes the chunk's array): a chunk of another
+                # an output typed like the samples (zarr-python 2 passes the chunk's array; zarr-python 3's
+                # format-2 arrays pass no ``out``, so there nothing can be checked): a chunk of another
                 # type of that size would be reinterpreted (a uint16 chunk in an int16 array read 60000 as
                 # -5536): refused by the HDF5 shim's rule (same kind). Outputs of another item size, and
                 # uint8, are numcodecs' byte-level convention (the bytes of the chunk, whatever their view).
