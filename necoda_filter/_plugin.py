@@ -215,7 +215,7 @@ def _cd_values(compression_opts) -> tuple:
         raise TypeError(f"necoda compression_opts must be unsigned 32-bit integers (Necoda(...).filter_options), got {cd!r}")
     try:
         mode, opts = options.user_options(cd)
-        options.check_options(mode, opts)
+        options.check_options(mode, opts, stored=True)  # filter values as stored (by an earlier release, too)
     except (TypeError, ValueError) as e:
         raise ValueError(f"invalid necoda compression_opts {cd!r}: {e}; use a dict of Necoda options "
                          "or Necoda(...).filter_options") from None

@@ -62,8 +62,9 @@ def main(argv=None) -> int:
         print(f"necoda {args.command}: error: {error_message(e, _output_of(args))}", file=sys.stderr)
         return 1
     except BrokenExecutor as e:  # a worker process killed (the kernel's OOM killer, a signal): one line too
+        hint = "; try fewer --workers" if hasattr(args, "workers") else ""
         print(f"necoda {args.command}: error: a worker process died (killed, e.g. by the system when memory ran "
-              f"out; try fewer --workers); the run was stopped ({e})", file=sys.stderr)
+              f"out{hint}); the run was stopped ({e})", file=sys.stderr)
         return 1
     except RuntimeError as e:  # h5py raises RuntimeError for some failed writes (a full disk while closing)
         if io_errno(e) is None:

@@ -132,12 +132,12 @@ def check_bound(name: str, v) -> float:
     return v
 
 
-def check_options(mode: str, options: dict, strict_model: bool = True) -> dict:
+def check_options(mode: str, options: dict, strict_model: bool = True, stored: bool = False) -> dict:
     """Validate user options; returns the options that are set (not None). ``model`` is resolved and
     returned as its content id (:func:`check_model`; ``strict_model``). An option the mode does not use
-    (``quality`` for lossless, ``level`` for learned) is refused, except with ``strict_model=False``: a
-    stored configuration being opened (zarr metadata, a numcodecs config), which earlier releases may have
-    written with such options."""
+    (``quality`` for lossless, ``level`` for learned) is refused, except for ``stored`` settings (a zarr
+    array's metadata or numcodecs config being opened, which also passes ``strict_model=False``; an HDF5
+    dataset's filter values given again as ``compression_opts``): earlier releases wrote such options."""
     if mode not in modes.MODE_CHOICES:
         raise ValueError(f"unknown necoda mode {mode!r}; choose one of {', '.join(modes.MODE_CHOICES)}")
     out = {}
@@ -162,7 +162,7 @@ def check_options(mode: str, options: dict, strict_model: bool = True) -> dict:
         out[k] = v
     if mode in ("lossless", "raw") and ("max_error" in out or "max_error_noise" in out):
         raise ValueError(f"mode={mode!r} is exact; max_error/max_error_noise need mode='bounded' or 'learned'")
-    if strict_model and mode != "auto":  # auto takes every option: its chunks go to learned or lossless
+    if strict_model and not stored and mode != "auto":  # auto takes every option: learned or lossless chunks
         takes = modes.get(mode).options
         unused = sorted(k for k in out if k not in takes)
         if unused:

@@ -699,15 +699,19 @@ _SWEEP_MIN_AGE_S = 60.0
 def _sweep_stale_outputs() -> None:
     """Remove the named output files (``necoda-read-<pid>-<id>``) of processes that no longer exist: left
     behind by readers killed during a read where the workers open the file by name (or by versions of
-    this module that always did)."""
+    this module that always did), in every folder a :class:`SharedArray` may use."""
     import time
 
-    folder = _output_folder()
+    now = time.time()
+    for folder in _shared_folders():  # /dev/shm, and the temporary folder shared arrays fall back to
+        _sweep_folder(folder, now)
+
+
+def _sweep_folder(folder: str, now: float) -> None:
     try:
         names = [n for n in os.listdir(folder) if n.startswith(_OUTPUT_PREFIX)]
     except OSError:
         return
-    now = time.time()
     for name in names:
         try:
             pid = int(name[len(_OUTPUT_PREFIX):].split("-", 1)[0])
@@ -909,7 +913,7 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
     if mode == "process" and (workers < 2 or len(plan) < 2):
         mode = "serial"
 
-    if mode == "serial":
+    def run_serial():
         dst = new_output()
         for off, dsl, lsel in plan:
             got = fetch(off)
@@ -918,6 +922,9 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
             else:
                 _decode_place(dst, dsl, got[1], got[0], chunks, chunk_dtype, lsel)
         return returned(dst)
+
+    if mode == "serial":
+        return run_serial()
 
     if mode == "thread":
         dst = new_output()
@@ -957,7 +964,12 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
 
     def run_processes(stop):
         with _using(_process_pool, workers) as pool:
-            output = SharedArray(shape, dtype, by_fd=getattr(pool, "necoda_outputs_by_fd", False))
+            try:
+                output = SharedArray(shape, dtype, by_fd=getattr(pool, "necoda_outputs_by_fd", False))
+            except OSError as e:
+                if executor == "auto" and e.errno == errno.ENOSPC:
+                    return _NO_ROOM  # the caller reads serially instead
+                raise
             path, nbytes, shm = output.worker_path, output.nbytes, output.arr
             try:
                 # batches of chunks per task: enough tasks to balance the workers, few enough to keep the
@@ -993,7 +1005,14 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
             np.copyto(out_full, shm)
         return returned(shm)
 
-    return _off_main_thread(run_processes)
+    got = _off_main_thread(run_processes)
+    if got is _NO_ROOM:  # "auto" with no room for the shared output: read here, one chunk after another
+        return run_serial()
+    return got
+
+
+#: what a process read returns when there is no room for its shared output (``executor="auto"`` only)
+_NO_ROOM = object()
 
 
 def _check_out_type(out, dtype) -> None:

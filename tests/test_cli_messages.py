@@ -387,3 +387,38 @@ def test_compress_says_why_series_data_was_not_recompressed(tmp_path, kind, caps
     with h5py.File(out, "r") as f:
         assert f["s/data"].dtype == (h5py.enum_dtype({"LOW": 0, "HIGH": 1}, basetype="i2") if kind == "enum" else bool)
         assert not f["s/data"].compression
+
+
+def test_compress_names_series_it_copied_next_to_ones_it_recompressed(tmp_path, capsys):
+    """QA 16: the reason a series was left as it was (an enum movie) was given only when no series at all
+    was recompressed."""
+    src = tmp_path / "in.h5"
+    with h5py.File(src, "w") as f:
+        for name, typ, data, dt in [("e", "ElectricalSeries", np.arange(4000, dtype="i2").reshape(1000, 4), None),
+                                    ("m", "TwoPhotonSeries", np.zeros((20, 16, 16), "u1"),
+                                     h5py.enum_dtype({"OFF": 0, "ON": 1}, basetype="u1"))]:
+            g = f.create_group(name)
+            g.attrs["neurodata_type"] = typ
+            g.create_dataset("starting_time", data=0.0).attrs["rate"] = 1000.0
+            g.create_dataset("data", data=data, dtype=dt)
+    assert cli.main(["compress", str(src), str(tmp_path / "out.h5"), "--quiet", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "/e/data: ephys" in out and "copied as it was: the data of the TwoPhotonSeries /m has an HDF5 enum" in out
+
+
+def test_stored_filter_values_with_options_their_mode_ignores_are_accepted_again(tmp_path):
+    """QA 16: options a mode does not use are refused when a filter is made (Necoda(mode="lossless",
+    quality=3)), but filter values an earlier release stored with them, given back as compression_opts
+    (copying a dataset's settings), are accepted as stored."""
+    from necoda_filter import FILTER_ID, options
+
+    with pytest.raises(ValueError, match="option quality does not apply"):
+        Necoda(mode="lossless", quality=3)
+    cd = list(options.to_cd_values("lossless"))
+    cd[options.OPTION_SLOTS["quality"][0]] = 3  # what an earlier release wrote for Necoda(mode="lossless", quality=3)
+    assert options.user_options(cd) == ("lossless", {"quality": 3})
+    a = np.arange(64 * 8, dtype="i2").reshape(64, 8)
+    with h5py.File(tmp_path / "old.h5", "w") as f:
+        f.create_dataset("d", data=a, chunks=(32, 8), compression=FILTER_ID, compression_opts=tuple(cd))
+    with h5py.File(tmp_path / "old.h5", "r") as f:
+        assert np.array_equal(f["d"][...], a)

@@ -310,3 +310,37 @@ def test_compress_and_decompress_without_room_for_shared_chunks_use_pipes(tmp_pa
                 assert da.id.read_direct_chunk(off) == db.id.read_direct_chunk(off), (a, off)
     with h5py.File(tmp_path / "plain.h5", "r") as f:
         assert np.array_equal(f["ts/data"][...], movie)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/fd")
+def test_auto_read_without_room_for_the_shared_output_reads_serially(tmp_path, monkeypatch):
+    """QA 16: with no room for the shared output anywhere, read()'s default executor (which picks worker
+    processes for large lossless reads) and so `necoda evaluate` failed with ENOSPC; "auto" now reads in
+    the calling thread instead. An explicit executor="process" still raises."""
+    a = np.random.default_rng(6).integers(0, 3000, (256, 64, 64)).astype(np.uint16)
+    p = tmp_path / "d.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("d", data=a, chunks=(16, 64, 64), compression=Necoda(mode="lossless"))
+    _no_room_in(monkeypatch, reader._shared_folders())
+    monkeypatch.setattr(reader, "PARALLEL_MIN_BYTES", 1)
+    with h5py.File(p, "r") as f:
+        assert np.array_equal(read(f["d"], workers=2), a)
+        with pytest.raises(OSError, match="no room for a"):
+            read(f["d"], executor="process", workers=2)
+
+
+def test_stale_output_files_are_swept_from_every_shared_folder(tmp_path, monkeypatch):
+    """QA 16: a killed reader's named output in the fallback (temporary) folder was never swept: the sweep
+    looked in /dev/shm only."""
+    shm, tmp = tmp_path / "shm", tmp_path / "tmp"
+    shm.mkdir()
+    tmp.mkdir()
+    monkeypatch.setattr(reader, "_shared_folders", lambda: [str(shm), str(tmp)])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    stale = [d / f"{reader._OUTPUT_PREFIX}{pid}-0123" for d in (shm, tmp)]
+    for s in stale:
+        s.write_bytes(b"\0" * 16)
+        os.utime(s, (time.time() - 3600, time.time() - 3600))
+    reader._sweep_stale_outputs()
+    assert [s.exists() for s in stale] == [False, False]

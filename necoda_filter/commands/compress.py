@@ -144,6 +144,8 @@ def run(args) -> int:
         other = {m: n for m, n in p["chunk_modes"].items() if m != p["mode"]}
         if other and "raw" not in other:  # raw chunks are explained by a note (with the encoder's reason)
             print(f"    note: chunks stored with other modes: {other}", file=sys.stderr)
+    for why in _skipped_series(args.input):
+        print(f"  copied as it was: {why}")
     return 0
 
 

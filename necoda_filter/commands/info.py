@@ -358,7 +358,8 @@ def _zarr2_info(path, include_all=False, max_chunks=8) -> list[dict]:
 
                 undo = [numcodecs.get_codec(dict(c)) for c in reversed(after)]
             except Exception as e:  # noqa: BLE001 — a codec not installed here: its chunks cannot be opened
-                row["headers_not_sampled"] = f"{', '.join(c.get('id', '?') for c in after)}: {e}"
+                why = "a codec not installed here" if type(e).__name__ == "UnknownCodecError" else str(e)
+                row["headers_not_sampled"] = f"necoda is followed by {', '.join(c.get('id', '?') for c in after)}: {why}"
             else:
                 row.update(_chunk_file_headers(folder, shape, chunks, lambda idx, sep=sep: sep.join(map(str, idx)),
                                                max_chunks, undo))
