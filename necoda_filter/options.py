@@ -174,7 +174,7 @@ def check_options(mode: str, options: dict, strict_model: bool = True, stored: b
         if nq is not None and not 1 <= out["quality"] <= nq:
             which = (f"model {pkg.path.name} ({pkg.id})" if pkg is not None else "the built-in learned model")
             raise ValueError(f"necoda option quality must be 1..{nq} (levels of {which}), got {out['quality']}")
-    if "level" in out:
+    if "level" in out and not stored:  # stored: an earlier release's level above 12 is coded at 12 (clamped)
         from .modes.lossless import MAX_LEVEL
 
         if out["level"] > MAX_LEVEL:  # pcodec's levels; a larger one was silently taken as MAX_LEVEL

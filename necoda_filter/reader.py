@@ -54,6 +54,7 @@ import errno
 import itertools
 import mmap
 import os
+import re
 import tempfile
 import threading
 import uuid
@@ -303,6 +304,7 @@ def _process_pool(workers: int) -> ProcessPoolExecutor:
         if _pool is None or _pool_workers != workers or getattr(_pool, "_broken", False):
             if _pool is not None:
                 _retire(_pool, wait=False)
+                _pool = None  # a new pool that fails to start must not leave the retired one current
             _pool = _new_process_pool(workers)
             _pool_workers = workers
             _stop_at_multiprocessing_exit()
@@ -707,29 +709,37 @@ def _sweep_stale_outputs() -> None:
         _sweep_folder(folder, now)
 
 
+#: the name of a named shared array: prefix, the creating process's id, a uuid4 in hex
+_OUTPUT_NAME = re.compile(re.escape(_OUTPUT_PREFIX) + r"([0-9]{1,10})-[0-9a-f]{32}")
+
+
 def _sweep_folder(folder: str, now: float) -> None:
+    """Remove this user's regular files named exactly like a shared array, at least ``_SWEEP_MIN_AGE_S``
+    old, whose process is gone (links and anything else named otherwise are left alone)."""
+    import stat
+
     try:
-        names = [n for n in os.listdir(folder) if n.startswith(_OUTPUT_PREFIX)]
+        names = os.listdir(folder)
     except OSError:
         return
     for name in names:
-        try:
-            pid = int(name[len(_OUTPUT_PREFIX):].split("-", 1)[0])
-        except ValueError:
+        m = _OUTPUT_NAME.fullmatch(name)
+        if m is None:
             continue
-        if pid == os.getpid():
+        pid = int(m.group(1))
+        if pid == os.getpid() or not 0 < pid < 2**31:
             continue
         try:
             os.kill(pid, 0)
             continue  # alive
         except ProcessLookupError:
             pass
-        except OSError:  # alive, another user's: leave it
+        except (OSError, OverflowError):  # alive, another user's: leave it
             continue
         path = os.path.join(folder, name)
         try:
-            st = os.stat(path)
-            if st.st_uid == os.getuid() and now - st.st_mtime >= _SWEEP_MIN_AGE_S:
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and now - st.st_mtime >= _SWEEP_MIN_AGE_S:
                 os.unlink(path)
         except OSError:
             pass
@@ -963,13 +973,18 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
     inline_ok = not threading.current_thread().daemon
 
     def run_processes(stop):
+        try:
+            return process_read(stop)
+        except OSError as e:
+            # no room in /dev/shm for the pool's semaphores, or anywhere for the shared output: "auto" reads
+            # serially instead (in the caller's thread)
+            if executor == "auto" and e.errno == errno.ENOSPC:
+                return _NO_ROOM
+            raise
+
+    def process_read(stop):
         with _using(_process_pool, workers) as pool:
-            try:
-                output = SharedArray(shape, dtype, by_fd=getattr(pool, "necoda_outputs_by_fd", False))
-            except OSError as e:
-                if executor == "auto" and e.errno == errno.ENOSPC:
-                    return _NO_ROOM  # the caller reads serially instead
-                raise
+            output = SharedArray(shape, dtype, by_fd=getattr(pool, "necoda_outputs_by_fd", False))
             path, nbytes, shm = output.worker_path, output.nbytes, output.arr
             try:
                 # batches of chunks per task: enough tasks to balance the workers, few enough to keep the

@@ -420,5 +420,8 @@ def test_stored_filter_values_with_options_their_mode_ignores_are_accepted_again
     a = np.arange(64 * 8, dtype="i2").reshape(64, 8)
     with h5py.File(tmp_path / "old.h5", "w") as f:
         f.create_dataset("d", data=a, chunks=(32, 8), compression=FILTER_ID, compression_opts=tuple(cd))
+        # QA 17: a level above 12 (taken as 12 before it was refused) is accepted as stored, too
+        cd[options.OPTION_SLOTS["level"][0]] = 13
+        f.create_dataset("d13", data=a, chunks=(32, 8), compression=FILTER_ID, compression_opts=tuple(cd))
     with h5py.File(tmp_path / "old.h5", "r") as f:
-        assert np.array_equal(f["d"][...], a)
+        assert np.array_equal(f["d"][...], a) and np.array_equal(f["d13"][...], a)

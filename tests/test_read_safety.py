@@ -338,9 +338,47 @@ def test_stale_output_files_are_swept_from_every_shared_folder(tmp_path, monkeyp
     monkeypatch.setattr(reader, "_shared_folders", lambda: [str(shm), str(tmp)])
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
-    stale = [d / f"{reader._OUTPUT_PREFIX}{pid}-0123" for d in (shm, tmp)]
-    for s in stale:
+    stale = [d / f"{reader._OUTPUT_PREFIX}{pid}-{'a' * 32}" for d in (shm, tmp)]
+    # QA 17: names not exactly a shared array's (a pid too large for os.kill raised OverflowError and broke
+    # every process read; int() also read "+5379", "53_79", " 5379"), and a link, are left alone
+    other = [tmp / f"{reader._OUTPUT_PREFIX}{n}" for n in
+             ("99999999999999999999-x", f"{pid}", f"+{pid}-{'a' * 32}", f"{pid}_0-{'a' * 32}", f"{pid}-x")]
+    link = tmp / f"{reader._OUTPUT_PREFIX}{pid}-{'b' * 32}"
+    for s in stale + other:
         s.write_bytes(b"\0" * 16)
         os.utime(s, (time.time() - 3600, time.time() - 3600))
+    link.symlink_to(stale[0])
     reader._sweep_stale_outputs()
     assert [s.exists() for s in stale] == [False, False]
+    assert all(s.exists() for s in other) and link.is_symlink()
+
+
+def test_no_room_for_a_worker_pool_reads_and_compresses_in_the_process(tmp_path, monkeypatch):
+    """QA 17: a full /dev/shm fails the process pool's start itself (its semaphores live there) before any
+    shared array is made: read()'s default executor then reads serially, and compress codes the chunks in
+    its own process, instead of failing with ENOSPC."""
+    import errno
+
+    from necoda_filter import nwb
+
+    from conftest import series_file
+
+    def no_room(workers):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    a = np.random.default_rng(7).integers(0, 3000, (256, 64, 64)).astype(np.uint16)
+    p = tmp_path / "d.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("d", data=a, chunks=(16, 64, 64), compression=Necoda(mode="lossless"))
+    reader.shutdown_pool()
+    monkeypatch.setattr(reader, "_new_process_pool", no_room)
+    monkeypatch.setattr(reader, "PARALLEL_MIN_BYTES", 1)
+    with h5py.File(p, "r") as f:
+        assert np.array_equal(read(f["d"], workers=2), a)
+        with pytest.raises(OSError, match="No space left"):
+            read(f["d"], executor="process", workers=2)
+    src = tmp_path / "in.h5"
+    series_file(src, {"ts": ("TwoPhotonSeries", a[:150], 30.0)})
+    nwb.recompress_file(src, tmp_path / "out.h5", workers=2, progress=False)
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        assert np.array_equal(f["ts/data"][...], a[:150])

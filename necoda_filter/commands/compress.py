@@ -124,8 +124,9 @@ def run(args) -> int:
     if not reports:
         skipped = _skipped_series(args.input)
         if skipped:
+            more = len(skipped) - SKIPPED_SHOWN
             print(f"necoda compress: no series data in {args.input} can be recompressed; copied it unchanged to "
-                  f"{args.output}: " + "; ".join(skipped))
+                  f"{args.output}: " + "; ".join(skipped[:SKIPPED_SHOWN]) + (f"; and {more} more" if more > 0 else ""))
             return 0
         print(f"necoda compress: no TwoPhotonSeries/OnePhotonSeries/ImageSeries/ElectricalSeries/"
               f"SpikeEventSeries data found in {args.input}; copied it unchanged to {args.output}. "
@@ -144,14 +145,21 @@ def run(args) -> int:
         other = {m: n for m, n in p["chunk_modes"].items() if m != p["mode"]}
         if other and "raw" not in other:  # raw chunks are explained by a note (with the encoder's reason)
             print(f"    note: chunks stored with other modes: {other}", file=sys.stderr)
-    for why in _skipped_series(args.input):
+    skipped = _skipped_series(args.input)
+    for why in skipped[:SKIPPED_SHOWN]:
         print(f"  copied as it was: {why}")
+    if len(skipped) > SKIPPED_SHOWN:
+        print(f"  and {len(skipped) - SKIPPED_SHOWN} more series copied as they were")
     return 0
 
 
-def _skipped_series(path, limit: int = 5) -> list[str]:
-    """Why each series' data in ``path`` was not recompressed (:func:`nwb.not_target_reason`; at most
-    ``limit``, then how many more)."""
+#: reasons for series left as they were that compress prints (then how many more)
+SKIPPED_SHOWN = 5
+
+
+def _skipped_series(path) -> list[str]:
+    """Why each series' data in ``path`` that the filter cannot code was not recompressed
+    (:func:`nwb.not_target_reason`)."""
     import h5py
 
     from ..nwb import not_target_reason
@@ -166,4 +174,4 @@ def _skipped_series(path, limit: int = 5) -> list[str]:
                     found.append(why)
 
         f.visititems(visit)
-    return found[:limit] + ([f"and {len(found) - limit} more"] if len(found) > limit else [])
+    return found

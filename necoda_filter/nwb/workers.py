@@ -4,6 +4,7 @@ The chunk functions are at module level: they run in worker processes (pickled b
 """
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import mmap
@@ -222,7 +223,13 @@ def make_executor(workers: int | None):
         return _Inline(), 1
     from ..reader import _new_process_pool
 
-    return _new_process_pool(workers), workers
+    try:
+        return _new_process_pool(workers), workers
+    except OSError as e:  # /dev/shm full: no room for the pool's semaphores; code the chunks here instead
+        if e.errno != errno.ENOSPC:
+            raise
+        logging.getLogger("necoda_filter").warning("necoda: no worker processes (%s): coding in this process", e)
+        return _Inline(), 1
 
 
 def _progress(total, desc, enabled):
