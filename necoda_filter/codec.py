@@ -30,7 +30,7 @@ class NecodaCodec(Codec):
         self.mode = mode
         self.options = options.check_options(
             mode, dict(max_error=max_error, max_error_noise=max_error_noise, quality=quality, level=level,
-                       model=model), strict_model=_strict_model)
+                       model=model), strict_model=_strict_model, stored=not _strict_model)
 
     def encode(self, buf):
         arr = buf if isinstance(buf, np.ndarray) else ensure_ndarray(buf)

@@ -135,9 +135,9 @@ def check_bound(name: str, v) -> float:
 def check_options(mode: str, options: dict, strict_model: bool = True, stored: bool = False) -> dict:
     """Validate user options; returns the options that are set (not None). ``model`` is resolved and
     returned as its content id (:func:`check_model`; ``strict_model``). An option the mode does not use
-    (``quality`` for lossless, ``level`` for learned) is refused, except for ``stored`` settings (a zarr
-    array's metadata or numcodecs config being opened, which also passes ``strict_model=False``; an HDF5
-    dataset's filter values given again as ``compression_opts``): earlier releases wrote such options."""
+    (``quality`` for lossless, ``level`` for learned), and a ``level`` above pcodec's, are refused except
+    in ``stored`` settings (a zarr array's metadata or a numcodecs config being opened, an HDF5 dataset's
+    filter values given again as ``compression_opts``): earlier releases wrote such options."""
     if mode not in modes.MODE_CHOICES:
         raise ValueError(f"unknown necoda mode {mode!r}; choose one of {', '.join(modes.MODE_CHOICES)}")
     out = {}
@@ -162,7 +162,7 @@ def check_options(mode: str, options: dict, strict_model: bool = True, stored: b
         out[k] = v
     if mode in ("lossless", "raw") and ("max_error" in out or "max_error_noise" in out):
         raise ValueError(f"mode={mode!r} is exact; max_error/max_error_noise need mode='bounded' or 'learned'")
-    if strict_model and not stored and mode != "auto":  # auto takes every option: learned or lossless chunks
+    if not stored and mode != "auto":  # auto takes every option: its chunks are learned or lossless
         takes = modes.get(mode).options
         unused = sorted(k for k in out if k not in takes)
         if unused:

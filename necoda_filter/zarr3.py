@@ -28,7 +28,7 @@ class NecodaZarrCodec(ArrayBytesCodec):
         # (from_dict), and writing or reading a learned chunk then fails naming the id
         strict = opts.pop("_strict_model", True)
         object.__setattr__(self, "mode", mode)
-        object.__setattr__(self, "config", options.check_options(mode, opts, strict_model=strict))
+        object.__setattr__(self, "config", options.check_options(mode, opts, strict_model=strict, stored=not strict))
 
     @classmethod
     def from_dict(cls, data):
