@@ -52,6 +52,7 @@ import atexit
 import contextlib
 import errno
 import itertools
+import logging
 import mmap
 import os
 import re
@@ -252,6 +253,26 @@ def _noop(probe=None):
     return ok
 
 
+#: free space /dev/shm must have for a worker pool to start: multiprocessing keeps the pool's semaphores
+#: (a page each) and the warm-up barrier's state there, the latter in a page it writes without reserving
+POOL_SHM_MIN_BYTES = 1 << 20
+
+
+def _check_pool_room() -> None:
+    """OSError (ENOSPC) when /dev/shm has less than :data:`POOL_SHM_MIN_BYTES` free. Python's multiprocessing
+    checks room for its shared state before making its semaphores, which then take that room: its first
+    write then killed the process with SIGBUS (QA: 16 KiB free), no error anyone could handle."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:  # no /dev/shm: multiprocessing uses another folder
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < POOL_SHM_MIN_BYTES:
+        raise OSError(errno.ENOSPC, f"no room in /dev/shm ({free // 1024} KiB free) for the semaphores of worker "
+                                    "processes (free some space there; read()'s default executor and necoda "
+                                    "compress/decompress work in one process meanwhile)")
+
+
 def _new_process_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of ``workers`` processes, all started now.
 
@@ -266,6 +287,7 @@ def _new_process_pool(workers: int) -> ProcessPoolExecutor:
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     ctx = mp.get_context(method)
     _sweep_stale_outputs()
+    _check_pool_room()
     # one warm-up task per worker, held at a barrier until all have started: otherwise one worker could
     # run several while another had not yet closed the parent's HDF5 files (another process or thread
     # then failed to open one of them for writing: "unable to lock file")
@@ -710,7 +732,7 @@ def _sweep_stale_outputs() -> None:
 
 
 #: the name of a named shared array: prefix, the creating process's id, a uuid4 in hex
-_OUTPUT_NAME = re.compile(re.escape(_OUTPUT_PREFIX) + r"([0-9]{1,10})-[0-9a-f]{32}")
+_OUTPUT_NAME = re.compile(re.escape(_OUTPUT_PREFIX) + r"([1-9][0-9]{0,9})-[0-9a-f]{32}")
 
 
 def _sweep_folder(folder: str, now: float) -> None:
@@ -1022,8 +1044,18 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
 
     got = _off_main_thread(run_processes)
     if got is _NO_ROOM:  # "auto" with no room for the shared output: read here, one chunk after another
+        global _told_no_room
+        if not _told_no_room:
+            _told_no_room = True
+            logging.getLogger("necoda_filter").warning(
+                "necoda read: no room in /dev/shm or the temporary folder for worker processes: reading in this "
+                "process (slower) while that lasts")
         return run_serial()
     return got
+
+
+#: whether read() has logged (once per process) that it reads serially for want of shared memory
+_told_no_room = False
 
 
 #: what a process read returns when there is no room for its shared output (``executor="auto"`` only)

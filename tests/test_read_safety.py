@@ -382,3 +382,31 @@ def test_no_room_for_a_worker_pool_reads_and_compresses_in_the_process(tmp_path,
     nwb.recompress_file(src, tmp_path / "out.h5", workers=2, progress=False)
     with h5py.File(tmp_path / "out.h5", "r") as f:
         assert np.array_equal(f["ts/data"][...], a[:150])
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_a_nearly_full_dev_shm_is_found_before_multiprocessing_writes_there(tmp_path, monkeypatch):
+    """QA 18: with 16 KiB free in /dev/shm, multiprocessing's own shared state (the pool's warm-up barrier)
+    was written into a page its semaphores had taken: SIGBUS, no error to handle. A pool now needs 1 MiB
+    free there: less is ENOSPC, which the default executor answers by reading serially."""
+    import errno
+
+    real = os.statvfs
+
+    class Full:
+        def __init__(self, st):
+            self.f_frsize, self.f_bavail = st.f_frsize, 16384 // st.f_frsize
+
+    monkeypatch.setattr(os, "statvfs", lambda p: Full(real(p)) if str(p) == "/dev/shm" else real(p))
+    with pytest.raises(OSError) as e:
+        reader._check_pool_room()
+    assert e.value.errno == errno.ENOSPC and "16 KiB free" in str(e.value)
+    a = np.random.default_rng(8).integers(0, 3000, (128, 32, 32)).astype(np.uint16)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f.create_dataset("d", data=a, chunks=(16, 32, 32), compression=Necoda(mode="lossless"))
+    reader.shutdown_pool()
+    monkeypatch.setattr(reader, "PARALLEL_MIN_BYTES", 1)
+    with h5py.File(tmp_path / "d.h5", "r") as f:
+        assert np.array_equal(read(f["d"], workers=2), a)
+        with pytest.raises(OSError, match="semaphores of worker processes"):
+            read(f["d"], executor="process", workers=2)

@@ -149,7 +149,8 @@ def run(args) -> int:
     for why in skipped[:SKIPPED_SHOWN]:
         print(f"  copied as it was: {why}")
     if len(skipped) > SKIPPED_SHOWN:
-        print(f"  and {len(skipped) - SKIPPED_SHOWN} more series copied as they were")
+        more = len(skipped) - SKIPPED_SHOWN
+        print(f"  and {more} more series copied as {'it was' if more == 1 else 'they were'}")
     return 0
 
 
