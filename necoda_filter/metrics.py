@@ -16,7 +16,7 @@ from collections import deque
 import numpy as np
 
 __all__ = [
-    "error_stats", "noise_rmse", "estimate_noise_imaging", "estimate_noise_ephys", "estimate_noise_events",
+    "error_stats", "noise_rmse", "noise_sse", "estimate_noise_imaging", "estimate_noise_ephys", "estimate_noise_events",
     "bandpass",
     "detect_rois", "roi_traces", "trace_correlations", "imaging_fidelity", "detect_spikes",
     "match_spikes", "ephys_reference", "ephys_fidelity",
@@ -118,6 +118,30 @@ def psnr_db(data_range: float, rmse: float) -> float:
     if np.isinf(rmse):
         return float("-inf")
     return float(20.0 * np.log10(data_range / rmse))
+
+
+def noise_sse(orig, dec, sigma) -> tuple[float, int]:
+    """(sum of squared errors in noise units, samples counted), over the channels (last axis) that have a
+    noise level: a channel whose sigma is NaN or <= 0 (no estimate: flat or missing where the noise was
+    measured) is left out, so that one dead channel does not turn the whole figure into +inf (what
+    :func:`noise_rmse` gives for an error at sigma 0). A scalar sigma counts every sample when it is > 0 and
+    none otherwise. The noise-unit RMSE of several blocks is sqrt(sum of the sums / sum of the counts)."""
+    sig = np.asarray(sigma, dtype=np.float64)
+    orig = np.asarray(orig)
+    dec = np.asarray(dec)
+    if sig.ndim == 0:
+        if not (np.isfinite(sig) and sig > 0):
+            return 0.0, 0
+    else:
+        ok = np.isfinite(sig) & (sig > 0)
+        if not ok.any():
+            return 0.0, 0
+        if not ok.all():
+            if sig.shape[-1] != orig.shape[-1]:
+                raise ValueError(f"sigma of shape {sig.shape} does not match the last axis {orig.shape[-1]}")
+            orig, dec, sig = orig[..., ok], dec[..., ok], sig[..., ok]
+    nr = noise_rmse(orig, dec, sig)
+    return nr * nr * orig.size, int(orig.size)
 
 
 def noise_rmse(orig, dec, sigma) -> float:

@@ -197,3 +197,34 @@ def test_spike_f1_without_spikes_is_not_reported_as_perfect():
     spikes[::1500, :] -= 500  # detections only in the decoded
     f = metrics.ephys_fidelity(n, spikes, 30000.0)
     assert f["n_spikes"] == 0 and f["n_spikes_dec"] > 0 and f["spike_f1"] == 0.0
+
+
+def test_noise_sse_leaves_out_channels_without_a_noise_level():
+    """QA 19: one channel with no noise estimate (NaN or flat where the noise was measured) made the stored
+    noise-unit RMSE +inf although every sample was within the bound. Such channels are left out."""
+    o = np.zeros((4, 3))
+    d = o.copy()
+    d[:, 0] = 1.0
+    d[:, 2] = 2.0
+    assert metrics.noise_rmse(o, d, [np.nan, 1.0, 2.0]) == np.inf  # the strict per-sample figure is unchanged
+    sse, n = metrics.noise_sse(o, d, [np.nan, 1.0, 2.0])
+    assert sse == pytest.approx(4.0) and n == 8  # channel 2: (2/2)^2 x 4; channel 1: 0
+    sse, n = metrics.noise_sse(o, d, [0.0, 1.0, 2.0])
+    assert sse == pytest.approx(4.0) and n == 8
+    assert metrics.noise_sse(o, d, [np.nan, 0.0, np.nan]) == (0.0, 0)
+    assert metrics.noise_sse(o, d, 2.0) == pytest.approx((float(((d - o) ** 2).sum()) / 4, 12))
+    assert metrics.noise_sse(o, d, np.nan) == (0.0, 0)
+
+
+def test_compress_noise_unit_rmse_is_finite_with_a_flat_channel(tmp_path):
+    """The write-time record of a bounded recording with one channel flat in the noise window."""
+    from conftest import series_file
+    from necoda_filter import nwb
+
+    x = np.ascontiguousarray(simulate_ephys(duration_s=3.0, n_channels=6, seed=3).data, dtype=np.int16)
+    x[:70000, 2] = 0
+    series_file(tmp_path / "in.h5", {"e": ("ElectricalSeries", x, 30000.0)})
+    (rep,) = nwb.recompress_file(tmp_path / "in.h5", tmp_path / "out.h5",
+                                 nwb.Settings(ephys="bounded", max_error=2.0), workers=1, progress=False)
+    p = rep.provenance
+    assert p["max_abs_error"] <= 2 and np.isfinite(p["noise_rmse"]) and 0 < p["noise_rmse"] < 1

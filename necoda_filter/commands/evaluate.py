@@ -221,7 +221,8 @@ def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, win
                 sigma = metrics.estimate_noise_ephys(ow, fs)
                 if ow.ndim == 1:
                     sigma = float(sigma[0])
-                res["noise"] = {"sigma_median": float(np.median(sigma))}
+                finite = np.asarray(sigma, np.float64)[np.isfinite(sigma)]
+                res["noise"] = {"sigma_median": float(np.median(finite)) if finite.size else math.nan}
         except Exception as e:  # noqa: BLE001
             res["noise"] = {"error": f"{type(e).__name__}: {e}"}
             sigma = None
@@ -232,6 +233,7 @@ def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, win
     mx = 0.0
     lo, hi = math.inf, -math.inf
     nsse = 0.0
+    nn = 0  # samples counted in nsse: those of channels with a noise level (metrics.noise_sse)
     brows = max(1, BLOCK_BYTES // row_bytes)
     for t in range(0, T, brows):
         t1 = min(T, t + brows)
@@ -248,8 +250,9 @@ def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, win
         lo = min(lo, blo)
         hi = max(hi, bhi)
         if sigma is not None:
-            nr = metrics.noise_rmse(ob, db, sigma)
-            nsse += math.inf if mismatch else nr * nr * k
+            bsse, bn = metrics.noise_sse(ob, db, sigma)
+            nsse += math.inf if mismatch else bsse
+            nn += bn
     rmse = math.sqrt(sse / n)
     rng = hi - lo if hi >= lo else math.nan
     res["max_abs"] = mx
@@ -258,7 +261,7 @@ def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, win
     res["data_range"] = rng
     res["psnr"] = math.inf if rmse == 0 else (20 * math.log10(rng / rmse) if rng > 0 and math.isfinite(rmse)
                                               else math.nan)
-    res["rmse_noise"] = math.sqrt(nsse / n) if sigma is not None else math.nan
+    res["rmse_noise"] = math.sqrt(nsse / nn) if sigma is not None and nn else math.nan
 
     figs = []
     with np.errstate(all="ignore"):

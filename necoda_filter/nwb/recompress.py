@@ -297,7 +297,7 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
     src = _with_chunk_cache(src, chunks, per_chunk=row_bytes > SLAB_MAX)
 
     shape = src.shape
-    acc = {"n": 0, "sse": 0.0, "max_abs": 0.0, "lo": math.inf, "hi": -math.inf, "noise_sse": 0.0,
+    acc = {"n": 0, "sse": 0.0, "max_abs": 0.0, "lo": math.inf, "hi": -math.inf, "noise_sse": 0.0, "noise_n": 0,
            "stored": 0, "modes": {}, "models": set(), "qualities": set(), "version": 1, "inexact": 0,
            "raw_reasons": {}}
     window: deque = deque()
@@ -316,6 +316,7 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
             acc["lo"] = min(acc["lo"], st["lo"])
             acc["hi"] = max(acc["hi"], st["hi"])
             acc["noise_sse"] += st.get("noise_sse", 0.0)
+            acc["noise_n"] += st.get("noise_n", 0)
             acc["stored"] += st["stored"]
             acc["version"] = max(acc["version"], st["version"])
             if st.get("exact") is False:
@@ -380,7 +381,8 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
     from .. import metrics
 
     psnr = metrics.psnr_db(rng, rmse)
-    noise_rmse = math.sqrt(acc["noise_sse"] / n) if sigma is not None else math.nan
+    # over the samples of channels with a noise level (all of them, but for flat or missing channels)
+    noise_rmse = math.sqrt(acc["noise_sse"] / acc["noise_n"]) if sigma is not None and acc["noise_n"] else math.nan
     mode_name = modes.resolve(fmode) if fmode != "auto" else "auto"
     # lossy = some chunk of a lossy mode did not decode to its original bits: bounded with max_error 0 (or a
     # bound no sample needed) returns integers exactly, and is then recorded and described as lossless
