@@ -228,3 +228,26 @@ def test_compress_noise_unit_rmse_is_finite_with_a_flat_channel(tmp_path):
                                  nwb.Settings(ephys="bounded", max_error=2.0), workers=1, progress=False)
     p = rep.provenance
     assert p["max_abs_error"] <= 2 and np.isfinite(p["noise_rmse"]) and 0 < p["noise_rmse"] < 1
+
+
+def test_evaluate_and_the_write_time_record_give_the_same_noise_unit_rmse(tmp_path):
+    """QA 19: evaluate measured the noise on its own window (5 s) while compress used 2 s, so the two
+    reported different noise-unit RMSEs for the same data (0.4040 vs 0.4089). Evaluate now uses compress's
+    noise estimate."""
+    import json
+
+    import h5py
+    from conftest import series_file
+
+    from necoda_filter import cli, nwb, provenance
+
+    x = np.ascontiguousarray(simulate_ephys(duration_s=6.0, n_channels=4, seed=4).data, dtype=np.int16)
+    series_file(tmp_path / "in.h5", {"e": ("ElectricalSeries", x, 30000.0)})
+    nwb.recompress_file(tmp_path / "in.h5", tmp_path / "out.h5", nwb.Settings(ephys="bounded", max_error=3.0),
+                        workers=1, progress=False)
+    assert cli.main(["evaluate", str(tmp_path / "in.h5"), str(tmp_path / "out.h5"), "--report", str(tmp_path / "rep")]) == 0
+    (got,) = json.loads((tmp_path / "rep" / "report.json").read_text())["datasets"]
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        rec = provenance.read(f["e/data"])
+    assert got["rmse_noise"] == pytest.approx(rec["noise_rmse"], rel=1e-9)
+    assert got["rmse"] == pytest.approx(rec["rmse"], rel=1e-9)

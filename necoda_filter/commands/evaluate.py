@@ -207,25 +207,14 @@ def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, win
     ow = o[:wrows]
     dw = read(c, np.s_[:wrows])
 
-    # noise level from the original's window
-    sigma = None
+    # the noise level as necoda compress measures it (the same window and estimator), so that the noise-unit
+    # RMSE here and the one recorded at write time are the same figure
+    from ..nwb.plan import DEFAULT_FS, _attr_str
+    from ..nwb.recompress import _noise_sigma
+
+    events = _attr_str(o.parent, "neurodata_type") == "SpikeEventSeries"
     with np.errstate(all="ignore"):
-        try:
-            if kind == "imaging" and ow.ndim == 3:
-                est = metrics.estimate_noise_imaging(ow)
-                sigma = float(est["sigma"])
-                res["noise"] = {"sigma": sigma, "ok": bool(est["ok"]), "gain": est["gain"], "offset": est["offset"]}
-                if not sigma > 0:  # no estimate (e.g. a single frame): n/a, as in the write-time record
-                    sigma = None
-            elif kind == "ephys" and ow.ndim <= 2:
-                sigma = metrics.estimate_noise_ephys(ow, fs)
-                if ow.ndim == 1:
-                    sigma = float(sigma[0])
-                finite = np.asarray(sigma, np.float64)[np.isfinite(sigma)]
-                res["noise"] = {"sigma_median": float(np.median(finite)) if finite.size else math.nan}
-        except Exception as e:  # noqa: BLE001
-            res["noise"] = {"error": f"{type(e).__name__}: {e}"}
-            sigma = None
+        sigma, res["noise"] = _noise_sigma(o, kind, fs or DEFAULT_FS, events)
 
     # whole-dataset error statistics, streamed
     n = 0
