@@ -4,9 +4,10 @@ For every necoda-compressed dataset of COMPRESSED with a dataset of the same pat
 
 - over the whole dataset (streamed in blocks, never all in memory): ``max_abs``, ``rmse``, ``psnr``
   (dB over max - min of the original), ``mean_error`` (bias) — the definitions of
-  :func:`necoda_filter.metrics.error_stats` — and ``rmse_noise`` (:func:`metrics.noise_rmse`; sigma from
-  the photon-transfer fit for imaging, per-channel MAD of the 300–6000 Hz band for ephys, both estimated
-  on the original's first block); ``ratio`` = raw bytes / stored chunk bytes, ``ratio_vs_original`` =
+  :func:`necoda_filter.metrics.error_stats` — and ``rmse_noise`` (:func:`metrics.noise_sse`; sigma from
+  the photon-transfer fit for imaging, per-channel MAD of the 300–6000 Hz band for ephys, estimated on
+  the original's first block exactly as ``necoda compress`` does, so the figure equals the write-time
+  record's; channels without a noise level are left out); ``ratio`` = raw bytes / stored chunk bytes, ``ratio_vs_original`` =
   the original dataset's stored bytes / the compressed one's;
 - on a leading window (imaging: up to ``--window-frames`` (500) frames; ephys: up to ``--window-seconds``
   (5) seconds; both capped at ``--window-mb`` (256) MB of raw data; the fidelity metrics need about
