@@ -666,7 +666,7 @@ class SharedArray:
         full = []
         for folder in _shared_folders():
             try:
-                self._create(folder, by_fd)
+                mm = self._create(folder, by_fd)
                 break
             except OSError as e:
                 if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -678,11 +678,10 @@ class SharedArray:
         self.worker_path = f"/proc/{os.getpid()}/fd/{self.fd}" if by_fd else self.path
         st = os.fstat(self.fd)
         self.ident = (st.st_dev, st.st_ino)  # the workers check they opened this very file
-        mm = self._map
-        del self._map
         self.arr = np.frombuffer(mm, dtype=dtype, count=count).reshape(shape)
 
-    def _create(self, folder: str, by_fd: bool) -> None:
+    def _create(self, folder: str, by_fd: bool) -> mmap.mmap:
+        """Make the file in ``folder``, reserve its space and map it (OSError, nothing left, if not)."""
         if by_fd and hasattr(os, "O_TMPFILE"):
             with contextlib.suppress(OSError):  # a file that never has a name (Linux; tmpfs supports it)
                 self.fd = os.open(folder, os.O_RDWR | os.O_TMPFILE, 0o600)
@@ -700,7 +699,7 @@ class SharedArray:
                 except OSError as e:  # a file system that cannot reserve (nor emulate it): unreserved
                     if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                         raise
-            self._map = mmap.mmap(self.fd, self.nbytes)
+            return mmap.mmap(self.fd, self.nbytes)
         except BaseException:
             self.close()
             raise

@@ -119,10 +119,10 @@ def run(args) -> int:
             if settings.own_bounds("imaging") == (None, None):
                 raise
             raise ValueError(str(e).replace("--max-error", "--imaging-max-error")) from None
+    skipped: list[str] = []  # why series the filter cannot code were copied as they were
     reports = recompress_file(args.input, args.output, settings, workers=args.workers,
-                              overwrite=args.overwrite, progress=not args.quiet, only=args.only)
+                              overwrite=args.overwrite, progress=not args.quiet, only=args.only, skipped=skipped)
     if not reports:
-        skipped = _skipped_series(args.input)
         if skipped:
             more = len(skipped) - SKIPPED_SHOWN
             print(f"necoda compress: no series data in {args.input} can be recompressed; copied it unchanged to "
@@ -145,7 +145,6 @@ def run(args) -> int:
         other = {m: n for m, n in p["chunk_modes"].items() if m != p["mode"]}
         if other and "raw" not in other:  # raw chunks are explained by a note (with the encoder's reason)
             print(f"    note: chunks stored with other modes: {other}", file=sys.stderr)
-    skipped = _skipped_series(args.input)
     for why in skipped[:SKIPPED_SHOWN]:
         print(f"  copied as it was: {why}")
     if len(skipped) > SKIPPED_SHOWN:
@@ -156,23 +155,3 @@ def run(args) -> int:
 
 #: reasons for series left as they were that compress prints (then how many more)
 SKIPPED_SHOWN = 5
-
-
-def _skipped_series(path) -> list[str]:
-    """Why each series' data in ``path`` that the filter cannot code was not recompressed
-    (:func:`nwb.not_target_reason`)."""
-    import h5py
-
-    from ..nwb import not_target_reason
-    from ..nwb.atomic import open_input
-
-    found: list[str] = []
-    with open_input(path) as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                why = not_target_reason(obj)
-                if why:
-                    found.append(why)
-
-        f.visititems(visit)
-    return found

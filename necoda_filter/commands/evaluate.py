@@ -211,11 +211,11 @@ def evaluate_dataset(o, c, kind, report_dir: Path | None, window_frames=500, win
     # the noise level as necoda compress measures it (the same window and estimator), so that the noise-unit
     # RMSE here and the one recorded at write time are the same figure
     from ..nwb.plan import DEFAULT_FS, _attr_str
-    from ..nwb.recompress import _noise_sigma
+    from ..nwb.recompress import estimate_noise_sigma
 
     events = _attr_str(o.parent, "neurodata_type") == "SpikeEventSeries"
     with np.errstate(all="ignore"):
-        sigma, res["noise"] = _noise_sigma(o, kind, fs or DEFAULT_FS, events)
+        sigma, res["noise"] = estimate_noise_sigma(o, kind, fs or DEFAULT_FS, events)
 
     # whole-dataset error statistics, streamed
     n = 0

@@ -168,7 +168,7 @@ def _electrode_count(series: h5py.Group) -> int | None:
     return int(region.shape[0]) if isinstance(region, h5py.Dataset) and region.ndim == 1 else None
 
 
-def _noise_sigma(src: h5py.Dataset, kind: str, fs: float, events: bool = False):
+def estimate_noise_sigma(src: h5py.Dataset, kind: str, fs: float, events: bool = False):
     """Noise level for noise-unit RMSE, estimated on the first part of the data (bounded memory), over
     its finite samples. ``events``: rows are spike snippets (SpikeEventSeries), whose noise is measured
     along the sample axis (the last), not across events."""
@@ -255,7 +255,7 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
         log.info("necoda: %s: mode %s (%s)", src.name, mode, why)
     filt = settings.filter_for(kind, mode)
     with np.errstate(all="ignore"):
-        sigma, noise_model = _noise_sigma(src, kind, fs, events)
+        sigma, noise_model = estimate_noise_sigma(src, kind, fs, events)
     if events and filt.options.get("max_error_noise") is not None:
         # the bounded mode's noise model measures noise along axis 0 (time), which for event snippets runs
         # across events (waveform variability, several times the noise): the bound is set in raw units here
@@ -472,12 +472,15 @@ def _resolve_only(src_path, paths) -> set:
 
 
 def recompress_file(src_path, dst_path, settings: Settings | None = None, workers: int | None = None,
-                    overwrite: bool = False, progress: bool = True, only: list[str] | None = None) -> list[DatasetReport]:
+                    overwrite: bool = False, progress: bool = True, only: list[str] | None = None,
+                    skipped: list[str] | None = None) -> list[DatasetReport]:
     """Copy the NWB/HDF5 file ``src_path`` to ``dst_path`` recompressing its neural datasets.
 
     Returns one :class:`DatasetReport` per recompressed dataset. ``only``: restrict recompression to
     these series (paths of their ``data``, of the series group, or links to either; the leading "/" is
-    optional); a path that names no recompressible series data is an error."""
+    optional); a path that names no recompressible series data is an error. ``skipped``: a list that
+    receives why each series' data the filter cannot code (enum, bool, compound ...) was copied as it was
+    (:func:`not_target_reason`)."""
     settings = settings or Settings()
     # validate the settings (and that the modes are available) before touching the disk
     for kind in ("imaging", "ephys"):
@@ -491,6 +494,10 @@ def recompress_file(src_path, dst_path, settings: Settings | None = None, worker
 
     def handler(sds, dg, name, copier, executor, nworkers):
         kind = target_kind(sds)
+        if kind is None and skipped is not None:
+            why = not_target_reason(sds)
+            if why:
+                skipped.append(why)
         if kind is None or (only_keys is not None and Copier._key(sds)[1] not in only_keys):
             return False
         rep = recompress_dataset(sds, dg, name, kind, settings, executor, nworkers, progress, source_name,
