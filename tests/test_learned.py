@@ -584,6 +584,25 @@ def test_a_stale_or_wrong_cut_is_not_used(tmp_path, monkeypatch):
         assert np.array_equal(chunk.decode(buf), ref)
 
 
+def test_a_variant_for_another_cpu_fails_its_check_quietly(capfd):
+    """Checking a blocked variant made for another CPU's block size is an ordinary answer, not an error:
+    on an AVX-512 CPU the shipped 8-channel variant fails in its first convolution, and ONNX Runtime must
+    not print that failure (it did, in red, in every process that decoded a learned chunk)."""
+    import dataclasses
+
+    from necoda_filter.models import trunk
+
+    pkg = registry.default()
+    good = trunk.load(pkg.path, pkg.decoder)
+    (b8,) = trunk.load_blocked(pkg.path, pkg.decoder, good)
+    capfd.readouterr()
+    results = [trunk._self_check(pkg.decoder, "ctx", v, pkg.id)
+               for v in (b8, dataclasses.replace(b8, block=4), dataclasses.replace(b8, tail=good.tail))]
+    err = capfd.readouterr().err
+    assert results[0] == _mlas_blocks_by_8() and results[1:] == [False, False]
+    assert "onnxruntime" not in err and "Non-zero status" not in err, err
+
+
 def test_decoder_cut_setting(monkeypatch):
     """NECODA_DECODER_CUT: 0/off/false/no, planar, 1 (default); anything else warns and means 1."""
     from necoda_filter.models import trunk

@@ -458,18 +458,24 @@ def _self_check(main: bytes, ctx: str, trunk: Trunk, model_id: str = "check") ->
 
 
 def _compare(main, ctx, trunk, model_id, runtime) -> bool:
+    import onnxruntime as ort
+
     if runtime.providers() != ["CPUExecutionProvider"]:
         return False  # the cut is a CPU path (GPU providers run the whole graph)
     whole = runtime.session(model_id, "decoder", main, 1)
     parts = {g: runtime.session(model_id, g, b, 1, preoptimized=trunk.preoptimized)
              for g, b in ((trunk.head_graph, trunk.head), (trunk.tail_graph, trunk.tail))}
+    # a blocked variant shipped for another CPU's block size fails in its first convolution (AVX-512 runs
+    # 16-channel blocks, the shipped variant 8): that is an answer, not an error, so ORT must not print it
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4
     rng = np.random.default_rng(0)
     zs_meta = whole.get_inputs()[[i.name for i in whole.get_inputs()].index("zs")]
     cz = int(zs_meta.shape[1])
     n, t8, h4, w4 = 2, 2, 6, 5
     zs = (rng.normal(0, 2, (n, cz, t8, h4, w4)) * (rng.random((n, cz, t8, h4, w4)) < 0.5)).astype(np.float32)
     base = rng.normal(0, 3, (n, 1, 1, 4 * h4, 4 * w4)).astype(np.float32)
-    u0, s0 = parts[trunk.head_graph].run(None, {"zs": zs, "base": base})
+    u0, s0 = parts[trunk.head_graph].run(None, {"zs": zs, "base": base}, quiet)
     C, B = trunk.channels, trunk.block  # decodes allocate the head's outputs from them: they must be the graph's
     if C % B or u0.size % (n * C * h4 * w4) or s0.size != n * 2 * C * h4 * w4:
         return False
@@ -479,7 +485,8 @@ def _compare(main, ctx, trunk, model_id, runtime) -> bool:
         return False
     c = rng.normal(0, 1, (n, t2, C, h4, w4)).astype(np.float32)
     ref = whole.run(None, {"zs": zs, ctx: c, "base": base})[0]
-    got = run(trunk, lambda g, b, f, outs: parts[g].run(None, f), {"zs": zs, "base": base}, to_layout(trunk, c))
+    got = run(trunk, lambda g, b, f, outs: parts[g].run(None, f, quiet), {"zs": zs, "base": base},
+              to_layout(trunk, c))
     if B > 1:  # back to planar to compare
         got = np.moveaxis(got, -1, 2).reshape(got.shape[0], -1, *got.shape[2:4])
     return got.shape == ref.shape and got.tobytes() == ref.tobytes()
