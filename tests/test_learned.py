@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -704,3 +705,34 @@ def test_box_crop_can_be_turned_off(monkeypatch):
     monkeypatch.setattr(learned, "CROP_MAX_FRACTION", 0)
     assert learned._box_crops(*args) is None
     assert learned._box_crops(*args[:5], {"input": "ctx"}, args[6]) is None  # context may depend on zs
+
+
+GOLDEN = Path(__file__).parent / "data" / "learned_golden.npz"
+
+
+@pytest.mark.parametrize("cut", ["1", "planar", "0"])
+def test_learned_chunks_decode_alike_on_every_machine(cut, monkeypatch):
+    """Chunks written on another machine (tests/data/make_learned_golden.py: AVX-512, planar cut) decode
+    here to what they decoded to there, within the float rounding the format allows for (one raw unit of
+    16-bit data, rarely reached), whichever decoder path this CPU takes, on 1 or 2 threads; the latents
+    are integers, so only the network's last bits may differ. Safeguarded chunks keep their bound against
+    the original whatever the drift (the margin that covers it: modes/learned.py:SAFEGUARD_DRIFT)."""
+    from necoda_filter.models import runtime, trunk
+
+    spec = importlib.util.spec_from_file_location("make_learned_golden", GOLDEN.with_name("make_learned_golden.py"))
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    z = np.load(GOLDEN)
+    x16, xf = maker.movies(chunk.decode(z["original_u2"].tobytes()))
+    assert x16.shape == z["decoded_learned_u2"].shape and x16.dtype == np.uint16
+    monkeypatch.setenv("NECODA_DECODER_CUT", cut)
+    monkeypatch.setattr(trunk, "_cache", {})
+    for threads in (1, 2):
+        with runtime.worker_threads(threads):
+            got = chunk.decode(z["learned_u2"].tobytes())
+            me3 = chunk.decode(z["learned_u2_me3"].tobytes())
+            mef = chunk.decode(z["learned_f4_me"].tobytes())
+        diff = np.abs(got.astype(np.int32) - z["decoded_learned_u2"].astype(np.int32))
+        assert diff.max() <= 1 and np.mean(diff > 0) <= 0.01, (cut, threads, diff.max(), np.mean(diff > 0))
+        assert np.abs(me3.astype(np.int32) - x16.astype(np.int32)).max() <= 3
+        assert mef.dtype == np.float32 and np.abs(mef.astype(np.float64) - xf.astype(np.float64)).max() <= 2.5
