@@ -1053,7 +1053,7 @@ range:
     return NK_ERANGE;
 }
 
-int nk_version(void) { return 8; }
+int nk_version(void) { return 9; }
 
 /* The learned mode's float passes are memory-bound loops the compiler vectorises; on x86-64 Linux with GCC
    they are also built for AVX2 and the loader picks the clone the CPU runs (ifunc). Both clones do the same
@@ -1296,6 +1296,118 @@ int nk_learned_trunk(float *u, const float *ctx, const float *s, i64 n, i64 t2, 
             jobs[k] = j;
         }
         run_jobs(lt_run, jobs, sizeof jobs[0], nt);
+    }
+    return NK_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------------
+ * The same trunk where ONNX Runtime's block B does not divide C (AVX-512's 16 against 24 channels): the
+ * head's convolution gives u for r frame pairs at once, (n, t8, r*C/B, hw, B) (channel fp*C + c of frame
+ * pair fp), while the tail reads each frame pair's C channels padded to Cp = ceil(C/B)*B, (n, t2, Cp/B,
+ * hw, B) with t2 = t8*r, and its padding lanes zero (what ONNX Runtime's ReorderInput writes). So the
+ * pass also moves the values: it reads u and s (n, 2C/B, hw, B) in the head's blocks, ctx in the tail's
+ * (its padding lanes unread), and writes `out` in the tail's, the same operations in the same order as
+ * above, so the same bits. Within a block of `out`, lanes run in at most a few stretches that are
+ * contiguous in u and s at once (a stretch ends where a source block does): each is a short contiguous
+ * loop over pixels the compiler vectorises.
+ * ------------------------------------------------------------------------------------------------- */
+#define NK_LTR_MAX_BLOCK 64
+
+/* one stretch of `len` lanes at one pixel: the trunk's float32 operations in the ONNX graph's order */
+#define NK_LTR_LANES(len)                                                                                \
+    for (i64 l = 0; l < (len); l++) {                                                                    \
+        const float cv = c0[l];                                                                          \
+        float v = u0[l] + cv;                                                                            \
+        v = v + z0[l];                                                                                   \
+        const float m = cv * z1[l];                                                                      \
+        v = v + m;                                                                                       \
+        o0[l] = v >= 0.f ? v : alpha * v;                                                                \
+    }
+
+NK_SIMD static void ltr_span(const float *restrict u, const float *restrict ctx, const float *restrict s,
+                             float *restrict out, i64 r, i64 C, i64 hw, i64 B, i64 f0, i64 f1, float alpha) {
+    const i64 ub = r * C / B, nb = (C + B - 1) / B;
+    for (i64 F = f0; F < f1; F++) {
+        const i64 g = F / r, fp = F % r;
+        for (i64 ob = 0; ob < nb; ob++) {
+            const i64 live = C - ob * B < B ? C - ob * B : B;
+            /* the lanes 0..live-1 of this block in stretches contiguous in u's block and in s1's (s0's lane
+               is c % B = l itself): at most three, as a source block ends at most once in each */
+            i64 sl0[NK_LTR_MAX_BLOCK], slen[NK_LTR_MAX_BLOCK], suo[NK_LTR_MAX_BLOCK], s1o[NK_LTR_MAX_BLOCK], ns = 0;
+            for (i64 l0 = 0; l0 < live;) {
+                const i64 j = fp * C + ob * B + l0, c1 = C + ob * B + l0;
+                i64 l1 = live;
+                if (l1 - l0 > B - j % B) l1 = l0 + B - j % B;
+                if (l1 - l0 > B - c1 % B) l1 = l0 + B - c1 % B;
+                sl0[ns] = l0;
+                slen[ns] = l1 - l0;
+                suo[ns] = (g * ub + j / B) * hw * B + j % B;
+                s1o[ns] = (c1 / B) * hw * B + c1 % B;
+                ns++;
+                l0 = l1;
+            }
+            const float *restrict cc = ctx + (F * nb + ob) * hw * B;
+            const float *restrict sb = s + ob * hw * B;
+            float *restrict oo = out + (F * nb + ob) * hw * B;
+            for (i64 q = 0; q < ns; q++) {  /* a stretch over all pixels: a loop of whole vectors for 8, 16 */
+                const float *restrict uq = u + suo[q], *restrict cq = cc + sl0[q];
+                const float *restrict zq = sb + sl0[q], *restrict z1q = s + s1o[q];
+                float *restrict oq = oo + sl0[q];
+                const i64 len = slen[q];
+#define NK_LTR_PIXELS(len)                                                                               \
+    for (i64 k = 0; k < hw; k++) {                                                                       \
+        const i64 kb = k * B;                                                                            \
+        const float *restrict u0 = uq + kb, *restrict c0 = cq + kb, *restrict z0 = zq + kb;              \
+        const float *restrict z1 = z1q + kb;                                                             \
+        float *restrict o0 = oq + kb;                                                                    \
+        NK_LTR_LANES(len)                                                                                \
+    }
+                if (len == 8) {
+                    NK_LTR_PIXELS(8)
+                } else if (len == 16) {
+                    NK_LTR_PIXELS(16)
+                } else {
+                    NK_LTR_PIXELS(len)
+                }
+#undef NK_LTR_PIXELS
+            }
+            if (live < B)
+                for (i64 k = 0; k < hw; k++)
+                    for (i64 l = live; l < B; l++) oo[k * B + l] = 0.f;
+        }
+    }
+}
+
+typedef struct {
+    const float *u, *ctx, *s;
+    float *out;
+    i64 r, C, hw, B, f0, f1;
+    float alpha;
+} ltr_job;
+
+static void *ltr_run(void *arg) {
+    ltr_job *j = (ltr_job *)arg;
+    ltr_span(j->u, j->ctx, j->s, j->out, j->r, j->C, j->hw, j->B, j->f0, j->f1, j->alpha);
+    return NULL;
+}
+
+int nk_learned_trunk_reblock(const float *u, const float *ctx, const float *s, float *out, i64 n, i64 t8, i64 r,
+                             i64 C, i64 hw, i64 B, float alpha, int nthreads) {
+    if (!u || !ctx || !s || !out || n < 1 || t8 < 1 || r < 1 || C < 1 || hw < 1 || B < 1 || B > NK_LTR_MAX_BLOCK
+        || (r * C) % B || (2 * C) % B)
+        return NK_EARG;
+    const i64 t2 = t8 * r, nb = (C + B - 1) / B;
+    for (i64 i = 0; i < n; i++) {
+        i64 nt = nthreads < 1 ? 1 : nthreads;
+        if (nt > NK_LF_MAX_THREADS) nt = NK_LF_MAX_THREADS;
+        if (nt > t2) nt = t2;
+        ltr_job jobs[NK_LF_MAX_THREADS];
+        for (i64 k = 0; k < nt; k++) {
+            ltr_job j = {u + i * t8 * r * C * hw, ctx + i * t2 * nb * B * hw, s + i * 2 * C * hw,
+                         out + i * t2 * nb * B * hw, r, C, hw, B, t2 * k / nt, t2 * (k + 1) / nt, alpha};
+            jobs[k] = j;
+        }
+        run_jobs(ltr_run, jobs, sizeof jobs[0], nt);
     }
     return NK_OK;
 }

@@ -17,7 +17,7 @@ import numpy as np
 from ._plugin import PLUGIN_PATH, missing_library
 
 LIBRARY_NAME = "libnecoda_kernels.so"
-ABI_VERSION = 8
+ABI_VERSION = 9
 
 _i64 = ctypes.c_int64
 _u64 = ctypes.c_uint64
@@ -76,6 +76,8 @@ def lib():
                                   _int],
             "nk_vst": [_vp, _int, _i64, ctypes.c_float, ctypes.c_float, _vp],
             "nk_learned_trunk": [_vp, _vp, _vp, _i64, _i64, _i64, _i64, ctypes.c_float, _int],
+            "nk_learned_trunk_reblock": [_vp, _vp, _vp, _vp, _i64, _i64, _i64, _i64, _i64, _i64, ctypes.c_float,
+                                         _int],
             "nk_cl_lpc": [_vp, _int, _i64, _i64, _u64, _i64, _i64, _vp, _vp, _i64, _vp, _int, _vp, _int, _int,
                           _vp, _int],
         }
@@ -574,6 +576,34 @@ def learned_trunk(u: np.ndarray, ctx: np.ndarray, s: np.ndarray, alpha: float, t
     _call("nk_learned_trunk", u.ctypes.data, ctx.ctypes.data, s.ctypes.data, n, t2, cb, h * w * blk,
           float(np.float32(alpha)), max(1, int(threads)))
     return u
+
+
+def learned_trunk_reblock(u: np.ndarray, ctx: np.ndarray, s: np.ndarray, out: np.ndarray, channels: int,
+                          alpha: float, threads: int = 1) -> np.ndarray:
+    """:func:`learned_trunk` for a blocked layout whose block B does not divide the C = ``channels``
+    channels (ONNX Runtime's 16 on AVX-512 against 24): ``u`` (n, t8, r*C / B, h, w, B) holds r frame pairs
+    per block row as the head's convolution wrote them, ``s`` (n, 2C / B, h, w, B); ``ctx`` and the result
+    ``out`` (n, t8*r, ceil(C / B), h, w, B) are in the tail's layout, each frame pair's channels padded to
+    whole blocks (``out``'s padding lanes are written 0, ``ctx``'s are not read). Returns ``out``."""
+    arrays = (("u", u), ("ctx", ctx), ("s", s), ("out", out))
+    for name, a in arrays:
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or not a.flags.c_contiguous or a.ndim != 6:
+            raise TypeError(f"learned_trunk_reblock: {name} must be a 6-D C-contiguous float32 array")
+    if not out.flags.writeable:
+        raise TypeError("learned_trunk_reblock: out must be writeable")
+    if any(np.may_share_memory(out, a) for _, a in arrays[:3]):
+        raise ValueError("learned_trunk_reblock: out must not overlap u, ctx or s")
+    C, B = int(channels), u.shape[5]
+    n, t8, ub, h, w = u.shape[:5]
+    nb = -(-C // B) if C > 0 else 0
+    r = ub * B // C if C > 0 and (ub * B) % C == 0 else 0
+    if (B not in LEARNED_BLOCKS or r < 1 or (2 * C) % B or ctx.shape != (n, t8 * r, nb, h, w, B)
+            or out.shape != ctx.shape or s.shape != (n, 1, 2 * C // B, h, w, B)):
+        raise ValueError(f"learned_trunk_reblock: shapes u {u.shape}, ctx {ctx.shape}, s {s.shape}, "
+                         f"out {out.shape} do not match {C} channels")
+    _call("nk_learned_trunk_reblock", u.ctypes.data, ctx.ctypes.data, s.ctypes.data, out.ctypes.data, n, t8, r,
+          C, h * w, B, float(np.float32(alpha)), max(1, int(threads)))
+    return out
 
 
 #: input dtypes nk_vst converts itself (64-bit integers: numpy path)

@@ -673,6 +673,43 @@ def test_learned_trunk_blocked_gives_the_planar_bits(blk):
         K.learned_trunk(_blocked(u, blk, axis=2), cb, _blocked(s[:, :, :C], blk, axis=2), 0.1)
 
 
+def _padded_blocks(x, blk):
+    """(n, t2, C, h, w) ``x`` with each frame pair's channels padded with zeros to whole blocks of ``blk``,
+    in the blocked layout (n, t2, ceil(C / blk), h, w, blk): what ONNX Runtime's ReorderInput makes."""
+    n, t2, C, h, w = x.shape
+    cp = -(-C // blk) * blk
+    y = np.zeros((n, t2, cp, h, w), np.float32)
+    y[:, :, :C] = x
+    return _blocked(y, blk, axis=2)
+
+
+@pytest.mark.parametrize("blk,C,r", [(16, 24, 4), (16, 24, 2), (8, 12, 2), (4, 6, 2), (16, 8, 2), (16, 16, 1)])
+def test_learned_trunk_reblock_gives_the_planar_bits(blk, C, r):
+    """Where the block does not divide the channels (AVX-512: 16 against the decoder's 24), the trunk reads
+    u as the head's convolution wrote it (r frame pairs per row of blocks) and writes the tail's padded
+    layout: the planar result's bits, padding lanes zero, on any number of threads."""
+    n, t8, h, w = 2, 3, 5, 7
+    u, ctx, s = _trunk_inputs(blk + C + r, (n, t8 * r, C, h, w))
+    want = _padded_blocks(K.learned_trunk(u.copy(), ctx, s, 0.1, threads=1), blk)
+    uh = _blocked(u.reshape(n, t8, r * C, h, w), blk, axis=2)
+    ctx_b = _padded_blocks(ctx, blk)
+    if C % blk:
+        ctx_b[:, :, -1, ..., C % blk:] = np.nan  # padding lanes of ctx are never read
+    sb = _blocked(s, blk, axis=2)
+    for threads in (1, 2, 3, 7):
+        out = np.full(ctx_b.shape, 5.0, np.float32)
+        got = K.learned_trunk_reblock(uh, ctx_b, sb, out, C, 0.1, threads=threads)
+        assert got is out and got.tobytes() == want.tobytes(), threads
+    with pytest.raises(ValueError, match="shapes"):
+        K.learned_trunk_reblock(uh, ctx_b, sb, out, C + 1, 0.1)
+    with pytest.raises(ValueError, match="shapes"):
+        K.learned_trunk_reblock(uh, ctx_b[:1], sb, out[:1], C, 0.1)
+    with pytest.raises(ValueError, match="overlap"):
+        K.learned_trunk_reblock(uh, ctx_b, sb, ctx_b, C, 0.1)
+    with pytest.raises(TypeError, match="out must be a 6-D"):
+        K.learned_trunk_reblock(uh, ctx_b, sb, out.astype(np.float64), C, 0.1)
+
+
 def test_learned_trunk_refuses_mismatched_arrays():
     u = np.zeros((1, 2, 3, 4, 5), np.float32)
     with pytest.raises(ValueError, match="shapes"):

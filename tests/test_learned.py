@@ -461,26 +461,28 @@ def test_decoded_values_do_not_depend_on_the_thread_count(shape):
         assert np.array_equal(o, outs[0])
 
 
-def _mlas_blocks_by_8() -> bool:
-    """x86-64 Linux with AVX2 and without AVX-512F: ONNX Runtime's blocked layout has 8 channels a block."""
+def _mlas_block() -> int | None:
+    """Channels per block of ONNX Runtime's blocked layout on this CPU where the test knows it (x86-64 Linux:
+    16 with AVX-512F, 8 with AVX2), else None."""
     import platform
 
     if platform.machine() != "x86_64" or not os.path.exists("/proc/cpuinfo"):
-        return False
+        return None
     flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
-    return "avx2" in flags and "avx512f" not in flags
+    return 16 if "avx512f" in flags else 8 if "avx2" in flags else None
 
 
 def test_default_decoder_is_cut_around_its_trunk():
     """The built-in model's main graph has the elementwise trunk the fused C pass replaces (if a new model
-    loses the pattern, reads silently get slower: this says so); on a CPU whose blocked layout has 8
-    channels a block, the shipped blocked variant is the one used."""
+    loses the pattern, reads silently get slower: this says so); on a CPU whose blocked layout has 8 or 16
+    channels a block, the blocked variant shipped for it is the one used."""
     from necoda_filter.models import trunk
 
     cut = trunk.get(registry.default())
     assert cut is not None and cut.channels == 24 and cut.alpha == pytest.approx(0.1)
-    if _mlas_blocks_by_8():
-        assert cut.block == 8 and cut.preoptimized
+    if _mlas_block():
+        assert cut.block == _mlas_block() and cut.preoptimized
+        assert cut.padded == (_mlas_block() == 16) and cut.tail_channels == (32 if cut.padded else 24)
 
 
 def test_shipped_cut_is_the_cut_of_the_shipped_decoder():
@@ -497,9 +499,9 @@ def test_shipped_cut_is_the_cut_of_the_shipped_decoder():
     assert shipped is not None and shipped == trunk.cut(pkg.decoder, ctx)
     made = trunk.blocked(shipped, pkg.decoder, ctx, pkg.id)
     variants = {v.block: v for v in trunk.load_blocked(pkg.path, pkg.decoder, shipped)}
-    assert set(variants) == {8}
-    if _mlas_blocks_by_8():
-        assert made == variants[8]
+    assert set(variants) == {8, 16}
+    if _mlas_block():
+        assert made == variants[_mlas_block()]
     elif made is not None:
         assert made.block not in variants or made == variants[made.block]
 
@@ -518,12 +520,12 @@ def test_trunk_tool_rewrites_the_shipped_cut(tmp_path, capsys):
     shutil.copytree(src, d, ignore=shutil.ignore_patterns("decoder_cut.json", "decoder_head*", "decoder_tail*"))
     assert trunk.main([str(d), str(registry.BUILTIN_DIR / "imaging-v2")]) == 0
     files = [trunk.HEAD_FILE, trunk.TAIL_FILE]
-    if _mlas_blocks_by_8():
-        files += [trunk.CUT_FILE, "decoder_head_b8.onnx", "decoder_tail_b8.onnx"]
-    else:  # another CPU writes another blocked variant (or none): the planar cut's records still agree
-        made, shipped = (json.loads((x / trunk.CUT_FILE).read_text()) for x in (d, src))
-        for f in files:
-            assert made["files_sha256"][f] == shipped["files_sha256"][f]
+    if _mlas_block():  # the variant for this CPU's block size only
+        files += [f"decoder_head_b{_mlas_block()}.onnx", f"decoder_tail_b{_mlas_block()}.onnx"]
+    made, shipped = (json.loads((x / trunk.CUT_FILE).read_text()) for x in (d, src))
+    assert made["blocked"] == ([_mlas_block()] if _mlas_block() else made["blocked"])
+    for f in files:
+        assert made["files_sha256"][f] == shipped["files_sha256"][f]
     for f in files:
         assert (d / f).read_bytes() == (src / f).read_bytes(), f
     out = capsys.readouterr().out
@@ -551,8 +553,8 @@ def test_a_stale_or_wrong_cut_is_not_used(tmp_path, monkeypatch):
     # a file changed after it was written (one weight one ulp off can pass the check on random latents):
     # refused by the sha256 that decoder_cut.json records; other entries still load
     (d / trunk.CUT_FILE).write_text(json.dumps(dict(meta, blocked=["x", 8.0, 16, 8])))
-    assert [v.block for v in trunk.load_blocked(d, pkg.decoder, good)] == [8]
-    for name in (trunk.HEAD_FILE, "decoder_head_b8.onnx"):
+    assert [v.block for v in trunk.load_blocked(d, pkg.decoder, good)] == [16, 8]
+    for name in (trunk.HEAD_FILE, "decoder_head_b8.onnx", "decoder_tail_b16.onnx"):
         b = bytearray((d / name).read_bytes())
         b[len(b) // 2] ^= 1
         (d / name).write_bytes(bytes(b))
@@ -562,7 +564,7 @@ def test_a_stale_or_wrong_cut_is_not_used(tmp_path, monkeypatch):
     assert not trunk._self_check(pkg.decoder, "ctx", wrong, pkg.id)
     assert not trunk._self_check(pkg.decoder, "ctx", dataclasses.replace(good, head=good.tail), pkg.id)
     assert not trunk._self_check(pkg.decoder, "ctx", dataclasses.replace(good, channels=12), pkg.id)
-    (b8,) = trunk.load_blocked(pkg.path, pkg.decoder, good)
+    b8 = {v.block: v for v in trunk.load_blocked(pkg.path, pkg.decoder, good)}[8]
     for bad in (dataclasses.replace(b8, block=4), dataclasses.replace(b8, block=1),
                 dataclasses.replace(b8, tail=good.tail), dataclasses.replace(b8, alpha=0.2)):
         assert not trunk._self_check(pkg.decoder, "ctx", bad, pkg.id)
@@ -588,19 +590,23 @@ def test_a_stale_or_wrong_cut_is_not_used(tmp_path, monkeypatch):
 def test_a_variant_for_another_cpu_fails_its_check_quietly(capfd):
     """Checking a blocked variant made for another CPU's block size is an ordinary answer, not an error:
     on an AVX-512 CPU the shipped 8-channel variant fails in its first convolution, and ONNX Runtime must
-    not print that failure (it did, in red, in every process that decoded a learned chunk)."""
+    not print that failure (it did, in red, in every process that decoded a learned chunk). Each shipped
+    variant passes on the CPU whose block size it has and fails on the others."""
     import dataclasses
 
     from necoda_filter.models import trunk
 
     pkg = registry.default()
     good = trunk.load(pkg.path, pkg.decoder)
-    (b8,) = trunk.load_blocked(pkg.path, pkg.decoder, good)
+    shipped = {v.block: v for v in trunk.load_blocked(pkg.path, pkg.decoder, good)}
     capfd.readouterr()
-    results = [trunk._self_check(pkg.decoder, "ctx", v, pkg.id)
-               for v in (b8, dataclasses.replace(b8, block=4), dataclasses.replace(b8, tail=good.tail))]
+    results = {b: trunk._self_check(pkg.decoder, "ctx", v, pkg.id) for b, v in shipped.items()}
+    bad = [trunk._self_check(pkg.decoder, "ctx", v, pkg.id)
+           for v in (dataclasses.replace(shipped[8], block=4), dataclasses.replace(shipped[16], tail=good.tail))]
     err = capfd.readouterr().err
-    assert results[0] == _mlas_blocks_by_8() and results[1:] == [False, False]
+    if _mlas_block():
+        assert results == {b: b == _mlas_block() for b in shipped}
+    assert bad == [False, False]
     assert "onnxruntime" not in err and "Non-zero status" not in err, err
 
 
@@ -649,8 +655,8 @@ def test_cut_decoder_gives_the_whole_graphs_bits(shape, monkeypatch):
             assert (used is None) == (cut == "0")
             if cut == "planar":
                 assert used.block == 1
-            elif cut == "1" and _mlas_blocks_by_8():
-                assert used.block == 8
+            elif cut == "1" and _mlas_block():
+                assert used.block == _mlas_block()
             for t in (1, 2, 3):
                 with runtime.worker_threads(t):
                     learned._context_cache.clear()

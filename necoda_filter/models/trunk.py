@@ -29,9 +29,11 @@ is the head and tail as ONNX Runtime optimises them (its ``optimized_model_filep
 reorders removed: the head ends in, and the tail starts and ends in, the blocked layout, which the C
 trunk and finishing kernels read and write directly. The convolutions are the same kernels on the same
 values, so the bits are the same (the same bit-for-bit check decides). The layout depends on the CPU
-(MLAS's block size), so the graphs are shipped per block size (``decoder_{head,tail}_b8.onnx``, listed in
-``decoder_cut.json``) and a process uses one only after it passed the check on that CPU (elsewhere, e.g.
-AVX-512's 16-channel blocks or ARM, the planar cut runs). ``NECODA_DECODER_CUT=planar`` skips it.
+(MLAS's block size: 8 with AVX2, 16 with AVX-512), so the graphs are shipped per block size
+(``decoder_{head,tail}_b{8,16}.onnx``, listed in ``decoder_cut.json``) and a process uses one only after it
+passed the check on that CPU (elsewhere, e.g. ARM, the planar cut runs). Where the block does not divide
+the channels (16 against 24) the tail reads each frame pair's channels padded to whole blocks and the
+trunk pass moves them there (:attr:`Trunk.padded`). ``NECODA_DECODER_CUT=planar`` skips the variant.
 """
 from __future__ import annotations
 
@@ -64,6 +66,18 @@ class Trunk:
     @property
     def preoptimized(self) -> bool:
         return self.block > 1
+
+    @property
+    def padded(self) -> bool:
+        """The block does not divide the channels (AVX-512's 16 against 24): the tail reads each frame
+        pair's channels padded to whole blocks, and the trunk pass moves them there from the head's rows of
+        blocks (``_kernels.learned_trunk_reblock``)."""
+        return self.channels % self.block != 0
+
+    @property
+    def tail_channels(self) -> int:
+        """Channels of the tail's input: the trunk's, padded to whole blocks."""
+        return -(-self.channels // self.block) * self.block
 
     # session cache names: runtime keys sessions by (model, graph name), so a name that depends on the graph
     # bytes keeps a cut that failed its check from lending its sessions to the one that replaces it
@@ -284,6 +298,8 @@ def _tail_blocked(model) -> bool:
     g = model.graph
     if len(g.input) != 1 or len(g.output) != 1:
         return False
+    import onnx
+
     x, p = g.input[0].name, g.output[0].name
     users = [n for n in g.node if x in n.input]
     prod = {o: n for n in g.node for o in n.output}
@@ -293,6 +309,8 @@ def _tail_blocked(model) -> bool:
     ri = users[0]
     g.node.remove(ri)
     _rename(g, ri.output[0], x)
+    # the blocked input has the channels padded to whole blocks (24 -> 32 in blocks of 16): any count
+    g.input[0].CopyFrom(onnx.helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [None] * 4))
     g.node.remove(ro)
     _rename(g, ro.input[0], p)
     _prune(g)
@@ -321,9 +339,9 @@ def blocked(trunk: Trunk, main: bytes, ctx: str, model_id: str = "check") -> Tru
     if not (_head_blocked(graphs["head"]) and _tail_blocked(graphs["tail"])):
         return None
     head, tail = graphs["head"].SerializeToString(), graphs["tail"].SerializeToString()
-    for b in (8, 16, 4):
+    for b in (8, 16, 4):  # the check fails (quietly) for a block size that is not this CPU's
         got = Trunk(head, tail, trunk.tail_input, trunk.channels, trunk.alpha, b)
-        if trunk.channels % b == 0 and _self_check(main, ctx, got, model_id):
+        if _self_check(main, ctx, got, model_id):
             return got
     return None
 
@@ -410,11 +428,15 @@ def save(path, decoder: bytes, trunk: Trunk, variants=()) -> None:
 
 
 def to_layout(trunk: Trunk, x: np.ndarray) -> np.ndarray:
-    """Planar (n, t2, C, h, w) ``x`` in the trunk's layout: itself, or blocked (n, t2, C / B, h, w, B)."""
+    """Planar (n, t2, C, h, w) ``x`` in the trunk's layout: itself, or blocked (n, t2, Cp / B, h, w, B), the
+    channels padded with zeros to Cp, whole blocks (the tail's layout)."""
     B = trunk.block
     if B == 1:
         return x
     n, t2, C, h, w = x.shape
+    if C % B:
+        x = np.concatenate([x, np.zeros((n, t2, -(-C // B) * B - C, h, w), x.dtype)], axis=2)
+        C = x.shape[2]
     return np.ascontiguousarray(x.reshape(n, t2, C // B, B, h, w).transpose(0, 1, 2, 4, 5, 3), dtype=np.float32)
 
 
@@ -436,13 +458,21 @@ def run(trunk: Trunk, call, feeds: dict, ctx: np.ndarray, threads: int = 1, scra
               [(n * t8, t2 // t8 * C) + lat, (n, 2 * C) + lat])
     outs = None if scratch is None else [scratch(shapes[0], "trunk"), scratch(shapes[1], "trunk_base")]
     u, s = call(trunk.head_graph, trunk.head, {"zs": zs, "base": feeds["base"]}, outs)
+    ctx = np.ascontiguousarray(ctx, dtype=np.float32)
     if B == 1:
-        uk, sk = u.reshape(shapes[0]), s.reshape(shapes[1])
+        x = _kernels.learned_trunk(u.reshape(shapes[0]), ctx, s.reshape(shapes[1]), trunk.alpha, threads)
+    elif not trunk.padded:  # in place: the head's rows of blocks are whole frame pairs of the tail's
+        x = _kernels.learned_trunk(u.reshape((n, t2, C // B) + lat + (B,)), ctx,
+                                   s.reshape((n, 1, 2 * C // B) + lat + (B,)), trunk.alpha, threads)
     else:
-        uk, sk = u.reshape((n, t2, C // B) + lat + (B,)), s.reshape((n, 1, 2 * C // B) + lat + (B,))
-    _kernels.learned_trunk(uk, np.ascontiguousarray(ctx, dtype=np.float32), sk, trunk.alpha, threads)
+        shape = (n, t2, trunk.tail_channels // B) + lat + (B,)
+        x = _kernels.learned_trunk_reblock(u.reshape((n, t8, t2 // t8 * C // B) + lat + (B,)), ctx,
+                                           s.reshape((n, 1, 2 * C // B) + lat + (B,)),
+                                           np.empty(shape, np.float32) if scratch is None else
+                                           scratch(shape, "trunk_tail"), C, trunk.alpha, threads)
     outs = None if scratch is None else [scratch((n * t2, 32) + lat)]
-    p = call(trunk.tail_graph, trunk.tail, {trunk.tail_input: u.reshape((n * t2, C) + lat)}, outs)[0]
+    tail_in = x.reshape((n * t2, trunk.tail_channels if B > 1 else C) + lat)
+    p = call(trunk.tail_graph, trunk.tail, {trunk.tail_input: tail_in}, outs)[0]
     return p if B == 1 else p.reshape((p.shape[0], p.shape[1] // B) + p.shape[2:] + (B,))
 
 
@@ -477,9 +507,11 @@ def _compare(main, ctx, trunk, model_id, runtime) -> bool:
     base = rng.normal(0, 3, (n, 1, 1, 4 * h4, 4 * w4)).astype(np.float32)
     u0, s0 = parts[trunk.head_graph].run(None, {"zs": zs, "base": base}, quiet)
     C, B = trunk.channels, trunk.block  # decodes allocate the head's outputs from them: they must be the graph's
-    if C % B or u0.size % (n * C * h4 * w4) or s0.size != n * 2 * C * h4 * w4:
+    if u0.size % (n * C * h4 * w4) or s0.size != n * 2 * C * h4 * w4:
         return False
     t2 = u0.size // (n * C * h4 * w4)
+    if (t2 // t8 * C) % B or (2 * C) % B:  # the head's convolutions write whole blocks
+        return False
     if (u0.shape, s0.shape) != (((n, t2, C, h4, w4), (n, 1, 2 * C, h4, w4)) if B == 1 else
                                 ((n * t8, t2 // t8 * C, h4, w4), (n, 2 * C, h4, w4))):
         return False
