@@ -704,6 +704,17 @@ class SharedArray:
             self.close()
             raise
 
+    def discard(self) -> None:
+        """Free the file's space now and :meth:`close`: for arrays whose data nobody reads again (the
+        chunk slots of ``necoda compress``/``decompress`` once every chunk is back). A worker that mapped
+        the file keeps its map until its next dataset, and so would keep the whole file's space in
+        /dev/shm; truncated, it holds nothing. ``arr`` must not be touched afterwards (its pages are
+        gone: reading them raises SIGBUS)."""
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
+        self.close()
+
     def close(self) -> None:
         """Unlink the file (when it has a name) and close the descriptor the workers open it through."""
         if self.path is not None:

@@ -410,3 +410,37 @@ def test_a_nearly_full_dev_shm_is_found_before_multiprocessing_writes_there(tmp_
         assert np.array_equal(read(f["d"], workers=2), a)
         with pytest.raises(OSError, match="semaphores of worker processes"):
             read(f["d"], executor="process", workers=2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/fd")
+def test_compress_and_decompress_free_their_shared_chunk_slots(tmp_path, monkeypatch):
+    """The chunk slots compress and decompress share with their workers (reserved space in /dev/shm) are
+    freed once every chunk of the dataset is back, although each worker keeps its map until its next
+    dataset (which kept the whole file's space, 4 x 32 MB for a movie, until then or the end)."""
+    from necoda_filter import nwb
+
+    from conftest import series_file
+
+    held = []  # a descriptor on each shared file, as a worker's map holds it
+    real = reader.SharedArray._create
+
+    def create(self, folder, by_fd):
+        mm = real(self, folder, by_fd)
+        if self.nbytes > 1:  # not the pools' 1-byte probes
+            held.append(os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY))
+        return mm
+
+    monkeypatch.setattr(reader.SharedArray, "_create", create)
+    src = tmp_path / "in.h5"
+    movie = np.random.default_rng(5).integers(0, 3000, (150, 40, 36)).astype(np.uint16)
+    series_file(src, {"ts": ("TwoPhotonSeries", movie, 30.0)})
+    nwb.recompress_file(src, tmp_path / "out.h5", workers=2, progress=False)
+    nwb.decompress_file(tmp_path / "out.h5", tmp_path / "plain.h5", workers=2, progress=False)
+    try:
+        assert len(held) == 2
+        assert [(os.fstat(fd).st_size, os.fstat(fd).st_blocks) for fd in held] == [(0, 0), (0, 0)]
+    finally:
+        for fd in held:
+            os.close(fd)
+    with h5py.File(tmp_path / "plain.h5", "r") as f:
+        assert np.array_equal(f["ts/data"][...], movie)

@@ -84,8 +84,11 @@ def decompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, gzip_level:
             finally:
                 for *_, fut in window:
                     fut.cancel()
-                if shared is not None:
+                if shared is not None and all(fut.done() for *_, fut in window):
+                    shared.discard()  # its space freed now: no worker uses a slot any more
+                elif shared is not None:
                     shared.close()
+                shared = None
         else:  # necoda combined with other filters: let HDF5 run the whole pipeline
             for off in itertools.product(*_chunk_grid(src.shape, chunks)):
                 check(stop)

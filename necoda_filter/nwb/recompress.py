@@ -372,8 +372,11 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
         bar.close()
         for _, _, fut in window:
             fut.cancel()
-        if shared is not None:
+        if shared is not None and all(fut.done() for _, _, fut in window):
+            shared.discard()  # its space freed now: no worker uses a slot any more
+        elif shared is not None:
             shared.close()
+        shared = None
 
     n = max(acc["n"], 1)
     rmse = math.sqrt(acc["sse"] / n)
