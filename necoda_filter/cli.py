@@ -40,6 +40,83 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """The ``necoda`` program (``argv``: the words after it; None: this process's command line). As the
+    program (argv None), a failed command ends the process itself, past HDF5's own shutdown: see
+    :func:`_end_failed_program`."""
+    if argv is not None:
+        return _main(argv)
+    with _HeldDeallocErrors() as held:
+        rc = _main(argv)
+        if rc != 0:  # they followed from the failure just reported
+            _end_failed_program(rc)
+        held.release()
+    return rc
+
+
+class _HeldDeallocErrors:
+    """Hold back what h5py prints when freeing an object after HDF5 failed to write its file (a full disk):
+    each such object prints a traceback twice ("Can't decrement id ref count (file write failed ...)"),
+    dozens of lines before the one-line error the command reports. A failed command drops them (its error
+    says what happened); a command that succeeds anyway prints them when it ends (:meth:`release`)."""
+
+    def __enter__(self):
+        self.held: list[str] = []
+        self.prev = sys.excepthook, sys.unraisablehook
+        sys.excepthook, sys.unraisablehook = self._excepthook, self._unraisablehook
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+    @staticmethod
+    def _ours(e) -> bool:
+        return isinstance(e, RuntimeError) and "decrement id ref count" in str(e)
+
+    def _excepthook(self, t, v, tb):  # h5py (Cython) prints a failing __dealloc__'s traceback through it
+        if not self._ours(v):
+            return self.prev[0](t, v, tb)
+        import traceback
+
+        self.held.append("".join(traceback.format_exception(t, v, tb)))
+
+    def _unraisablehook(self, u):
+        if not self._ours(u.exc_value):
+            return self.prev[1](u)
+        import traceback
+
+        self.held.append(f"Exception ignored in: {u.object!r}\n"
+                         + "".join(traceback.format_exception(u.exc_type, u.exc_value, u.exc_traceback)))
+
+    def release(self) -> None:
+        """Print what was held back (to stderr), and stop holding."""
+        sys.excepthook, sys.unraisablehook = self.prev
+        for text in self.held:
+            sys.stderr.write(text)
+        self.held.clear()
+
+
+def _end_failed_program(rc: int) -> None:
+    """End this process with ``rc`` after Python's exit handlers (worker pools, logging, temporary folders,
+    output buffers) but without HDF5's: after a failed close (a full disk while writing an NWB file) HDF5
+    2.0 frees the object but keeps its id, and its shutdown (``H5_term_library``, a C exit handler that runs
+    after Python's) closes that id again and crashes the process (SIGSEGV, exit 139) after the error had
+    been reported. A failed command has nothing left for HDF5 to write: its outputs were temporaries, removed
+    already; its inputs were open for reading."""
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except Exception:  # a closed or broken stream: nothing more can be said on it
+                pass
+        os._exit(rc)
+
+
+def _main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(_normalized(sys.argv[1:] if argv is None else [str(a) for a in argv]))
     if not getattr(args, "command", None):

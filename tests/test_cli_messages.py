@@ -425,3 +425,36 @@ def test_stored_filter_values_with_options_their_mode_ignores_are_accepted_again
         f.create_dataset("d13", data=a, chunks=(32, 8), compression=FILTER_ID, compression_opts=tuple(cd))
     with h5py.File(tmp_path / "old.h5", "r") as f:
         assert np.array_equal(f["d"][...], a) and np.array_equal(f["d13"][...], a)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE write failures")
+@pytest.mark.parametrize("mib", [5, 7, 8])
+def test_a_write_that_fails_midway_ends_in_one_line_not_a_crash(tmp_path, mib):
+    """A file that can no longer grow (a full disk; here a file-size limit: EFBIG) while `necoda simulate`
+    writes its NWB file made HDF5 2.0 crash in its own shutdown (SIGSEGV, after the error was printed)
+    for some sizes, and h5py printed dozens of lines of tracebacks freeing the objects of the failed
+    file. The command now says one line and exits 1 (or succeeds if the file fits), leaving no file."""
+    import resource
+
+    limit = mib << 20
+    r = subprocess.run([sys.executable, "-m", "necoda_filter.cli", "simulate", "imaging", str(tmp_path / "x.nwb"),
+                        "--frames", "200", "--height", "128", "--width", "128"], capture_output=True, text=True,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.splitlines() == [f"necoda simulate: error: writing {tmp_path / 'x.nwb'} failed: File too large"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_held_dealloc_errors_are_printed_when_the_command_succeeds(capsys):
+    """What h5py prints freeing objects of a file HDF5 failed to write is held back while the command runs
+    (dropped if it fails, as its error says it all) and printed when it ends otherwise: never lost."""
+    ours = RuntimeError("Can't decrement id ref count (file write failed: errno = 28)")
+    with cli._HeldDeallocErrors() as held:
+        sys.excepthook(RuntimeError, ours, None)
+        sys.unraisablehook(type("U", (), {"exc_type": RuntimeError, "exc_value": ours, "exc_traceback": None,
+                                          "object": "h5py._objects.ObjectID.__dealloc__", "err_msg": None})())
+        sys.excepthook(ValueError, ValueError("not ours"), None)  # anything else passes straight through
+        assert "not ours" in capsys.readouterr().err and len(held.held) == 2
+    err = capsys.readouterr().err
+    assert err.count("decrement id ref count") == 2 and "Exception ignored in: 'h5py._objects" in err
+    assert (sys.excepthook, sys.unraisablehook) == held.prev  # the hooks are restored
