@@ -58,6 +58,7 @@ import os
 import re
 import tempfile
 import threading
+import warnings
 import uuid
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 
@@ -792,6 +793,18 @@ def _mostly_gil_free(got) -> bool:
         return False
 
 
+def _gpu_decodes(got) -> bool:
+    """True when the dataset's first chunk is a learned chunk and ONNX Runtime decodes on a GPU here."""
+    if not _mostly_gil_free(got):
+        return False
+    from .models import runtime
+
+    try:
+        return runtime.providers() != ["CPUExecutionProvider"]
+    except ImportError:  # no onnxruntime: the chunk's own decode says so
+        return False
+
+
 def _not_allocated(dsid, off, err: BaseException) -> bool:
     """Whether the dataset's chunk index holds no chunk at ``off``, whose ``read_direct_chunk`` raised
     ``err`` (False when that cannot be told)."""
@@ -954,6 +967,14 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
             mode = "thread"
     if mode == "process" and (workers < 2 or len(plan) < 2):
         mode = "serial"
+    if mode == "process" and _gpu_decodes(fetch(plan[0][0])):
+        # a forked worker cannot use the GPU this process has set up (CUDA: "initialization error"), and
+        # ONNX Runtime would decode there on the CPU instead: slower, and not the GPU's values. Threads
+        # share this process's GPU session.
+        if executor == "process":
+            warnings.warn("read(executor='process'): learned chunks are decoded on the GPU, which worker "
+                          "processes cannot share; using threads", RuntimeWarning, stacklevel=2)
+        mode = "thread"
 
     def run_serial():
         dst = new_output()

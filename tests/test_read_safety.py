@@ -444,3 +444,31 @@ def test_compress_and_decompress_free_their_shared_chunk_slots(tmp_path, monkeyp
             os.close(fd)
     with h5py.File(tmp_path / "plain.h5", "r") as f:
         assert np.array_equal(f["ts/data"][...], movie)
+
+
+def test_learned_chunks_decoded_on_a_gpu_never_go_to_worker_processes(tmp_path, monkeypatch):
+    """Seen on an H100 with onnxruntime-gpu: read(executor="process") forked workers after this process had
+    set up CUDA; there ONNX Runtime failed ("CUDA failure 3: initialization error"), printed that for every
+    session and decoded on the CPU instead, whose values are not the GPU's (bench_read.py stopped on the
+    mismatch with h5py). With a GPU provider, learned chunks are now decoded in threads sharing this
+    process's session; an explicit "process" says so."""
+    from necoda_filter.models import runtime
+
+    m = np.random.default_rng(8).integers(100, 900, (32, 24, 24)).astype(np.uint16)
+    p = tmp_path / "g.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("l", data=m, chunks=(16, 24, 24), compression=Necoda(mode="learned"))
+        f.create_dataset("z", data=m, chunks=(16, 24, 24), compression=Necoda(mode="lossless"))
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with h5py.File(p, "r") as f:
+        learned_chunk, lossless_chunk = (f[k].id.read_direct_chunk((0, 0, 0)) for k in ("l", "z"))
+        assert not reader._gpu_decodes(learned_chunk) and not reader._gpu_decodes(lossless_chunk)
+        monkeypatch.setattr(runtime, "providers", lambda: gpu)
+        assert reader._gpu_decodes(learned_chunk) and not reader._gpu_decodes(lossless_chunk)
+        ref = f["l"][...]
+        monkeypatch.setattr(runtime, "providers", lambda: ["CPUExecutionProvider"])  # decode on this CPU
+        monkeypatch.setattr(reader, "_gpu_decodes", lambda got: True)
+        monkeypatch.setattr(reader, "_process_pool", lambda *a, **k: pytest.fail("a worker process was asked for"))
+        with pytest.warns(RuntimeWarning, match="using threads"):
+            assert np.array_equal(read(f["l"], executor="process", workers=2), ref)
+        assert np.array_equal(read(f["l"], workers=2), ref)  # "auto": threads, without a word
