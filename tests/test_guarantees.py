@@ -84,7 +84,7 @@ def _int_cases(dt, shape, rng):
     small = rng.integers(0, 5, size=shape).astype(dt)
     return {
         "random": rng.integers(info.min, info.max, size=shape, dtype=dt, endpoint=True),
-        "alternating_min_max": np.where(np.arange(n) % 2 == 0, info.min, info.max).astype(dt).reshape(shape),
+        "alternating_min_max": np.where(np.arange(n) % 2 == 0, bottom.reshape(-1), top.reshape(-1)).reshape(shape),
         "near_max": top - small,
         "near_min": bottom + small,
         "constant_max": top,

@@ -462,11 +462,12 @@ def test_learned_chunks_decoded_on_a_gpu_never_go_to_worker_processes(tmp_path, 
     gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     with h5py.File(p, "r") as f:
         learned_chunk, lossless_chunk = (f[k].id.read_direct_chunk((0, 0, 0)) for k in ("l", "z"))
+        monkeypatch.setattr(runtime, "providers", lambda: ["CPUExecutionProvider"])
         assert not reader._gpu_decodes(learned_chunk) and not reader._gpu_decodes(lossless_chunk)
         monkeypatch.setattr(runtime, "providers", lambda: gpu)
         assert reader._gpu_decodes(learned_chunk) and not reader._gpu_decodes(lossless_chunk)
-        ref = f["l"][...]
         monkeypatch.setattr(runtime, "providers", lambda: ["CPUExecutionProvider"])  # decode on this CPU
+        ref = f["l"][...]
         monkeypatch.setattr(reader, "_gpu_decodes", lambda got: True)
         monkeypatch.setattr(reader, "_process_pool", lambda *a, **k: pytest.fail("a worker process was asked for"))
         with pytest.warns(RuntimeWarning, match="using threads"):
