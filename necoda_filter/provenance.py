@@ -129,6 +129,66 @@ def history_of(obj) -> list[dict[str, Any]]:
     return (list(earlier) if isinstance(earlier, list) else []) + [prev]
 
 
+#: chunk headers :func:`filter_written` reads per dataset (evenly spread, as ``necoda info`` samples them)
+SAMPLED_CHUNKS = 8
+
+
+def filter_written(dset, max_chunks: int = SAMPLED_CHUNKS) -> dict[str, Any] | None:
+    """A record for an h5py dataset written through the HDF5 filter (``compression="necoda"``) that has no
+    record of its own (no ``necoda compress`` run wrote it): the modes, models and learned quality levels
+    the headers of up to ``max_chunks`` of its chunks name, and whether any is lossy. A copy made from it
+    (``necoda compress``, ``necoda decompress``) carries this record, so data once coded lossily through
+    the filter is never presented as bit-exact. None when the dataset has a record, no necoda filter, or
+    no chunk header can be read (necoda followed by other filters: its headers are not stored as such)."""
+    from . import chunk, modes
+    from .constants import FILTER_ID
+
+    if read(dset):
+        return None
+    plist = dset.id.get_create_plist()
+    ids = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+    if ids != [FILTER_ID]:
+        return None
+    n = dset.id.get_num_chunks()
+    take = range(n) if n <= max_chunks else sorted({int(i * (n - 1) / (max_chunks - 1)) for i in range(max_chunks)})
+    seen: dict[str, int] = {}
+    models, qualities = set(), set()
+    for i in take:
+        try:
+            mask, buf = dset.id.read_direct_chunk(dset.id.get_chunk_info(i).chunk_offset)
+            if mask & 1:  # stored without the filter (HDF5 skipped it for this chunk)
+                continue
+            h = chunk.info(buf)
+        except Exception:  # noqa: BLE001 — an unreadable chunk says nothing about the others
+            continue
+        name = modes.MODE_NAMES.get(h.mode_id, f"id{h.mode_id}")
+        seen[name] = seen.get(name, 0) + 1
+        if h.model_id:
+            models.add(h.model_id)
+        if name == "learned" and isinstance(h.params.get("q"), int):
+            qualities.add(h.params["q"])
+    if not seen:
+        return None
+    lossy = any(modes.get(modes.MODE_IDS[m]).lossy for m in seen if m in modes.MODE_IDS)
+    rec: dict[str, Any] = {
+        "mode": max(seen, key=seen.get), "lossy": lossy, "chunk_modes": seen,
+        "source": f"{dset.name}, written through the HDF5 filter (compression=\"necoda\"), without a necoda "
+                  f"record: modes read from {sum(seen.values())} of its {n} chunk headers"}
+    if models:
+        rec["model_id"] = sorted(models)[0] if len(models) == 1 else ",".join(sorted(models))
+    if qualities:
+        rec["quality"] = sorted(qualities)[0] if len(qualities) == 1 else sorted(qualities)
+    return rec
+
+
+def filter_comment(rec: dict[str, Any], path: str, what: str) -> str:
+    """The sentence appended to a TimeSeries ``comments`` for a copy (``what``: e.g. "recompressed
+    losslessly by necoda-filter 0.1.0") of data once coded lossily through the filter (:func:`filter_written`)."""
+    q = f", quality {rec['quality']}" if rec.get("quality") is not None else ""
+    return (f"[necoda] {path} holds data that was LOSSILY compressed through the HDF5 filter (mode {rec.get('mode')}"
+            f"{q}; no fidelity was recorded), {what}. See the necoda_* attributes of the dataset.")
+
+
 def earlier_lossy(prov: dict[str, Any]) -> list[dict[str, Any]]:
     """The records of earlier lossy runs in ``prov``'s history."""
     hist = prov.get("history")

@@ -317,6 +317,46 @@ def test_recompressing_decoded_lossy_data_keeps_it_marked_lossy(tmp_path):
             assert not provenance.earlier_lossy(e) and "before" not in describe(f["acquisition/ElectricalSeries/data"])
 
 
+def test_data_coded_lossily_through_the_filter_stays_marked_lossy_in_copies(tmp_path):
+    """QA 20: a movie written with compression="necoda" (auto: the lossy learned mode) has no necoda record;
+    `necoda compress` (lossless) then called the copy "lossless, bit-exact (checked)" and `necoda
+    decompress` kept nothing at all, so lossy, denoised data could reach DANDI labelled bit-exact. Copies
+    now carry a record read from the chunk headers (modes, model, quality) and say so in the comments."""
+    if not mode_available("learned"):
+        pytest.skip("learned mode not available")
+    from hdmf.backends.hdf5 import H5DataIO
+
+    from necoda_filter.commands.info import describe
+
+    m = (np.random.default_rng(3).poisson(5.0, (40, 32, 32)) * 100 + 90).astype(np.int16)
+    src, packed, plain, again = (tmp_path / n for n in ("w.nwb", "l.nwb", "plain.nwb", "l3.nwb"))
+    make_nwb(src, N=2000, movie=H5DataIO(m, chunks=(20, 32, 32), compression="necoda"))
+    with h5py.File(src) as f:
+        d = f["acquisition/TwoPhotonSeries/data"]
+        rec = provenance.filter_written(d)
+        assert provenance.read(d) is None and rec["lossy"] is True and rec["mode"] == "learned"
+        assert rec["chunk_modes"] == {"learned": 2} and rec["model_id"].startswith("necoda-")
+        assert provenance.filter_written(f["acquisition/ElectricalSeries/data"]) is None  # gzip, not necoda
+    assert cli(compress_cmd, src, packed, "--workers", 1, "--quiet") == 0
+    assert cli(decompress_cmd, src, plain, "--workers", 1, "--quiet") == 0
+    assert cli(compress_cmd, plain, again, "--workers", 1, "--quiet") == 0
+    for path in (packed, plain, again):
+        with h5py.File(path) as f:
+            g = f["acquisition/TwoPhotonSeries"]
+            p = provenance.read(g["data"])
+            text, comments = describe(g["data"]), str(g.attrs["comments"])
+            assert "original comment" in comments
+            assert comments.count("LOSSILY compressed through the HDF5 filter (mode learned") == 1, comments
+            if path == plain:
+                assert p["lossy"] is True and p["decompressed_by"] and "holds LOSSILY compressed data" in text
+            else:
+                assert p["mode"] == "lossless" and p["lossy"] is False
+                assert [h["lossy"] for h in p["history"]] == [True] and p["history"][0]["mode"] == "learned"
+                assert "LOSSILY compressed before (mode learned, quality" in text, text
+            e = f["acquisition/ElectricalSeries/data"]
+            assert not provenance.earlier_lossy(provenance.read(e) or {}) and "LOSSILY" not in (describe(e) or "")
+
+
 def test_lossy_after_lossy_and_decoded_copies_say_so(tmp_path, capsys):
     """QA: learned -> learned showed only the last run's error (1836 where the acquired data was 5654 away):
     the earlier lossy run is now named whenever there is one; a `necoda decompress` copy of lossy data was

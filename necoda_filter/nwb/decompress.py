@@ -131,8 +131,15 @@ def decompress_file(src_path, dst_path, gzip_level: int | None = None, workers: 
             return False
         decompress_dataset(sds, dg, name, gzip_level, executor, nworkers, progress, stop=copier.stop)
         copier.copy_attrs(sds, dg[name])
+        by = f"necoda-filter {__version__}"
         if provenance.attr_name("mode") in sds.attrs:
-            provenance.write(dg[name], {"decompressed_by": f"necoda-filter {__version__}"})
+            provenance.write(dg[name], {"decompressed_by": by})
+        else:  # written through the filter: what its chunks were, so a lossy past is not lost with them
+            written = provenance.filter_written(sds)
+            if written:
+                provenance.write(dg[name], {**written, "decompressed_by": by})
+                if written["lossy"]:
+                    provenance.append_comment(dg, provenance.filter_comment(written, sds.name, f"decoded by {by}"))
         done.append(sds.name)
         return True
 

@@ -509,11 +509,17 @@ def recompress_file(src_path, dst_path, settings: Settings | None = None, worker
         # goes into this one's history (data decoded from a lossy run stays marked as such)
         copier.copy_attrs(sds, dg[name], skip=lambda n: n.startswith(provenance.PREFIX))
         history = provenance.history_of(sds)
+        written = None if history else provenance.filter_written(sds)  # coded through the filter
+        if written:
+            history = [written]
         if history:
             rep.provenance["history"] = history
         provenance.write(dg[name], rep.provenance)
         if rep.provenance["lossy"]:
             provenance.append_comment(dg, provenance.comment_text(rep.provenance, sds.name))
+        elif written and written["lossy"]:
+            provenance.append_comment(dg, provenance.filter_comment(
+                written, sds.name, f"recompressed losslessly by necoda-filter {rep.provenance.get('version', '?')}"))
         reports.append(rep)
         return True
 
