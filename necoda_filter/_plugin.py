@@ -147,6 +147,9 @@ def _teach_h5py_the_name() -> None:
                                            **kwargs).arguments
             opts = compression_opts if compression == FILTER_ID else getattr(compression, "filter_options", ())
             _check_pipeline(opts, bool(bound.get("shuffle")), bound.get("scaleoffset"))
+            from . import options
+
+            options.check_for_dtype(*options.user_options(tuple(opts or ())), dtype)
         return original(plist, shape, dtype, chunks, compression, compression_opts, *args, **kwargs)
 
     signature = inspect.signature(original)

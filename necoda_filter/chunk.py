@@ -105,6 +105,9 @@ def encode(arr: np.ndarray, mode: str = "auto", *, on_raw=None, **options) -> by
             options[k] = check_bound(k, options[k])
     if name == "bounded" and options.get("max_error") is None and options.get("max_error_noise") is None:
         raise ValueError(BOUNDED_NEEDS_A_BOUND)
+    if name == "learned" and mode == "auto" and arr.dtype.kind in "iu" and options.get("max_error") is not None \
+            and options["max_error"] < 1:  # exact values asked for: lossless, not the learned mode stored raw
+        name = "lossless"
     m = modes.get(name)
     raw_size = arr.nbytes
     enc = None

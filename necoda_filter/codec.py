@@ -52,6 +52,7 @@ class NecodaCodec(Codec):
         # an F-ordered chunk (zarr v2 order="F") is coded in its own axis order and decodes to an F-ordered
         # array: the same bytes in memory, as numcodecs requires (chunk.ORDER_KEY)
         options.require_model(self.mode, self.options, arr.shape, arr.dtype)  # never stored raw for want of it
+        options.check_for_dtype(self.mode, self.options, arr.dtype)  # nor for options this dtype cannot take
         return chunk.encode(arr, self.mode, **self.options)
 
     def decode(self, buf, out=None):

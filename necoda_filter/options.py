@@ -132,6 +132,17 @@ def check_bound(name: str, v) -> float:
     return v
 
 
+def check_for_dtype(mode: str, options: dict, dtype) -> None:
+    """Options that cannot work for data of ``dtype``, refused when the dataset or array is created (else
+    every chunk would be stored raw, one log line each): ``mode="learned"`` on integers with ``max_error``
+    below one raw unit, which asks for exact values (the safeguard keeps a margin of one unit for float
+    differences between machines). ``mode="auto"`` codes such chunks losslessly instead."""
+    me = options.get("max_error")
+    if mode == "learned" and me is not None and np.dtype(dtype).kind in "iu" and float(me) < 1:
+        raise ValueError(f"mode='learned' with max_error={float(me):g} on {np.dtype(dtype)} data asks for exact "
+                         "values (a bound below one raw unit): use mode='lossless', or max_error >= 1")
+
+
 def check_options(mode: str, options: dict, strict_model: bool = True, stored: bool = False) -> dict:
     """Validate user options; returns the options that are set (not None). ``model`` is resolved and
     returned as its content id (:func:`check_model`; ``strict_model``). An option the mode does not use

@@ -47,6 +47,7 @@ class NecodaZarrCodec(ArrayBytesCodec):
 
     def validate(self, *, shape, dtype, chunk_grid):
         code_of(dtype.to_native_dtype())  # refuse unsupported dtypes (bool, complex, ...) when the array is created
+        options.check_for_dtype(self.mode, self.config, dtype.to_native_dtype())
         if len(shape) > MAX_NDIM:  # else created, and then no chunk could ever be written
             raise ValueError(f"necoda chunks have at most {MAX_NDIM} dimensions; this array has {len(shape)}")
 

@@ -188,3 +188,34 @@ def test_raw_chunks_are_explained_with_their_reason(tmp_path, capsys):
     assert compress(src, out) == 0
     text = capsys.readouterr().out
     assert "note: chunks stored raw: 1 x lossless coding was not smaller than the raw chunk" in text, text
+
+
+def test_learned_with_a_bound_below_one_raw_unit_on_integers_is_refused_when_created(tmp_path):
+    """QA 20: mode="learned", max_error=0.5 on integer data was accepted by Necoda, the numcodecs and the
+    zarr v3 codecs, and then every chunk was stored raw (one log line each): a bound below one raw unit
+    asks for exact values. Refused when the dataset or array is created (float data keep it); "auto" codes
+    such chunks losslessly instead of storing them raw."""
+    from necoda_filter import Necoda, chunk, modes
+    from necoda_filter.codec import NecodaCodec
+
+    m = (np.random.default_rng(1).poisson(5.0, (32, 32, 32)) * 100 + 90).astype(np.uint16)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        with pytest.raises(ValueError, match="asks for exact values"):
+            f.create_dataset("d", data=m, chunks=(16, 32, 32), compression=Necoda(mode="learned", max_error=0.5))
+        with pytest.raises(ValueError, match="asks for exact values"):
+            f.create_dataset("e", data=m, chunks=(16, 32, 32), compression="necoda",
+                             compression_opts={"mode": "learned", "max_error": 0})
+        assert "d" not in f and "e" not in f
+        f.create_dataset("g", data=m.astype(np.float32), chunks=(16, 32, 32),
+                         compression=Necoda(mode="learned", max_error=0.5))  # floats: a bound below 1 is fine
+        f.create_dataset("h", data=m, chunks=(16, 32, 32), compression=Necoda(mode="learned", max_error=1))
+    with pytest.raises(ValueError, match="asks for exact values"):
+        NecodaCodec(mode="learned", max_error=0.5).encode(m)
+    buf = chunk.encode(m, "auto", max_error=0.5)
+    assert chunk.info(buf).mode_id == modes.MODE_IDS["lossless"] and np.array_equal(chunk.decode(buf), m)
+    zarr = pytest.importorskip("zarr")
+    from necoda_filter.zarr3 import NecodaZarrCodec
+
+    with pytest.raises(ValueError, match="asks for exact values"):
+        zarr.create_array(str(tmp_path / "z.zarr"), shape=m.shape, chunks=(16, 32, 32), dtype=m.dtype,
+                          serializer=NecodaZarrCodec(mode="learned", max_error=0.5), compressors=None)
