@@ -530,9 +530,9 @@ def main(argv=None) -> int:
     from .registry import model_id_of_dir, _load
 
     args = sys.argv[1:] if argv is None else argv
-    if not args:
+    if not args or any(a in ("-h", "--help") for a in args):
         print(main.__doc__)
-        return 2
+        return 0 if args else 2
     for d in args:
         pkg = _load(model_id_of_dir(d), Path(d))
         split = pkg.tables.get("decoder_split") or {}
