@@ -547,7 +547,9 @@ def _try(out, name, family, make, settings=None):
     try:
         a = make()
     except Exception as e:  # noqa: BLE001 — missing package, missing encoder, bad estimate
-        out.append(Skipped(name, family, f"{type(e).__name__}: {e}", settings or {}))
+        hint = " (pip install \"necoda-filter[bench]\" installs the reference codecs)" \
+            if isinstance(e, ModuleNotFoundError) else ""
+        out.append(Skipped(name, family, f"{type(e).__name__}: {e}{hint}", settings or {}))
         return
     out.append(a)
 
