@@ -220,3 +220,18 @@ def test_info_partly_written_dataset_json_and_chunk_count(tmp_path, capsys):
     assert cli.main(["info", str(out), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out, parse_constant=lambda c: 1 / 0)
     assert row["provenance"]["psnr_db"] == "inf"
+
+
+def test_info_all_gives_no_ratio_where_nothing_compresses(tmp_path, capsys):
+    """QA 20: `necoda info --all` showed 0.5x for variable-length string columns and 0.992x for an
+    unfiltered chunked dataset (its edge chunk's padding): a ratio only where a filter compresses."""
+    p = tmp_path / "i.h5"
+    a = np.arange(1000, dtype=np.int16).reshape(100, 10)
+    with h5py.File(p, "w") as f:
+        f.create_dataset("chunked", data=a, chunks=(30, 10))
+        f.create_dataset("names", data=np.array(["a", "bb", "ccc"], dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("gz", data=a, chunks=(30, 10), compression="gzip")
+    assert cli.main(["info", str(p), "--all", "--json"]) == 0
+    rows = {r["path"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["/chunked"]["ratio"] is None and rows["/names"]["ratio"] is None
+    assert rows["/gz"]["ratio"] > 1

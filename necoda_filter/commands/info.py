@@ -38,7 +38,9 @@ def dataset_info(d, max_chunks: int = 8) -> dict:
     row = {
         "path": d.name, "shape": list(d.shape), "dtype": str(d.dtype), "chunks": list(d.chunks or []),
         "filters": filters, "raw_bytes": int(d.nbytes), "stored_bytes": int(stored),
-        "ratio": round(d.nbytes / stored, 3) if stored else None,
+        # a storage ratio only where a filter compresses: without one it would show the bytes of variable-
+        # length strings or a partial edge chunk's padding (0.5x, 0.992x), not compression
+        "ratio": round(d.nbytes / stored, 3) if stored and filters and d.dtype.kind != "O" else None,
     }
     if necoda_cd is not None:
         try:
