@@ -229,7 +229,8 @@ def test_info_all_gives_no_ratio_where_nothing_compresses(tmp_path, capsys):
     a = np.arange(1000, dtype=np.int16).reshape(100, 10)
     with h5py.File(p, "w") as f:
         f.create_dataset("chunked", data=a, chunks=(30, 10))
-        f.create_dataset("names", data=np.array(["a", "bb", "ccc"], dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("names", data=np.array(["a", "bb", "ccc"], dtype=object), dtype=h5py.string_dtype(),
+                         chunks=(2,), maxshape=(None,))
         f.create_dataset("gz", data=a, chunks=(30, 10), compression="gzip")
     assert cli.main(["info", str(p), "--all", "--json"]) == 0
     rows = {r["path"]: r for r in json.loads(capsys.readouterr().out)}
