@@ -88,7 +88,8 @@ def test_info_says_when_chunk_modes_come_from_a_sample(tmp_path, capsys):
 
 def test_describe_names_lossy_data_written_without_provenance(tmp_path):
     """The sentence the nwbinspector check shows, for data written straight through the filter: the mode
-    and quality come from the chunk headers, and lossy data without write-time figures says so."""
+    and quality come from the chunk headers, the bound from the filter's options, and lossy data without
+    write-time figures says so."""
     from necoda_filter.commands.info import describe
 
     p = tmp_path / "d.h5"
@@ -100,7 +101,8 @@ def test_describe_names_lossy_data_written_without_provenance(tmp_path):
         f.create_dataset("g", data=a, chunks=(20, 30, 20), compression="gzip")
     with h5py.File(p, "r") as f:
         b = describe(f["b"])
-        assert "mode bounded (LOSSY)" in b and "no fidelity was recorded" in b and "necoda evaluate" in b
+        # the bound it was written with, from the filter's own options (QA 20: the sentence left it out)
+        assert "mode bounded (LOSSY; max_error=2.0)" in b and "no fidelity was recorded" in b and "necoda evaluate" in b
         assert describe(f["l"]).startswith("data is necoda-compressed with mode lossless, ratio ")
         assert describe(f["g"]) is None
 
