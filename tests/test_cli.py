@@ -238,3 +238,10 @@ def test_info_all_gives_no_ratio_where_nothing_compresses(tmp_path, capsys):
     rows = {r["path"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["/chunked"]["ratio"] is None and rows["/names"]["ratio"] is None
     assert rows["/gz"]["ratio"] > 1
+
+
+def test_demo_takes_the_mode_flags_compress_takes():
+    """QA 20: `necoda demo --imaging-mode` vs `necoda compress --imaging`; demo now takes both spellings."""
+    a = cli.build_parser().parse_args(["demo", "--imaging", "lossless", "--ephys", "bounded"])
+    b = cli.build_parser().parse_args(["demo", "--imaging-mode", "lossless", "--ephys-mode", "bounded"])
+    assert (a.imaging_mode, a.ephys_mode) == (b.imaging_mode, b.ephys_mode) == ("lossless", "bounded")

@@ -76,9 +76,10 @@ def add_arguments(p):
     p.add_argument("--size", type=positive_int, default=128, help="movie height and width in pixels (default 128)")
     p.add_argument("--seconds", type=_seconds, default=2.0, help="ephys duration in seconds (default 2)")
     p.add_argument("--channels", type=positive_int, default=384, help="ephys channels (default 384)")
-    p.add_argument("--imaging-mode", choices=MODE_CHOICES, default="auto",
+    # --imaging / --ephys as in `necoda compress`
+    p.add_argument("--imaging-mode", "--imaging", dest="imaging_mode", choices=MODE_CHOICES, default="auto",
                    help="necoda mode for the movie (default auto, which picks the lossy learned mode for movies)")
-    p.add_argument("--ephys-mode", choices=ephys_mode_choices(), default="auto",
+    p.add_argument("--ephys-mode", "--ephys", dest="ephys_mode", choices=ephys_mode_choices(), default="auto",
                    help="necoda mode for ephys (default auto, which picks lossless for ephys; the learned mode is "
                         "for movies only)")
     p.add_argument("--max-error", type=float, default=None, metavar="N",
