@@ -149,7 +149,14 @@ def _teach_h5py_the_name() -> None:
             _check_pipeline(opts, bool(bound.get("shuffle")), bound.get("scaleoffset"))
             from . import options
 
-            options.check_for_dtype(*options.user_options(tuple(opts or ())), dtype)
+            mode, given = options.user_options(tuple(opts or ()))
+            options.check_for_dtype(mode, given, dtype)
+            if mode == "learned" and shape is not None and len(shape) == 2:  # QA 20: ephys coded as an image
+                import warnings
+
+                warnings.warn("necoda mode 'learned' codes each chunk of this 2-D dataset as one image (its model "
+                              "is made for time x height x width movies); for ephys (time x channels) use mode "
+                              "'lossless' or 'bounded'", UserWarning, stacklevel=4)
         return original(plist, shape, dtype, chunks, compression, compression_opts, *args, **kwargs)
 
     signature = inspect.signature(original)

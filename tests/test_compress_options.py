@@ -219,3 +219,16 @@ def test_learned_with_a_bound_below_one_raw_unit_on_integers_is_refused_when_cre
     with pytest.raises(ValueError, match="asks for exact values"):
         zarr.create_array(str(tmp_path / "z.zarr"), shape=m.shape, chunks=(16, 32, 32), dtype=m.dtype,
                           serializer=NecodaZarrCodec(mode="learned", max_error=0.5), compressors=None)
+
+
+def test_learned_on_a_2d_dataset_warns(tmp_path):
+    """QA 20: mode="learned" on ephys (time x channels) was accepted without a word and coded each chunk as
+    one image with the imaging model (max error 85 at noise sd 20): it warns now, and still writes."""
+    from necoda_filter import Necoda
+
+    a = np.random.default_rng(2).normal(0, 20, (512, 32)).astype(np.int16)
+    with h5py.File(tmp_path / "e.h5", "w") as f:
+        with pytest.warns(UserWarning, match="2-D dataset as one image"):
+            f.create_dataset("e", data=a, chunks=(512, 32), compression=Necoda(mode="learned"))
+        f.create_dataset("m", data=np.zeros((16, 32, 32), np.uint16), compression=Necoda(mode="learned"))
+        assert f["e"].shape == a.shape
