@@ -56,10 +56,11 @@ import logging
 import mmap
 import os
 import re
+import sys
 import tempfile
 import threading
-import warnings
 import uuid
+import warnings
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 
 import numpy as np
@@ -967,10 +968,11 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
             mode = "thread"
     if mode == "process" and (workers < 2 or len(plan) < 2):
         mode = "serial"
-    if mode == "process" and _gpu_decodes(fetch(plan[0][0])):
+    if mode == "process" and "onnxruntime" in sys.modules and _gpu_decodes(fetch(plan[0][0])):
         # a forked worker cannot use the GPU this process has set up (CUDA: "initialization error"), and
         # ONNX Runtime would decode there on the CPU instead: slower, and not the GPU's values. Threads
-        # share this process's GPU session.
+        # share this process's GPU session. (Without onnxruntime imported here, nothing was set up and
+        # the first chunk is not fetched twice.)
         if executor == "process":
             warnings.warn("read(executor='process'): learned chunks are decoded on the GPU, which worker "
                           "processes cannot share; using threads", RuntimeWarning, stacklevel=2)
