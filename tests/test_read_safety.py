@@ -473,3 +473,29 @@ def test_learned_chunks_decoded_on_a_gpu_never_go_to_worker_processes(tmp_path, 
         with pytest.warns(RuntimeWarning, match="using threads"):
             assert np.array_equal(read(f["l"], executor="process", workers=2), ref)
         assert np.array_equal(read(f["l"], workers=2), ref)  # "auto": threads, without a word
+
+
+def test_compress_workers_by_default_fit_the_memory_available(monkeypatch, tmp_path):
+    """`necoda compress`/`decompress` start one worker per CPU by default, each up to ~0.7 GB when coding
+    learned 512 x 512 movies: on a 64-core machine with 32 GB that was 45 GB. The default is now capped by
+    the memory available (a cgroup limit included), at nwb.workers.WORKER_BYTES per worker."""
+    from necoda_filter import cpus
+    from necoda_filter.nwb import workers
+
+    real = workers._memory_available()
+    assert real is None or real > 0
+    monkeypatch.setattr(cpus, "available", lambda: 64)
+    monkeypatch.setattr(workers, "_memory_available", lambda: 32 << 30)
+    assert workers.default_workers() == int((32 << 30) * 0.75) // workers.WORKER_BYTES == 30
+    monkeypatch.setattr(workers, "_memory_available", lambda: 1 << 30)
+    assert workers.default_workers() == 1
+    monkeypatch.setattr(workers, "_memory_available", lambda: None)  # unknown: one per CPU
+    assert workers.default_workers() == 64
+    monkeypatch.setattr(cpus, "available", lambda: 2)
+    monkeypatch.setattr(workers, "_memory_available", lambda: 64 << 30)
+    assert workers.default_workers() == 2
+    ex, n = workers.make_executor(None)
+    try:
+        assert n == 2
+    finally:
+        ex.shutdown()

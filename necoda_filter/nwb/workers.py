@@ -218,8 +218,49 @@ class _Inline:
         pass
 
 
+#: resident memory one compress/decompress worker process may reach: measured 685 MB per worker encoding
+#: and decoding 64 x 512 x 512 learned chunks (benchmarks/nwb_scale.py), lossless ones ~200 MB
+WORKER_BYTES = 800 << 20
+
+
+def _memory_available() -> int | None:
+    """Bytes this process may still use: the system's MemAvailable, or less under a cgroup (v2) memory
+    limit (containers, SLURM jobs: MemAvailable there is the host's). None where neither can be read."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            limit = fh.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as fh:
+            used = int(fh.read().strip())
+        if limit != "max":
+            room = max(0, int(limit) - used)
+            avail = room if avail is None else min(avail, room)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def default_workers() -> int:
+    """Worker processes for compress/decompress when none are asked for: the CPUs this process may use, but
+    no more than three quarters of the memory available holds at :data:`WORKER_BYTES` each (a 64-core
+    machine with 32 GB would otherwise start 64 workers of up to 0.7 GB)."""
+    n = cpus.available()
+    avail = _memory_available()
+    if avail is not None:
+        n = min(n, max(1, int(avail * 0.75) // WORKER_BYTES))
+    return n
+
+
 def make_executor(workers: int | None):
-    workers = cpus.available() if workers is None else int(workers)
+    workers = default_workers() if workers is None else int(workers)
     if workers <= 1:
         return _Inline(), 1
     from ..reader import _new_process_pool
