@@ -147,10 +147,13 @@ def filter_written(dset, max_chunks: int = SAMPLED_CHUNKS) -> dict[str, Any] | N
         return None
     plist = dset.id.get_create_plist()
     ids = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
-    if ids != [FILTER_ID]:
+    if FILTER_ID not in ids:
         return None
+    if ids != [FILTER_ID]:  # other filters after necoda (fletcher32, deflate): what the filter was asked to do
+        return _requested_record(dset, plist)
     n = dset.id.get_num_chunks()
-    take = range(n) if n <= max_chunks else sorted({int(i * (n - 1) / (max_chunks - 1)) for i in range(max_chunks)})
+    k = max(2, int(max_chunks))
+    take = range(n) if n <= k else sorted({int(i * (n - 1) / (k - 1)) for i in range(k)})
     seen: dict[str, int] = {}
     models, qualities = set(), set()
     for i in take:
@@ -178,6 +181,31 @@ def filter_written(dset, max_chunks: int = SAMPLED_CHUNKS) -> dict[str, Any] | N
         rec["model_id"] = sorted(models)[0] if len(models) == 1 else ",".join(sorted(models))
     if qualities:
         rec["quality"] = sorted(qualities)[0] if len(qualities) == 1 else sorted(qualities)
+    return rec
+
+
+def _requested_record(dset, plist) -> dict[str, Any] | None:
+    """:func:`filter_written`'s record from the mode the filter's own options ask for, where the chunk
+    headers cannot be read (necoda followed by other filters); mode "auto" is what it would pick for the
+    dataset's chunks (learned for integer movies: lossy)."""
+    from . import modes, options
+    from .constants import FILTER_ID
+
+    try:
+        mode, opts = options.user_options(tuple(plist.get_filter_by_id(FILTER_ID)[1]))
+        if mode == "auto":
+            mode = modes.resolve("auto", tuple(dset.chunks or dset.shape), dset.dtype)
+        lossy = modes.get(modes.MODE_IDS[mode]).lossy
+    except Exception:  # noqa: BLE001 — unknown layout or mode: nothing to say
+        return None
+    rec: dict[str, Any] = {"mode": mode, "lossy": lossy,
+                           "source": f"{dset.name}, written through the HDF5 filter (compression=\"necoda\"), without "
+                                     "a necoda record: the mode its options ask for (necoda is followed by other "
+                                     "filters, so the chunk headers were not read)"}
+    if opts:
+        rec["options"] = {k: v for k, v in opts.items() if k != "model"}
+    if opts.get("model"):
+        rec["model_id"] = opts["model"]
     return rec
 
 

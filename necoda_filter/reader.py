@@ -794,6 +794,16 @@ def _mostly_gil_free(got) -> bool:
         return False
 
 
+def _first_stored(plan, fetch, tries: int = 8):
+    """The stored bytes of the first of the first ``tries`` chunks of ``plan`` that was written (None if none
+    was): a dataset whose first chunk was never written is still known by its others."""
+    for off, _, _ in plan[:tries]:
+        got = fetch(off)
+        if got is not None:
+            return got
+    return None
+
+
 def _gpu_decodes(got) -> bool:
     """True when the dataset's first chunk is a learned chunk and ONNX Runtime decodes on a GPU here."""
     if not _mostly_gil_free(got):
@@ -968,7 +978,7 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
             mode = "thread"
     if mode == "process" and (workers < 2 or len(plan) < 2):
         mode = "serial"
-    if mode == "process" and "onnxruntime" in sys.modules and _gpu_decodes(fetch(plan[0][0])):
+    if mode == "process" and "onnxruntime" in sys.modules and _gpu_decodes(_first_stored(plan, fetch)):
         # a forked worker cannot use the GPU this process has set up (CUDA: "initialization error"), and
         # ONNX Runtime would decode there on the CPU instead: slower, and not the GPU's values. Threads
         # share this process's GPU session. (Without onnxruntime imported here, nothing was set up and

@@ -54,6 +54,7 @@ class NecodaZarrCodec(ArrayBytesCodec):
     def evolve_from_array_spec(self, array_spec):
         # sharding_indexed does not validate its inner codecs, but it evolves them when the array is created
         code_of(array_spec.dtype.to_native_dtype())
+        options.check_for_dtype(self.mode, self.config, array_spec.dtype.to_native_dtype())
         return self
 
     # CPU-bound coding runs in a worker thread, as zarr's own zstd/gzip/blosc codecs do: on the event loop's

@@ -219,6 +219,9 @@ def test_learned_with_a_bound_below_one_raw_unit_on_integers_is_refused_when_cre
     with pytest.raises(ValueError, match="asks for exact values"):
         zarr.create_array(str(tmp_path / "z.zarr"), shape=m.shape, chunks=(16, 32, 32), dtype=m.dtype,
                           serializer=NecodaZarrCodec(mode="learned", max_error=0.5), compressors=None)
+    with pytest.raises(ValueError, match="asks for exact values"):  # sharded: zarr does not validate inner codecs
+        zarr.create_array(str(tmp_path / "s.zarr"), shape=m.shape, chunks=(16, 32, 32), shards=(32, 32, 32),
+                          dtype=m.dtype, serializer=NecodaZarrCodec(mode="learned", max_error=0.5), compressors=None)
 
 
 def test_learned_on_a_2d_dataset_warns(tmp_path):

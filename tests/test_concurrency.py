@@ -730,3 +730,50 @@ def test_read_in_a_non_daemon_thread_when_the_main_thread_ends(data, tmp_path):
     """)
     assert "main done" in out
     assert result.read_text() == "True"
+
+
+def test_a_stop_while_a_worker_codes_a_chunk_leaves_its_shared_slot_alone(tmp_path):
+    """Review of 50edb79: drain() took a chunk's future out of the window before waiting for it, so a stop
+    (Ctrl-C) while that chunk was being coded left a window of finished futures, and the slots' file was
+    truncated (SharedArray.discard) under the worker still reading it: SIGBUS, a broken pool. The future
+    now stays in the window until its result is in, so the file is only closed."""
+    src = tmp_path / "src.h5"
+    out = _run(f"""
+        import threading
+        from necoda_filter import reader
+        from necoda_filter.mainthread import Stopped
+        from necoda_filter.nwb import recompress as rc
+        from necoda_filter.nwb.workers import make_executor
+
+        movie = np.random.default_rng(3).integers(0, 3000, (64, 64, 64)).astype(np.uint16)  # one chunk: the last
+        with h5py.File({str(src)!r}, "w") as f:
+            f.create_dataset("ts/data", data=movie, chunks=(64, 64, 64))
+        real = rc._encode_slot
+
+        def slow(*a):
+            time.sleep(0.4)
+            return real(*a)
+
+        rc._encode_slot = slow  # the workers are forked below: they run it too
+        futures, discarded = [], []
+        real_result, real_discard = rc.result, reader.SharedArray.discard
+        rc.result = lambda f, stop: (futures.append(f), real_result(f, stop))[1]
+        reader.SharedArray.discard = lambda self: (discarded.append([f.done() for f in futures]),
+                                                   real_discard(self))[1]
+        ex, n = make_executor(2)
+        stop = [False]
+        threading.Timer(0.2, lambda: stop.__setitem__(0, True)).start()
+        with h5py.File({str(src)!r}) as f, h5py.File({str(tmp_path / "dst.h5")!r}, "w") as dst:
+            try:
+                rc.recompress_dataset(f["ts/data"], dst.create_group("ts"), "data", "imaging", rc.Settings(),
+                                      ex, n, progress=False, stop=stop)
+                raise AssertionError("not stopped")
+            except Stopped:
+                pass
+        outcomes = [type(f.exception(timeout=20)).__name__ for f in futures if not f.cancelled()]
+        assert all(all(d) for d in discarded), discarded  # never while a chunk was being coded
+        assert "BrokenProcessPool" not in outcomes and not ex._broken, outcomes
+        ex.shutdown(wait=True)
+        print("ok")
+    """, timeout=90)
+    assert "ok" in out

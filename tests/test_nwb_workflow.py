@@ -938,3 +938,42 @@ def test_read_corrupt_chunk_raises_its_own_error(tmp_path, executor):
         with pytest.raises(container.CorruptChunk, match="checksum|corrupt|could not be decoded"):
             read(f["d"], executor=executor, workers=2)
         assert np.array_equal(read(f["d"], np.s_[32:], executor=executor, workers=2), a[32:])
+
+
+def test_filter_written_record_when_other_filters_follow_necoda(tmp_path):
+    """Review: with a checksum or deflate after necoda the chunk headers are not stored as such, and such a
+    dataset got no record at all (copies again called it bit-exact). The record then holds the mode the
+    filter's options ask for ("auto": what it picks for the chunks); a dataset outside a TimeSeries gets
+    no comment (only TimeSeries have one)."""
+    from necoda_filter import Necoda
+
+    m = (np.random.default_rng(4).poisson(5.0, (32, 32, 32)) * 100 + 90).astype(np.uint16)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f.create_dataset("l", data=m, chunks=(16, 32, 32), compression=Necoda(mode="learned"), fletcher32=True)
+        f.create_dataset("a", data=m, chunks=(16, 32, 32), compression="necoda", fletcher32=True)
+        f.create_dataset("z", data=m, chunks=(16, 32, 32), compression=Necoda(mode="lossless"), fletcher32=True)
+        f.create_dataset("b", data=m, chunks=(16, 32, 32), compression=Necoda(mode="bounded", max_error=2),
+                         fletcher32=True)
+    with h5py.File(tmp_path / "f.h5") as f:
+        got = {k: provenance.filter_written(f[k]) for k in "lazb"}
+    assert {k: (r["mode"], r["lossy"]) for k, r in got.items()} == {
+        "l": ("learned", True), "a": ("learned", True), "z": ("lossless", False), "b": ("bounded", True)}
+    assert got["b"]["options"] == {"max_error": 2.0} and "not read" in got["b"]["source"]
+    assert cli(decompress_cmd, tmp_path / "f.h5", tmp_path / "p.h5", "--workers", 1, "--quiet") == 0
+    with h5py.File(tmp_path / "p.h5") as f:
+        assert provenance.read(f["l"])["lossy"] is True and provenance.read(f["z"])["lossy"] is False
+        assert "comments" not in f.attrs  # the root group is no TimeSeries
+
+
+def test_describe_names_the_model_once(tmp_path):
+    """Review: a dataset written with a model named in its options said "model=necoda-..., model ..."."""
+    from necoda_filter import Necoda
+    from necoda_filter.commands.info import describe
+    from necoda_filter.models import registry
+
+    m = (np.random.default_rng(5).poisson(5.0, (16, 32, 32)) * 100 + 90).astype(np.uint16)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f.create_dataset("d", data=m, chunks=(16, 32, 32), compression=Necoda(mode="learned", model=registry.default().id))
+    with h5py.File(tmp_path / "d.h5") as f:
+        text = describe(f["d"])
+    assert text.count("model") == 1 and "model=" not in text, text

@@ -460,6 +460,7 @@ def test_learned_chunks_decoded_on_a_gpu_never_go_to_worker_processes(tmp_path, 
         f.create_dataset("l", data=m, chunks=(16, 24, 24), compression=Necoda(mode="learned"))
         f.create_dataset("z", data=m, chunks=(16, 24, 24), compression=Necoda(mode="lossless"))
     gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    gpu_decodes = reader._gpu_decodes  # the real one (replaced below)
     with h5py.File(p, "r") as f:
         learned_chunk, lossless_chunk = (f[k].id.read_direct_chunk((0, 0, 0)) for k in ("l", "z"))
         monkeypatch.setattr(runtime, "providers", lambda: ["CPUExecutionProvider"])
@@ -473,6 +474,17 @@ def test_learned_chunks_decoded_on_a_gpu_never_go_to_worker_processes(tmp_path, 
         with pytest.warns(RuntimeWarning, match="using threads"):
             assert np.array_equal(read(f["l"], executor="process", workers=2), ref)
         assert np.array_equal(read(f["l"], workers=2), ref)  # "auto": threads, without a word
+    # review: a dataset whose first chunk was never written is known by its first written one
+    with h5py.File(p, "a") as f:
+        g = f.create_dataset("g", shape=(48, 24, 24), dtype=np.uint16, chunks=(16, 24, 24),
+                             compression=Necoda(mode="learned"))
+        g[16:48] = m[:32]
+    monkeypatch.setattr(runtime, "providers", lambda: gpu)
+    with h5py.File(p, "r") as f:
+        plan = [((t, 0, 0), None, None) for t in (0, 16, 32)]
+        got = reader._first_stored(plan, lambda off: f["g"].id.read_direct_chunk(off) if off[0] else None)
+        assert got is not None and gpu_decodes(got)
+        assert reader._first_stored(plan[:1], lambda off: None) is None
 
 
 def test_compress_workers_by_default_fit_the_memory_available(monkeypatch, tmp_path):
@@ -499,3 +511,33 @@ def test_compress_workers_by_default_fit_the_memory_available(monkeypatch, tmp_p
         assert n == 2
     finally:
         ex.shutdown()
+
+
+def test_cgroup_room_reads_the_limits_above_this_process_less_reclaimable_cache(tmp_path):
+    """Under a container or SLURM job the limit may sit on a parent cgroup, and page cache is charged to the
+    cgroup but reclaimed first: room = the least (limit - charged + inactive file cache) up the tree."""
+    from necoda_filter.nwb import workers
+
+    top = tmp_path / "cg"
+    job = top / "slurm" / "job_7"
+    job.mkdir(parents=True)
+    for d, limit, used, cache in ((top, "max", 50 << 30, 0), (top / "slurm", str(16 << 30), 14 << 30, 12 << 30),
+                                  (job, "max", 13 << 30, 11 << 30)):
+        (d / "memory.max").write_text(limit + "\n")
+        (d / "memory.current").write_text(f"{used}\n")
+        (d / "memory.stat").write_text(f"anon 123\ninactive_file {cache}\nactive_file 5\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/slurm/job_7\n")
+    layout = ((str(top), "0::", "memory.max", "memory.current", "inactive_file"),)
+    assert workers._cgroup_room(layout, str(proc)) == (16 << 30) - (2 << 30)
+    (top / "slurm" / "memory.max").write_text("max\n")
+    assert workers._cgroup_room(layout, str(proc)) is None  # no limit anywhere
+    v1 = tmp_path / "v1"
+    (v1 / "job").mkdir(parents=True)
+    (v1 / "job" / "memory.limit_in_bytes").write_text(str(4 << 30))
+    (v1 / "job" / "memory.usage_in_bytes").write_text(str(3 << 30))
+    (v1 / "job" / "memory.stat").write_text(f"cache 9\ntotal_inactive_file {1 << 30}\n")
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712")  # v1's "no limit"
+    proc.write_text("4:memory:/job\n0::/\n")
+    layout = ((str(v1), None, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),)
+    assert workers._cgroup_room(layout, str(proc)) == 2 << 30

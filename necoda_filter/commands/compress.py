@@ -50,8 +50,8 @@ def add_arguments(p) -> None:
                    help="like --max-error-noise, for ephys only (noise sigmas of the recording)")
     p.add_argument("--level", type=int, default=None, help="lossless: entropy-coder effort, 1..12 (pcodec levels; default 8)")
     p.add_argument("--workers", type=positive_int, default=None,
-                   help="parallel encoder processes (default: CPUs available, no more than the memory available "
-                        "holds at 0.8 GB each; 1 = no pool)")
+                   help="parallel encoder processes (default: CPUs available, no more than three quarters of the "
+                        "memory available holds at 0.8 GB each; 1 = no pool)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never IN)")
     p.add_argument("--only", action="append", default=None, metavar="PATH",
                    help="recompress only this series (path of its data or of the series group; repeatable); "

@@ -21,8 +21,8 @@ def add_arguments(p) -> None:
                         "(default %(const)s when --gzip is given without a number right after it; --gzip may "
                         "come anywhere, e.g. before IN.nwb)")
     p.add_argument("--workers", type=positive_int, default=None,
-                   help="parallel decoder processes (default: CPUs available, no more than the memory available "
-                        "holds at 0.8 GB each; 1 = no pool)")
+                   help="parallel decoder processes (default: CPUs available, no more than three quarters of the "
+                        "memory available holds at 0.8 GB each; 1 = no pool)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never IN)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -115,7 +115,7 @@ def describe(dset: h5py.Dataset) -> str | None:
         bits.append(f"quality {quality}")
     # the options it was written with: its record's, else (written through the filter) the filter's own
     given = prov.get("options") if prov else {k: v for k, v in (row.get("requested") or {}).items()
-                                              if k not in ("mode", "error")}
+                                              if k not in ("mode", "error", "model")}  # the model: named below
     opts = {k: v for k, v in (given or {}).items() if k != "quality"}
     bits += [f"{k}={v}" for k, v in sorted(opts.items())]
     model = _model_label(prov["model_id"]) if prov.get("model_id") else ", ".join(map(_model_label, row.get("models") or []))

@@ -60,8 +60,9 @@ def decompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, gzip_level:
 
             def drain(limit):
                 while len(window) > limit:
-                    off, nb, slot, fut = window.popleft()
+                    off, nb, slot, fut = window[0]
                     got = result(fut, stop)
+                    window.popleft()  # only now: a stop raised by result() leaves the running chunk in the window
                     if slot is not None:
                         got = shared.arr[slot, :got]
                     dst.id.write_direct_chunk(off, got, filter_mask=0)
@@ -138,7 +139,7 @@ def decompress_file(src_path, dst_path, gzip_level: int | None = None, workers: 
             written = provenance.filter_written(sds)
             if written:
                 provenance.write(dg[name], {**written, "decompressed_by": by})
-                if written["lossy"]:
+                if written["lossy"] and name == "data" and "comments" in dg.attrs:  # a TimeSeries' own comments
                     provenance.append_comment(dg, provenance.filter_comment(written, sds.name, f"decoded by {by}"))
         done.append(sds.name)
         return True

@@ -307,8 +307,9 @@ def recompress_dataset(src: h5py.Dataset, dg: h5py.Group, name: str, kind: str, 
 
     def drain(limit):
         while len(window) > limit:
-            off, vbytes, fut = window.popleft()
+            off, vbytes, fut = window[0]
             enc, st = result(fut, stop)
+            window.popleft()  # only now: a stop raised by result() leaves the running chunk in the window
             dst.id.write_direct_chunk(off, enc, filter_mask=0)
             acc["n"] += st["n"]
             acc["sse"] += st["sse"]
