@@ -880,7 +880,8 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
     :param out: an array to read into instead of a new one (like h5py's ``read_direct``): writeable, the
         shape of ``dataset[selection]`` and exactly the dataset's dtype (no conversion). Reading block
         after block of a movie into one buffer saves allocating and first touching a new array each time.
-    :param workers: number of parallel decoders (default: CPUs available to this process).
+    :param workers: number of parallel decoders (default: CPUs available to this process, no more than
+        three quarters of the memory available holds at 0.8 GB each: ``cpus.workers``).
     :param executor: "auto" (worker processes for multi-chunk reads), "process", "thread" or "serial".
     :returns: a numpy array equal to ``dataset[selection]`` (``out`` when given).
     """
@@ -936,7 +937,7 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
         lsel = tuple(ls for (_, _, _, ls) in combo)
         plan.append((off, dsl, lsel))
 
-    workers = cpus.available() if workers is None else max(1, int(workers))
+    workers = cpus.workers() if workers is None else max(1, int(workers))
     dsid = dataset.id
     chunk_dtype = np.dtype(dtype)
     fill = []  # the value of chunks never written, looked up when the first one is met

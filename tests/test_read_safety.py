@@ -488,23 +488,23 @@ def test_learned_chunks_decoded_on_a_gpu_never_go_to_worker_processes(tmp_path, 
 
 
 def test_compress_workers_by_default_fit_the_memory_available(monkeypatch, tmp_path):
-    """`necoda compress`/`decompress` start one worker per CPU by default, each up to ~0.7 GB when coding
-    learned 512 x 512 movies: on a 64-core machine with 32 GB that was 45 GB. The default is now capped by
-    the memory available (a cgroup limit included), at nwb.workers.WORKER_BYTES per worker."""
+    """`necoda compress`/`decompress` (and read's decoders) start one per CPU by default, each up to ~0.7 GB
+    when coding learned 512 x 512 movies: on a 64-core machine with 32 GB that was 45 GB. The default is now
+    capped by the memory available (a cgroup limit included), at cpus.WORKER_BYTES each."""
     from necoda_filter import cpus
     from necoda_filter.nwb import workers
 
-    real = workers._memory_available()
+    real = cpus._memory_available()
     assert real is None or real > 0
     monkeypatch.setattr(cpus, "available", lambda: 64)
-    monkeypatch.setattr(workers, "_memory_available", lambda: 32 << 30)
-    assert workers.default_workers() == int((32 << 30) * 0.75) // workers.WORKER_BYTES == 30
-    monkeypatch.setattr(workers, "_memory_available", lambda: 1 << 30)
+    monkeypatch.setattr(cpus, "_memory_available", lambda: 32 << 30)
+    assert workers.default_workers() == int((32 << 30) * 0.75) // cpus.WORKER_BYTES == 30 == cpus.workers()
+    monkeypatch.setattr(cpus, "_memory_available", lambda: 1 << 30)
     assert workers.default_workers() == 1
-    monkeypatch.setattr(workers, "_memory_available", lambda: None)  # unknown: one per CPU
+    monkeypatch.setattr(cpus, "_memory_available", lambda: None)  # unknown: one per CPU
     assert workers.default_workers() == 64
     monkeypatch.setattr(cpus, "available", lambda: 2)
-    monkeypatch.setattr(workers, "_memory_available", lambda: 64 << 30)
+    monkeypatch.setattr(cpus, "_memory_available", lambda: 64 << 30)
     assert workers.default_workers() == 2
     ex, n = workers.make_executor(None)
     try:
@@ -516,7 +516,7 @@ def test_compress_workers_by_default_fit_the_memory_available(monkeypatch, tmp_p
 def test_cgroup_room_reads_the_limits_above_this_process_less_reclaimable_cache(tmp_path):
     """Under a container or SLURM job the limit may sit on a parent cgroup, and page cache is charged to the
     cgroup but reclaimed first: room = the least (limit - charged + inactive file cache) up the tree."""
-    from necoda_filter.nwb import workers
+    from necoda_filter import cpus
 
     top = tmp_path / "cg"
     job = top / "slurm" / "job_7"
@@ -529,9 +529,9 @@ def test_cgroup_room_reads_the_limits_above_this_process_less_reclaimable_cache(
     proc = tmp_path / "cgroup"
     proc.write_text("0::/slurm/job_7\n")
     layout = ((str(top), "0::", "memory.max", "memory.current", "inactive_file"),)
-    assert workers._cgroup_room(layout, str(proc)) == (16 << 30) - (2 << 30)
+    assert cpus._cgroup_room(layout, str(proc)) == (16 << 30) - (2 << 30)
     (top / "slurm" / "memory.max").write_text("max\n")
-    assert workers._cgroup_room(layout, str(proc)) is None  # no limit anywhere
+    assert cpus._cgroup_room(layout, str(proc)) is None  # no limit anywhere
     v1 = tmp_path / "v1"
     (v1 / "job").mkdir(parents=True)
     (v1 / "job" / "memory.limit_in_bytes").write_text(str(4 << 30))
@@ -540,4 +540,4 @@ def test_cgroup_room_reads_the_limits_above_this_process_less_reclaimable_cache(
     (v1 / "memory.limit_in_bytes").write_text("9223372036854771712")  # v1's "no limit"
     proc.write_text("4:memory:/job\n0::/\n")
     layout = ((str(v1), None, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),)
-    assert workers._cgroup_room(layout, str(proc)) == 2 << 30
+    assert cpus._cgroup_room(layout, str(proc)) == 2 << 30
