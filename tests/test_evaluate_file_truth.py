@@ -40,6 +40,8 @@ def test_evaluate_uses_the_files_rois_and_stored_traces(sim, tmp_path, capsys):
     assert truth["n_rois"] == 6 and truth["r_median_dec"] == truth["r_median_orig"] > 0.5
     assert "/processing/ophys/Fluorescence/GroundTruthSpikeCounts" not in by_path  # spikes: not fluorescence
     assert "GroundTruthTraces" in capsys.readouterr().out  # and the report says so
+    md = (rep / "report.md").read_text()  # QA 20: two 5th percentiles of different comparisons, named apart
+    assert "ROI traces, decoded vs original movie: r median" in md and "decoded movie vs stored" in md
 
 
 def test_no_rois_in_the_file_means_detected(sim, tmp_path):

@@ -572,8 +572,8 @@ def markdown(res: dict) -> str:
     for d in res["datasets"]:
         if d["kind"] == "imaging":
             src = "the file's" if d.get("file_traces") is not None else "detected"
-            fid = (f"ROI r median {_fmt(d.get('roi_r_median'))}, p05 {_fmt(d.get('roi_r_p05'))} "
-                   f"({d.get('n_rois', 0)} ROIs, {src})")
+            fid = (f"ROI traces, decoded vs original movie: r median {_fmt(d.get('roi_r_median'))}, 5th percentile "
+                   f"{_fmt(d.get('roi_r_p05'))} ({d.get('n_rois', 0)} ROIs, {src})")
         elif d.get("no_spike_band"):
             fid = f"no spike metrics: {d['no_spike_band']}"
         else:
@@ -599,9 +599,11 @@ def markdown(res: dict) -> str:
         lines.append("")
     traces = [(d["path"], t) for d in res["datasets"] for t in d.get("file_traces") or []]
     if traces:
-        lines += ["ROI mean traces against the traces stored in the original file (for the file's ROIs; a "
-                  "simulation's are the truth), median r (5th percentile for the decoded movie):", "",
-                  "| dataset | stored traces | ROIs | original movie | decoded movie |", "|---|---|---|---|---|"]
+        lines += ["ROI mean traces against the traces *stored in the original file* (for the file's ROIs; a "
+                  "simulation's are the truth), median r (5th percentile for the decoded movie). Not the "
+                  "decoded-vs-original figures of the table above:", "",
+                  "| dataset | stored traces | ROIs | original movie vs stored | decoded movie vs stored |",
+                  "|---|---|---|---|---|"]
         lines += [f"| `{p}` | `{t['path']}` | {t['n_rois']} | {_fmt(t['r_median_orig'])} | "
                   f"{_fmt(t['r_median_dec'])} ({_fmt(t['r_p05_dec'])}) |" for p, t in traces]
         lines.append("")
