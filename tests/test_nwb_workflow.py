@@ -282,6 +282,42 @@ def test_nwbinspector_shows_the_provenance_with_our_module(tmp_path):
     assert ours(src) == {}
 
 
+def test_nwbinspector_flags_spike_snippets_coded_with_the_imaging_model(tmp_path):
+    """QA 20: a SpikeEventSeries written with compression="necoda" is coded with the learned imaging model
+    (the filter picks by shape: events x channels x samples looks like a movie), max error ~10 sigma.
+    The inspector module flags ephys coded that way as a best-practice violation; lossless ephys is not."""
+    pytest.importorskip("nwbinspector")
+    if not mode_available("learned"):
+        pytest.skip("learned mode not available")
+    from hdmf.backends.hdf5 import H5DataIO
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.ecephys import SpikeEventSeries
+
+    from necoda_filter import Necoda
+    from necoda_filter.inspector import check_necoda_ephys_not_learned
+
+    rng = np.random.default_rng(6)
+    snippets = (rng.normal(0, 15, (64, 16, 40)) * 3).astype(np.int16)
+    f = NWBFile(session_description="s", identifier="spk", session_start_time=datetime(2024, 1, 1, tzinfo=timezone.utc))
+    dev = f.create_device(name="probe")
+    grp = f.create_electrode_group(name="g", description="g", location="CA1", device=dev)
+    for _ in range(16):
+        f.add_electrode(group=grp, location="CA1")
+    region = f.create_electrode_table_region(list(range(16)), "all")
+    for name, io in (("auto", H5DataIO(snippets, chunks=(32, 16, 40), compression="necoda")),
+                     ("lossless", H5DataIO(snippets, chunks=(32, 16, 40), allow_plugin_filters=True,
+                                           **Necoda(mode="lossless")))):
+        f.add_acquisition(SpikeEventSeries(name=name, data=io, timestamps=np.arange(64) / 100.0, electrodes=region))
+    path = tmp_path / "spk.nwb"
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(f)
+    with NWBHDF5IO(str(path), "r") as io:
+        nwb = io.read()
+        msg = check_necoda_ephys_not_learned(nwb.acquisition["auto"])
+        assert msg is not None and "SpikeEventSeries data is coded with necoda's learned mode" in msg.message
+        assert check_necoda_ephys_not_learned(nwb.acquisition["lossless"]) is None
+
+
 def test_recompressing_decoded_lossy_data_keeps_it_marked_lossy(tmp_path):
     """learned -> lossless recompression, and learned -> decompress -> compress, write lossless records of
     data that went through a lossy run: the earlier record travels in ``necoda_history``, and the
