@@ -48,6 +48,29 @@ def make_movie(frames: int, size: int, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(big)
 
 
+def _machine() -> dict:
+    """What the figures depend on: the CPU (its vector width sets ONNX Runtime's kernels), the CPUs this
+    process may use, and the ONNX Runtime build and providers the learned mode decodes with."""
+    import platform
+
+    import onnxruntime as ort
+
+    from necoda_filter import cpus
+    from necoda_filter.models import runtime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            info = fh.read().splitlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), cpu)
+        flags = next((ln.split(":", 1)[1].split() for ln in info if ln.startswith("flags")), [])
+        simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+        cpu += f" ({simd})" if simd else ""
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpus": cpus.available(), "onnxruntime": ort.__version__, "providers": runtime.providers()}
+
+
 def _proc_cpu(pid: int) -> float:
     """CPU seconds (user + system) used so far by process ``pid``."""
     with open(f"/proc/{pid}/stat") as fh:
@@ -110,7 +133,7 @@ def main(argv=None) -> int:
         results = {"mode": a.mode, "options": opts, "shape": [a.frames, a.size, a.size], "dtype": "uint16",
                    "chunks": list(chunks), "raw_mb": a.frames * a.size * a.size * 2 / 1e6,
                    "file_mb": stored / 1e6, "write_s": t_write, "cpus": os.cpu_count(),
-                   "workers": a.workers, "loadavg": os.getloadavg(), "cases": {}}
+                   "workers": a.workers, "loadavg": os.getloadavg(), "machine": _machine(), "cases": {}}
         r0, c0 = a.size * 2 // 5, a.size * 3 // 5
         cases = {"whole": np.s_[...], "strided": np.s_[10:500:2, 50:450, ::3], "one_frame": np.s_[100],
                  # 64 x 64 pixels (a few cells) over every frame: what trace extraction reads
@@ -174,7 +197,9 @@ def main(argv=None) -> int:
     results["into"] = a.into
     print(("reads into reused buffers (h5py read_direct, read(out=)); " if a.into else "")
           + f"mode={a.mode} raw {results['raw_mb']:.0f} MB, file {results['file_mb']:.0f} MB, "
-          f"load average {results['loadavg'][0]:.2f}")
+          f"load average {results['loadavg'][0]:.2f}; {results['machine']['cpu']}, "
+          f"{results['machine']['cpus']} CPUs, onnxruntime {results['machine']['onnxruntime']} "
+          f"({', '.join(results['machine']['providers'])})")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(results, fh, indent=2)
