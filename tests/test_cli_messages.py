@@ -458,3 +458,28 @@ def test_held_dealloc_errors_are_printed_when_the_command_succeeds(capsys):
     err = capsys.readouterr().err
     assert err.count("decrement id ref count") == 2 and "Exception ignored in: 'h5py._objects" in err
     assert (sys.excepthook, sys.unraisablehook) == held.prev  # the hooks are restored
+
+
+def test_compress_names_temporaries_other_interrupted_runs_left(tmp_path, capsys):
+    """A killed run leaves its hidden temporary, which only a run for the same OUT removes: one for another
+    name left it for good (gigabytes, unseen). compress and decompress now name such leftovers in OUT's
+    folder, without removing them (on a shared folder a process id says nothing of another machine's run)."""
+    from conftest import series_file
+
+    movie = np.random.default_rng(9).integers(0, 3000, (40, 24, 24)).astype(np.uint16)
+    series_file(tmp_path / "in.h5", {"ts": ("TwoPhotonSeries", movie, 30.0)})
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f".other.nwb.necoda-tmp-{int(dead.stdout)}"
+    left.write_bytes(b"x" * 1000)
+    mine = tmp_path / f".third.nwb.necoda-tmp-{os.getpid()}-7"  # a live process's: not named
+    mine.write_bytes(b"y")
+    assert cli.main(["compress", str(tmp_path / "in.h5"), str(tmp_path / "out.nwb"), "--quiet", "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"{left.name} (1e-06 GB)" in err and mine.name not in err and left.exists()
+    assert cli.main(["decompress", str(tmp_path / "out.nwb"), str(tmp_path / "plain.nwb"), "--quiet",
+                     "--workers", "1"]) == 0
+    assert left.name in capsys.readouterr().err
+    left.unlink()
+    assert cli.main(["decompress", str(tmp_path / "out.nwb"), str(tmp_path / "plain2.nwb"), "--quiet",
+                     "--workers", "1"]) == 0
+    assert "interrupted runs" not in capsys.readouterr().err

@@ -94,3 +94,27 @@ def check_output_folder(path, name: str | None = None) -> None:
         return  # e.g. ENOSPC: the write reports it
     os.close(fd)
     os.unlink(probe)
+
+
+def note_stale_temps(out) -> None:
+    """After a command wrote ``out``: name (on stderr) the temporaries that interrupted runs for *other*
+    outputs left in the same folder (``nwb.atomic.stale_temps_elsewhere``; a run for OUT removes its own)."""
+    import sys
+    from pathlib import Path
+
+    from ..nwb.atomic import stale_temps_elsewhere
+
+    found = stale_temps_elsewhere(Path(out))
+    if not found:
+        return
+
+    def size(p: Path) -> int:
+        try:
+            return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        except OSError:
+            return 0
+
+    shown = ", ".join(f"{p.name} ({size(p) / 1e9:.2g} GB)" for p in found[:5]) + \
+        (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    print(f"note: {Path(out).parent or '.'} holds what interrupted runs for other outputs left: {shown}; remove "
+          "them (a run for the same output removes its own)", file=sys.stderr)

@@ -70,6 +70,15 @@ def _fmt(v, spec=".3g"):
 
 
 def run(args) -> int:
+    from . import note_stale_temps
+
+    rc = _run(args)
+    if rc == 0:
+        note_stale_temps(args.output)
+    return rc
+
+
+def _run(args) -> int:
     from ..nwb import Settings, recompress_file
 
     # an option no chosen mode uses would be ignored: the user expected it to change something

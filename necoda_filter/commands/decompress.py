@@ -41,6 +41,15 @@ def normalize_argv(argv: list[str]) -> list[str]:
 
 
 def run(args) -> int:
+    from . import note_stale_temps
+
+    rc = _run(args)
+    if rc == 0:
+        note_stale_temps(args.output)
+    return rc
+
+
+def _run(args) -> int:
     from ..nwb import decompress_file
 
     if args.gzip is not None and not 0 <= args.gzip <= 9:

@@ -5,7 +5,8 @@ published as OUT only when complete (:func:`publish`): without ``overwrite`` by 
 OUT exists, also when it appeared while the run was writing (another program, or a second run writing the
 same OUT: that file is left as it is and this run's output is not kept), with it by a rename over OUT. The
 temporary is removed on any error, Ctrl-C, SIGTERM or SIGHUP, and stale temporaries of dead processes
-(SIGKILL) are removed by the next run for the same OUT.
+(SIGKILL) are removed by the next run for the same OUT; compress and decompress name those other
+outputs' runs left in the same folder (:func:`stale_temps_elsewhere`).
 """
 from __future__ import annotations
 
@@ -56,6 +57,23 @@ def clean_stale_temps(out: Path) -> list[Path]:
                     p.unlink()
                 removed.append(p)
     return removed
+
+
+_ANY_TEMP = re.compile(r"^\.(.+)" + re.escape(TMP_MARK) + r"(\d+)(?:-\d+)?$")
+
+
+def stale_temps_elsewhere(out: Path) -> list[Path]:
+    """Temporaries next to ``out`` that runs for *other* outputs left behind (their process is gone here, e.g.
+    after SIGKILL): :func:`clean_stale_temps` removes a temporary only for the output it was meant to become,
+    so these stay until a run for that name. Listed, never removed: on a folder shared between machines the
+    process id says nothing about another machine's run."""
+    pat = temp_pattern(out)
+    try:
+        entries = sorted(Path(out).parent.iterdir())
+    except OSError:
+        return []
+    return [p for p in entries if (m := _ANY_TEMP.match(p.name)) and not pat.match(p.name)
+            and not _pid_alive(int(m.group(2)))]
 
 
 #: errors of os.link where the file system has no hard links (FAT/exFAT, some network volumes)
