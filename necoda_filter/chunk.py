@@ -121,11 +121,21 @@ def encode(arr: np.ndarray, mode: str = "auto", *, on_raw=None, **options) -> by
                 enc = m.encode(np.ascontiguousarray(arr[tuple(slice(0, c) for c in core)]), **options)
                 enc.params = {**enc.params, CORE_KEY: list(core), **({PAD_KEY: pad} if pad else {})}
         except Exception as e:  # noqa: BLE001 — any failure falls back to raw, loudly in the log
-            log.warning("necoda %s encoder could not handle a %s %s chunk (%s: %s); stored raw",
-                        name, arr.shape, arr.dtype, type(e).__name__, e)
-            if on_raw is not None:
-                on_raw(f"{type(e).__name__}: {e}")
-            enc = None
+            enc, failed = None, name
+            if mode == "auto" and name == "learned":  # "auto" chose it: the exact mode is the other choice
+                try:
+                    m = modes.get("lossless")
+                    enc = m.encode(arr, **options)
+                    log.info("necoda auto: the learned mode could not code a %s %s chunk (%s: %s); coded "
+                             "losslessly", arr.shape, arr.dtype, type(e).__name__, e)
+                except Exception:  # noqa: BLE001 — then raw, as below
+                    enc = None
+            if enc is None:
+                name = failed
+                log.warning("necoda %s encoder could not handle a %s %s chunk (%s: %s); stored raw",
+                            name, arr.shape, arr.dtype, type(e).__name__, e)
+                if on_raw is not None:
+                    on_raw(f"{type(e).__name__}: {e}")
         if enc is not None and not m.lossy and len(enc.payload) >= raw_size:
             enc = None
     if enc is None:

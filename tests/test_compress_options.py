@@ -213,6 +213,12 @@ def test_learned_with_a_bound_below_one_raw_unit_on_integers_is_refused_when_cre
         NecodaCodec(mode="learned", max_error=0.5).encode(m)
     buf = chunk.encode(m, "auto", max_error=0.5)
     assert chunk.info(buf).mode_id == modes.MODE_IDS["lossless"] and np.array_equal(chunk.decode(buf), m)
+    # a noise-unit bound below the learned safeguard's margin: known only per chunk, still lossless, not raw
+    buf = chunk.encode(m, "auto", max_error_noise=0.001)
+    assert chunk.info(buf).mode_id == modes.MODE_IDS["lossless"] and np.array_equal(chunk.decode(buf), m)
+    raw_reasons = []
+    buf = chunk.encode(m, "learned", max_error_noise=0.001, on_raw=raw_reasons.append)  # asked for: raw, said
+    assert chunk.info(buf).mode_id == modes.MODE_IDS["raw"] and "safeguard" in raw_reasons[0]
     zarr = pytest.importorskip("zarr")
     from necoda_filter.zarr3 import NecodaZarrCodec
 
