@@ -8,7 +8,7 @@ import numpy as np
 from . import container, modes
 from .constants import ORDER_PARAM_SINCE, PAD_PARAM_SINCE
 from .dtypes import code_of
-from .options import BOUNDED_NEEDS_A_BOUND, check_bound
+from .options import BOUNDED_NEEDS_A_BOUND, asks_exact, check_bound
 
 log = logging.getLogger("necoda_filter")
 
@@ -105,8 +105,7 @@ def encode(arr: np.ndarray, mode: str = "auto", *, on_raw=None, **options) -> by
             options[k] = check_bound(k, options[k])
     if name == "bounded" and options.get("max_error") is None and options.get("max_error_noise") is None:
         raise ValueError(BOUNDED_NEEDS_A_BOUND)
-    if name == "learned" and mode == "auto" and arr.dtype.kind in "iu" and options.get("max_error") is not None \
-            and options["max_error"] < 1:  # exact values asked for: lossless, not the learned mode stored raw
+    if name == "learned" and mode == "auto" and asks_exact(options, arr.dtype):  # lossless, not learned stored raw
         name = "lossless"
     m = modes.get(name)
     raw_size = arr.nbytes

@@ -132,15 +132,20 @@ def check_bound(name: str, v) -> float:
     return v
 
 
+def asks_exact(options: dict, dtype) -> bool:
+    """``max_error`` below one raw unit on integers: only exact values meet it, which the learned mode's
+    safeguard cannot promise (it keeps a margin of one unit for float differences between machines)."""
+    me = options.get("max_error")
+    return me is not None and np.dtype(dtype).kind in "iu" and float(me) < 1
+
+
 def check_for_dtype(mode: str, options: dict, dtype) -> None:
     """Options that cannot work for data of ``dtype``, refused when the dataset or array is created (else
-    every chunk would be stored raw, one log line each): ``mode="learned"`` on integers with ``max_error``
-    below one raw unit, which asks for exact values (the safeguard keeps a margin of one unit for float
-    differences between machines). ``mode="auto"`` codes such chunks losslessly instead."""
-    me = options.get("max_error")
-    if mode == "learned" and me is not None and np.dtype(dtype).kind in "iu" and float(me) < 1:
-        raise ValueError(f"mode='learned' with max_error={float(me):g} on {np.dtype(dtype)} data asks for exact "
-                         "values (a bound below one raw unit): use mode='lossless', or max_error >= 1")
+    every chunk would be stored raw, one log line each): ``mode="learned"`` with a bound that
+    :func:`asks_exact`. ``mode="auto"`` codes such chunks losslessly instead (``chunk.encode``)."""
+    if mode == "learned" and asks_exact(options, dtype):
+        raise ValueError(f"mode='learned' with max_error={float(options['max_error']):g} on {np.dtype(dtype)} data "
+                         "asks for exact values (a bound below one raw unit): use mode='lossless', or max_error >= 1")
 
 
 def check_options(mode: str, options: dict, strict_model: bool = True, stored: bool = False) -> dict:

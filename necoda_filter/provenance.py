@@ -136,63 +136,45 @@ SAMPLED_CHUNKS = 8
 def filter_written(dset, max_chunks: int = SAMPLED_CHUNKS) -> dict[str, Any] | None:
     """A record for an h5py dataset written through the HDF5 filter (``compression="necoda"``) that has no
     record of its own (no ``necoda compress`` run wrote it): the modes, models and learned quality levels
-    the headers of up to ``max_chunks`` of its chunks name, and whether any is lossy. A copy made from it
-    (``necoda compress``, ``necoda decompress``) carries this record, so data once coded lossily through
-    the filter is never presented as bit-exact. None when the dataset has a record, no necoda filter, or
-    no chunk header can be read (necoda followed by other filters: its headers are not stored as such)."""
-    from . import chunk, modes
-    from .constants import FILTER_ID
+    the headers of up to ``max_chunks`` of its chunks name (as ``necoda info`` samples them), and whether
+    any is lossy. A copy made from it (``necoda compress``, ``necoda decompress``) carries this record, so
+    data once coded lossily through the filter is never presented as bit-exact. With other filters after
+    necoda, the mode its options ask for. None when the dataset has a record, no necoda filter, or
+    nothing can be said."""
+    from .commands.info import _lossy_chunks, dataset_info
 
     if read(dset):
         return None
-    plist = dset.id.get_create_plist()
-    ids = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
-    if FILTER_ID not in ids:
+    row = dataset_info(dset, max_chunks=max(2, int(max_chunks)))
+    if "necoda" not in row["filters"]:
         return None
-    if ids != [FILTER_ID]:  # other filters after necoda (fletcher32, deflate): what the filter was asked to do
-        return _requested_record(dset, plist)
-    n = dset.id.get_num_chunks()
-    k = max(2, int(max_chunks))
-    take = range(n) if n <= k else sorted({int(i * (n - 1) / (k - 1)) for i in range(k)})
-    seen: dict[str, int] = {}
-    models, qualities = set(), set()
-    for i in take:
-        try:
-            mask, buf = dset.id.read_direct_chunk(dset.id.get_chunk_info(i).chunk_offset)
-            if mask & 1:  # stored without the filter (HDF5 skipped it for this chunk)
-                continue
-            h = chunk.info(buf)
-        except Exception:  # noqa: BLE001 — an unreadable chunk says nothing about the others
-            continue
-        name = modes.MODE_NAMES.get(h.mode_id, f"id{h.mode_id}")
-        seen[name] = seen.get(name, 0) + 1
-        if h.model_id:
-            models.add(h.model_id)
-        if name == "learned" and isinstance(h.params.get("q"), int):
-            qualities.add(h.params["q"])
+    if row["filters"] != ["necoda"]:  # other filters after necoda (fletcher32, deflate)
+        return _requested_record(dset, row.get("requested") or {})
+    seen = row.get("chunk_modes") or {}
     if not seen:
         return None
-    lossy = any(modes.get(modes.MODE_IDS[m]).lossy for m in seen if m in modes.MODE_IDS)
     rec: dict[str, Any] = {
-        "mode": max(seen, key=seen.get), "lossy": lossy, "chunk_modes": seen,
+        "mode": max(seen, key=seen.get), "lossy": _lossy_chunks(seen), "chunk_modes": seen,
         "source": f"{dset.name}, written through the HDF5 filter (compression=\"necoda\"), without a necoda "
-                  f"record: modes read from {sum(seen.values())} of its {n} chunk headers"}
+                  f"record: modes read from {sum(seen.values())} of its {row['chunks_total']} chunk headers"}
+    models, qualities = row.get("models") or [], row.get("qualities") or []
     if models:
-        rec["model_id"] = sorted(models)[0] if len(models) == 1 else ",".join(sorted(models))
+        rec["model_id"] = ",".join(models)
     if qualities:
-        rec["quality"] = sorted(qualities)[0] if len(qualities) == 1 else sorted(qualities)
+        rec["quality"] = qualities[0] if len(qualities) == 1 else qualities
     return rec
 
 
-def _requested_record(dset, plist) -> dict[str, Any] | None:
-    """:func:`filter_written`'s record from the mode the filter's own options ask for, where the chunk
-    headers cannot be read (necoda followed by other filters); mode "auto" is what it would pick for the
-    dataset's chunks (learned for integer movies: lossy)."""
-    from . import modes, options
-    from .constants import FILTER_ID
+def _requested_record(dset, requested: dict) -> dict[str, Any] | None:
+    """:func:`filter_written`'s record from the mode the filter's own options ask for (``requested``: the
+    options ``necoda info`` reads from them), where the chunk headers are not read (necoda followed by
+    other filters); mode "auto" is what it would pick for the dataset's chunks (learned for integer
+    movies: lossy)."""
+    from . import modes
 
+    opts = {k: v for k, v in requested.items() if k not in ("mode", "error")}
     try:
-        mode, opts = options.user_options(tuple(plist.get_filter_by_id(FILTER_ID)[1]))
+        mode = requested["mode"]
         if mode == "auto":
             mode = modes.resolve("auto", tuple(dset.chunks or dset.shape), dset.dtype)
         lossy = modes.get(modes.MODE_IDS[mode]).lossy
@@ -202,7 +184,7 @@ def _requested_record(dset, plist) -> dict[str, Any] | None:
                            "source": f"{dset.name}, written through the HDF5 filter (compression=\"necoda\"), without "
                                      "a necoda record: the mode its options ask for (necoda is followed by other "
                                      "filters, so the chunk headers were not read)"}
-    if opts:
+    if any(k != "model" for k in opts):
         rec["options"] = {k: v for k, v in opts.items() if k != "model"}
     if opts.get("model"):
         rec["model_id"] = opts["model"]

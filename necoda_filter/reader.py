@@ -937,7 +937,9 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
         lsel = tuple(ls for (_, _, _, ls) in combo)
         plan.append((off, dsl, lsel))
 
-    workers = cpus.workers() if workers is None else max(1, int(workers))
+    if workers is None:  # the memory it may take is read (~0.1 ms) only where decoders could run in parallel
+        workers = cpus.workers() if len(plan) > 1 else cpus.available()
+    workers = max(1, int(workers))
     dsid = dataset.id
     chunk_dtype = np.dtype(dtype)
     fill = []  # the value of chunks never written, looked up when the first one is met
@@ -975,15 +977,15 @@ def read(dataset, selection=Ellipsis, *, out: np.ndarray | None = None, workers:
     if mode == "auto":
         touched = len(plan) * int(np.prod(chunks, dtype=np.int64)) * dtype.itemsize
         mode = "process" if workers > 1 and len(plan) > 1 and touched >= PARALLEL_MIN_BYTES else "serial"
-        if mode == "process" and _mostly_gil_free(fetch(plan[0][0])):
-            mode = "thread"
     if mode == "process" and (workers < 2 or len(plan) < 2):
         mode = "serial"
-    if mode == "process" and "onnxruntime" in sys.modules and _gpu_decodes(_first_stored(plan, fetch)):
+    first = _first_stored(plan, fetch) if mode == "process" else None  # what decides between the two below
+    if mode == "process" and executor == "auto" and _mostly_gil_free(first):
+        mode = "thread"
+    if mode == "process" and "onnxruntime" in sys.modules and _gpu_decodes(first):
         # a forked worker cannot use the GPU this process has set up (CUDA: "initialization error"), and
         # ONNX Runtime would decode there on the CPU instead: slower, and not the GPU's values. Threads
-        # share this process's GPU session. (Without onnxruntime imported here, nothing was set up and
-        # the first chunk is not fetched twice.)
+        # share this process's GPU session. (Without onnxruntime imported here, nothing was set up.)
         if executor == "process":
             warnings.warn("read(executor='process'): learned chunks are decoded on the GPU, which worker "
                           "processes cannot share; using threads", RuntimeWarning, stacklevel=2)

@@ -498,14 +498,14 @@ def test_compress_workers_by_default_fit_the_memory_available(monkeypatch, tmp_p
     assert real is None or real > 0
     monkeypatch.setattr(cpus, "available", lambda: 64)
     monkeypatch.setattr(cpus, "_memory_available", lambda: 32 << 30)
-    assert workers.default_workers() == int((32 << 30) * 0.75) // cpus.WORKER_BYTES == 30 == cpus.workers()
+    assert cpus.workers() == int((32 << 30) * 0.75) // cpus.WORKER_BYTES == 30
     monkeypatch.setattr(cpus, "_memory_available", lambda: 1 << 30)
-    assert workers.default_workers() == 1
+    assert cpus.workers() == 1
     monkeypatch.setattr(cpus, "_memory_available", lambda: None)  # unknown: one per CPU
-    assert workers.default_workers() == 64
+    assert cpus.workers() == 64
     monkeypatch.setattr(cpus, "available", lambda: 2)
     monkeypatch.setattr(cpus, "_memory_available", lambda: 64 << 30)
-    assert workers.default_workers() == 2
+    assert cpus.workers() == 2
     ex, n = workers.make_executor(None)
     try:
         assert n == 2

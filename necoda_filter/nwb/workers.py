@@ -218,13 +218,8 @@ class _Inline:
         pass
 
 
-def default_workers() -> int:
-    """Worker processes for compress/decompress when none are asked for (:func:`cpus.workers`)."""
-    return cpus.workers()
-
-
 def make_executor(workers: int | None):
-    workers = default_workers() if workers is None else int(workers)
+    workers = cpus.workers() if workers is None else int(workers)
     if workers <= 1:
         return _Inline(), 1
     from ..reader import _new_process_pool
